@@ -1,0 +1,20 @@
+"""invedit: text-guided editing of real images with diffusion models through inversion.
+
+Direct Inversion (PnP Inversion, ICLR 2024) and its baselines, with Prompt-to-Prompt and other editors.
+
+    >>> import invedit
+    >>> pipe = invedit.load()                       # embedded shapes model; or a hub id / folder
+    >>> result = invedit.edit(pipe, "cat.png", "a cat sitting", "a dog sitting", blend_words="cat dog")
+    >>> result.image.save("dog.png")
+"""
+
+from .edit import EditResult, edit, invert
+from .errors import InveditError, ModelNotFoundError
+from .images import load_image
+from .inversion import Inverted
+from .methods import list_methods
+from .models import load
+
+__version__ = "0.1.0"
+__all__ = ["EditResult", "InveditError", "Inverted", "ModelNotFoundError", "edit", "invert", "list_methods",
+           "load", "load_image"]

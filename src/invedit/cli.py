@@ -1,0 +1,165 @@
+"""Command line: ``invedit edit``, ``invedit methods`` and friends (typer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import InveditError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Text-guided editing of real images through diffusion inversion.")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line on stderr and exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def cli_errors(func: Callable) -> Callable:
+    """Turn `InveditError` into one line on stderr + exit 2; unexpected errors into one line + exit 1."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InveditError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except typer.Exit:
+            raise
+        except Exception as exc:  # a bug: keep it short unless asked
+            if os.environ.get("INVEDIT_DEBUG"):
+                traceback.print_exc()
+            fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                 "(set INVEDIT_DEBUG=1 for the traceback)", 1)
+
+    return wrapper
+
+
+def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` → dict; values parse as JSON when they can (numbers, true/false, null), else strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InveditError(f"{what} must look like KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _setup_threads() -> None:
+    import torch
+
+    threads = os.environ.get("INVEDIT_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+@app.command("edit")
+@cli_errors
+def edit_command(
+    image: Annotated[str, typer.Argument(help="image to edit (PNG/JPEG/...)")],
+    source: Annotated[str, typer.Option("--source", "-s", help="prompt describing the image")],
+    target: Annotated[str, typer.Option("--target", "-t", help="prompt describing the wanted image")],
+    inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
+    editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
+    blend: Annotated[str | None, typer.Option(help='LocalBlend words "SRC_WORD TGT_WORD"')] = None,
+    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
+    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
+    out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
+    inversion_option: Annotated[list[str] | None, typer.Option(
+        "--inversion-option", "-i", help="inversion option KEY=VALUE (e.g. offset_scale=0.8)")] = None,
+    save_reconstruction: Annotated[bool, typer.Option(help="also write the reconstruction")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
+    from . import edit as edit_module
+    from .editing import get_editor
+    from .images import load_image
+    from .inversion import get_inversion
+    from .models import load, native_resolution, resolve_device, resolve_dtype
+
+    # Everything that can be checked without the model is checked before loading it.
+    for text, what in ((source, "source prompt"), (target, "target prompt")):
+        if not text.strip():
+            raise InveditError(f"the {what} is empty")
+    edit_module.check_steps(steps)
+    edit_module.check_guidance(guidance)
+    inversion_cls, editor_cls = get_inversion(inversion), get_editor(editor)
+    inversion_options = inversion_cls.validate_options(parse_options(inversion_option, "--inversion-option"))
+    editor_options = parse_options(option, "--option")
+    editor_cls.validate_options(editor_options)
+    blend_words = edit_module.parse_blend_words(blend)
+    load_image(image, 64)  # readable, RGB-convertible, not tiny
+    resolve_dtype(dtype, resolve_device(device))
+    out = Path(out) if out else Path(f"{Path(image).stem}.{inversion}+{editor}.png")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InveditError(f"output must be .png, .jpg or .webp, got {out.name}")
+
+    _setup_threads()
+    pipe = load(model, device=device, dtype=dtype)
+    started = time.perf_counter()
+    result = edit_module.edit(
+        pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
+        steps=steps, guidance_scale=guidance, blend_words=blend_words, seed=seed,
+        inversion_options=inversion_options, progress=not quiet, **editor_options,
+    )
+    result.settings["image"] = str(image)
+    files = [result.save(out)]
+    if save_reconstruction:
+        rec = out.with_name(out.stem + ".reconstruction.png")
+        edit_module.write_atomically([(rec, lambda f: result.reconstruction.save(f, format="PNG"))])
+        files.append(rec)
+    typer.echo(f"wrote {', '.join(map(str, files))} (+ {out.with_suffix('.json').name}): {inversion}+{editor}, "
+               f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
+
+
+@app.command("methods")
+@cli_errors
+def methods_command(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """List the inversion methods and editors, with their options."""
+    from .methods import list_methods
+
+    methods = list_methods()
+    if as_json:
+        typer.echo(json.dumps(methods, indent=2))
+        return
+    for kind in ("inversions", "editors"):
+        typer.echo(f"{kind}:")
+        for m in methods[kind]:
+            typer.echo(f"  {m['name']:<18} {m['description']}")
+            if m["options"]:
+                opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["options"].items())
+                typer.echo(f"  {'':<18} options: {opts}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The public edit path: image → VAE encode → invert → two-branch edit → VAE decode → `EditResult`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .editing import get_editor
+from .errors import InveditError
+from .images import load_image, pil_to_tensor, tensor_to_uint8
+from .inversion import InversionInputs, Inverted, get_inversion
+from .models import model_name, native_resolution
+from .prompts import check_prompt, encode_prompts
+from .sampling import DDIMSchedule, GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
+from .versions import versions
+
+DEFAULT_STEPS = 50
+DEFAULT_INVERSION = "direct"
+
+
+# ---- VAE ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_image(pipe, image: Image.Image) -> torch.Tensor:
+    """Latent z₀ = VAE posterior mean × scaling factor (SPEC §1), float32 (1, C, h, w)."""
+    vae = pipe.vae
+    x = pil_to_tensor(image).to(vae.device, vae.dtype)
+    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    """Decode latents (N, C, h, w) to PIL images: clamp, ×255, truncate to uint8 (SPEC §1)."""
+    vae = pipe.vae
+    images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+    return [Image.fromarray(a) for a in tensor_to_uint8(images)]
+
+
+# ---- argument checks -----------------------------------------------------------------------------------------
+def check_steps(steps: Any, limit: int = 1000) -> int:
+    """``steps`` as an int in [1, limit] (limit: the model's training timesteps)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise InveditError(f"steps must be an integer from 1 to {limit}, got {steps!r}")
+    return steps
+
+
+def check_guidance(guidance_scale: Any) -> float:
+    try:
+        g = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise InveditError(f"guidance scale must be a number, got {guidance_scale!r}") from None
+    if not 0 <= g <= 50 or g != g:
+        raise InveditError(f"guidance scale must be in [0, 50], got {g}")
+    return g
+
+
+def parse_blend_words(blend_words: str | tuple[str, str] | list[str] | None) -> tuple[str, str] | None:
+    """``"SRC TGT"`` or ``(src, tgt)`` → a pair of single words; ``None``/``""`` → no blending."""
+    if blend_words is None or blend_words == "" or blend_words == ():
+        return None
+    words = blend_words.split() if isinstance(blend_words, str) else [str(w).strip() for w in blend_words]
+    if len(words) != 2 or not all(words):
+        raise InveditError(f"blend words must be two words 'SOURCE_WORD TARGET_WORD', got {blend_words!r}")
+    return words[0], words[1]
+
+
+def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[int], None] | None, Any]:
+    if not enabled:
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, leave=False)
+    return (lambda _i: bar.update(1)), bar
+
+
+# ---- inversion -----------------------------------------------------------------------------------------------
+def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: str = DEFAULT_INVERSION,
+           steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int = 0, progress: bool = False,
+           **options: Any) -> Inverted:
+    """Invert a real image under its source prompt, so that one inversion serves many edits.
+
+    Args:
+        pipe: a pipeline from `invedit.load` (or `invedit.testing.tiny_pipeline`).
+        image: path or PIL image; centre-cropped and resized to the model's resolution.
+        prompt: the source prompt describing the image.
+        method: inversion method name (see `invedit.list_methods()`).
+        steps: DDIM steps (50 in the paper).
+        guidance_scale: the guidance the edits will use (methods that optimise against it need it).
+        seed: seed for methods that draw noise.
+        progress: show a progress bar.
+        **options: method options (e.g. ``offset_scale`` for ``direct``).
+    Returns:
+        An `Inverted` (the z* trajectory and method state, NFE and seconds).
+    """
+    cls = get_inversion(method)
+    options = cls.validate_options(options)
+    steps = check_steps(steps, pipe.scheduler.config.num_train_timesteps)
+    guidance_scale = check_guidance(guidance_scale)
+    prompt = check_prompt(prompt, pipe.tokenizer, "source prompt")
+    image = load_image(image, native_resolution(pipe))
+    start = time.perf_counter()
+    stats = RunStats()
+    cond, null = encode_prompts(pipe, [prompt, ""]).split(1)
+    callback, bar = _progress(steps, progress, f"invert ({method})")
+    inputs = InversionInputs(
+        pipe=pipe, z0=encode_image(pipe, image), prompt=prompt, cond=cond, null=null,
+        schedule=DDIMSchedule.from_pipe(pipe, steps), guidance_scale=guidance_scale, stats=stats,
+        generator=torch.Generator("cpu").manual_seed(seed), callback=callback,
+    )
+    try:
+        inverted = cls.run(inputs, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    inverted.image = image
+    inverted.model = model_name(pipe)
+    inverted.seconds = time.perf_counter() - start
+    return inverted
+
+
+# ---- editing -------------------------------------------------------------------------------------------------
+@dataclass
+class EditResult:
+    """Outcome of one edit.
+
+    Attributes:
+        image: the edited image (target branch), PIL at the model's resolution.
+        reconstruction: the decoded source branch (what the method reconstructs of the input).
+        source: the input image as the model saw it (cropped, resized).
+        latents: final latents (2, C, h, w): row 0 source, row 1 target.
+        nfe: UNet sample evaluations, inversion + edit (``nfe_inversion``, ``nfe_edit``).
+        seconds: wall time, inversion + edit (``seconds_inversion``, ``seconds_edit``).
+        settings: everything needed to reproduce the edit (prompts, methods, options, seed, model, versions).
+    """
+
+    image: Image.Image
+    reconstruction: Image.Image
+    source: Image.Image
+    latents: torch.Tensor
+    nfe_inversion: int
+    nfe_edit: int
+    seconds_inversion: float
+    seconds_edit: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nfe(self) -> int:
+        return self.nfe_inversion + self.nfe_edit
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_inversion + self.seconds_edit
+
+    def record(self) -> dict[str, Any]:
+        """JSON-friendly record: settings plus cost."""
+        return {**self.settings, "nfe": self.nfe, "nfe_inversion": self.nfe_inversion, "nfe_edit": self.nfe_edit,
+                "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
+                "seconds_edit": round(self.seconds_edit, 4)}
+
+    def save(self, path: str | os.PathLike, sidecar: bool = True) -> Path:
+        """Write the edited image (format from the suffix, PNG by default) and a JSON sidecar, atomically."""
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".png")
+        files = [(path, lambda f: self.image.save(f, format=Image.registered_extensions().get(
+            path.suffix.lower(), "PNG")))]
+        if sidecar:
+            text = json.dumps(self.record(), indent=2, default=str)
+            files.append((path.with_suffix(".json"), lambda f: f.write(text.encode())))
+        write_atomically(files)
+        return path
+
+
+def write_atomically(files: list[tuple[Path, Callable[[Any], None]]]) -> None:
+    """Write every file to a temporary sibling first, then rename all; nothing half-written is left."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for target, writer in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            staged.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
+         target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
+         guidance_scale: float = 7.5, blend_words: str | tuple[str, str] | None = None, seed: int = 0,
+         inversion_options: dict[str, Any] | None = None, progress: bool = False,
+         **editor_options: Any) -> EditResult:
+    """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
+
+    Args:
+        pipe: a pipeline from `invedit.load`.
+        image_or_inverted: a path, a PIL image, or an `Inverted` from `invedit.invert` (reused as is).
+        source_prompt: describes the input image (``None`` with an `Inverted`: its prompt).
+        target_prompt: describes the wanted image.
+        inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
+        editor: editing method, e.g. ``"p2p"`` or ``"none"``.
+        steps: DDIM steps (default 50; with an `Inverted`, its steps).
+        guidance_scale: classifier-free guidance of the edit (7.5 in the paper).
+        blend_words: ``"SRC_WORD TGT_WORD"`` for P2P LocalBlend (and the ×2 equaliser), or ``None``.
+        seed: seed of every random choice.
+        inversion_options: options of the inversion method when inverting here.
+        progress: show progress bars.
+        **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` for P2P.
+    Returns:
+        An `EditResult`.
+    Raises:
+        InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
+    """
+    guidance_scale = check_guidance(guidance_scale)
+    target_prompt = check_prompt(target_prompt, pipe.tokenizer, "target prompt")
+    blend = parse_blend_words(blend_words)
+    editor_cls = get_editor(editor)
+    if isinstance(image_or_inverted, Inverted):
+        inverted = image_or_inverted
+        if inversion not in (None, inverted.method):
+            raise InveditError(f"the given inversion was made with {inverted.method!r}, not {inversion!r}")
+        if steps not in (None, inverted.steps):
+            raise InveditError(f"the given inversion has {inverted.steps} steps, not {steps}")
+        if source_prompt is not None and check_prompt(source_prompt, pipe.tokenizer) != inverted.prompt:
+            raise InveditError("source prompt differs from the prompt the image was inverted with")
+        if inversion_options:
+            raise InveditError("inversion options apply when inverting; this inversion is already done")
+        source_prompt = inverted.prompt
+    else:
+        source_prompt = check_prompt(source_prompt or "", pipe.tokenizer, "source prompt")
+        steps = check_steps(DEFAULT_STEPS if steps is None else steps, pipe.scheduler.config.num_train_timesteps)
+        method = inversion or DEFAULT_INVERSION
+        get_inversion(method).validate_options(inversion_options or {})
+        editor_cls.create(pipe, source_prompt, target_prompt, steps, blend, **editor_options)  # fail fast
+        inverted = invert(pipe, image_or_inverted, source_prompt, method, steps, guidance_scale, seed, progress,
+                          **(inversion_options or {}))
+    result_editor = editor_cls.create(pipe, source_prompt, target_prompt, inverted.steps, blend, **editor_options)
+    inverted.check_edit(guidance_scale)
+
+    start = time.perf_counter()
+    cond = dict(zip(("source", "target"), encode_prompts(pipe, [source_prompt, target_prompt]).split(1)))
+    null = encode_prompts(pipe, [""])
+    denoiser = GuidedDenoiser(pipe.unet, cond, {"source": null, "target": null},
+                              inverted.branch_guidance(guidance_scale), result_editor)
+    ctx = LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
+    callback, bar = _progress(inverted.steps, progress, f"edit ({inverted.method}+{editor})")
+    try:
+        with torch.no_grad(), result_editor.attach(pipe.unet):
+            latents = denoise_two_branches(inverted, ctx, result_editor, callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    final = torch.cat([latents.source, latents.target])
+    reconstruction, image = decode_latents(pipe, final)
+    seconds_edit = time.perf_counter() - start
+
+    settings = {
+        "source_prompt": source_prompt, "target_prompt": target_prompt, "blend_words": list(blend) if blend else None,
+        "inversion": inverted.method, "inversion_options": inverted.options, "editor": result_editor.settings(),
+        "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
+        "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+        "nfe_backward": inverted.stats.nfe_backward, "versions": versions(),
+    }
+    return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
+                      nfe_inversion=inverted.stats.nfe, nfe_edit=denoiser.stats.nfe,
+                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)

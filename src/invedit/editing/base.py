@@ -1,0 +1,133 @@
+"""The editor contract, the registry, and the "none" editor (plain two-branch sampling)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import InveditError
+from ..sampling import Branches, Row
+from .attention import LayerInfo, editor_processors
+
+EDITORS: dict[str, type[Editor]] = {}
+
+
+def register(cls: type[Editor]) -> type[Editor]:
+    """Class decorator: make an editor available by its ``name``."""
+    EDITORS[cls.name] = cls
+    return cls
+
+
+def get_editor(name: str) -> type[Editor]:
+    """The editor class registered as ``name``; a clear error for unknown names."""
+    try:
+        return EDITORS[name]
+    except KeyError:
+        raise InveditError(f"unknown editor {name!r}; choose one of: {', '.join(sorted(EDITORS))}") from None
+
+
+class Editor:
+    """An editor steers the target branch with what the source branch computes.
+
+    The loop calls: ``attach(unet)`` (a context manager around the run), ``rows_read(step)`` (UNet rows the
+    editor reads besides those the latent updates need), ``begin_step(step, rows)`` before each UNet call, and
+    ``step_callback(step, latents)`` after each step's update and correction.
+    """
+
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        self.active = True
+        self.rows: list[Row] = []
+        self.step = 0
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Options merged over the defaults; unknown names raise."""
+        unknown = set(options) - set(cls.defaults)
+        if unknown:
+            known = ", ".join(sorted(cls.defaults)) or "none"
+            raise InveditError(f"editor {cls.name!r} has no option {sorted(unknown)[0]!r} (options: {known})")
+        return {**cls.defaults, **options}
+
+    @classmethod
+    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int,
+               blend_words: tuple[str, str] | None = None, **options: Any) -> Editor:
+        """Build the editor for one edit, validating prompts and options."""
+        raise InveditError(f"editor {cls.name!r} cannot be created")
+
+    def rows_read(self, step: int) -> frozenset[Row]:
+        return frozenset()
+
+    def attach(self, unet):
+        return nullcontext()
+
+    def begin_step(self, step: int, rows: list[Row]) -> None:
+        self.step, self.rows = step, rows
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run UNet calls with the editor's hooks passing through (plain attention)."""
+        active, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = active
+
+    def step_callback(self, step: int, latents: Branches) -> Branches:
+        return latents
+
+    def settings(self) -> dict[str, Any]:
+        return {"editor": self.name}
+
+
+@register
+class NoEditor(Editor):
+    """No attention control: each branch follows its own prompt (the target ignores the source)."""
+
+    name = "none"
+    description = "no editing control: target branch sampled from z*_T with the target prompt alone"
+
+    @classmethod
+    def create(cls, pipe, source_prompt, target_prompt, steps, blend_words=None, **options) -> NoEditor:
+        cls.validate_options(options)
+        if blend_words:
+            raise InveditError("editor 'none' does not use blend words")
+        return cls()
+
+
+class AttentionEditor(Editor):
+    """Base of editors that act through attention processors (see `editing.attention`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_calls = 0
+
+    def wants_layer(self, info: LayerInfo) -> bool:
+        raise InveditError(f"editor {self.name!r} declares no attention layers")
+
+    def attend(self, info: LayerInfo, attn, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor) -> torch.Tensor | None:
+        """Attention output (B, heads, tokens, d) for the whole batch, or None for plain SDPA."""
+        return None
+
+    def attach(self, unet):
+        self.layer_calls = 0
+        return editor_processors(unet, self)
+
+    def row_index(self, branch: str, half: str) -> int | None:
+        """Index of a (branch, half) row in the current UNet batch, or None when it is not computed."""
+        try:
+            return self.rows.index((branch, half))
+        except ValueError:
+            return None
+
+    def step_callback(self, step: int, latents: Branches) -> Branches:
+        if step == 0 and self.layer_calls == 0:
+            raise InveditError(f"editor {self.name!r}: the UNet never called its attention hooks")
+        return latents

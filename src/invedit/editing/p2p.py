@@ -1,0 +1,229 @@
+"""Prompt-to-Prompt (Hertz et al., arXiv 2208.01626) with the PnP-Inversion reference settings (SPEC §5).
+
+The target branch's conditional row borrows the source's attention: cross-attention maps (Replace / Refine,
+optionally re-weighted) during the first ``cross_replace_steps`` and self-attention maps during the first
+``self_replace_steps`` (layers with at most ``self_replace_max_tokens`` queries). Self-attention replacement
+softmax(Q_src K_srcᵀ)·V_tgt runs on SDPA; explicit maps are computed only in cross-attention layers, only for
+the two conditional rows, and only while something reads them. LocalBlend keeps the target equal to the source
+outside the region the blend words attend to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InveditError
+from ..prompts import require_word
+from ..sampling import Branches, Row
+from .attention import LayerInfo, attention_layers, attention_probs, grid_shape
+from .base import AttentionEditor, register
+from .token_alignment import refinement_mapper, replacement_mapper
+
+MAX_TOKENS = 77
+CONDITIONAL_ROWS: frozenset[Row] = frozenset({("source", "cond"), ("target", "cond")})
+
+
+# ---- cross-attention edits: (source map, target map) -> new target map; maps are (heads, queries, 77) ------
+class AttentionReplace:
+    """Target attends with the source's maps, token-mapped word for word (same word count)."""
+
+    def __init__(self, mapper: torch.Tensor):
+        self.mapper = mapper  # (77, 77)
+
+    def __call__(self, base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return base @ self.mapper.to(base)
+
+
+class AttentionRefine:
+    """Aligned target tokens take the source's map, new tokens keep their own (token alignment)."""
+
+    def __init__(self, mapper: torch.Tensor, alphas: torch.Tensor):
+        self.mapper, self.alphas = mapper, alphas  # (77,), (77,)
+
+    def __call__(self, base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        alphas = self.alphas.to(base)
+        return base[..., self.mapper.to(base.device)] * alphas + target * (1 - alphas)
+
+
+class AttentionReweight:
+    """Scales the attention to chosen target tokens (the "equaliser"), on top of another edit."""
+
+    def __init__(self, inner, equalizer: torch.Tensor):
+        self.inner, self.equalizer = inner, equalizer  # (77,)
+
+    def __call__(self, base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.inner(base, target) * self.equalizer.to(base)
+
+
+class LocalBlend:
+    """Blend mask from the blend words' cross-attention, summed over steps; target = src + m·(tgt − src)."""
+
+    def __init__(self, source_tokens: list[int], target_tokens: list[int], threshold: float, start_step: int,
+                 downsample: int):
+        self.source_tokens, self.target_tokens = source_tokens, target_tokens
+        self.threshold, self.start_step, self.downsample = threshold, start_step, downsample
+        self.maps: torch.Tensor | None = None  # (2, queries): source-word map, target-word map
+        self.mask: torch.Tensor | None = None  # last mask (1, 1, H, W), for inspection
+
+    def wants(self, info: LayerInfo) -> bool:
+        return info.is_cross and info.place != "mid" and info.downsample == self.downsample
+
+    def accumulate(self, probs: torch.Tensor) -> None:
+        """Add one layer's maps; ``probs`` is (2, heads, queries, 77) for the [source, target] rows."""
+        maps = torch.stack([probs[0][..., self.source_tokens].sum(-1), probs[1][..., self.target_tokens].sum(-1)])
+        maps = maps.sum(1)  # over heads (the reference's mean over heads and layers, up to a constant)
+        self.maps = maps if self.maps is None else self.maps + maps
+
+    def __call__(self, step: int, latents: Branches) -> Branches:
+        if step < self.start_step or self.maps is None:
+            return latents
+        H, W = latents.target.shape[-2:]
+        h, w = grid_shape(self.maps.shape[-1], (H, W))
+        maps = self.maps.view(2, 1, h, w)
+        maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
+        maps = F.interpolate(maps, size=(H, W), mode="nearest")
+        maps = maps / maps.amax(dim=(2, 3), keepdim=True)
+        masks = maps > self.threshold
+        self.mask = (masks[0] | masks[1]).unsqueeze(0).float()
+        mask = self.mask.to(latents.target)
+        return Branches(latents.source, latents.source + mask * (latents.target - latents.source))
+
+
+def parse_reweight(value: Any) -> dict[str, float] | None:
+    """``{"word": 2.0}``, or the CLI form ``"word:2,other:0.5"`` ("" → no reweighting)."""
+    if value is None or isinstance(value, dict):
+        return value
+    out: dict[str, float] = {}
+    for item in str(value).split(","):
+        if not item.strip():
+            continue
+        word, _, scale = item.partition(":")
+        try:
+            out[word.strip()] = float(scale)
+        except ValueError:
+            raise InveditError(f"reweight expects word:scale pairs, got {item!r}") from None
+    return out
+
+
+def _fraction(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InveditError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise InveditError(f"{name} must be in [0, 1], got {v}")
+    return v
+
+
+@register
+class PromptToPrompt(AttentionEditor):
+    """Prompt-to-Prompt attention control between the source and target branches."""
+
+    name = "p2p"
+    description = "Prompt-to-Prompt: Refine/Replace cross-attention, self-attention injection, LocalBlend"
+    defaults: dict[str, Any] = {
+        "mode": "refine", "cross_replace_steps": 0.4, "self_replace_steps": 0.6, "self_replace_max_tokens": 32**2,
+        "blend_threshold": 0.3, "blend_start": 0.2, "blend_downsample": None, "reweight": None,
+    }
+
+    def __init__(self, cross_edit, n_cross: int, n_self: int, self_max_tokens: int,
+                 blend: LocalBlend | None, options: dict[str, Any]):
+        super().__init__()
+        self.cross_edit, self.n_cross, self.n_self = cross_edit, n_cross, n_self
+        self.self_max_tokens, self.blend, self.options = self_max_tokens, blend, options
+
+    @classmethod
+    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int,
+               blend_words: tuple[str, str] | None = None, **options: Any) -> PromptToPrompt:
+        opts = cls.validate_options(options)
+        tok = pipe.tokenizer
+        if opts["mode"] == "replace":
+            cross_edit: Any = AttentionReplace(replacement_mapper(source_prompt, target_prompt, tok))
+        elif opts["mode"] == "refine":
+            cross_edit = AttentionRefine(*refinement_mapper(source_prompt, target_prompt, tok))
+        else:
+            raise InveditError(f"p2p mode must be 'refine' or 'replace', got {opts['mode']!r}")
+        cross = _fraction("cross_replace_steps", opts["cross_replace_steps"])
+        self_ = _fraction("self_replace_steps", opts["self_replace_steps"])
+        # The reference counts cross-replace steps over steps + 1 (int(0.4·51) = 20) and self over steps (30).
+        n_cross, n_self = int(cross * (steps + 1)), int(self_ * steps)
+
+        reweight = parse_reweight(opts["reweight"])
+        if reweight is None:  # reference: equaliser ×2 on the target blend word when blending
+            reweight = {blend_words[1]: 2.0} if blend_words else {}
+        if reweight:
+            equalizer = torch.ones(MAX_TOKENS)
+            for word, scale in reweight.items():
+                equalizer[require_word(target_prompt, word, tok, "target prompt")] = scale
+            cross_edit = AttentionReweight(cross_edit, equalizer)
+        opts["reweight"] = reweight
+
+        blend = None
+        if blend_words:
+            src_tokens = require_word(source_prompt, blend_words[0], tok, "source prompt")
+            tgt_tokens = require_word(target_prompt, blend_words[1], tok, "target prompt")
+            downsample = opts["blend_downsample"] or cls.default_blend_downsample(pipe.unet)
+            if not any(info.is_cross and info.place != "mid" and info.downsample == downsample
+                       for _, _, info in attention_layers(pipe.unet)):
+                raise InveditError(f"no cross-attention layers at downsample {downsample} for LocalBlend")
+            threshold = _fraction("blend_threshold", opts["blend_threshold"])
+            start = int(_fraction("blend_start", opts["blend_start"]) * steps)
+            blend = LocalBlend(src_tokens, tgt_tokens, threshold, start, downsample)
+        max_tokens = int(opts["self_replace_max_tokens"])
+        return cls(cross_edit, n_cross, n_self, max_tokens, blend, opts)
+
+    @staticmethod
+    def default_blend_downsample(unet) -> int:
+        """Grid the LocalBlend maps come from: latent/4 (16×16 on SD at 512 px) if present, else the coarsest."""
+        found = {info.downsample for _, _, info in attention_layers(unet) if info.is_cross and info.place != "mid"}
+        if not found:
+            return 4
+        return 4 if 4 in found else max(found)
+
+    # ---- loop hooks ----------------------------------------------------------------------------------------
+    def rows_read(self, step: int) -> frozenset[Row]:
+        if self.blend is not None or step < max(self.n_cross, self.n_self):
+            return CONDITIONAL_ROWS
+        return frozenset()
+
+    def wants_layer(self, info: LayerInfo) -> bool:
+        return True
+
+    def attend(self, info: LayerInfo, attn, query, key, value):
+        s, t = self.row_index("source", "cond"), self.row_index("target", "cond")
+        if s is None or t is None:
+            return None
+        if not info.is_cross:
+            if self.step >= self.n_self or query.shape[2] > self.self_max_tokens:
+                return None
+            query, key = query.clone(), key.clone()
+            query[t], key[t] = query[s], key[s]  # softmax(Q_src K_srcᵀ) · V_tgt
+            return F.scaled_dot_product_attention(query, key, value)
+        editing = self.step < self.n_cross
+        blending = self.blend is not None and self.blend.wants(info)
+        if not (editing or blending):
+            return None
+        pair = [s, t]
+        probs = attention_probs(attn, query[pair], key[pair])  # (2, heads, queries, 77)
+        if editing:
+            probs = torch.stack([probs[0], self.cross_edit(probs[0], probs[1])])
+        if blending:
+            self.blend.accumulate(probs)
+        # Only the target row uses the edited maps; every other row (the source included) keeps SDPA, so the
+        # source branch computes bit for bit what it computes without the editor.
+        out = torch.empty_like(query)
+        others = [r for r in range(query.shape[0]) if r != t]
+        out[others] = F.scaled_dot_product_attention(query[others], key[others], value[others])
+        out[t] = torch.matmul(probs[1].to(value.dtype), value[t])
+        return out
+
+    def step_callback(self, step: int, latents: Branches) -> Branches:
+        latents = super().step_callback(step, latents)
+        return self.blend(step, latents) if self.blend is not None else latents
+
+    def settings(self) -> dict[str, Any]:
+        return {"editor": self.name, **self.options, "cross_replace_until_step": self.n_cross,
+                "self_replace_until_step": self.n_self}

@@ -1,0 +1,28 @@
+"""Plain DDIM inversion (SPEC §4 "DDIM"): edit from z*_T with no correction; drifts under CFG."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..sampling import ddim_invert
+from .base import InversionInputs, Inverted
+from .registry import register
+
+
+@register
+class DDIMInverted(Inverted):
+    """DDIM inversion under the source prompt (guidance 1); both branches denoise freely from z*_T."""
+
+    method = "ddim"
+    description = "DDIM inversion, no correction (baseline; reconstruction drifts under CFG)"
+    defaults: dict[str, Any] = {"inversion_guidance": 1.0}
+
+    @classmethod
+    def run(cls, inputs: InversionInputs, **options: Any) -> DDIMInverted:
+        opts = cls.validate_options(options)
+        start = time.perf_counter()
+        latents = ddim_invert(inputs.pipe.unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
+                              float(opts["inversion_guidance"]), inputs.stats, inputs.callback)
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
+                   stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)

@@ -1,0 +1,130 @@
+"""Direct Inversion / PnP Inversion (Ju et al., ICLR 2024, arXiv 2310.01506), SPEC §3.
+
+After each guided DDIM step the source branch gets z*_{t−1} − z''_{t−1} added, so it follows the inversion
+trajectory exactly; the target branch is left alone. Fused into the edit loop this costs nothing: with full
+offsets the source latent is simply set to z*_{t−1}, so its model output is never read and its rows are skipped
+unless the editor reads them. Ablations (paper §5, reference code): ``offset_scale`` (×0.4/0.8), correction
+every ``offset_interval`` steps, ``correct_target`` (add the target prompt's own offset along z* to the target
+branch), ``inversion_guidance`` (CFG during the inversion). ``layout="reference"`` reproduces the reference
+code's separate offset pass at batch 4 (50 extra UNet calls), for parity checks and benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..errors import InveditError
+from ..sampling import Branches, LoopContext, ddim_invert, ddim_step
+from .base import InversionInputs, Inverted
+from .registry import register
+
+
+@register
+class DirectInverted(Inverted):
+    """Direct Inversion: DDIM inversion, then the source branch is pinned to z* during editing."""
+
+    method = "direct"
+    description = "Direct Inversion (PnP Inversion): source branch pinned to z*, target untouched"
+    defaults: dict[str, Any] = {"offset_scale": 1.0, "offset_interval": 1, "correct_target": False,
+                                "inversion_guidance": 1.0, "layout": "fused"}
+
+    # Precomputed per-step offsets (set by `prepare` for the reference layout / correct_target).
+    _source_offsets: list[torch.Tensor] | None = None
+    _target_offsets: list[torch.Tensor] | None = None
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        opts = super().validate_options(options)
+        opts["offset_scale"] = float(opts["offset_scale"])
+        if not 0.0 <= opts["offset_scale"] <= 2.0:
+            raise InveditError(f"offset_scale must be in [0, 2], got {opts['offset_scale']}")
+        if int(opts["offset_interval"]) != opts["offset_interval"] or int(opts["offset_interval"]) < 1:
+            raise InveditError(f"offset_interval must be a positive integer, got {opts['offset_interval']}")
+        opts["offset_interval"] = int(opts["offset_interval"])
+        opts["inversion_guidance"] = float(opts["inversion_guidance"])
+        if opts["inversion_guidance"] < 0:
+            raise InveditError(f"inversion_guidance must be ≥ 0, got {opts['inversion_guidance']}")
+        if opts["layout"] not in ("fused", "reference"):
+            raise InveditError(f"layout must be 'fused' or 'reference', got {opts['layout']!r}")
+        opts["correct_target"] = bool(opts["correct_target"])
+        return opts
+
+    @classmethod
+    def run(cls, inputs: InversionInputs, **options: Any) -> DirectInverted:
+        opts = cls.validate_options(options)
+        start = time.perf_counter()
+        latents = ddim_invert(inputs.pipe.unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
+                              opts["inversion_guidance"], inputs.stats, inputs.callback)
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
+                   stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
+
+    # ---- which steps get which correction ------------------------------------------------------------------
+    def corrects_at(self, i: int) -> bool:
+        """Whether step ``i`` adds an offset (every ``offset_interval`` steps, from step 0)."""
+        return i % self.options["offset_interval"] == 0
+
+    @property
+    def reference_layout(self) -> bool:
+        return self.options["layout"] == "reference"
+
+    def needs_source(self, i: int) -> bool:
+        pinned = self.options["offset_scale"] == 1.0 and self.corrects_at(i) and not self.reference_layout
+        return not pinned
+
+    # ---- precomputed offsets (reference layout, correct_target) -------------------------------------------
+    @torch.no_grad()
+    def _offset_pass(self, ctx: LoopContext, branches: list[str]) -> list[torch.Tensor]:
+        """Offsets z*_{t−1} − z''_{t−1} along z* for ``branches``' prompts, as the reference computes them.
+
+        Each branch starts at z*_T and after each step is moved by its (scaled / intervalled) offset; the batch
+        is [u…, c…] like the reference's `offset_calculate` (batch 4 for two branches).
+        """
+        den = ctx.denoiser
+        n = len(branches)
+        emb = torch.cat([den.null[b] for b in branches] + [den.cond[b] for b in branches])
+        scale = self.options["offset_scale"]
+        z = self.latents[-1:].expand(n, -1, -1, -1).clone()
+        offsets = []
+        for i, t in enumerate(ctx.schedule.timesteps):
+            out = den.plain(t, torch.cat([z, z]), emb)
+            u, c = out.chunk(2)
+            g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
+            z_prev = ddim_step(ctx.schedule, u + g * (c - u), i, z)
+            if self.corrects_at(i):
+                offset = (self.z_star_after(i).expand_as(z_prev) - z_prev) * scale
+            else:
+                offset = torch.zeros_like(z_prev)
+            offsets.append(offset)
+            z = z_prev + offset
+        return offsets
+
+    def prepare(self, ctx: LoopContext) -> None:
+        self._source_offsets = self._target_offsets = None
+        if self.reference_layout:
+            branches = ["source", "target"]  # the reference computes both rows (batch 4), using row 0 only
+        elif self.options["correct_target"]:
+            branches = ["target"]
+        else:
+            return
+        offsets = self._offset_pass(ctx, branches)
+        if "source" in branches:
+            self._source_offsets = [o[branches.index("source")].unsqueeze(0) for o in offsets]
+        if self.options["correct_target"]:
+            self._target_offsets = [o[branches.index("target")].unsqueeze(0) for o in offsets]
+
+    # ---- the correction ------------------------------------------------------------------------------------
+    def correct(self, i: int, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
+        """Source branch: z'' + s·(z* − z'') at correcting steps (= z* at full scale); target untouched."""
+        if self._target_offsets is not None:
+            target = target + self._target_offsets[i]
+        if self._source_offsets is not None:  # reference layout: add the precomputed offset
+            return Branches(source + self._source_offsets[i], target)
+        if not self.corrects_at(i):
+            return Branches(source, target)
+        z_star = self.z_star_after(i)
+        if source is None:  # pinned: the source output was not computed
+            return Branches(z_star.clone(), target)
+        return Branches(source + self.options["offset_scale"] * (z_star - source), target)

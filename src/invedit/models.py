@@ -1,0 +1,195 @@
+"""Load any diffusers Stable Diffusion 1.x/2.x checkpoint (hub id or folder), or the embedded default model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import InveditError, ModelNotFoundError
+
+EMBEDDED_MODEL_NAME = "shapes-64"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def embedded_model_path() -> Path:
+    """Folder of the embedded shapes model shipped inside the package (a diffusers pipeline folder)."""
+    return Path(__file__).parent / "toy" / "weights" / EMBEDDED_MODEL_NAME
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` or the best available one (cuda, then mps, then cpu)."""
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise InveditError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InveditError(f"device {device!r} requested but CUDA is not available")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise InveditError(f"device {device!r} requested but MPS is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``dtype`` (name or torch dtype), defaulting to float16 on CUDA and float32 elsewhere."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InveditError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise InveditError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith("/") or "\\" in model
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the steps_offset deprecation; we set it ourselves
+        return StableDiffusionPipeline.from_pretrained(
+            source, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, local_files_only=local_only,
+        )
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.is_file():
+        raise InveditError(f"{folder} is a single file; pass a diffusers folder (with model_index.json)")
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise InveditError(f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
+    components = json.loads(index.read_text())
+    if "text_encoder_2" in components or "transformer" in components:
+        raise InveditError(f"{folder}: only Stable Diffusion 1.x/2.x (UNet + one CLIP text encoder) is supported")
+
+
+def make_ddim_scheduler(config: dict):
+    """The DDIM scheduler of SPEC §1 on the checkpoint's betas and prediction type.
+
+    clip_sample off, final alpha = ᾱ[0] (set_alpha_to_one False), "leading" spacing with steps_offset 1, so
+    50 steps give t = 981, 961, …, 1 — what every reference run actually used.
+    """
+    from diffusers import DDIMScheduler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DDIMScheduler.from_config(
+            dict(config), clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+            timestep_spacing="leading", thresholding=False, rescale_betas_zero_snr=False,
+        )
+
+
+def prepare_pipeline(pipe, device: torch.device | None = None):
+    """Put a loaded pipeline into invedit's state: DDIM scheduler of SPEC §1, eval mode, no progress bars."""
+    pipe.scheduler = make_ddim_scheduler(pipe.scheduler.config)
+    if pipe.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise InveditError(f"unsupported prediction type {pipe.scheduler.config.prediction_type!r}")
+    if device is not None:
+        pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None):
+    """Load a Stable Diffusion pipeline ready for inversion and editing.
+
+    Args:
+        model: a Hugging Face hub id (e.g. ``"CompVis/stable-diffusion-v1-4"``), a local diffusers folder,
+            or ``None`` for the embedded shapes model that ships with invedit (no download).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default: the best available.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``; default float16 on CUDA, float32 elsewhere.
+            Latents and the DDIM arithmetic always stay float32; the dtype applies to the networks.
+    Returns:
+        A `diffusers.StableDiffusionPipeline` with the DDIM scheduler of the paper (SPEC §1).
+    Raises:
+        ModelNotFoundError: the model is not available offline and the hub cannot be reached.
+        InveditError: the folder is not a Stable Diffusion 1.x/2.x pipeline.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if model is None or str(model) in (EMBEDDED_MODEL_NAME, "embedded"):
+        folder = embedded_model_path()
+        if not (folder / "model_index.json").exists():
+            raise ModelNotFoundError(f"the embedded model is missing from this install ({folder}); reinstall invedit")
+        source, name = str(folder), EMBEDDED_MODEL_NAME
+    else:
+        name = str(model)
+        path = Path(name).expanduser()
+        if path.exists():
+            _check_folder(path)
+            source = str(path)
+        elif _looks_like_path(name):
+            raise ModelNotFoundError(f"model folder not found: {name}")
+        else:
+            source = name
+    try:
+        if Path(source).exists():
+            pipe = _from_pretrained(source, torch_dtype, local_only=True)
+        else:
+            try:
+                pipe = _from_pretrained(source, torch_dtype, local_only=True)
+            except OSError:
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                    raise
+                pipe = _from_pretrained(source, torch_dtype, local_only=False)
+    except InveditError:
+        raise
+    except (OSError, ValueError) as exc:
+        if Path(source).exists():
+            raise InveditError(f"cannot load model folder {source}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelNotFoundError(
+            f"model {name!r} not found locally; the hub is unreachable or has no such model; pass a local folder"
+        ) from None
+    pipe = prepare_pipeline(pipe, dev)
+    pipe._invedit_name = name
+    return pipe
+
+
+def model_name(pipe) -> str:
+    """A readable name of the pipeline's model (hub id, folder or the embedded model's name)."""
+    return getattr(pipe, "_invedit_name", None) or str(pipe.config.get("_name_or_path", "unknown"))
+
+
+def model_fingerprint(pipe) -> str:
+    """Short hash of the model's identity (name, configs and a sample of UNet weights), for caches."""
+    h = hashlib.sha256(model_name(pipe).encode())
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+    params = list(pipe.unet.parameters())
+    for p in params[:: max(1, len(params) // 16)]:
+        h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def native_resolution(pipe) -> int:
+    """Image side the model works at: UNet sample size × the VAE's downsampling factor."""
+    return int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
+
+
+def vae_scale_factor(pipe) -> int:
+    """Pixels per latent cell (8 for Stable Diffusion)."""
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)

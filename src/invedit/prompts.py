@@ -1,0 +1,58 @@
+"""Prompt handling: text embeddings, token lengths, and where a word's tokens sit in a prompt."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import InveditError
+
+
+def check_prompt(prompt: str, tokenizer, what: str = "prompt") -> str:
+    """Strip ``prompt`` and check it is non-empty and fits the text encoder; return it."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InveditError(f"the {what} is empty")
+    prompt = " ".join(prompt.split())
+    n = len(tokenizer(prompt).input_ids)
+    if n > tokenizer.model_max_length:
+        raise InveditError(f"the {what} is too long ({n - 2} tokens; the model reads at most "
+                           f"{tokenizer.model_max_length - 2})")
+    return prompt
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states (len(prompts), 77, D), padded to the tokenizer's max length (SPEC §1)."""
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    device = pipe.text_encoder.device
+    return pipe.text_encoder(tok.input_ids.to(device))[0]
+
+
+def _normalise(word: str) -> str:
+    return re.sub(r"[^\w]", "", word.lower())
+
+
+def word_token_indices(prompt: str, word: str, tokenizer) -> list[int]:
+    """Token positions (BOS = 0) of every occurrence of ``word`` among the space-separated words of ``prompt``.
+
+    Matching ignores case and punctuation; a word that BPE splits into several tokens yields all of them.
+    """
+    target = _normalise(word)
+    out: list[int] = []
+    position = 1
+    for w in prompt.split():
+        n = len(tokenizer(w, add_special_tokens=False).input_ids)
+        if _normalise(w) == target:
+            out.extend(range(position, position + n))
+        position += n
+    return [i for i in out if i < tokenizer.model_max_length]
+
+
+def require_word(prompt: str, word: str, tokenizer, what: str) -> list[int]:
+    """`word_token_indices` that raises a clear error when ``word`` is not a word of ``prompt``."""
+    inds = word_token_indices(prompt, word, tokenizer)
+    if not inds:
+        raise InveditError(f"{word!r} is not a word of the {what} {prompt!r}")
+    return inds

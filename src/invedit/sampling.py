@@ -1,0 +1,225 @@
+"""DDIM arithmetic, the UNet call that counts NFE, DDIM inversion and the one two-branch denoising loop.
+
+Notation: ᾱ_t = ``alphas_cumprod[t]``; a sample at noise level t is z_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (DDIM, Song et
+al. 2021, eq. 12). A forward step maps level ``t_cur`` to the next lower level ``t_next``; an inversion step runs
+the same map backwards (from ``t_next`` up to ``t_cur``), evaluating the UNet at ``t_cur`` as in the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+BRANCHES = ("source", "target")
+HALVES = ("uncond", "cond")
+#: Canonical batch order of the reference code: [src_u, tgt_u, src_c, tgt_c]; rows nobody reads are dropped.
+ROW_ORDER: tuple[tuple[str, str], ...] = tuple((b, h) for h in HALVES for b in BRANCHES)
+Row = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """The discrete DDIM schedule of one run: timesteps (descending) and the ᾱ lookup (SPEC §1)."""
+
+    timesteps: tuple[int, ...]
+    alphas_cumprod: torch.Tensor  # float32, as the reference scheduler's
+    final_alpha_cumprod: torch.Tensor  # ᾱ used below t = 0: ᾱ[0] when set_alpha_to_one is False
+    prediction_type: str = "epsilon"
+
+    @classmethod
+    def from_pipe(cls, pipe, steps: int) -> DDIMSchedule:
+        """Schedule of ``pipe.scheduler`` (configured by `invedit.load`) for ``steps`` steps."""
+        sched = pipe.scheduler
+        sched.set_timesteps(steps)
+        return cls(
+            timesteps=tuple(int(t) for t in sched.timesteps),
+            alphas_cumprod=sched.alphas_cumprod.float().cpu(),
+            final_alpha_cumprod=torch.as_tensor(sched.final_alpha_cumprod).float().cpu(),
+            prediction_type=sched.config.prediction_type,
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    def alpha(self, t: int) -> torch.Tensor:
+        """ᾱ_t, or the final ᾱ for t < 0."""
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
+    def next_timestep(self, i: int) -> int:
+        """Level reached by forward step ``i`` (−1 after the last step: the final ᾱ)."""
+        return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+
+
+def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor,
+               prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted x₀ and ε from a model output at level ᾱ (DDIM eq. 12; v-prediction: Salimans & Ho 2022)."""
+    alpha = alpha.to(sample.device)
+    beta = 1 - alpha
+    if prediction_type == "epsilon":
+        return (sample - beta**0.5 * model_output) / alpha**0.5, model_output
+    if prediction_type == "v_prediction":
+        return alpha**0.5 * sample - beta**0.5 * model_output, alpha**0.5 * model_output + beta**0.5 * sample
+    raise ValueError(f"unsupported prediction type {prediction_type!r}")
+
+
+def ddim_move(x0: torch.Tensor, eps: torch.Tensor, alpha_to: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (η = 0) sample at level ᾱ_to: √ᾱ_to·x₀ + √(1−ᾱ_to)·ε (DDIM eq. 12)."""
+    alpha_to = alpha_to.to(x0.device)
+    return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
+
+
+def ddim_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+    """Forward DDIM step ``i``: from level t_i down to the next timestep (z_t → z_{t−1})."""
+    x0, eps = x0_and_eps(model_output, sample, schedule.alpha(schedule.timesteps[i]), schedule.prediction_type)
+    return ddim_move(x0, eps, schedule.alpha(schedule.next_timestep(i)))
+
+
+def ddim_inverse_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int,
+                      sample: torch.Tensor) -> torch.Tensor:
+    """Inverse of forward step ``i``: from level ``next_timestep(i)`` up to t_i, model evaluated at t_i (SPEC §2)."""
+    x0, eps = x0_and_eps(model_output, sample, schedule.alpha(schedule.next_timestep(i)),
+                         schedule.prediction_type)
+    return ddim_move(x0, eps, schedule.alpha(schedule.timesteps[i]))
+
+
+@dataclass
+class RunStats:
+    """Work counters of a run: NFE = UNet sample evaluations (batch rows), calls, backward passes."""
+
+    nfe: int = 0
+    unet_calls: int = 0
+    nfe_backward: int = 0
+
+    def add(self, other: RunStats) -> RunStats:
+        return RunStats(self.nfe + other.nfe, self.unet_calls + other.unet_calls,
+                        self.nfe_backward + other.nfe_backward)
+
+
+def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
+    """One UNet call on float32 latents; runs in the UNet's dtype, returns float32 and counts NFE."""
+    dtype = unet.dtype
+    out = unet(latents.to(dtype), t, encoder_hidden_states=embeddings.to(dtype)).sample
+    stats.nfe += latents.shape[0]
+    stats.unet_calls += 1
+    return out.float()
+
+
+def guided(outputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+    """Classifier-free guidance ε_u + w·(ε_c − ε_u) (Ho & Salimans 2022); one half suffices at w = 0 or 1."""
+    if scale == 1:
+        return outputs["cond"]
+    if scale == 0:
+        return outputs["uncond"]
+    return outputs["uncond"] + scale * (outputs["cond"] - outputs["uncond"])
+
+
+def halves_needed(scale: float) -> tuple[str, ...]:
+    """Which CFG halves a guidance scale reads."""
+    if scale == 1:
+        return ("cond",)
+    if scale == 0:
+        return ("uncond",)
+    return HALVES
+
+
+@torch.no_grad()
+def ddim_invert(unet, schedule: DDIMSchedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                guidance_scale: float, stats: RunStats,
+                callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """DDIM inversion (SPEC §2): the trajectory z*_0 … z*_T as a (T+1, C, h, w) tensor, index = steps taken.
+
+    ``guidance_scale`` 1 is the paper's conditional-only inversion; other values are the inversion-guidance
+    ablation. The UNet is evaluated at the upper timestep of each interval, as in the reference code.
+    """
+    trajectory = [z0[0].float()]
+    z = z0.float()
+    halves = halves_needed(guidance_scale)
+    emb = torch.cat([null if h == "uncond" else cond for h in halves])
+    for k in range(schedule.steps):
+        i = schedule.steps - 1 - k  # forward step index this inversion step undoes
+        out = unet_output(unet, z.expand(len(halves), -1, -1, -1), schedule.timesteps[i], emb, stats)
+        z = ddim_inverse_step(schedule, guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale), i, z)
+        trajectory.append(z[0])
+        if callback is not None:
+            callback(k)
+    return torch.stack(trajectory)
+
+
+@dataclass
+class Branches:
+    """Latents of the two branches (each (1, C, h, w), float32): the source and the edited target."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+
+    def __getitem__(self, branch: str) -> torch.Tensor:
+        return getattr(self, branch)
+
+
+@dataclass
+class GuidedDenoiser:
+    """Batches every UNet row a step needs into one call and returns CFG-combined outputs per branch.
+
+    A row is (branch, half). Rows are computed when a branch's latent update needs them (per its guidance
+    scale) or when the editor reads them (e.g. P2P reads the source's conditional attention); rows nobody
+    reads are skipped, which is where Direct Inversion saves UNet work.
+    """
+
+    unet: torch.nn.Module
+    cond: dict[str, torch.Tensor]  # branch -> (1, 77, D)
+    null: dict[str, torch.Tensor]  # branch -> (1, 77, D), the default unconditional embedding
+    guidance: dict[str, float]  # branch -> CFG scale
+    editor: object  # invedit.editing.Editor
+    stats: RunStats = field(default_factory=RunStats)
+
+    def rows_for(self, step: int, branches: set[str]) -> list[Row]:
+        wanted = {(b, h) for b in branches for h in halves_needed(self.guidance[b])}
+        wanted |= set(self.editor.rows_read(step))
+        return [row for row in ROW_ORDER if row in wanted]
+
+    def __call__(self, step: int, t: int, latents: Branches, branches: set[str],
+                 null: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+        """Guided model outputs for ``branches`` at step ``step`` (timestep ``t``)."""
+        rows = self.rows_for(step, branches)
+        nulls = {b: (null or {}).get(b) if (null or {}).get(b) is not None else self.null[b] for b in BRANCHES}
+        x = torch.cat([latents[b] for b, _ in rows])
+        emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
+        self.editor.begin_step(step, rows)
+        out = unet_output(self.unet, x, t, emb, self.stats)
+        by_row = dict(zip(rows, out.split(1)))
+        return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
+                for b in branches}
+
+    def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
+        with self.editor.paused():
+            return unet_output(self.unet, latents, t, embeddings, self.stats)
+
+
+@dataclass
+class LoopContext:
+    """What an inversion's per-step hook can use: the schedule, the denoiser and a seeded generator."""
+
+    schedule: DDIMSchedule
+    denoiser: GuidedDenoiser
+    generator: torch.Generator
+
+
+def denoise_two_branches(inverted, ctx: LoopContext, editor,
+                         callback: Callable[[int], None] | None = None) -> Branches:
+    """The one editing loop: both branches from the inversion's start, one batched UNet call per step.
+
+    Per step: the inversion's ``step`` (model outputs, DDIM update, its correction — e.g. Direct Inversion pins
+    the source branch to z*), then the editor's latent callback (e.g. P2P LocalBlend), as in the reference.
+    """
+    inverted.prepare(ctx)
+    latents = inverted.start_latents()
+    for i in range(ctx.schedule.steps):
+        latents = inverted.step(ctx, i, latents)
+        latents = editor.step_callback(i, latents)
+        if callback is not None:
+            callback(i)
+    return latents

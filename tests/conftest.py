@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny offline pipelines and synthetic test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from invedit.testing import tiny_pipeline
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def pipe():
+    """Tiny random-weight Stable Diffusion pipeline (64 px images, 16×16 latents)."""
+    return tiny_pipeline(seed=0)
+
+
+def scene_image(size: int = 64, color=(230, 40, 40)) -> Image.Image:
+    """A coloured square on a striped background (deterministic)."""
+    image = Image.new("RGB", (size, size), (200, 200, 200))
+    draw = ImageDraw.Draw(image)
+    for x in range(0, size, 8):
+        draw.rectangle([x, 0, x + 3, size], fill=(90, 90, 160))
+    s = size // 4
+    draw.rectangle([s, s, 3 * s, 3 * s], fill=color)
+    return image
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return scene_image()
+
+
+@pytest.fixture
+def noise_image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+
+
+SOURCE = "a red square on a striped background"
+TARGET = "a blue square on a striped background"

@@ -1,0 +1,113 @@
+"""Direct Inversion's defining properties on a tiny model: exact source branch, fused = reference, fewer NFE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import invedit
+from invedit.edit import decode_latents, encode_image
+from invedit.images import psnr
+
+from .conftest import SOURCE, TARGET
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def direct(pipe):
+    from .conftest import scene_image
+
+    return invedit.invert(pipe, scene_image(), SOURCE, "direct", steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def vae_round_trip(pipe, direct):
+    return decode_latents(pipe, encode_image(pipe, direct.image))[0]
+
+
+def test_source_branch_equals_z0_and_reconstructs_at_high_guidance(pipe, direct, vae_round_trip):
+    result = invedit.edit(pipe, direct, None, TARGET, guidance_scale=7.5)
+    assert (result.latents[0] - direct.z0[0].cpu()).abs().max() <= 1e-4
+    assert psnr(result.reconstruction, vae_round_trip) >= 40
+    ddim = invedit.edit(pipe, direct.image, SOURCE, TARGET, inversion="ddim", steps=STEPS, guidance_scale=7.5)
+    assert (ddim.latents[0] - direct.z0[0].cpu()).abs().max() > 0.1
+    assert psnr(ddim.reconstruction, vae_round_trip) < psnr(result.reconstruction, vae_round_trip) - 10
+
+
+def test_direct_needs_fewer_unet_evaluations_than_ddim(pipe, image):
+    d = invedit.edit(pipe, image, SOURCE, TARGET, inversion="direct", steps=STEPS)
+    m = invedit.edit(pipe, image, SOURCE, TARGET, inversion="ddim", steps=STEPS)
+    assert d.nfe < m.nfe
+    # DDIM: 4 rows every step. Direct: the source's unconditional row is never read, and after the last
+    # P2P injection step (self: int(0.6·20) = 12) the source's conditional row is not read either.
+    assert m.nfe_edit == 4 * STEPS
+    assert d.nfe_edit == 3 * 12 + 2 * (STEPS - 12)
+    assert d.nfe_inversion == m.nfe_inversion == STEPS
+
+
+def test_fused_layout_equals_reference_layout(pipe, direct):
+    fused = invedit.edit(pipe, direct, None, TARGET)
+    ref_inv = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, layout="reference")
+    reference = invedit.edit(pipe, ref_inv, None, TARGET)
+    # Same math; only float rounding differs (P2P computes the source row with explicit attention maps).
+    torch.testing.assert_close(fused.latents, reference.latents, rtol=0, atol=2e-3)
+    assert psnr(fused.image, reference.image) >= 40
+    assert reference.nfe_edit == 4 * STEPS + 4 * STEPS  # offset pass at batch 4, then 4 rows per step
+
+
+def test_identity_edit_with_target_correction_returns_the_reconstruction(pipe, direct):
+    ct = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, correct_target=True)
+    result = invedit.edit(pipe, ct, None, SOURCE)
+    torch.testing.assert_close(result.latents[1], result.latents[0], rtol=0, atol=2e-3)  # rounding only
+    assert psnr(result.image, result.reconstruction) >= 40
+
+
+def test_identity_edit_without_direct_correction_keeps_branches_identical(pipe, direct):
+    """With DDIM and target = source, both branches compute the same thing: the edit is the reconstruction."""
+    result = invedit.edit(pipe, direct.image, SOURCE, SOURCE, inversion="ddim", steps=STEPS)
+    torch.testing.assert_close(result.latents[1], result.latents[0], rtol=0, atol=1e-5)
+
+
+def test_offset_scale_zero_is_plain_ddim(pipe, direct):
+    zero = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, offset_scale=0.0)
+    ddim = invedit.invert(pipe, direct.image, SOURCE, "ddim", steps=STEPS)
+    a = invedit.edit(pipe, zero, None, TARGET)
+    b = invedit.edit(pipe, ddim, None, TARGET)
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-5)
+
+
+def test_offset_interval_corrects_only_every_k_steps(pipe, direct):
+    k = 5
+    inv = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, offset_interval=k)
+    assert [inv.corrects_at(i) for i in range(STEPS)] == [i % k == 0 for i in range(STEPS)]
+    assert [inv.needs_source(i) for i in range(STEPS)] == [i % k != 0 for i in range(STEPS)]
+    seen = []
+    original = inv.correct
+
+    def spy(i, source, target):
+        out = original(i, source, target)
+        if i % k == 0:
+            assert torch.equal(out.source, inv.z_star_after(i))
+        else:
+            assert torch.equal(out.source, source)
+        seen.append(i)
+        return out
+
+    inv.correct = spy
+    invedit.edit(pipe, inv, None, TARGET)
+    assert seen == list(range(STEPS))
+
+
+def test_offset_scale_moves_source_part_way(pipe, direct):
+    inv = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, offset_scale=0.4)
+    source = torch.randn(1, 4, 16, 16)
+    out = inv.correct(3, source, source.clone())
+    torch.testing.assert_close(out.source, source + 0.4 * (inv.z_star_after(3) - source))
+    torch.testing.assert_close(out.target, source)
+
+
+@pytest.mark.parametrize("bad", [{"offset_scale": -1}, {"offset_interval": 0}, {"layout": "x"}, {"foo": 1}])
+def test_bad_direct_options_raise(pipe, image, bad):
+    with pytest.raises(invedit.InveditError):
+        invedit.invert(pipe, image, SOURCE, "direct", steps=2, **bad)

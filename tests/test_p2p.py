@@ -1,0 +1,162 @@
+"""Prompt-to-Prompt units: token alignment, Replace/Refine/Reweight, LocalBlend, attention injection, hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import invedit
+from invedit.editing.attention import LayerInfo, attention_layers
+from invedit.editing.p2p import (
+    AttentionRefine,
+    AttentionReplace,
+    AttentionReweight,
+    LocalBlend,
+    PromptToPrompt,
+)
+from invedit.editing.token_alignment import align, refinement_mapper, replacement_mapper
+from invedit.sampling import Branches
+
+from .conftest import SOURCE, TARGET
+
+
+def test_alignment_treats_a_substitution_as_delete_plus_insert():
+    assert align([0, 1, 2, 3, 9], [0, 1, 7, 3, 9]) == [0, 1, -1, 3, 4]
+    assert align([0, 1, 3, 9], [0, 1, 5, 6, 3, 9]) == [0, 1, -1, -1, 2, 3]
+    assert align([0, 1, 2, 3, 9], [0, 1, 3, 9]) == [0, 1, 3, 4]  # deleted source token: nobody reads it
+    assert align([4, 5, 6], [4, 5, 6]) == [0, 1, 2]
+
+
+def test_refinement_mapper_on_prompts(pipe):
+    mapper, alphas = refinement_mapper(SOURCE, TARGET, pipe.tokenizer)
+    n = len(pipe.tokenizer(TARGET).input_ids)  # BOS + 7 words + EOS
+    assert alphas[:n].tolist() == [1, 1, 0, 1, 1, 1, 1, 1, 1]
+    assert mapper[[0, 1, 3, 4, 8]].tolist() == [0, 1, 3, 4, 8]
+    assert mapper[n:].tolist() == list(range(n, 77)) and alphas[n:].eq(1).all()
+    inserted, alphas = refinement_mapper("a red square", "a big red square", pipe.tokenizer)
+    assert alphas[:6].tolist() == [1, 1, 0, 1, 1, 1] and inserted[[0, 1, 3, 4, 5]].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_replacement_mapper_maps_words_one_to_one_and_split_words_evenly(pipe):
+    m = replacement_mapper("a red square", "a blue square", pipe.tokenizer)
+    assert torch.equal(m, torch.eye(77))
+    # "zebra" is not in the tiny vocabulary: BPE splits it into n > 1 tokens.
+    n = len(pipe.tokenizer("zebra", add_special_tokens=False).input_ids)
+    assert n > 1
+    m = replacement_mapper("a red square", "a zebra square", pipe.tokenizer)
+    assert torch.allclose(m[2, 2:2 + n], torch.full((n,), 1 / n)) and m[2].sum() == pytest.approx(1.0)
+    assert m[3, 2 + n] == 1 and m[4, 3 + n] == 1 and m[0, 0] == 1 and m[76 - (n - 1), 76] == 1
+    with pytest.raises(invedit.InveditError, match="same number of words"):
+        replacement_mapper("a red square", "a big red square", pipe.tokenizer)
+
+
+def test_cross_attention_edits():
+    g = torch.Generator().manual_seed(0)
+    base, target = torch.rand(2, 5, 77, generator=g), torch.rand(2, 5, 77, generator=g)
+    perm = torch.randperm(77, generator=g)
+    replace = AttentionReplace(torch.eye(77)[perm].T)  # target token j reads source token perm[j]
+    torch.testing.assert_close(replace(base, target), base[..., perm])
+    mapper, alphas = torch.arange(77), torch.ones(77)
+    alphas[3] = 0
+    refine = AttentionRefine(mapper, alphas)
+    out = refine(base, target)
+    torch.testing.assert_close(out[..., 3], target[..., 3])
+    torch.testing.assert_close(out[..., 4], base[..., 4])
+    eq = torch.ones(77)
+    eq[4] = 2.0
+    reweighted = AttentionReweight(refine, eq)(base, target)
+    torch.testing.assert_close(reweighted[..., 4], 2 * base[..., 4])
+    torch.testing.assert_close(reweighted[..., 5], base[..., 5])
+
+
+def test_local_blend_mask_and_blend():
+    blend = LocalBlend(source_tokens=[2], target_tokens=[3], threshold=0.3, start_step=2, downsample=1)
+    probs = torch.zeros(2, 1, 64, 77)  # 8×8 grid
+    probs[0, 0, 9, 2] = 1.0  # source word at (1, 1)
+    probs[1, 0, 54, 3] = 1.0  # target word at (6, 6)
+    probs[1, 0, 0, 3] = 0.2  # below threshold after normalising by the max
+    blend.accumulate(probs)
+    src, tgt = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8)
+    early = blend(1, Branches(src, tgt))
+    assert torch.equal(early.target, tgt)  # before start_step nothing happens
+    out = blend(2, Branches(src, tgt))
+    expected = torch.zeros(8, 8)
+    expected[0:3, 0:3] = 1  # 3×3 max-pool around (1, 1)
+    expected[5:8, 5:8] = 1  # and around (6, 6); mask = source ∪ target
+    assert torch.equal(out.target[0, 0], expected)
+    assert torch.equal(out.source, src)
+
+
+class _Attn:
+    scale = 0.5
+
+
+def test_attend_injects_source_attention_into_the_target_row(pipe):
+    editor = PromptToPrompt.create(pipe, SOURCE, TARGET, steps=10)
+    editor.begin_step(0, [("target", "uncond"), ("source", "cond"), ("target", "cond")])
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 16, 4, generator=g) for _ in range(3))
+    self_info = LayerInfo("x.attn1", "down", False, 1)
+    out = editor.attend(self_info, _Attn(), q, k, v)
+    torch.testing.assert_close(out[2], F.scaled_dot_product_attention(q[1], k[1], v[2]))
+    torch.testing.assert_close(out[1], F.scaled_dot_product_attention(q[1], k[1], v[1]))
+    torch.testing.assert_close(out[0], F.scaled_dot_product_attention(q[0], k[0], v[0]))
+    kc, vc = torch.randn(3, 2, 77, 4, generator=g), torch.randn(3, 2, 77, 4, generator=g)
+    cross = editor.attend(LayerInfo("x.attn2", "down", True, 1), _Attn(), q, kc, vc)
+    probs = (q[1:] @ kc[1:].transpose(-1, -2) * 0.5).softmax(-1)
+    mapper, alphas = refinement_mapper(SOURCE, TARGET, pipe.tokenizer)
+    edited = probs[0][..., mapper] * alphas + probs[1] * (1 - alphas)
+    torch.testing.assert_close(cross[2], edited @ vc[2])
+    torch.testing.assert_close(cross[1], F.scaled_dot_product_attention(q[1], kc[1], vc[1]))
+    editor.begin_step(editor.n_self, [("source", "cond"), ("target", "cond")])
+    assert editor.attend(self_info, _Attn(), q[1:], k[1:], v[1:]) is None  # after the injection window
+    assert editor.n_cross == 4 and editor.n_self == 6  # int(0.4·11), int(0.6·10)
+
+
+def test_hooks_fail_loudly_and_are_removed(pipe, image, monkeypatch):
+    before = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+    invedit.edit(pipe, image, SOURCE, TARGET, steps=3)
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == before
+    monkeypatch.setattr(PromptToPrompt, "wants_layer", lambda self, info: False)
+    with pytest.raises(invedit.InveditError, match="hooked 0 attention layers"):
+        invedit.edit(pipe, image, SOURCE, TARGET, steps=3)
+    monkeypatch.undo()
+    monkeypatch.setattr(PromptToPrompt, "attend", lambda self, *a: None)
+    monkeypatch.setattr(PromptToPrompt, "begin_step", lambda self, step, rows: setattr(self, "active", False))
+    with pytest.raises(invedit.InveditError, match="never called"):
+        invedit.edit(pipe, image, SOURCE, TARGET, steps=3)
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == before
+
+
+def test_layer_map_of_the_unet(pipe):
+    layers = attention_layers(pipe.unet)
+    assert len(layers) == len(pipe.unet.attn_processors)
+    cross = {(i.place, i.downsample) for _, _, i in layers if i.is_cross}
+    assert cross == {("down", 1), ("down", 2), ("mid", 2), ("up", 2), ("up", 1)}
+    assert PromptToPrompt.default_blend_downsample(pipe.unet) == 2
+
+
+def test_local_blend_keeps_the_target_equal_to_the_source_outside_the_mask(pipe, image):
+    # Random weights give nearly flat maps, so a high threshold is needed for a partial mask here.
+    result = invedit.edit(pipe, image, SOURCE, TARGET, steps=10, blend_words="red blue", blend_threshold=0.9)
+    same = (result.latents[1] == result.latents[0]).all(0)
+    assert 0 < same.float().mean() < 1
+    assert result.settings["editor"]["reweight"] == {"blue": 2.0}
+
+
+@pytest.mark.parametrize("blend, message", [("dog blue", "not a word of the source"),
+                                            ("red dog", "not a word of the target"),
+                                            ("red", "two words")])
+def test_bad_blend_words(pipe, image, blend, message):
+    with pytest.raises(invedit.InveditError, match=message):
+        invedit.edit(pipe, image, SOURCE, TARGET, steps=2, blend_words=blend)
+
+
+def test_bad_p2p_options(pipe, image):
+    with pytest.raises(invedit.InveditError, match="cross_replace_steps"):
+        invedit.edit(pipe, image, SOURCE, TARGET, steps=2, cross_replace_steps=1.5)
+    with pytest.raises(invedit.InveditError, match="no option"):
+        invedit.edit(pipe, image, SOURCE, TARGET, steps=2, nonsense=1)
+    with pytest.raises(invedit.InveditError, match="mode"):
+        invedit.edit(pipe, image, SOURCE, TARGET, steps=2, mode="swap")

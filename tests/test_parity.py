@@ -1,0 +1,76 @@
+"""invedit reproduces the official PnPInversion code's outputs on the parity fixture's tiny model.
+
+The fixture (tests/fixtures/parity, copied from shared/parity) holds the reference implementation's edited
+image and latents for DDIM+P2P, Direct Inversion+P2P and Null-text+P2P on a tiny random-weight SD-shaped model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import invedit
+from invedit.edit import decode_latents, encode_image
+from invedit.images import psnr
+
+PARITY = Path(__file__).parent / "fixtures" / "parity"
+SOURCE = "a yellow square on a striped background"
+TARGET = "a yellow star on a striped background"
+
+
+@pytest.fixture(scope="module")
+def parity_pipe():
+    return invedit.load(PARITY / "model", device="cpu", dtype="float32")
+
+
+def reference(method: str) -> tuple[np.ndarray, dict]:
+    folder = PARITY / "outputs" / method
+    return np.load(folder / "images_uint8.npz")["edited_uint8"], torch.load(folder / "latents.pt")
+
+
+def test_input_matches_the_reference_latent(parity_pipe):
+    _, ref = reference("directinversion+p2p")
+    image = invedit.load_image(PARITY / "inputs" / "caseB.png", 512)
+    torch.testing.assert_close(encode_image(parity_pipe, image).cpu(), ref["x0_latent"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("inversion, options, name", [
+    ("direct", {}, "directinversion+p2p"),
+    ("direct", {"layout": "reference"}, "directinversion+p2p"),
+    ("ddim", {}, "ddim+p2p"),
+])
+def test_edit_reproduces_reference(parity_pipe, inversion, options, name):
+    expected, ref = reference(name)
+    result = invedit.edit(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, TARGET, inversion=inversion,
+                          inversion_options=options, steps=50, guidance_scale=7.5)
+    edited = np.asarray(result.image)
+    assert psnr(edited, expected) >= 40, f"{name}: {psnr(edited, expected):.1f} dB"
+    # The latents agree far inside their spread (std ≈ 3) despite CFG 7.5 amplifying rounding for 50 steps.
+    assert (result.latents - ref["final_latents"]).abs().mean() < 0.01
+    if inversion == "direct":
+        torch.testing.assert_close(result.latents[0], ref["x0_latent"][0], rtol=0, atol=1e-4)
+        round_trip = decode_latents(parity_pipe, ref["x0_latent"])[0]
+        diff = np.abs(np.asarray(result.reconstruction, dtype=int) - np.asarray(round_trip, dtype=int))
+        assert diff.max() <= 1
+
+
+def test_direct_offsets_match_the_reference_offsets(parity_pipe):
+    _, ref = reference("directinversion+p2p")
+    inv = invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, "direct", layout="reference")
+    for k, idx in enumerate(ref["ddim_inversion_latents_index"].tolist()):
+        torch.testing.assert_close(inv.latents[idx].cpu(), ref["ddim_inversion_latents_subset"][k][0],
+                                   rtol=0, atol=1e-4)
+    invedit.edit(parity_pipe, inv, None, TARGET)
+    for k, i in enumerate(ref["noise_loss_index"].tolist()):
+        torch.testing.assert_close(inv._source_offsets[i][0].cpu(), ref["noise_loss_subset"][k][0],
+                                   rtol=0, atol=1e-3)
+
+
+def test_fixture_images_are_the_npz_arrays():
+    expected, _ = reference("ddim+p2p")
+    assert expected.shape == (512, 512, 3) and expected.dtype == np.uint8
+    assert Image.open(PARITY / "inputs" / "caseB.png").size == (512, 512)
