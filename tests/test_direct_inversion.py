@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import invedit
-from invedit.edit import decode_latents, encode_image
+from invedit.api import decode_latents, encode_image
 from invedit.images import psnr
 
 from .conftest import SOURCE, TARGET

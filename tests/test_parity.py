@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import invedit
-from invedit.edit import decode_latents, encode_image
+from invedit.api import decode_latents, encode_image
 from invedit.images import psnr
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"

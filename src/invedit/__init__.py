@@ -8,7 +8,7 @@ Direct Inversion (PnP Inversion, ICLR 2024) and its baselines, with Prompt-to-Pr
     >>> result.image.save("dog.png")
 """
 
-from .edit import EditResult, edit, invert
+from .api import EditResult, edit, invert
 from .errors import InveditError, ModelNotFoundError
 from .images import load_image
 from .inversion import Inverted

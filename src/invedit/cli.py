@@ -93,7 +93,7 @@ def edit_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
-    from . import edit as edit_module
+    from . import api
     from .editing import get_editor
     from .images import load_image
     from .inversion import get_inversion
@@ -103,13 +103,13 @@ def edit_command(
     for text, what in ((source, "source prompt"), (target, "target prompt")):
         if not text.strip():
             raise InveditError(f"the {what} is empty")
-    edit_module.check_steps(steps)
-    edit_module.check_guidance(guidance)
+    api.check_steps(steps)
+    api.check_guidance(guidance)
     inversion_cls, editor_cls = get_inversion(inversion), get_editor(editor)
     inversion_options = inversion_cls.validate_options(parse_options(inversion_option, "--inversion-option"))
     editor_options = parse_options(option, "--option")
     editor_cls.validate_options(editor_options)
-    blend_words = edit_module.parse_blend_words(blend)
+    blend_words = api.parse_blend_words(blend)
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     resolve_dtype(dtype, resolve_device(device))
     out = Path(out) if out else Path(f"{Path(image).stem}.{inversion}+{editor}.png")
@@ -119,7 +119,7 @@ def edit_command(
     _setup_threads()
     pipe = load(model, device=device, dtype=dtype)
     started = time.perf_counter()
-    result = edit_module.edit(
+    result = api.edit(
         pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
         steps=steps, guidance_scale=guidance, blend_words=blend_words, seed=seed,
         inversion_options=inversion_options, progress=not quiet, **editor_options,
@@ -128,7 +128,7 @@ def edit_command(
     files = [result.save(out)]
     if save_reconstruction:
         rec = out.with_name(out.stem + ".reconstruction.png")
-        edit_module.write_atomically([(rec, lambda f: result.reconstruction.save(f, format="PNG"))])
+        api.write_atomically([(rec, lambda f: result.reconstruction.save(f, format="PNG"))])
         files.append(rec)
     typer.echo(f"wrote {', '.join(map(str, files))} (+ {out.with_suffix('.json').name}): {inversion}+{editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")

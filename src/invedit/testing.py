@@ -11,7 +11,13 @@ import tempfile
 
 import torch
 
-TINY_VOCABULARY = ["a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "image", "painting", "drawing", "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "grey", "brown", "pink", "circle", "square", "triangle", "star", "shape", "object", "dog", "cat", "bird", "car", "tree", "house", "flower", "cake", "apple", "background", "striped", "dotted", "checkered", "plain", "big", "small", "large", "sitting", "standing"]
+TINY_VOCABULARY = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "image", "painting", "drawing",
+    "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "grey", "brown", "pink",
+    "circle", "square", "triangle", "star", "shape", "object", "dog", "cat", "bird", "car", "tree", "house",
+    "flower", "cake", "apple", "background", "striped", "dotted", "checkered", "plain", "big", "small",
+    "large", "sitting", "standing",
+)
 
 
 def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.device = "cpu",

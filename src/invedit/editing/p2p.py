@@ -151,16 +151,6 @@ class PromptToPrompt(AttentionEditor):
         # The reference counts cross-replace steps over steps + 1 (int(0.4·51) = 20) and self over steps (30).
         n_cross, n_self = int(cross * (steps + 1)), int(self_ * steps)
 
-        reweight = parse_reweight(opts["reweight"])
-        if reweight is None:  # reference: equaliser ×2 on the target blend word when blending
-            reweight = {blend_words[1]: 2.0} if blend_words else {}
-        if reweight:
-            equalizer = torch.ones(MAX_TOKENS)
-            for word, scale in reweight.items():
-                equalizer[require_word(target_prompt, word, tok, "target prompt")] = scale
-            cross_edit = AttentionReweight(cross_edit, equalizer)
-        opts["reweight"] = reweight
-
         blend = None
         if blend_words:
             src_tokens = require_word(source_prompt, blend_words[0], tok, "source prompt")
@@ -172,6 +162,16 @@ class PromptToPrompt(AttentionEditor):
             threshold = _fraction("blend_threshold", opts["blend_threshold"])
             start = int(_fraction("blend_start", opts["blend_start"]) * steps)
             blend = LocalBlend(src_tokens, tgt_tokens, threshold, start, downsample)
+        reweight = parse_reweight(opts["reweight"])
+        if reweight is None:  # reference: equaliser ×2 on the target blend word when blending
+            reweight = {blend_words[1]: 2.0} if blend_words else {}
+        if reweight:
+            equalizer = torch.ones(MAX_TOKENS)
+            for word, scale in reweight.items():
+                equalizer[require_word(target_prompt, word, tok, "target prompt")] = scale
+            cross_edit = AttentionReweight(cross_edit, equalizer)
+        opts["reweight"] = reweight
+
         max_tokens = int(opts["self_replace_max_tokens"])
         return cls(cross_edit, n_cross, n_self, max_tokens, blend, opts)
 

@@ -86,7 +86,7 @@ class Inverted(ABC):
         return self.latents[self.steps - i].unsqueeze(0)
 
     # ---- loop hooks ---------------------------------------------------------------------------------------
-    def prepare(self, ctx: LoopContext) -> None:
+    def prepare(self, ctx: LoopContext) -> None:  # noqa: B027 (optional hook)
         """Called once before the loop (e.g. precomputed offsets)."""
 
     def start_latents(self) -> Branches:
@@ -98,7 +98,7 @@ class Inverted(ABC):
         """CFG scale per branch during the edit (both the edit's scale by default)."""
         return {"source": guidance_scale, "target": guidance_scale}
 
-    def check_edit(self, guidance_scale: float) -> None:
+    def check_edit(self, guidance_scale: float) -> None:  # noqa: B027 (optional hook)
         """Refuse edit settings this inversion cannot serve (e.g. a guidance it was not optimised for)."""
 
     def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:

@@ -1,0 +1,206 @@
+"""Time, NFE and peak memory per edit for each inversion + P2P, on small and full-size models.
+
+    python benchmarks/edit_speed.py                       # tiny parity model (512 px) + SD-1.4-shaped model
+    python benchmarks/edit_speed.py --models tiny --repeats 5
+    python benchmarks/edit_speed.py --models sd14 --sd-steps 50 --device cuda --dtype float16   # on a GPU
+
+Methods are run interleaved (A B C A B C …) and the median is reported, so background load hits all alike.
+Results are merged into ``benchmarks/results.json`` (keyed by model and machine) and ``benchmarks/results.md``
+is regenerated from it. Weights do not change speed, so the full-size model has random weights (no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import invedit
+from invedit.models import prepare_pipeline
+from invedit.versions import versions
+
+HERE = Path(__file__).parent
+PARITY_MODEL = HERE.parent / "tests" / "fixtures" / "parity" / "model"
+SOURCE, TARGET = "a yellow square on a striped background", "a yellow star on a striped background"
+
+# name -> (inversion, inversion options, editor)
+METHODS: dict[str, tuple[str, dict, str]] = {
+    "ddim+p2p": ("ddim", {}, "p2p"),
+    "direct+p2p": ("direct", {}, "p2p"),
+    "direct+p2p (reference layout)": ("direct", {"layout": "reference"}, "p2p"),
+}
+
+
+def sd14_shaped_pipeline(device: str, dtype: torch.dtype):
+    """Stable Diffusion 1.4's architecture (UNet 860M, VAE, CLIP ViT-L text encoder) with random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from invedit.testing import TINY_VOCABULARY
+    from invedit.word_tokenizer import build_word_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TINY_VOCABULARY)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.to(dtype=dtype)
+    pipe = prepare_pipeline(pipe, torch.device(device))
+    pipe._invedit_name = "sd14-shaped-random"
+    return pipe
+
+
+class PeakMemory:
+    """Peak extra memory during a block: CUDA allocator peak, or sampled process RSS on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.base, self.running = self._rss_mb(), True
+            self.samples = [self.base]
+
+            def sample():
+                while self.running:
+                    self.samples.append(self._rss_mb())
+                    time.sleep(0.005)
+
+            self.thread = threading.Thread(target=sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20 - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak_mb = max(self.samples) - self.base
+
+
+def run_once(pipe, image: Image.Image, steps: int, method: str) -> dict:
+    inversion, options, editor = METHODS[method]
+    device = pipe.unet.device
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        result = invedit.edit(pipe, image, SOURCE, TARGET, inversion=inversion, editor=editor, steps=steps,
+                              inversion_options=options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "nfe": result.nfe, "nfe_inversion": result.nfe_inversion,
+            "nfe_edit": result.nfe_edit, "peak_mb": mem.peak_mb}
+
+
+def benchmark(pipe, steps: int, repeats: int) -> dict:
+    size = invedit.models.native_resolution(pipe)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8))
+    run_once(pipe, image, 1, "ddim+p2p")  # warm-up
+    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for _ in range(repeats):
+        for method in METHODS:
+            runs[method].append(run_once(pipe, image, steps, method))
+    rows = {}
+    for method, rs in runs.items():
+        rows[method] = {"seconds": statistics.median(r["seconds"] for r in rs), "nfe": rs[0]["nfe"],
+                        "nfe_inversion": rs[0]["nfe_inversion"], "nfe_edit": rs[0]["nfe_edit"],
+                        "peak_mb": max(r["peak_mb"] for r in rs), "all_seconds": [r["seconds"] for r in rs]}
+    base, ref = rows["ddim+p2p"]["seconds"], rows["direct+p2p (reference layout)"]["seconds"]
+    for row in rows.values():
+        row["vs_ddim"], row["vs_reference"] = row["seconds"] / base, row["seconds"] / ref
+    return rows
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = ["# Edit speed: inversion + Prompt-to-Prompt", "",
+             "Generated by `benchmarks/edit_speed.py` from `results.json`. Time = inversion + editing, median of",
+             "interleaved repeats; NFE = UNet sample evaluations (inversion + edit); peak = extra memory during",
+             "the edit (CUDA allocator peak, or sampled process RSS on CPU).", ""]
+    for key, entry in results.items():
+        lines += [f"## {key}", "",
+                  f"{entry['description']}; {entry['steps']} steps, {entry['dtype']}, {entry['repeats']} repeat(s); "
+                  f"{entry['date']}; versions {json.dumps(entry['versions'])}", "",
+                  "| method | seconds | × ddim+p2p | × reference layout | NFE (inv + edit) | peak MB |",
+                  "|---|---|---|---|---|---|"]
+        for method, r in entry["rows"].items():
+            lines.append(f"| {method} | {r['seconds']:.2f} | {r['vs_ddim']:.2f} | {r['vs_reference']:.2f} | "
+                         f"{r['nfe']} ({r['nfe_inversion']} + {r['nfe_edit']}) | {r['peak_mb']:.0f} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,sd14", help="comma list of: tiny, sd14, embedded")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps for tiny/embedded models")
+    parser.add_argument("--sd-steps", type=int, default=5, help="DDIM steps for the full-size model (CPU: few)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sd-repeats", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="full-size model dtype (default: bfloat16 on CPU)")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name in args.models.split(","):
+        if name == "tiny":
+            pipe = invedit.load(PARITY_MODEL, device=args.device, dtype="float32")
+            desc, steps, repeats, dtype = "tiny SD-shaped model of the parity fixture, 512 px", args.steps, \
+                args.repeats, "float32"
+        elif name == "embedded":
+            pipe = invedit.load(None, device=args.device, dtype="float32")
+            desc, steps, repeats, dtype = "embedded shapes model", args.steps, args.repeats, "float32"
+        elif name == "sd14":
+            dtype = args.dtype or ("float16" if device.type == "cuda" else "bfloat16")
+            pipe = sd14_shaped_pipeline(args.device, invedit.models.DTYPES[dtype])
+            desc, steps, repeats = "SD-1.4-shaped model (random weights), 512 px", args.sd_steps, args.sd_repeats
+        else:
+            raise SystemExit(f"unknown model {name!r}")
+        rows = benchmark(pipe, steps, repeats)
+        key = f"{name} on {machine(device)}"
+        results[key] = {"description": desc, "steps": steps, "repeats": repeats, "dtype": dtype, "rows": rows,
+                        "date": time.strftime("%Y-%m-%d"), "versions": versions()}
+        args.out.write_text(json.dumps(results, indent=2))
+        write_markdown(results, args.out.with_suffix(".md"))
+        for method, r in rows.items():
+            print(f"{key:40s} {method:32s} {r['seconds']:8.2f} s  x{r['vs_ddim']:.2f} ddim  "
+                  f"x{r['vs_reference']:.2f} ref  NFE {r['nfe']}  peak {r['peak_mb']:.0f} MB", flush=True)
+        del pipe
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The command line end to end, from a tiny model saved to a folder (the real loading path), and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from invedit.cli import app
+from invedit.testing import tiny_pipeline
+
+from .conftest import SOURCE, TARGET, scene_image
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipeline(seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "in.png"
+    scene_image().save(path)
+    return path
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_edit_writes_png_and_sidecar(model_dir, image_path, tmp_path):
+    out = tmp_path / "result" / "edited.png"
+    code, stdout, stderr = run("edit", str(image_path), "--source", SOURCE, "--target", TARGET,
+                               "--model", str(model_dir), "--steps", "4", "--seed", "7", "--out", str(out),
+                               "--blend", "red blue", "-o", "cross_replace_steps=0.5", "--save-reconstruction", "-q")
+    assert code == 0, stderr
+    assert Image.open(out).size == (64, 64)
+    assert (tmp_path / "result" / "edited.reconstruction.png").exists()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["seed"] == 7 and record["steps"] == 4 and record["inversion"] == "direct"
+    assert record["editor"]["editor"] == "p2p" and record["editor"]["cross_replace_steps"] == 0.5
+    assert record["blend_words"] == ["red", "blue"] and record["model"] == str(model_dir)
+    assert record["nfe"] == record["nfe_inversion"] + record["nfe_edit"] > 0 and record["seconds"] > 0
+    assert {"invedit", "torch", "diffusers", "transformers"} <= set(record["versions"])
+    assert "NFE" in stdout
+    assert sorted(p.name for p in (tmp_path / "result").iterdir()) == [
+        "edited.json", "edited.png", "edited.reconstruction.png"]
+
+
+def test_same_seed_same_pixels_and_inversion_option(model_dir, image_path, tmp_path):
+    outs = []
+    for name in ("a.png", "b.png"):
+        code, _, stderr = run("edit", str(image_path), "-s", SOURCE, "-t", TARGET, "--model", str(model_dir),
+                              "--steps", "3", "--out", str(tmp_path / name), "-i", "offset_interval=2", "-q")
+        assert code == 0, stderr
+        outs.append(np.asarray(Image.open(tmp_path / name)))
+    assert np.array_equal(*outs)
+    assert json.loads((tmp_path / "a.json").read_text())["inversion_options"]["offset_interval"] == 2
+
+
+def test_console_script_runs_as_a_process(model_dir, image_path, tmp_path):
+    out = tmp_path / "x.png"
+    proc = subprocess.run([sys.executable, "-m", "invedit.cli", "edit", str(image_path), "-s", SOURCE, "-t", TARGET,
+                           "--model", str(model_dir), "--steps", "2", "--inversion", "ddim", "--out", str(out), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists()
+    bad = subprocess.run([sys.executable, "-m", "invedit.cli", "edit", str(tmp_path / "missing.png"), "-s", SOURCE,
+                          "-t", TARGET], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "image not found" in bad.stderr
+
+
+def test_methods_lists_inversions_and_editors():
+    code, stdout, _ = run("methods", "--json")
+    assert code == 0
+    listed = json.loads(stdout)
+    assert {"direct", "ddim"} <= {m["name"] for m in listed["inversions"]}
+    assert {"p2p", "none"} <= {m["name"] for m in listed["editors"]}
+    code, stdout, _ = run("methods")
+    assert code == 0 and "direct" in stdout and "offset_scale" in stdout
+
+
+def _bad_files(tmp_path):
+    text = tmp_path / "not-an-image.png"
+    text.write_text("hello")
+    tiny = tmp_path / "tiny.png"
+    scene_image().resize((10, 10)).save(tiny)
+    deep = tmp_path / "sixteen-bit.png"
+    Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)).save(deep)
+    transparent = tmp_path / "transparent.png"
+    rgba = scene_image().convert("RGBA")
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    rgba.save(transparent)
+    return {"text": text, "tiny": tiny, "deep": deep, "transparent": transparent}
+
+
+BAD = [
+    ("missing image", lambda f: [str(f["dir"] / "nope.png")], "image not found"),
+    ("unreadable", lambda f: [str(f["text"])], "cannot read image"),
+    ("tiny", lambda f: [str(f["tiny"])], "too small"),
+    ("16-bit", lambda f: [str(f["deep"])], "unsupported mode"),
+    ("transparent", lambda f: [str(f["transparent"])], "transparent pixels"),
+    ("empty source", lambda f: [str(f["ok"]), "-s", " "], "source prompt is empty"),
+    ("empty target", lambda f: [str(f["ok"]), "-t", ""], "target prompt is empty"),
+    ("blend not in prompt", lambda f: [str(f["ok"]), "--blend", "dog cat"], "not a word of the source prompt"),
+    ("blend one word", lambda f: [str(f["ok"]), "--blend", "red"], "two words"),
+    ("zero steps", lambda f: [str(f["ok"]), "--steps", "0"], "steps must be"),
+    ("negative guidance", lambda f: [str(f["ok"]), "--guidance", "-1"], "guidance scale must be"),
+    ("unknown inversion", lambda f: [str(f["ok"]), "--inversion", "magic"], "unknown inversion 'magic'"),
+    ("unknown editor", lambda f: [str(f["ok"]), "--editor", "magic"], "unknown editor 'magic'"),
+    ("missing model", lambda f: [str(f["ok"]), "--model", str(f["dir"] / "no-model")], "model folder not found"),
+    ("not a model", lambda f: [str(f["ok"]), "--model", str(f["dir"])], "no model_index.json"),
+    ("option format", lambda f: [str(f["ok"]), "-o", "cross_replace_steps"], "KEY=VALUE"),
+    ("unknown option", lambda f: [str(f["ok"]), "-o", "bogus=1"], "has no option 'bogus'"),
+    ("option range", lambda f: [str(f["ok"]), "-o", "cross_replace_steps=2"], "cross_replace_steps must be"),
+    ("inversion option", lambda f: [str(f["ok"]), "-i", "offset_interval=0"], "offset_interval"),
+    ("bad dtype", lambda f: [str(f["ok"]), "--dtype", "int8"], "unknown dtype"),
+    ("bad output", lambda f: [str(f["ok"]), "--out", str(f["dir"] / "out" / "x.gif")], "output must be"),
+]
+
+
+@pytest.mark.parametrize("case, args, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_one_line_exit_2_no_output(model_dir, image_path, tmp_path, case, args, message):
+    files = {**_bad_files(tmp_path), "ok": image_path, "dir": tmp_path}
+    extra = args(files)
+    base = {"-s": SOURCE, "-t": TARGET, "--model": str(model_dir), "--out": str(tmp_path / "out" / "x.png")}
+    for i, token in enumerate(extra):  # the case's values override the defaults
+        if token in base and i + 1 < len(extra):
+            base.pop(token)
+    argv = ["edit", *extra, "--steps", "2"] if "--steps" not in extra else ["edit", *extra]
+    for key, value in base.items():
+        argv += [key, value]
+    code, stdout, stderr = run(*argv, "-q")
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0, stderr
+    assert message in stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -1,0 +1,60 @@
+"""Loading: folders, hub ids offline, clear errors; the offline tiny pipeline; the scheduler of SPEC §1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import invedit
+from invedit.models import load, make_ddim_scheduler, native_resolution
+from invedit.testing import tiny_pipeline
+
+
+def test_tiny_pipeline_is_deterministic_and_sd_shaped():
+    a, b = tiny_pipeline(seed=3), tiny_pipeline(seed=3)
+    for (name, p), (_, q) in zip(a.unet.named_parameters(), b.unet.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert not torch.equal(next(tiny_pipeline(seed=4).unet.parameters()), next(a.unet.parameters()))
+    assert type(a).__name__ == "StableDiffusionPipeline" and native_resolution(a) == 64
+    assert a.tokenizer("a red circle").input_ids.__len__() == 5  # every vocabulary word is one token
+
+
+def test_load_folder_round_trip(tmp_path):
+    pipe = tiny_pipeline(seed=2)
+    pipe.save_pretrained(tmp_path)
+    loaded = load(tmp_path, device="cpu")
+    for (name, p), (_, q) in zip(pipe.unet.named_parameters(), loaded.unet.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    config = loaded.scheduler.config
+    assert (config.steps_offset, config.clip_sample, config.set_alpha_to_one) == (1, False, False)
+    loaded.scheduler.set_timesteps(50)
+    assert int(loaded.scheduler.timesteps[0]) == 981 and int(loaded.scheduler.timesteps[-1]) == 1
+    half = load(tmp_path, device="cpu", dtype="bfloat16")
+    assert half.unet.dtype == torch.bfloat16
+
+
+def test_scheduler_keeps_the_checkpoint_betas_and_prediction_type():
+    sched = make_ddim_scheduler({"beta_start": 0.001, "beta_end": 0.02, "beta_schedule": "linear",
+                                 "prediction_type": "v_prediction", "steps_offset": 0, "clip_sample": True})
+    assert sched.config.prediction_type == "v_prediction" and sched.config.beta_end == 0.02
+    assert sched.config.clip_sample is False and sched.config.steps_offset == 1
+
+
+def test_missing_models_give_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(invedit.ModelNotFoundError, match="not found locally; the hub is unreachable"):
+        load("nobody/no-such-model-anywhere", device="cpu")
+    with pytest.raises(invedit.ModelNotFoundError, match="model folder not found"):
+        load(str(tmp_path / "missing"), device="cpu")
+    with pytest.raises(invedit.InveditError, match="no model_index.json"):
+        load(tmp_path, device="cpu")
+    (tmp_path / "model.safetensors").write_bytes(b"0")
+    with pytest.raises(invedit.InveditError, match="single file"):
+        load(tmp_path / "model.safetensors", device="cpu")
+
+
+def test_bad_device_and_dtype():
+    with pytest.raises(invedit.InveditError, match="unknown dtype"):
+        load(None, device="cpu", dtype="int8")
+    with pytest.raises(invedit.InveditError, match="device"):
+        load(None, device="tpu")
