@@ -175,21 +175,29 @@ class GuidedDenoiser:
     editor: object  # invedit.editing.Editor
     stats: RunStats = field(default_factory=RunStats)
 
+    first_step: int = 0  # loop step the edit starts at (editors count their steps from here)
+
     def rows_for(self, step: int, branches: set[str]) -> list[Row]:
         wanted = {(b, h) for b in branches for h in halves_needed(self.guidance[b])}
-        wanted |= set(self.editor.rows_read(step))
+        wanted |= set(self.editor.rows_read(step - self.first_step))
         return [row for row in ROW_ORDER if row in wanted]
+
+    def raw(self, step: int, t: int, latents: Branches, branches: set[str],
+            null: dict[str, torch.Tensor | None] | None = None) -> dict[Row, torch.Tensor]:
+        """Model output of every computed row (before CFG), keyed by (branch, half)."""
+        rows = self.rows_for(step, branches)
+        null = null or {}
+        nulls = {b: null[b] if null.get(b) is not None else self.null[b] for b in BRANCHES}
+        x = torch.cat([latents[b] for b, _ in rows])
+        emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
+        self.editor.begin_step(step - self.first_step, rows)
+        out = unet_output(self.unet, x, t, emb, self.stats)
+        return dict(zip(rows, out.split(1)))
 
     def __call__(self, step: int, t: int, latents: Branches, branches: set[str],
                  null: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
-        """Guided model outputs for ``branches`` at step ``step`` (timestep ``t``)."""
-        rows = self.rows_for(step, branches)
-        nulls = {b: (null or {}).get(b) if (null or {}).get(b) is not None else self.null[b] for b in BRANCHES}
-        x = torch.cat([latents[b] for b, _ in rows])
-        emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
-        self.editor.begin_step(step, rows)
-        out = unet_output(self.unet, x, t, emb, self.stats)
-        by_row = dict(zip(rows, out.split(1)))
+        """CFG-combined model outputs for ``branches`` at step ``step`` (timestep ``t``)."""
+        by_row = self.raw(step, t, latents, branches, null)
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
@@ -214,12 +222,15 @@ def denoise_two_branches(inverted, ctx: LoopContext, editor,
 
     Per step: the inversion's ``step`` (model outputs, DDIM update, its correction — e.g. Direct Inversion pins
     the source branch to z*), then the editor's latent callback (e.g. P2P LocalBlend), as in the reference.
+    Methods that skip the first steps (edit-friendly DDPM) set ``first_step``; editors count from there.
     """
     inverted.prepare(ctx)
     latents = inverted.start_latents()
-    for i in range(ctx.schedule.steps):
+    first = inverted.first_step
+    ctx.denoiser.first_step = first
+    for i in range(first, ctx.schedule.steps):
         latents = inverted.step(ctx, i, latents)
-        latents = editor.step_callback(i, latents)
+        latents = editor.step_callback(i - first, latents)
         if callback is not None:
             callback(i)
     return latents

@@ -86,6 +86,9 @@ class Inverted(ABC):
         return self.latents[self.steps - i].unsqueeze(0)
 
     # ---- loop hooks ---------------------------------------------------------------------------------------
+    #: First loop step the edit runs (edit-friendly DDPM skips the noisiest steps).
+    first_step: ClassVar[int] = 0
+
     def prepare(self, ctx: LoopContext) -> None:  # noqa: B027 (optional hook)
         """Called once before the loop (e.g. precomputed offsets)."""
 

@@ -1,0 +1,119 @@
+"""Null-text inversion (Mokady et al., CVPR 2023), SPEC §4, with the NT-S ablation and optional ProxEdit.
+
+After DDIM inversion, the unconditional ("null") embedding is optimised per step so that the guided DDIM step
+from the current latent lands on z*_{t−1}: Adam, lr 1e-2·(1 − i/100), at most ``inner_steps`` iterations,
+early stop when the loss drops below ``early_stop + i·2e-5``; each step starts from the previous step's result.
+The edit then uses the per-step null embeddings in both branches (``branches="source"``: the NT-S ablation,
+null-text only in the source branch).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InveditError
+from ..sampling import Branches, LoopContext, RunStats, ddim_invert, ddim_step, unet_output
+from .base import InversionInputs, Inverted
+from .proximal import PROXIMAL_DEFAULTS, check_proximal_options, proximal_step
+from .registry import register
+
+
+def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                             guidance_scale: float, inner_steps: int, early_stop: float, learning_rate: float,
+                             stats: RunStats, callback=None) -> tuple[list[torch.Tensor], list[int]]:
+    """Per-step null embeddings (each (1, 77, D)) and the Adam iterations each step took (NTI, Alg. 1)."""
+    if unet.dtype != torch.float32:
+        raise InveditError("null-text optimisation runs in float32; load the model with dtype float32")
+    steps = schedule.steps
+    latent = trajectory[-1:].clone()
+    uncond = null.detach().clone()
+    nulls, iterations = [], []
+    for i, t in enumerate(schedule.timesteps):
+        target = trajectory[steps - 1 - i].unsqueeze(0)
+        with torch.no_grad():
+            eps_cond = unet_output(unet, latent, t, cond, stats)
+        uncond = uncond.detach().clone()
+        done = 0
+        if inner_steps > 0:
+            uncond.requires_grad_(True)
+            optimiser = torch.optim.Adam([uncond], lr=learning_rate * (1.0 - i / 100.0))
+            for _ in range(inner_steps):
+                with torch.enable_grad():
+                    eps_uncond = unet_output(unet, latent, t, uncond, stats)
+                    guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                    loss = F.mse_loss(ddim_step(schedule, guided, i, latent), target)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                stats.nfe_backward += 1
+                done += 1
+                if loss.item() < early_stop + i * 2e-5:
+                    break
+        uncond = uncond.detach()
+        nulls.append(uncond)
+        iterations.append(done)
+        with torch.no_grad():  # advance along the reconstruction this embedding gives
+            out = unet_output(unet, torch.cat([latent, latent]), t, torch.cat([uncond, cond]), stats)
+            eps_uncond, eps_cond = out.chunk(2)
+            latent = ddim_step(schedule, eps_uncond + guidance_scale * (eps_cond - eps_uncond), i, latent)
+        if callback is not None:
+            callback(i)
+    return nulls, iterations
+
+
+@register
+class NullTextInverted(Inverted):
+    """Null-text inversion: per-step optimised null embeddings used while editing."""
+
+    method = "null-text"
+    description = "Null-text inversion: per-step optimised null embeddings (slow, optimisation)"
+    defaults: dict[str, Any] = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2, "branches": "both",
+                                **PROXIMAL_DEFAULTS}
+
+    nulls: list[torch.Tensor] | None = None
+    iterations: list[int] | None = None
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        opts = super().validate_options(options)
+        if int(opts["inner_steps"]) < 0:
+            raise InveditError(f"inner_steps must be ≥ 0, got {opts['inner_steps']}")
+        if opts["branches"] not in ("both", "source"):
+            raise InveditError(f"branches must be 'both' or 'source' (NT-S), got {opts['branches']!r}")
+        return check_proximal_options(opts)
+
+    @classmethod
+    def run(cls, inputs: InversionInputs, **options: Any) -> NullTextInverted:
+        opts = cls.validate_options(options)
+        start = time.perf_counter()
+        unet = inputs.pipe.unet
+        latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
+        nulls, iterations = optimise_null_embeddings(
+            unet, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale,
+            int(opts["inner_steps"]), float(opts["early_stop"]), float(opts["learning_rate"]), inputs.stats,
+            inputs.callback)
+        inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
+                       stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
+        inverted.nulls, inverted.iterations = nulls, iterations
+        return inverted
+
+    def check_edit(self, guidance_scale: float) -> None:
+        if guidance_scale != self.guidance_scale:
+            raise InveditError(f"the null embeddings were optimised for guidance {self.guidance_scale}; invert again "
+                               f"with guidance_scale={guidance_scale}")
+
+    def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
+        null = self.nulls[i]
+        return {"source": null, "target": null if self.options["branches"] == "both" else None}
+
+    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
+        if self.options["proximal"]:
+            return proximal_step(self, ctx, i, latents)
+        return super().step(ctx, i, latents)
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "iterations": self.iterations, "total_iterations": sum(self.iterations or [])}

@@ -1,0 +1,143 @@
+"""The baseline inversions and ablations of SPEC §3–4 do exactly what they say (tiny model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import invedit
+import invedit.inversion.null_text as null_text_module
+from invedit.api import encode_image
+from invedit.inversion.proximal import proximal_direction
+from invedit.prompts import encode_prompts
+
+from .conftest import SOURCE, TARGET, scene_image
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def z0(pipe):
+    return encode_image(pipe, scene_image())
+
+
+def source_error(pipe, inversion, **options) -> float:
+    result = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion=inversion, steps=STEPS,
+                          inversion_options=options)
+    z0 = encode_image(pipe, result.source)
+    return (result.latents[0] - z0[0].cpu()).abs().mean().item()
+
+
+def test_null_text_reconstructs_better_than_ddim_and_approaches_direct(pipe):
+    ddim, nti, direct = (source_error(pipe, m) for m in ("ddim", "null-text", "direct"))
+    assert direct < 1e-5
+    assert nti < 0.75 * ddim  # random weights: NTI cannot converge, but it is clearly better
+    assert direct <= nti
+
+
+def test_null_text_stops_early_as_specified(pipe, monkeypatch):
+    losses: list[float] = []
+    original = F.mse_loss
+
+    def recording(a, b):
+        loss = original(a, b)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(null_text_module.F, "mse_loss", recording)
+    early_stop = 0.02
+    inv = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=STEPS, early_stop=early_stop)
+    pos = 0
+    for i, n in enumerate(inv.iterations):
+        step_losses = losses[pos:pos + n]
+        pos += n
+        below = [k for k, loss in enumerate(step_losses) if loss < early_stop + i * 2e-5]
+        if n < 10:  # stopped early: exactly at the first loss under the threshold
+            assert below == [n - 1]
+        else:
+            assert below in ([], [9])
+    assert pos == len(losses)
+    assert inv.stats.nfe_backward == sum(inv.iterations)
+    # forward rows: inversion + per step (cond + one per iteration + final uncond/cond pair)
+    assert inv.stats.nfe == STEPS + sum(1 + n + 2 for n in inv.iterations)
+    assert invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=STEPS, inner_steps=0).iterations == [0] * 8
+
+
+def test_null_text_refuses_another_guidance(pipe):
+    inv = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=2, inner_steps=1, guidance_scale=7.5)
+    with pytest.raises(invedit.InveditError, match="optimised for guidance 7.5"):
+        invedit.edit(pipe, inv, None, TARGET, guidance_scale=5.0)
+
+
+class UNetInputs:
+    """Records the text embeddings of every UNet row."""
+
+    def __init__(self, unet):
+        self.calls: list[torch.Tensor] = []
+        self.handle = unet.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.calls.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_negative_prompt_uses_the_source_embedding_as_null(pipe):
+    inv = invedit.invert(pipe, scene_image(), SOURCE, "negative-prompt", steps=STEPS)
+    src, tgt, empty = encode_prompts(pipe, [SOURCE, TARGET, ""]).split(1)
+    spy = UNetInputs(pipe.unet)
+    try:
+        result = invedit.edit(pipe, inv, None, TARGET, editor="none")
+    finally:
+        spy.close()
+    assert len(spy.calls) == STEPS
+    for emb in spy.calls:
+        # rows: [target-uncond, source-cond, target-cond]; the source's guided output is its cond output
+        assert emb.shape[0] == 3
+        torch.testing.assert_close(emb[0], src[0])
+        torch.testing.assert_close(emb[1], src[0])
+        torch.testing.assert_close(emb[2], tgt[0])
+        assert not torch.allclose(emb[0], empty[0])
+    assert result.nfe_edit == 3 * STEPS
+
+
+def test_null_text_single_branch_ablation_feeds_nulls_to_the_source_only(pipe):
+    inv = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=3, inner_steps=2, branches="source")
+    empty = encode_prompts(pipe, [""])
+    spy = UNetInputs(pipe.unet)
+    try:
+        invedit.edit(pipe, inv, None, TARGET, editor="none")
+    finally:
+        spy.close()
+    for i, emb in enumerate(spy.calls):  # rows: [src-u, tgt-u, src-c, tgt-c]
+        torch.testing.assert_close(emb[0], inv.nulls[i][0])
+        torch.testing.assert_close(emb[1], empty[0])
+
+
+def test_proximal_direction_thresholds():
+    delta = torch.tensor([-3.0, -1.0, 0.5, 2.0, 4.0])
+    out, tau = proximal_direction(delta, -1.5, "l0")  # negative quantile: fixed threshold 1.5
+    assert tau.item() == 1.5 and out.tolist() == [-1.5, 0.0, 0.0, 0.5, 2.5]
+    out, _ = proximal_direction(delta, -1.5, "l1")
+    assert out.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    _, tau = proximal_direction(delta, 0.5, "l0")
+    assert tau.item() == pytest.approx(2.0)  # median of |δ|
+
+
+def test_proxedit_pulls_unedited_latents_back_to_z_star(pipe, z0):
+    inv = invedit.invert(pipe, scene_image(), SOURCE, "negative-prompt", steps=STEPS, proximal="l0",
+                         recon_t=1000, recon_lr=1.0)
+    result = invedit.edit(pipe, inv, None, TARGET, editor="none")
+    # NPI's source direction is exactly 0, so its edit region is empty: the source is reset to z* each step.
+    torch.testing.assert_close(result.latents[0], z0[0].cpu(), rtol=0, atol=1e-6)
+    same = (result.latents[1] == result.latents[0]).float().mean()
+    assert 0 < same < 1  # the target keeps z* outside its edit region only
+
+
+@pytest.mark.parametrize("method, bad", [("null-text", {"inner_steps": -1}), ("null-text", {"branches": "x"}),
+                                         ("negative-prompt", {"proximal": "l2"}), ("ddim", {"offset_scale": 1})])
+def test_bad_options(pipe, method, bad):
+    with pytest.raises(invedit.InveditError):
+        invedit.invert(pipe, scene_image(), SOURCE, method, steps=2, **bad)
