@@ -143,3 +143,17 @@ def test_bad_input_one_line_exit_2_no_output(model_dir, image_path, tmp_path, ca
     assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0, stderr
     assert message in stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_ablation_flags_reach_the_inversion(model_dir, image_path, tmp_path):
+    out = tmp_path / "ab.png"
+    code, _, stderr = run("edit", str(image_path), "-s", SOURCE, "-t", TARGET, "--model", str(model_dir), "--steps",
+                          "3", "--out", str(out), "--offset-scale", "0.8", "--offset-interval", "2",
+                          "--correct-target", "--inversion-guidance", "2.5", "-q")
+    assert code == 0, stderr
+    options = json.loads(out.with_suffix(".json").read_text())["inversion_options"]
+    assert options == {"offset_scale": 0.8, "offset_interval": 2, "correct_target": True,
+                       "inversion_guidance": 2.5, "layout": "fused"}
+    code, _, stderr = run("edit", str(image_path), "-s", SOURCE, "-t", TARGET, "--model", str(model_dir),
+                          "--inversion", "negative-prompt", "--offset-scale", "0.8", "-q")
+    assert code == 2 and "has no option 'offset_scale'" in stderr

@@ -141,3 +141,14 @@ def test_proxedit_pulls_unedited_latents_back_to_z_star(pipe, z0):
 def test_bad_options(pipe, method, bad):
     with pytest.raises(invedit.InveditError):
         invedit.invert(pipe, scene_image(), SOURCE, method, steps=2, **bad)
+
+
+def test_null_latent_source_branch_follows_null_text_reconstruction(pipe):
+    """NL adds null-text's latent effect to the source branch: it lands where null-text's source branch lands."""
+    options = {"inner_steps": 3}
+    nl = invedit.invert(pipe, scene_image(), SOURCE, "null-latent", steps=STEPS, **options)
+    nti = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=STEPS, **options)
+    a = invedit.edit(pipe, nl, None, TARGET, editor="none")
+    b = invedit.edit(pipe, nti, None, TARGET, editor="none")
+    torch.testing.assert_close(a.latents[0], b.latents[0], rtol=0, atol=1e-3)
+    assert len(nl.offsets) == STEPS and nl.iterations == nti.iterations

@@ -89,6 +89,10 @@ def edit_command(
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
         "--inversion-option", "-i", help="inversion option KEY=VALUE (e.g. offset_scale=0.8)")] = None,
+    offset_scale: Annotated[float | None, typer.Option(help="direct: scale of the offset (ablation 0.4/0.8)")] = None,
+    offset_interval: Annotated[int | None, typer.Option(help="direct: correct every K steps (ablation)")] = None,
+    correct_target: Annotated[bool, typer.Option(help="direct: also add the target's own offset (ablation)")] = False,
+    inversion_guidance: Annotated[float | None, typer.Option(help="ddim/direct: CFG during inversion")] = None,
     save_reconstruction: Annotated[bool, typer.Option(help="also write the reconstruction")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -106,7 +110,11 @@ def edit_command(
     api.check_steps(steps)
     api.check_guidance(guidance)
     inversion_cls, editor_cls = get_inversion(inversion), get_editor(editor)
-    inversion_options = inversion_cls.validate_options(parse_options(inversion_option, "--inversion-option"))
+    flags = {"offset_scale": offset_scale, "offset_interval": offset_interval,
+             "correct_target": correct_target or None, "inversion_guidance": inversion_guidance}
+    inversion_options = parse_options(inversion_option, "--inversion-option")
+    inversion_options.update({k: v for k, v in flags.items() if v is not None})
+    inversion_options = inversion_cls.validate_options(inversion_options)
     editor_options = parse_options(option, "--option")
     editor_cls.validate_options(editor_options)
     blend_words = api.parse_blend_words(blend)

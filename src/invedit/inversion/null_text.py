@@ -24,8 +24,13 @@ from .registry import register
 
 def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                              guidance_scale: float, inner_steps: int, early_stop: float, learning_rate: float,
-                             stats: RunStats, callback=None) -> tuple[list[torch.Tensor], list[int]]:
-    """Per-step null embeddings (each (1, 77, D)) and the Adam iterations each step took (NTI, Alg. 1)."""
+                             stats: RunStats, callback=None, offsets: list[torch.Tensor] | None = None,
+                             ) -> tuple[list[torch.Tensor], list[int]]:
+    """Per-step null embeddings (each (1, 77, D)) and the Adam iterations each step took (NTI, Alg. 1).
+
+    With ``offsets`` (a list to fill), also records per step the latent difference the optimised embedding
+    makes against the default one: step(z, ∅_opt) − step(z, ∅) (the null-latent ablation, SPEC §3).
+    """
     if unet.dtype != torch.float32:
         raise InveditError("null-text optimisation runs in float32; load the model with dtype float32")
     steps = schedule.steps
@@ -57,9 +62,14 @@ def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: tor
         nulls.append(uncond)
         iterations.append(done)
         with torch.no_grad():  # advance along the reconstruction this embedding gives
-            out = unet_output(unet, torch.cat([latent, latent]), t, torch.cat([uncond, cond]), stats)
-            eps_uncond, eps_cond = out.chunk(2)
-            latent = ddim_step(schedule, eps_uncond + guidance_scale * (eps_cond - eps_uncond), i, latent)
+            rows = [uncond, cond] + ([null] if offsets is not None else [])
+            out = unet_output(unet, latent.expand(len(rows), -1, -1, -1), t, torch.cat(rows), stats).split(1)
+            eps_uncond, eps_cond = out[0], out[1]
+            z_next = ddim_step(schedule, eps_uncond + guidance_scale * (eps_cond - eps_uncond), i, latent)
+            if offsets is not None:
+                default = ddim_step(schedule, out[2] + guidance_scale * (eps_cond - out[2]), i, latent)
+                offsets.append(z_next - default)
+            latent = z_next
         if callback is not None:
             callback(i)
     return nulls, iterations

@@ -1,0 +1,59 @@
+"""Null-latent ablation of Direct Inversion (Ju et al. 2024, §5; reference `invert_null_latent`), SPEC §3.
+
+Null-text inversion's optimisation is run, but instead of feeding the learned null embeddings to the edit, the
+latent difference each of them makes, step(z, ∅_opt) − step(z, ∅), is added to the source branch after each
+step (with the default null embedding in both branches). The source branch thus follows null-text inversion's
+reconstruction; the target branch is untouched, as in Direct Inversion.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..errors import InveditError
+from ..sampling import Branches, ddim_invert
+from .base import InversionInputs, Inverted
+from .null_text import optimise_null_embeddings
+from .registry import register
+
+
+@register
+class NullLatentInverted(Inverted):
+    """Null-text optimisation turned into per-step source-branch latent offsets."""
+
+    method = "null-latent"
+    description = "ablation: null-text's effect added to the source latent (NL), default null while editing"
+    defaults: dict[str, Any] = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2}
+
+    offsets: list[torch.Tensor] | None = None
+    iterations: list[int] | None = None
+
+    @classmethod
+    def run(cls, inputs: InversionInputs, **options: Any) -> NullLatentInverted:
+        opts = cls.validate_options(options)
+        start = time.perf_counter()
+        unet = inputs.pipe.unet
+        latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
+        offsets: list[torch.Tensor] = []
+        _, iterations = optimise_null_embeddings(
+            unet, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale,
+            int(opts["inner_steps"]), float(opts["early_stop"]), float(opts["learning_rate"]), inputs.stats,
+            inputs.callback, offsets=offsets)
+        inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
+                       stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
+        inverted.offsets, inverted.iterations = offsets, iterations
+        return inverted
+
+    def check_edit(self, guidance_scale: float) -> None:
+        if guidance_scale != self.guidance_scale:
+            raise InveditError(f"the null-latent offsets were computed for guidance {self.guidance_scale}; invert "
+                               f"again with guidance_scale={guidance_scale}")
+
+    def correct(self, i: int, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
+        return Branches(source + self.offsets[i], target)
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "iterations": self.iterations}
