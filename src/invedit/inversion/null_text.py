@@ -22,43 +22,56 @@ from .proximal import PROXIMAL_DEFAULTS, check_proximal_options, proximal_step
 from .registry import register
 
 
+def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: torch.Tensor, cond: torch.Tensor,
+                       uncond: torch.Tensor, guidance_scale: float, inner_steps: int, early_stop: float,
+                       learning_rate: float, stats: RunStats) -> tuple[torch.Tensor, int]:
+    """Optimise the null embedding at step ``i`` so that the guided DDIM step from ``latent`` lands on ``target``.
+
+    Adam with lr·(1 − i/100), at most ``inner_steps`` iterations, stopping once the MSE is below
+    ``early_stop + i·2e-5`` (NTI, Alg. 1). Returns the embedding and the iterations taken.
+    """
+    with torch.no_grad():
+        eps_cond = unet_output(unet, latent, schedule.timesteps[i], cond, stats)
+    uncond = uncond.detach().clone()
+    if inner_steps <= 0:
+        return uncond, 0
+    uncond.requires_grad_(True)
+    optimiser = torch.optim.Adam([uncond], lr=learning_rate * (1.0 - i / 100.0))
+    done = 0
+    for _ in range(inner_steps):
+        with torch.enable_grad():
+            eps_uncond = unet_output(unet, latent, schedule.timesteps[i], uncond, stats)
+            guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            loss = F.mse_loss(ddim_step(schedule, guided, i, latent), target)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        stats.nfe_backward += 1
+        done += 1
+        if loss.item() < early_stop + i * 2e-5:
+            break
+    return uncond.detach(), done
+
+
 def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                              guidance_scale: float, inner_steps: int, early_stop: float, learning_rate: float,
                              stats: RunStats, callback=None, offsets: list[torch.Tensor] | None = None,
                              ) -> tuple[list[torch.Tensor], list[int]]:
     """Per-step null embeddings (each (1, 77, D)) and the Adam iterations each step took (NTI, Alg. 1).
 
-    With ``offsets`` (a list to fill), also records per step the latent difference the optimised embedding
-    makes against the default one: step(z, ∅_opt) − step(z, ∅) (the null-latent ablation, SPEC §3).
+    Each step starts from the previous step's embedding and then advances the latent with it. With
+    ``offsets`` (a list to fill), also records per step the latent difference the optimised embedding makes
+    against the default one: step(z, ∅_opt) − step(z, ∅) (the null-latent ablation, SPEC §3).
     """
     if unet.dtype != torch.float32:
         raise InveditError("null-text optimisation runs in float32; load the model with dtype float32")
     steps = schedule.steps
     latent = trajectory[-1:].clone()
-    uncond = null.detach().clone()
+    uncond = null.detach()
     nulls, iterations = [], []
     for i, t in enumerate(schedule.timesteps):
-        target = trajectory[steps - 1 - i].unsqueeze(0)
-        with torch.no_grad():
-            eps_cond = unet_output(unet, latent, t, cond, stats)
-        uncond = uncond.detach().clone()
-        done = 0
-        if inner_steps > 0:
-            uncond.requires_grad_(True)
-            optimiser = torch.optim.Adam([uncond], lr=learning_rate * (1.0 - i / 100.0))
-            for _ in range(inner_steps):
-                with torch.enable_grad():
-                    eps_uncond = unet_output(unet, latent, t, uncond, stats)
-                    guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-                    loss = F.mse_loss(ddim_step(schedule, guided, i, latent), target)
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                stats.nfe_backward += 1
-                done += 1
-                if loss.item() < early_stop + i * 2e-5:
-                    break
-        uncond = uncond.detach()
+        uncond, done = optimise_null_step(unet, schedule, i, latent, trajectory[steps - 1 - i].unsqueeze(0), cond,
+                                          uncond, guidance_scale, inner_steps, early_stop, learning_rate, stats)
         nulls.append(uncond)
         iterations.append(done)
         with torch.no_grad():  # advance along the reconstruction this embedding gives
