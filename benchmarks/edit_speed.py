@@ -31,12 +31,23 @@ HERE = Path(__file__).parent
 PARITY_MODEL = HERE.parent / "tests" / "fixtures" / "parity" / "model"
 SOURCE, TARGET = "a yellow square on a striped background", "a yellow star on a striped background"
 
-# name -> (inversion, inversion options, editor)
-METHODS: dict[str, tuple[str, dict, str]] = {
+# name -> (inversion, inversion options, editor); the first three are the speed targets of the core issue.
+CORE_METHODS: dict[str, tuple[str, dict, str]] = {
     "ddim+p2p": ("ddim", {}, "p2p"),
     "direct+p2p": ("direct", {}, "p2p"),
     "direct+p2p (reference layout)": ("direct", {"layout": "reference"}, "p2p"),
 }
+
+
+def all_methods() -> dict[str, tuple[str, dict, str]]:
+    """The core three plus every other registered inversion with P2P."""
+    from invedit.inversion import INVERSIONS
+
+    methods = dict(CORE_METHODS)
+    for name in sorted(INVERSIONS):
+        if name not in ("ddim", "direct"):
+            methods[f"{name}+p2p"] = (name, {}, "p2p")
+    return methods
 
 
 def sd14_shaped_pipeline(device: str, dtype: torch.dtype):
@@ -105,8 +116,8 @@ class PeakMemory:
             self.peak_mb = max(self.samples) - self.base
 
 
-def run_once(pipe, image: Image.Image, steps: int, method: str) -> dict:
-    inversion, options, editor = METHODS[method]
+def run_once(pipe, image: Image.Image, steps: int, method: str, methods: dict) -> dict:
+    inversion, options, editor = methods[method]
     device = pipe.unet.device
     with PeakMemory(device) as mem:
         start = time.perf_counter()
@@ -116,27 +127,69 @@ def run_once(pipe, image: Image.Image, steps: int, method: str) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "nfe": result.nfe, "nfe_inversion": result.nfe_inversion,
-            "nfe_edit": result.nfe_edit, "peak_mb": mem.peak_mb}
+            "nfe_edit": result.nfe_edit, "nfe_backward": result.settings["nfe_backward"], "peak_mb": mem.peak_mb}
 
 
-def benchmark(pipe, steps: int, repeats: int) -> dict:
+def benchmark(pipe, steps: int, repeats: int, methods: dict) -> dict:
+    """Median time, NFE and peak memory per method; methods interleaved within each repeat."""
     size = invedit.models.native_resolution(pipe)
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8))
-    run_once(pipe, image, 1, "ddim+p2p")  # warm-up
-    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+    run_once(pipe, image, 1, "ddim+p2p", methods)  # warm-up
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
     for _ in range(repeats):
-        for method in METHODS:
-            runs[method].append(run_once(pipe, image, steps, method))
+        for method in methods:
+            runs[method].append(run_once(pipe, image, steps, method, methods))
+            print(f"  {method}: {runs[method][-1]['seconds']:.2f} s", flush=True)
     rows = {}
     for method, rs in runs.items():
-        rows[method] = {"seconds": statistics.median(r["seconds"] for r in rs), "nfe": rs[0]["nfe"],
-                        "nfe_inversion": rs[0]["nfe_inversion"], "nfe_edit": rs[0]["nfe_edit"],
+        rows[method] = {**rs[0], "seconds": statistics.median(r["seconds"] for r in rs),
                         "peak_mb": max(r["peak_mb"] for r in rs), "all_seconds": [r["seconds"] for r in rs]}
-    base, ref = rows["ddim+p2p"]["seconds"], rows["direct+p2p (reference layout)"]["seconds"]
+    base, ref = rows["ddim+p2p"]["seconds"], rows["direct+p2p"]["seconds"]
     for row in rows.values():
-        row["vs_ddim"], row["vs_reference"] = row["seconds"] / base, row["seconds"] / ref
+        row["vs_ddim"], row["vs_direct"] = row["seconds"] / base, row["seconds"] / ref
     return rows
+
+
+def unit_costs(pipe, repeats: int = 2) -> dict[str, float]:
+    """Seconds per UNet call at batch 1–4 (forward), per forward+backward row, and per VAE encode/decode."""
+    unet, vae = pipe.unet, pipe.vae
+    h = w = int(unet.config.sample_size)
+    dim = int(unet.config.cross_attention_dim)
+    dtype = unet.dtype
+    out: dict[str, float] = {}
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.no_grad():
+        for b in (1, 2, 3, 4):
+            x, e = torch.randn(b, 4, h, w, dtype=dtype), torch.randn(b, 77, dim, dtype=dtype)
+            out[f"unet_forward_batch{b}"] = timed(lambda x=x, e=e: unet(x, 500, encoder_hidden_states=e))
+        size = invedit.models.native_resolution(pipe)
+        image = torch.randn(1, 3, size, size, dtype=vae.dtype)
+        out["vae_encode"] = timed(lambda: vae.encode(image))
+        z = torch.randn(2, 4, h, w, dtype=vae.dtype)
+        out["vae_decode_batch2"] = timed(lambda: vae.decode(z))
+    e = torch.randn(1, 77, dim, dtype=dtype, requires_grad=True)
+    x = torch.randn(1, 4, h, w, dtype=dtype)
+    out["unet_forward_backward_batch1"] = timed(lambda: unet(x, 500, encoder_hidden_states=e).sample.sum().backward())
+    return out
+
+
+def extrapolate(short: dict, long: dict, steps_short: int, steps_long: int, steps: int) -> dict:
+    """Time at ``steps`` from two measured step counts (fixed cost + per-step cost; P2P's windows scale)."""
+    out = {}
+    for method in short:
+        per_step = (long[method]["seconds"] - short[method]["seconds"]) / (steps_long - steps_short)
+        fixed = short[method]["seconds"] - per_step * steps_short
+        out[method] = {"seconds": fixed + per_step * steps, "per_step": per_step, "fixed": fixed}
+    return out
 
 
 def machine(device: torch.device) -> str:
@@ -147,58 +200,97 @@ def machine(device: torch.device) -> str:
 
 def write_markdown(results: dict, path: Path) -> None:
     lines = ["# Edit speed: inversion + Prompt-to-Prompt", "",
-             "Generated by `benchmarks/edit_speed.py` from `results.json`. Time = inversion + editing, median of",
-             "interleaved repeats; NFE = UNet sample evaluations (inversion + edit); peak = extra memory during",
-             "the edit (CUDA allocator peak, or sampled process RSS on CPU).", ""]
+             "Generated by `benchmarks/edit_speed.py` from `results.json`. Time = inversion + editing (VAE",
+             "included), median of interleaved repeats. NFE = UNet sample evaluations, forward (inversion + edit)",
+             "and backward (optimisation methods); peak = extra memory during the edit (CUDA allocator peak, or",
+             "sampled process RSS on CPU).", ""]
     for key, entry in results.items():
         lines += [f"## {key}", "",
                   f"{entry['description']}; {entry['steps']} steps, {entry['dtype']}, {entry['repeats']} repeat(s); "
                   f"{entry['date']}; versions {json.dumps(entry['versions'])}", "",
-                  "| method | seconds | × ddim+p2p | × reference layout | NFE (inv + edit) | peak MB |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | seconds | × ddim+p2p | × direct+p2p | NFE fwd (inv + edit) | NFE bwd | peak MB |",
+                  "|---|---|---|---|---|---|---|"]
         for method, r in entry["rows"].items():
-            lines.append(f"| {method} | {r['seconds']:.2f} | {r['vs_ddim']:.2f} | {r['vs_reference']:.2f} | "
-                         f"{r['nfe']} ({r['nfe_inversion']} + {r['nfe_edit']}) | {r['peak_mb']:.0f} |")
+            lines.append(f"| {method} | {r['seconds']:.2f} | {r['vs_ddim']:.2f} | {r['vs_direct']:.2f} | "
+                         f"{r['nfe']} ({r['nfe_inversion']} + {r['nfe_edit']}) | {r.get('nfe_backward', 0)} | "
+                         f"{r['peak_mb']:.0f} |")
+        if "extrapolated" in entry:
+            ex = entry["extrapolated"]
+            base = ex["ddim+p2p"]["seconds"]
+            lines += ["", f"Measured at {entry['steps']} and {entry['steps_long']} steps, extrapolated to 50 steps "
+                      "(fixed cost + per-step cost; P2P's injection windows scale with the step count):", "",
+                      "| method | s per step | fixed s | 50 steps, s | × ddim+p2p |", "|---|---|---|---|---|"]
+            for method, r in ex.items():
+                lines.append(f"| {method} | {r['per_step']:.2f} | {r['fixed']:.2f} | {r['seconds']:.1f} | "
+                             f"{r['seconds'] / base:.2f} |")
+        if "projected" in entry:
+            lines += ["", "Projected 50-step cost of every method on this model: NFE counts from the tiny model × "
+                      "this model's measured unit costs (" + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                                                     entry["unit_costs"].items()) + "):", "",
+                      "| method | projected s | × direct+p2p |", "|---|---|---|"]
+            ref = entry["projected"]["direct+p2p"]
+            for method, sec in entry["projected"].items():
+                lines.append(f"| {method} | {sec:.0f} | {sec / ref:.1f} |")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def project(nfe_rows: dict, costs: dict) -> dict[str, float]:
+    """Seconds at 50 steps from NFE counts and unit costs (forward per row at batch 2, backward per row)."""
+    forward = costs["unet_forward_batch2"] / 2
+    backward = max(costs["unet_forward_backward_batch1"] - costs["unet_forward_batch1"], 0.0)
+    fixed = costs["vae_encode"] + costs["vae_decode_batch2"]
+    return {m: fixed + r["nfe"] * forward + r.get("nfe_backward", 0) * backward for m, r in nfe_rows.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,sd14", help="comma list of: tiny, sd14, embedded")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps for tiny/embedded models")
-    parser.add_argument("--sd-steps", type=int, default=5, help="DDIM steps for the full-size model (CPU: few)")
+    parser.add_argument("--sd-steps", type=int, default=5, help="full-size model: measured at this and twice this")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sd-repeats", type=int, default=1)
+    parser.add_argument("--methods", default="all", help="'core' (ddim, direct, reference layout) or 'all'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="full-size model dtype (default: bfloat16 on CPU)")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    methods = CORE_METHODS if args.methods == "core" else all_methods()
     for name in args.models.split(","):
-        if name == "tiny":
-            pipe = invedit.load(PARITY_MODEL, device=args.device, dtype="float32")
-            desc, steps, repeats, dtype = "tiny SD-shaped model of the parity fixture, 512 px", args.steps, \
-                args.repeats, "float32"
-        elif name == "embedded":
-            pipe = invedit.load(None, device=args.device, dtype="float32")
-            desc, steps, repeats, dtype = "embedded shapes model", args.steps, args.repeats, "float32"
+        key = f"{name} on {machine(device)}"
+        if name in ("tiny", "embedded"):
+            folder = PARITY_MODEL if name == "tiny" else None
+            pipe = invedit.load(folder, device=args.device, dtype="float32")
+            desc = ("tiny SD-shaped model of the parity fixture, 512 px" if name == "tiny"
+                    else "embedded shapes model, 64 px")
+            rows = benchmark(pipe, args.steps, args.repeats, methods)
+            entry = {"description": desc, "steps": args.steps, "repeats": args.repeats, "dtype": "float32",
+                     "rows": rows}
         elif name == "sd14":
             dtype = args.dtype or ("float16" if device.type == "cuda" else "bfloat16")
             pipe = sd14_shaped_pipeline(args.device, invedit.models.DTYPES[dtype])
-            desc, steps, repeats = "SD-1.4-shaped model (random weights), 512 px", args.sd_steps, args.sd_repeats
+            short = benchmark(pipe, args.sd_steps, args.sd_repeats, CORE_METHODS)
+            long = benchmark(pipe, 2 * args.sd_steps, args.sd_repeats, CORE_METHODS)
+            entry = {"description": "SD-1.4-shaped model (random weights), 512 px", "steps": args.sd_steps,
+                     "steps_long": 2 * args.sd_steps, "repeats": args.sd_repeats, "dtype": dtype, "rows": short,
+                     "rows_long": long, "extrapolated": extrapolate(short, long, args.sd_steps, 2 * args.sd_steps, 50)}
+            tiny = next((v for k, v in results.items() if k.startswith("tiny on")), None)
+            if tiny is not None:
+                costs = unit_costs(pipe)
+                entry["unit_costs"] = costs
+                entry["projected"] = project(tiny["rows"], costs)
         else:
             raise SystemExit(f"unknown model {name!r}")
-        rows = benchmark(pipe, steps, repeats)
-        key = f"{name} on {machine(device)}"
-        results[key] = {"description": desc, "steps": steps, "repeats": repeats, "dtype": dtype, "rows": rows,
-                        "date": time.strftime("%Y-%m-%d"), "versions": versions()}
+        entry.update(date=time.strftime("%Y-%m-%d"), versions=versions())
+        results[key] = entry
         args.out.write_text(json.dumps(results, indent=2))
         write_markdown(results, args.out.with_suffix(".md"))
-        for method, r in rows.items():
+        for method, r in entry["rows"].items():
             print(f"{key:40s} {method:32s} {r['seconds']:8.2f} s  x{r['vs_ddim']:.2f} ddim  "
-                  f"x{r['vs_reference']:.2f} ref  NFE {r['nfe']}  peak {r['peak_mb']:.0f} MB", flush=True)
+                  f"x{r['vs_direct']:.2f} direct  NFE {r['nfe']} bwd {r.get('nfe_backward', 0)}  "
+                  f"peak {r['peak_mb']:.0f} MB", flush=True)
         del pipe
 
 

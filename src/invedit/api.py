@@ -113,7 +113,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     inputs = InversionInputs(
         pipe=pipe, z0=encode_image(pipe, image), prompt=prompt, cond=cond, null=null,
         schedule=DDIMSchedule.from_pipe(pipe, steps), guidance_scale=guidance_scale, stats=stats,
-        generator=torch.Generator("cpu").manual_seed(seed), callback=callback,
+        generator=torch.Generator("cpu").manual_seed(seed), callback=callback, image=image,
     )
     try:
         inverted = cls.run(inputs, **options)
@@ -246,6 +246,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         editor_cls.create(pipe, source_prompt, target_prompt, steps, blend, **editor_options)  # fail fast
         inverted = invert(pipe, image_or_inverted, source_prompt, method, steps, guidance_scale, seed, progress,
                           **(inversion_options or {}))
+    editor_options = {**inverted.editor_defaults(editor), **editor_options}  # the inversion's pairing, if any
     result_editor = editor_cls.create(pipe, source_prompt, target_prompt, inverted.steps, blend, **editor_options)
     inverted.check_edit(guidance_scale)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import InveditError
+
 BRANCHES = ("source", "target")
 HALVES = ("uncond", "cond")
 #: Canonical batch order of the reference code: [src_u, tgt_u, src_c, tgt_c]; rows nobody reads are dropped.
@@ -77,6 +79,12 @@ def ddim_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int, sample
     return ddim_move(x0, eps, schedule.alpha(schedule.next_timestep(i)))
 
 
+def ddim_sigma(schedule: DDIMSchedule, i: int, eta: float) -> torch.Tensor:
+    """σ_t(η) of forward step ``i``: η·√((1−ᾱ_{t−1})/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_{t−1}) (DDIM eq. 16; η = 1 is DDPM)."""
+    alpha, alpha_prev = schedule.alpha(schedule.timesteps[i]), schedule.alpha(schedule.next_timestep(i))
+    return eta * ((1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)) ** 0.5
+
+
 def ddim_inverse_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int,
                       sample: torch.Tensor) -> torch.Tensor:
     """Inverse of forward step ``i``: from level ``next_timestep(i)`` up to t_i, model evaluated at t_i (SPEC §2)."""
@@ -99,12 +107,12 @@ class RunStats:
 
 
 def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
-    """One UNet call on float32 latents; runs in the UNet's dtype, returns float32 and counts NFE."""
+    """One UNet call; runs in the UNet's dtype, returns float32 (float64 for float64 latents) and counts NFE."""
     dtype = unet.dtype
     out = unet(latents.to(dtype), t, encoder_hidden_states=embeddings.to(dtype)).sample
     stats.nfe += latents.shape[0]
     stats.unet_calls += 1
-    return out.float()
+    return out.to(torch.float64 if latents.dtype == torch.float64 else torch.float32)
 
 
 def guided(outputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
@@ -150,7 +158,11 @@ def ddim_invert(unet, schedule: DDIMSchedule, z0: torch.Tensor, cond: torch.Tens
 
 @dataclass
 class Branches:
-    """Latents of the two branches (each (1, C, h, w), float32): the source and the edited target."""
+    """Latents of the two branches (each (1, C, h, w), float32): the source and the edited target.
+
+    Between its own steps a method may carry more rows per branch (EDICT: its x and y chains, in float64);
+    editors' latent callbacks then act on every row, and the method's last step returns one float32 row.
+    """
 
     source: torch.Tensor
     target: torch.Tensor
@@ -183,21 +195,30 @@ class GuidedDenoiser:
         return [row for row in ROW_ORDER if row in wanted]
 
     def raw(self, step: int, t: int, latents: Branches, branches: set[str],
-            null: dict[str, torch.Tensor | None] | None = None) -> dict[Row, torch.Tensor]:
-        """Model output of every computed row (before CFG), keyed by (branch, half)."""
+            null: dict[str, torch.Tensor | None] | None = None,
+            values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[Row, torch.Tensor]:
+        """Model output of every computed row (before CFG), keyed by (branch, half).
+
+        ``values``: per-row transforms of the cross-attention value context (rows not computed are ignored);
+        the attention processors apply them through the editor (`Editor.value_context`).
+        """
         rows = self.rows_for(step, branches)
         null = null or {}
         nulls = {b: null[b] if null.get(b) is not None else self.null[b] for b in BRANCHES}
         x = torch.cat([latents[b] for b, _ in rows])
         emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
         self.editor.begin_step(step - self.first_step, rows)
+        self.editor.value_transforms, self.editor.value_calls = dict(values or {}), 0
         out = unet_output(self.unet, x, t, emb, self.stats)
+        if self.editor.value_transforms and self.editor.value_calls == 0:
+            raise InveditError("value transforms were set but no attention layer applied them (no value hooks)")
         return dict(zip(rows, out.split(1)))
 
     def __call__(self, step: int, t: int, latents: Branches, branches: set[str],
-                 null: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+                 null: dict[str, torch.Tensor | None] | None = None,
+                 values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """CFG-combined model outputs for ``branches`` at step ``step`` (timestep ``t``)."""
-        by_row = self.raw(step, t, latents, branches, null)
+        by_row = self.raw(step, t, latents, branches, null, values)
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
@@ -222,15 +243,17 @@ def denoise_two_branches(inverted, ctx: LoopContext, editor,
 
     Per step: the inversion's ``step`` (model outputs, DDIM update, its correction — e.g. Direct Inversion pins
     the source branch to z*), then the editor's latent callback (e.g. P2P LocalBlend), as in the reference.
-    Methods that skip the first steps (edit-friendly DDPM) set ``first_step``; editors count from there.
+    Methods that skip the first steps (edit-friendly DDPM) set ``first_step``; editors count from there. The
+    inversion's ``running`` context is held around it all (EDICT: the UNet in float64).
     """
-    inverted.prepare(ctx)
-    latents = inverted.start_latents()
-    first = inverted.first_step
-    ctx.denoiser.first_step = first
-    for i in range(first, ctx.schedule.steps):
-        latents = inverted.step(ctx, i, latents)
-        latents = editor.step_callback(i - first, latents)
-        if callback is not None:
-            callback(i)
+    with inverted.running(ctx):
+        inverted.prepare(ctx)
+        latents = inverted.start_latents()
+        first = inverted.first_step
+        ctx.denoiser.first_step = first
+        for i in range(first, ctx.schedule.steps):
+            latents = inverted.step(ctx, i, latents)
+            latents = editor.step_callback(i - first, latents)
+            if callback is not None:
+                callback(i)
     return latents

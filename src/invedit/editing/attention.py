@@ -3,7 +3,10 @@
 Everything goes through diffusers' `Attention.set_processor` API (no class-name matching): every attention
 module of the UNet gets an `EditorAttnProcessor` that computes q, k, v as diffusers' `AttnProcessor2_0` does and
 hands them to the editor, which returns the attention output for the whole batch (or ``None`` for plain SDPA).
-Installing hooks onto zero layers, or a UNet that never calls them, is an error — never a silent no-op.
+In cross-attention the value input is ``editor.value_context(context)``: the per-row transforms an inversion
+sets (StyleDiffusion maps the value input; `value_processors` hooks the cross-attention layers an editor
+leaves alone). Installing hooks onto zero layers, or a UNet that never calls them, is an error — never a silent
+no-op.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ def attention_layers(unet) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
     return layers
 
 
-def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None):
-    """q, k, v as (B, heads, tokens, head_dim), the way diffusers' `AttnProcessor2_0` computes them."""
+def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                     value_states: torch.Tensor | None = None):
+    """q, k, v as (B, heads, tokens, head_dim), the way diffusers' `AttnProcessor2_0` computes them.
+
+    ``value_states`` (cross-attention only) replaces the context the values are computed from.
+    """
     if attn.group_norm is not None:
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
     query = attn.to_q(hidden_states)
@@ -61,8 +68,10 @@ def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: t
         encoder_hidden_states = hidden_states
     elif attn.norm_cross:
         encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        if value_states is not None:
+            value_states = attn.norm_encoder_hidden_states(value_states)
     key = attn.to_k(encoder_hidden_states)
-    value = attn.to_v(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states if value_states is None else value_states)
     batch = hidden_states.shape[0]
     head_dim = key.shape[-1] // attn.heads
     query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
@@ -80,11 +89,15 @@ def attention_probs(attn, query: torch.Tensor, key: torch.Tensor) -> torch.Tenso
 
 
 class EditorAttnProcessor:
-    """Attention processor that delegates the attention itself to an editor (for one layer)."""
+    """Attention processor that delegates the attention itself to an editor (for one layer).
 
-    def __init__(self, editor, info: LayerInfo):
+    With ``delegate=False`` it only applies the editor's value-context transforms (plain attention otherwise).
+    """
+
+    def __init__(self, editor, info: LayerInfo, delegate: bool = True):
         self.editor = editor
         self.info = info
+        self.delegate = delegate
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -96,13 +109,14 @@ class EditorAttnProcessor:
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         batch = hidden_states.shape[0]
-        query, key, value = attention_inputs(attn, hidden_states, encoder_hidden_states)
+        value_states = None if encoder_hidden_states is None else self.editor.value_context(encoder_hidden_states)
+        query, key, value = attention_inputs(attn, hidden_states, encoder_hidden_states, value_states)
         if attention_mask is not None:
             seq = key.shape[2]
             attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
         out = None
-        if self.editor.active and attention_mask is None:
+        if self.delegate and self.editor.active and attention_mask is None:
             self.editor.layer_calls += 1
             out = self.editor.attend(self.info, attn, query, key, value)
         if out is None:
@@ -135,6 +149,33 @@ def editor_processors(unet, editor) -> Iterator[int]:
     unet.set_attn_processor(dict(processors))  # the setter pops from the dict it is given: pass a copy
     try:
         yield hooked
+    finally:
+        unet.set_attn_processor(dict(originals))
+
+
+@contextmanager
+def value_processors(unet, editor) -> Iterator[int]:
+    """Make every cross-attention layer apply ``editor.value_context`` for the duration; yields the layer count.
+
+    Layers the editor already hooks keep their processor (one processor per layer); the others get a
+    pass-through `EditorAttnProcessor`. A UNet without cross-attention raises. Processors restored after.
+    """
+    originals = dict(unet.attn_processors)
+    processors = dict(originals)
+    cross = 0
+    for name, _module, info in attention_layers(unet):
+        key = f"{name}.processor"
+        if key not in processors or not info.is_cross:
+            continue
+        cross += 1
+        current = processors[key]
+        if not (isinstance(current, EditorAttnProcessor) and current.editor is editor):
+            processors[key] = EditorAttnProcessor(editor, info, delegate=False)
+    if cross == 0:
+        raise InveditError("this UNet has no cross-attention layers whose value input could be transformed")
+    unet.set_attn_processor(dict(processors))
+    try:
+        yield cross
     finally:
         unet.set_attn_processor(dict(originals))
 

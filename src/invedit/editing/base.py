@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
@@ -10,9 +10,11 @@ import torch
 
 from ..errors import InveditError
 from ..sampling import Branches, Row
-from .attention import LayerInfo, editor_processors
+from .attention import LayerInfo, editor_processors, value_processors
 
 EDITORS: dict[str, type[Editor]] = {}
+#: A transform of one batch row's cross-attention value context, (1, 77, D) → (1, 77, D).
+ValueTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def register(cls: type[Editor]) -> type[Editor]:
@@ -34,7 +36,9 @@ class Editor:
 
     The loop calls: ``attach(unet)`` (a context manager around the run), ``rows_read(step)`` (UNet rows the
     editor reads besides those the latent updates need), ``begin_step(step, rows)`` before each UNet call, and
-    ``step_callback(step, latents)`` after each step's update and correction.
+    ``step_callback(step, latents)`` after each step's update and correction. The denoiser also sets
+    ``value_transforms`` (per-row transforms of the cross-attention value input an inversion asks for) before
+    each UNet call; the attention processors read them through ``value_context``.
     """
 
     name: ClassVar[str] = "base"
@@ -45,6 +49,8 @@ class Editor:
         self.active = True
         self.rows: list[Row] = []
         self.step = 0
+        self.value_transforms: dict[Row, ValueTransform] = {}
+        self.value_calls = 0  # attention layers that applied value_transforms in the current UNet call
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +75,21 @@ class Editor:
 
     def begin_step(self, step: int, rows: list[Row]) -> None:
         self.step, self.rows = step, rows
+
+    def value_context(self, context: torch.Tensor) -> torch.Tensor | None:
+        """Cross-attention value input: each row's context through its row's transform (None: unchanged)."""
+        if not self.active or not self.value_transforms:
+            return None
+        if context.shape[0] != len(self.rows):
+            raise RuntimeError(f"value transforms for rows {self.rows} but a batch of {context.shape[0]}")
+        self.value_calls += 1
+        rows = context.split(1)
+        return torch.cat([self.value_transforms[row](x) if row in self.value_transforms else x
+                          for row, x in zip(self.rows, rows)])
+
+    def value_hooks(self, unet):
+        """Context in which every cross-attention layer applies ``value_transforms`` (see `value_processors`)."""
+        return value_processors(unet, self)
 
     @contextmanager
     def paused(self) -> Iterator[None]:

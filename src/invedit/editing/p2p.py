@@ -2,10 +2,11 @@
 
 The target branch's conditional row borrows the source's attention: cross-attention maps (Replace / Refine,
 optionally re-weighted) during the first ``cross_replace_steps`` and self-attention maps during the first
-``self_replace_steps`` (layers with at most ``self_replace_max_tokens`` queries). Self-attention replacement
-softmax(Q_src K_srcᵀ)·V_tgt runs on SDPA; explicit maps are computed only in cross-attention layers, only for
-the two conditional rows, and only while something reads them. LocalBlend keeps the target equal to the source
-outside the region the blend words attend to.
+``self_replace_steps`` (layers with at most ``self_replace_max_tokens`` queries); ``uncond_self_replace_steps``
+(StyleDiffusion's τ_u, arXiv 2303.15649, default off) does the same between the unconditional rows.
+Self-attention replacement softmax(Q_src K_srcᵀ)·V_tgt runs on SDPA; explicit maps are computed only in
+cross-attention layers, only for the two conditional rows, and only while something reads them. LocalBlend keeps
+the target equal to the source outside the region the blend words attend to.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .token_alignment import refinement_mapper, replacement_mapper
 
 MAX_TOKENS = 77
 CONDITIONAL_ROWS: frozenset[Row] = frozenset({("source", "cond"), ("target", "cond")})
+UNCONDITIONAL_ROWS: frozenset[Row] = frozenset({("source", "uncond"), ("target", "uncond")})
 
 
 # ---- cross-attention edits: (source map, target map) -> new target map; maps are (heads, queries, 77) ------
@@ -127,13 +129,15 @@ class PromptToPrompt(AttentionEditor):
     defaults: dict[str, Any] = {
         "mode": "refine", "cross_replace_steps": 0.4, "self_replace_steps": 0.6, "self_replace_max_tokens": 32**2,
         "blend_threshold": 0.3, "blend_start": 0.2, "blend_downsample": None, "reweight": None,
+        "uncond_self_replace_steps": 0.0,
     }
 
     def __init__(self, cross_edit, n_cross: int, n_self: int, self_max_tokens: int,
-                 blend: LocalBlend | None, options: dict[str, Any]):
+                 blend: LocalBlend | None, options: dict[str, Any], n_uncond_self: int = 0):
         super().__init__()
         self.cross_edit, self.n_cross, self.n_self = cross_edit, n_cross, n_self
         self.self_max_tokens, self.blend, self.options = self_max_tokens, blend, options
+        self.n_uncond_self = n_uncond_self
 
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int,
@@ -150,6 +154,7 @@ class PromptToPrompt(AttentionEditor):
         self_ = _fraction("self_replace_steps", opts["self_replace_steps"])
         # The reference counts cross-replace steps over steps + 1 (int(0.4·51) = 20) and self over steps (30).
         n_cross, n_self = int(cross * (steps + 1)), int(self_ * steps)
+        n_uncond_self = int(_fraction("uncond_self_replace_steps", opts["uncond_self_replace_steps"]) * steps)
 
         blend = None
         if blend_words:
@@ -173,7 +178,7 @@ class PromptToPrompt(AttentionEditor):
         opts["reweight"] = reweight
 
         max_tokens = int(opts["self_replace_max_tokens"])
-        return cls(cross_edit, n_cross, n_self, max_tokens, blend, opts)
+        return cls(cross_edit, n_cross, n_self, max_tokens, blend, opts, n_uncond_self)
 
     @staticmethod
     def default_blend_downsample(unet) -> int:
@@ -185,23 +190,20 @@ class PromptToPrompt(AttentionEditor):
 
     # ---- loop hooks ----------------------------------------------------------------------------------------
     def rows_read(self, step: int) -> frozenset[Row]:
+        rows = UNCONDITIONAL_ROWS if step < self.n_uncond_self else frozenset()
         if self.blend is not None or step < max(self.n_cross, self.n_self):
-            return CONDITIONAL_ROWS
-        return frozenset()
+            return CONDITIONAL_ROWS | rows
+        return rows
 
     def wants_layer(self, info: LayerInfo) -> bool:
         return True
 
     def attend(self, info: LayerInfo, attn, query, key, value):
+        if not info.is_cross:
+            return self.replace_self_attention(query, key, value)
         s, t = self.row_index("source", "cond"), self.row_index("target", "cond")
         if s is None or t is None:
             return None
-        if not info.is_cross:
-            if self.step >= self.n_self or query.shape[2] > self.self_max_tokens:
-                return None
-            query, key = query.clone(), key.clone()
-            query[t], key[t] = query[s], key[s]  # softmax(Q_src K_srcᵀ) · V_tgt
-            return F.scaled_dot_product_attention(query, key, value)
         editing = self.step < self.n_cross
         blending = self.blend is not None and self.blend.wants(info)
         if not (editing or blending):
@@ -220,10 +222,24 @@ class PromptToPrompt(AttentionEditor):
         out[t] = torch.matmul(probs[1].to(value.dtype), value[t])
         return out
 
+    def replace_self_attention(self, query, key, value):
+        """softmax(Q_src K_srcᵀ)·V_tgt in the target's cond (``n_self`` steps) / uncond (``n_uncond_self``) rows."""
+        if query.shape[2] > self.self_max_tokens:
+            return None
+        halves = [h for h, n in (("cond", self.n_self), ("uncond", self.n_uncond_self)) if self.step < n]
+        pairs = [(self.row_index("source", h), self.row_index("target", h)) for h in halves]
+        pairs = [(s, t) for s, t in pairs if s is not None and t is not None]
+        if not pairs:
+            return None
+        query, key = query.clone(), key.clone()
+        for s, t in pairs:
+            query[t], key[t] = query[s], key[s]
+        return F.scaled_dot_product_attention(query, key, value)
+
     def step_callback(self, step: int, latents: Branches) -> Branches:
         latents = super().step_callback(step, latents)
         return self.blend(step, latents) if self.blend is not None else latents
 
     def settings(self) -> dict[str, Any]:
         return {"editor": self.name, **self.options, "cross_replace_until_step": self.n_cross,
-                "self_replace_until_step": self.n_self}
+                "self_replace_until_step": self.n_self, "uncond_self_replace_until_step": self.n_uncond_self}

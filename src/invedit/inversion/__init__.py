@@ -1,6 +1,6 @@
 """Inversion methods, one file each, registered by name (see `Inverted` for the contract)."""
 
-from . import ddim, direct, negative_prompt, null_latent, null_text  # noqa: F401  (registration)
+from . import ddim, ddpm, direct, edict, negative_prompt, null_latent, null_text, style_diffusion  # noqa: F401
 from .base import InversionInputs, Inverted
 from .registry import INVERSIONS, get_inversion, register
 

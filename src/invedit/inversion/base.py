@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import InveditError
-from ..sampling import Branches, DDIMSchedule, LoopContext, RunStats, ddim_step
+from ..sampling import Branches, DDIMSchedule, LoopContext, Row, RunStats, ddim_step
 
 
 @dataclass
@@ -27,6 +29,7 @@ class InversionInputs:
     stats: RunStats
     generator: torch.Generator
     callback: Any = None  # progress callback(k)
+    image: Image.Image | None = None  # the input image as the model sees it (methods that encode it read it)
 
 
 @dataclass
@@ -34,8 +37,11 @@ class Inverted(ABC):
     """An inverted image: the z* trajectory plus method state; one inversion serves many target prompts.
 
     Subclasses (one per method, registered by name) override the hooks the loop calls:
-    ``prepare`` (once, before the loop), ``start_latents``, ``null_embeddings(i)``, ``needs_source(i)``,
-    ``step`` (default: guided DDIM step of both branches then ``correct``) and ``correct(i, latents)``.
+    ``running`` (a context held around the loop), ``prepare`` (once, before the loop), ``start_latents``,
+    ``null_embeddings(i)``, ``needs_source(i)``, ``step`` (default: guided DDIM step of both branches then
+    ``correct``) and ``correct(i, latents)``; methods that skip the noisiest steps override ``first_step``.
+    ``value_transforms(i)`` changes the cross-attention value input per row (with ``transforms_values`` set,
+    ``running`` makes every cross-attention layer apply them); ``editor_defaults`` suggests editor settings.
     """
 
     method: ClassVar[str] = "base"
@@ -88,6 +94,25 @@ class Inverted(ABC):
     # ---- loop hooks ---------------------------------------------------------------------------------------
     #: First loop step the edit runs (edit-friendly DDPM skips the noisiest steps).
     first_step: ClassVar[int] = 0
+    #: Whether `value_transforms` returns transforms (then every cross-attention layer is hooked to apply them).
+    transforms_values: ClassVar[bool] = False
+
+    def running(self, ctx: LoopContext) -> AbstractContextManager[object]:
+        """Context held around the whole edit loop (e.g. EDICT runs the UNet in float64); default: none.
+
+        With ``transforms_values``: the editor's value hooks (`Editor.value_hooks`).
+        """
+        if self.transforms_values:
+            return ctx.denoiser.editor.value_hooks(ctx.denoiser.unet)
+        return nullcontext()
+
+    def editor_defaults(self, editor: str) -> dict[str, Any]:
+        """Options for ``editor`` that this method's reference pairs it with (the user's options override)."""
+        return {}
+
+    def value_transforms(self, i: int) -> dict[Row, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per-row ((branch, half) → callable) transform of the cross-attention value context at step ``i``."""
+        return {}
 
     def prepare(self, ctx: LoopContext) -> None:  # noqa: B027 (optional hook)
         """Called once before the loop (e.g. precomputed offsets)."""
@@ -116,7 +141,7 @@ class Inverted(ABC):
         """Guided DDIM step of both branches, then `correct`."""
         branches = {"target", "source"} if self.needs_source(i) else {"target"}
         t = ctx.schedule.timesteps[i]
-        out = ctx.denoiser(i, t, latents, branches, self.null_embeddings(i))
+        out = ctx.denoiser(i, t, latents, branches, self.null_embeddings(i), self.value_transforms(i))
         source = ddim_step(ctx.schedule, out["source"], i, latents.source) if "source" in out else None
         target = ddim_step(ctx.schedule, out["target"], i, latents.target)
         return self.correct(i, source, target)

@@ -1,0 +1,57 @@
+"""Every registered inversion runs with P2P end to end from the command line (tiny model saved to a folder)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from invedit.cli import app
+from invedit.inversion import INVERSIONS
+from invedit.testing import tiny_pipeline
+
+from .conftest import SOURCE, TARGET, scene_image
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipeline(seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_encoder_dir(tmp_path_factory):
+    """A tiny random `CLIPVisionModel` saved to a folder (StyleDiffusion's image encoder, offline)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    folder = tmp_path_factory.mktemp("tiny-image-encoder")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(folder)
+    return folder
+
+
+def extra_options(inversion: str, request) -> list[str]:
+    """Options a method needs on the tiny model (local assets, fewer optimisation steps)."""
+    if inversion == "style-diffusion":
+        return ["-i", f"image_encoder={request.getfixturevalue('image_encoder_dir')}", "-i", "inner_steps=2"]
+    return []
+
+
+@pytest.mark.parametrize("inversion", sorted(INVERSIONS))
+def test_inversion_with_p2p_from_the_cli(model_dir, tmp_path, inversion, request):
+    image = tmp_path / "in.png"
+    scene_image().save(image)
+    out = tmp_path / f"{inversion}.png"
+    result = CliRunner().invoke(app, ["edit", str(image), "-s", SOURCE, "-t", TARGET, "--inversion", inversion,
+                                      "--model", str(model_dir), "--steps", "4", "--blend", "red blue",
+                                      "--out", str(out), "-q", *extra_options(inversion, request)])
+    assert result.exit_code == 0, result.stderr
+    assert Image.open(out).size == (64, 64)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["inversion"] == inversion and record["editor"]["editor"] == "p2p"
+    assert record["nfe_edit"] > 0 and record["steps"] == 4
