@@ -157,3 +157,19 @@ def test_ablation_flags_reach_the_inversion(model_dir, image_path, tmp_path):
     code, _, stderr = run("edit", str(image_path), "-s", SOURCE, "-t", TARGET, "--model", str(model_dir),
                           "--inversion", "negative-prompt", "--offset-scale", "0.8", "-q")
     assert code == 2 and "has no option 'offset_scale'" in stderr
+
+
+def test_toy_bench_and_demo_commands(model_dir, tmp_path):
+    code, stdout, stderr = run("toy-bench", str(tmp_path / "tb"), "--n", "1")
+    assert code == 0 and "wrote 5 edits" in stdout, stderr
+    out = tmp_path / "demo.png"
+    code, stdout, stderr = run("demo", "--model", str(model_dir), "--steps", "3", "--out", str(out), "--dtype",
+                               "float32", "-q")
+    assert code == 0, stderr
+    sheet = Image.open(out)
+    assert sheet.width == 5 * 192  # source | reconstruction | DDIM | Direct | true target
+    assert "DDIM+P2P" in stdout and "Direct+P2P" in stdout and "background_psnr" in stdout
+    code, _, stderr = run("demo", "--kind", "teleport")
+    assert code == 2 and "unknown edit kind" in stderr
+    code, _, stderr = run("demo", "--image", "x.png")
+    assert code == 2 and "--image needs --source and --target" in stderr

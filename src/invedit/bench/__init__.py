@@ -1,0 +1,1 @@
+"""PIE-Bench: data format (`data`), and (later) the resumable runner, metrics and report."""

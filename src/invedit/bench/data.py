@@ -1,0 +1,119 @@
+"""PIE-Bench data: `mapping_file.json` entries, run-length masks, and the edit-type table (SPEC §6).
+
+Layout: ``ROOT/mapping_file.json`` (a dict keyed by image id) and ``ROOT/annotation_images/<type>/…/<id>.jpg``.
+Each entry has ``image_path`` (relative to ``annotation_images``), ``original_prompt``, ``editing_prompt`` (the
+changed span in ``[...]``), ``editing_instruction``, ``editing_type_id`` ("0"…"9"), ``blended_word`` ("src tgt"
+or "") and ``mask``: run-length pairs [start, length, …] over the row-major flattened grid, 1 = edit region.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InveditError
+
+EDIT_TYPES: dict[str, str] = {
+    "0": "random", "1": "change object", "2": "add object", "3": "delete object", "4": "change content",
+    "5": "change pose", "6": "change color", "7": "change material", "8": "change background", "9": "change style",
+}
+MAPPING_FILE = "mapping_file.json"
+IMAGES_DIR = "annotation_images"
+
+
+def rle_encode(mask: np.ndarray) -> list[int]:
+    """Run-length pairs [start, length, …] of the true cells of ``mask`` in row-major order."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    padded = np.concatenate([[False], flat, [False]])
+    changes = np.flatnonzero(padded[1:] != padded[:-1])
+    starts, ends = changes[0::2], changes[1::2]
+    return [int(v) for pair in zip(starts, ends - starts) for v in pair]
+
+
+def rle_decode(pairs: list[int], shape: tuple[int, int] = (512, 512), force_border: bool = False) -> np.ndarray:
+    """Bool mask of ``shape`` from run-length pairs; ``force_border`` sets the 1-pixel border (reference quirk)."""
+    if len(pairs) % 2:
+        raise InveditError("mask run-length list has an odd number of values")
+    length = shape[0] * shape[1]
+    flat = np.zeros(length, dtype=bool)
+    for start, run in zip(pairs[0::2], pairs[1::2]):
+        if start < 0 or run < 0:
+            raise InveditError(f"mask run ({start}, {run}) is negative")
+        flat[start:min(start + run, length)] = True
+    mask = flat.reshape(shape)
+    if force_border:
+        mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
+    return mask
+
+
+def strip_brackets(prompt: str) -> str:
+    """PIE-Bench marks the edited span with brackets; prompts are used without them."""
+    return " ".join(prompt.replace("[", "").replace("]", "").split())
+
+
+@dataclass
+class BenchItem:
+    """One PIE-Bench edit."""
+
+    id: str
+    image_path: Path
+    source_prompt: str
+    target_prompt: str
+    instruction: str
+    edit_type: str
+    blend_words: str
+    mask_rle: list[int] = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def edit_type_name(self) -> str:
+        return EDIT_TYPES.get(self.edit_type, self.edit_type)
+
+    def mask(self, shape: tuple[int, int], force_border: bool = False) -> np.ndarray:
+        """The edit-region mask (1 = edited) at ``shape``."""
+        return rle_decode(self.mask_rle, shape, force_border)
+
+
+REQUIRED = ("image_path", "original_prompt", "editing_prompt", "editing_type_id", "mask")
+
+
+def load_benchmark(root: str | Path, edit_types: list[str] | None = None) -> list[BenchItem]:
+    """Read a PIE-Bench-format folder; entries sorted by id, optionally only some edit types.
+
+    Raises:
+        InveditError: missing mapping file or images folder, malformed entries, missing images.
+    """
+    root = Path(root)
+    mapping_path = root / MAPPING_FILE
+    if not mapping_path.is_file():
+        raise InveditError(f"{root} is not a PIE-Bench folder: no {MAPPING_FILE}")
+    try:
+        mapping = json.loads(mapping_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InveditError(f"{mapping_path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(mapping, dict):
+        raise InveditError(f"{mapping_path} must hold a JSON object keyed by image id")
+    items = []
+    for key in sorted(mapping):
+        entry = mapping[key]
+        missing = [f for f in REQUIRED if f not in entry]
+        if missing:
+            raise InveditError(f"{mapping_path}: entry {key} lacks {', '.join(missing)}")
+        edit_type = str(entry["editing_type_id"])
+        if edit_types is not None and edit_type not in edit_types:
+            continue
+        image_path = root / IMAGES_DIR / entry["image_path"]
+        if not image_path.is_file():
+            raise InveditError(f"{mapping_path}: entry {key}: image {image_path} not found")
+        known = set(REQUIRED) | {"editing_instruction", "blended_word"}
+        items.append(BenchItem(
+            id=str(key), image_path=image_path, source_prompt=strip_brackets(entry["original_prompt"]),
+            target_prompt=strip_brackets(entry["editing_prompt"]), instruction=entry.get("editing_instruction", ""),
+            edit_type=edit_type, blend_words=entry.get("blended_word", "") or "", mask_rle=list(entry["mask"]),
+            extra={k: v for k, v in entry.items() if k not in known},
+        ))
+    return items
