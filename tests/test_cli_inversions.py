@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from invedit.cli import app
 from invedit.inversion import INVERSIONS
-from invedit.testing import tiny_pipeline
+from invedit.testing import tiny_image_encoder, tiny_pipeline
 
 from .conftest import SOURCE, TARGET, scene_image
 
@@ -24,15 +24,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_encoder_dir(tmp_path_factory):
-    """A tiny random `CLIPVisionModel` saved to a folder (StyleDiffusion's image encoder, offline)."""
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    folder = tmp_path_factory.mktemp("tiny-image-encoder")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(folder)
-    return folder
+    """StyleDiffusion's image encoder, offline."""
+    return tiny_image_encoder(tmp_path_factory.mktemp("tiny-image-encoder"))
 
 
 def extra_options(inversion: str, request) -> list[str]:

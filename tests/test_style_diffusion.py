@@ -16,24 +16,11 @@ from invedit.cli import app
 from invedit.editing.attention import EditorAttnProcessor, attention_layers
 from invedit.editing.p2p import PromptToPrompt
 from invedit.inversion.style_diffusion import StyleDiffusionInverted, inner_schedule
-from invedit.testing import tiny_pipeline
+from invedit.testing import tiny_image_encoder, tiny_pipeline
 
 from .conftest import SOURCE, TARGET, scene_image
 
 STEPS = 8
-
-
-def tiny_image_encoder(folder, hidden: int = 32) -> str:
-    """A random `CLIPVisionModel` (32 px, patch 16: 5 tokens) saved to ``folder``."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=16, hidden_size=hidden,
-                                                 intermediate_size=2 * hidden, num_hidden_layers=1,
-                                                 num_attention_heads=2))
-    model.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

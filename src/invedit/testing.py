@@ -76,3 +76,19 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
     pipe = prepare_pipeline(pipe, torch.device(device))
     pipe._invedit_name = f"tiny-{seed}-{resolution}"
     return pipe
+
+
+def tiny_image_encoder(folder, hidden: int = 32, seed: int = 0) -> str:
+    """A random `transformers.CLIPVisionModel` (32 px, patch 16: 5 tokens) saved to ``folder``, offline.
+
+    StyleDiffusion's image encoder for tests and benchmarks (weights do not change its cost). Returns the folder.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=16, hidden_size=hidden,
+                                                 intermediate_size=2 * hidden, num_hidden_layers=1,
+                                                 num_attention_heads=2))
+    model.save_pretrained(folder)
+    return str(folder)
