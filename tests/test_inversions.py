@@ -66,7 +66,7 @@ def test_null_text_stops_early_as_specified(pipe, monkeypatch):
 
 def test_null_text_refuses_another_guidance(pipe):
     inv = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=2, inner_steps=1, guidance_scale=7.5)
-    with pytest.raises(invedit.InveditError, match="optimised for guidance 7.5"):
+    with pytest.raises(invedit.InveditError, match="made for guidance 7.5"):
         invedit.edit(pipe, inv, None, TARGET, guidance_scale=5.0)
 
 

@@ -131,7 +131,7 @@ def test_runs_end_to_end_with_p2p_and_its_reference_settings(pipe, inverted, mon
     explicit = invedit.edit(pipe, inverted, None, TARGET, cross_replace_steps=0.2, uncond_self_replace_steps=0.0)
     assert explicit.settings["editor"]["cross_replace_steps"] == 0.2  # the user's options win
     assert explicit.settings["editor"]["uncond_self_replace_until_step"] == 0
-    with pytest.raises(invedit.InveditError, match="optimised for guidance 7.5"):
+    with pytest.raises(invedit.InveditError, match="made for guidance 7.5"):
         invedit.edit(pipe, inverted, None, TARGET, guidance_scale=5.0)
 
 

@@ -7,3 +7,12 @@ class InveditError(ValueError):
 
 class ModelNotFoundError(InveditError, OSError):
     """The requested model is neither a local folder nor in the local Hugging Face cache, and the hub failed."""
+
+
+def merge_options(kind: str, name: str, defaults: dict, options: dict) -> dict:
+    """``options`` over ``defaults``; an unknown option name raises one clear line naming the known ones."""
+    unknown = set(options) - set(defaults)
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise InveditError(f"{kind} {name!r} has no option {sorted(unknown)[0]!r} (options: {known})")
+    return {**defaults, **options}

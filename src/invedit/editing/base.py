@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import InveditError
+from ..errors import InveditError, merge_options
 from ..sampling import Branches, Row
 from .attention import LayerInfo, editor_processors, value_processors
 
@@ -55,11 +55,7 @@ class Editor:
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Options merged over the defaults; unknown names raise."""
-        unknown = set(options) - set(cls.defaults)
-        if unknown:
-            known = ", ".join(sorted(cls.defaults)) or "none"
-            raise InveditError(f"editor {cls.name!r} has no option {sorted(unknown)[0]!r} (options: {known})")
-        return {**cls.defaults, **options}
+        return merge_options("editor", cls.name, cls.defaults, options)
 
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int,

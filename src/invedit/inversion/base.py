@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from ..errors import InveditError
+from ..errors import InveditError, merge_options
 from ..sampling import Branches, DDIMSchedule, LoopContext, Row, RunStats, ddim_step
 
 
@@ -63,11 +63,7 @@ class Inverted(ABC):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Options merged over the defaults; unknown names raise."""
-        unknown = set(options) - set(cls.defaults)
-        if unknown:
-            known = ", ".join(sorted(cls.defaults)) or "none"
-            raise InveditError(f"inversion {cls.method!r} has no option {sorted(unknown)[0]!r} (options: {known})")
-        return {**cls.defaults, **options}
+        return merge_options("inversion", cls.method, cls.defaults, options)
 
     @classmethod
     @abstractmethod
@@ -126,8 +122,15 @@ class Inverted(ABC):
         """CFG scale per branch during the edit (both the edit's scale by default)."""
         return {"source": guidance_scale, "target": guidance_scale}
 
-    def check_edit(self, guidance_scale: float) -> None:  # noqa: B027 (optional hook)
-        """Refuse edit settings this inversion cannot serve (e.g. a guidance it was not optimised for)."""
+    #: What the inversion fitted to its guidance (methods that optimise or couple against the edit's CFG scale
+    #: name it here, e.g. "null embeddings"); such an inversion refuses to edit at another guidance.
+    fitted_to_guidance: ClassVar[str | None] = None
+
+    def check_edit(self, guidance_scale: float) -> None:
+        """Refuse edit settings this inversion cannot serve (a guidance it was not fitted to)."""
+        if self.fitted_to_guidance and guidance_scale != self.guidance_scale:
+            raise InveditError(f"the {self.fitted_to_guidance} were made for guidance {self.guidance_scale}; "
+                               f"invert again with guidance_scale={guidance_scale}")
 
     def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
         """Per-branch unconditional embedding at step ``i`` (None: the empty prompt's)."""

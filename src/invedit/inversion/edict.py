@@ -94,6 +94,7 @@ class EdictInverted(Inverted):
 
     method = "edict"
     description = "EDICT: coupled x/y chains, exactly invertible (mix 0.93, float64; edits the last 80% of steps)"
+    fitted_to_guidance = "EDICT inversion chains"
     defaults: dict[str, Any] = {"mix_weight": 0.93, "precision": "float64", "strength": 0.8}
 
     #: y chain of the inversion, (T+1, C, h, w) float32 like ``latents`` (levels above the start are NaN).
@@ -169,11 +170,6 @@ class EdictInverted(Inverted):
                        seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
         inverted.y_latents, inverted.start_pair = ys, torch.cat([x, y])
         return inverted
-
-    def check_edit(self, guidance_scale: float) -> None:
-        if guidance_scale != self.guidance_scale:
-            raise InveditError(f"EDICT inverted with guidance {self.guidance_scale} reconstructs only at that "
-                               f"guidance; invert again with guidance_scale={guidance_scale}")
 
     # ---- loop hooks ---------------------------------------------------------------------------------------
     @property

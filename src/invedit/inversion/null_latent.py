@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from ..errors import InveditError
-from ..sampling import Branches, ddim_invert
+from ..sampling import Branches
 from .base import InversionInputs, Inverted
-from .null_text import optimise_null_embeddings
+from .null_text import invert_and_optimise
 from .registry import register
 
 
@@ -26,6 +25,7 @@ class NullLatentInverted(Inverted):
 
     method = "null-latent"
     description = "ablation: null-text's effect added to the source latent (NL), default null while editing"
+    fitted_to_guidance = "null-latent offsets"
     defaults: dict[str, Any] = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2}
 
     offsets: list[torch.Tensor] | None = None
@@ -35,22 +35,12 @@ class NullLatentInverted(Inverted):
     def run(cls, inputs: InversionInputs, **options: Any) -> NullLatentInverted:
         opts = cls.validate_options(options)
         start = time.perf_counter()
-        unet = inputs.pipe.unet
-        latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
         offsets: list[torch.Tensor] = []
-        _, iterations = optimise_null_embeddings(
-            unet, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale,
-            int(opts["inner_steps"]), float(opts["early_stop"]), float(opts["learning_rate"]), inputs.stats,
-            inputs.callback, offsets=offsets)
+        latents, _, iterations = invert_and_optimise(inputs, opts, offsets)
         inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
                        stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
         inverted.offsets, inverted.iterations = offsets, iterations
         return inverted
-
-    def check_edit(self, guidance_scale: float) -> None:
-        if guidance_scale != self.guidance_scale:
-            raise InveditError(f"the null-latent offsets were computed for guidance {self.guidance_scale}; invert "
-                               f"again with guidance_scale={guidance_scale}")
 
     def correct(self, i: int, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
         return Branches(source + self.offsets[i], target)

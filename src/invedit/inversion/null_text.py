@@ -88,12 +88,24 @@ def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: tor
     return nulls, iterations
 
 
+def invert_and_optimise(inputs: InversionInputs, opts: dict[str, Any], offsets: list[torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    """DDIM inversion (guidance 1), then the per-step null-embedding optimisation: (z*, nulls, iterations)."""
+    unet = inputs.pipe.unet
+    latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
+    nulls, iterations = optimise_null_embeddings(
+        unet, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale, int(opts["inner_steps"]),
+        float(opts["early_stop"]), float(opts["learning_rate"]), inputs.stats, inputs.callback, offsets=offsets)
+    return latents, nulls, iterations
+
+
 @register
 class NullTextInverted(Inverted):
     """Null-text inversion: per-step optimised null embeddings used while editing."""
 
     method = "null-text"
     description = "Null-text inversion: per-step optimised null embeddings (slow, optimisation)"
+    fitted_to_guidance = "null embeddings"
     defaults: dict[str, Any] = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2, "branches": "both",
                                 **PROXIMAL_DEFAULTS}
 
@@ -113,21 +125,11 @@ class NullTextInverted(Inverted):
     def run(cls, inputs: InversionInputs, **options: Any) -> NullTextInverted:
         opts = cls.validate_options(options)
         start = time.perf_counter()
-        unet = inputs.pipe.unet
-        latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
-        nulls, iterations = optimise_null_embeddings(
-            unet, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale,
-            int(opts["inner_steps"]), float(opts["early_stop"]), float(opts["learning_rate"]), inputs.stats,
-            inputs.callback)
+        latents, nulls, iterations = invert_and_optimise(inputs, opts)
         inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
                        stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
         inverted.nulls, inverted.iterations = nulls, iterations
         return inverted
-
-    def check_edit(self, guidance_scale: float) -> None:
-        if guidance_scale != self.guidance_scale:
-            raise InveditError(f"the null embeddings were optimised for guidance {self.guidance_scale}; invert again "
-                               f"with guidance_scale={guidance_scale}")
 
     def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
         null = self.nulls[i]

@@ -246,6 +246,7 @@ class StyleDiffusionInverted(Inverted):
 
     method = "style-diffusion"
     description = "StyleDiffusion: optimised per-step mapping of the cross-attention value input (slowest)"
+    fitted_to_guidance = "value mappings"
     defaults: dict[str, Any] = {
         "image_encoder": DEFAULT_IMAGE_ENCODER, "inner_steps": 100, "inner_decay": 0.1, "learning_rate": 1e-2,
         "early_stop": 1e-5, "epochs": 1, "attention_loss": 1.0,
@@ -308,11 +309,6 @@ class StyleDiffusionInverted(Inverted):
             return vae.decode((inputs.z0 / vae.config.scaling_factor).to(vae.dtype)).sample.float().clamp(-1, 1)
 
     # ---- editing -----------------------------------------------------------------------------------------------
-    def check_edit(self, guidance_scale: float) -> None:
-        if guidance_scale != self.guidance_scale:
-            raise InveditError(f"the value mappings were optimised for guidance {self.guidance_scale}; invert again "
-                               f"with guidance_scale={guidance_scale}")
-
     def editor_defaults(self, editor: str) -> dict[str, Any]:
         if editor != "p2p":
             return {}
