@@ -31,3 +31,78 @@ def region_color(image: np.ndarray, mask: np.ndarray, min_fraction: float = 0.2)
 def background_psnr(edited: np.ndarray, source: np.ndarray, edit_mask: np.ndarray) -> float:
     """PSNR between the edited and the source image outside the edit region."""
     return psnr(edited, source, ~np.asarray(edit_mask, dtype=bool))
+
+
+def saturated_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels that belong to objects: saturated colour (backgrounds are achromatic)."""
+    pixels = np.asarray(image, dtype=np.int32)
+    return (pixels.max(-1) - pixels.min(-1)) > SATURATION
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean mask (empty mask → empty)."""
+    mask = np.asarray(mask, dtype=bool)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    best, best_size, current = 0, 0, 0
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        current += 1
+        labels[y0, x0] = current
+        stack, size = [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return labels == best if best else np.zeros_like(mask)
+
+
+_ANGLES = {"circle": (0.0,), "square": tuple(np.arange(0, 90, 7.5)), "triangle": tuple(np.arange(0, 120, 10.0)),
+           "star": tuple(np.arange(0, 72, 6.0))}
+
+
+def _template(shape: str, cx: float, cy: float, area: float, angle: float, size: int) -> np.ndarray:
+    """Mask of ``shape`` centred at (cx, cy) (pixels) with ``area`` pixels, on a ``size`` canvas."""
+    from .scenes import SUPERSAMPLE, SceneObject, _render_object_mask
+
+    n, scale = size * SUPERSAMPLE, SUPERSAMPLE * size / 64.0
+    unit = _render_object_mask(SceneObject(shape, "red", 32.0, 32.0, 10.0, 0.0), 64 * SUPERSAMPLE, SUPERSAMPLE)
+    unit_area = unit.sum() / SUPERSAMPLE**2  # pixels at r = 10 on a 64-px canvas
+    r = 10.0 * np.sqrt(area / unit_area) * 64.0 / size
+    obj = SceneObject(shape, "red", cx * 64.0 / size, cy * 64.0 / size, r, float(angle))
+    hi = _render_object_mask(obj, n, scale)
+    return hi.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
+
+
+def classify_shape(blob: np.ndarray) -> tuple[str | None, float]:
+    """Shape whose template (same centroid and area, best rotation) overlaps ``blob`` most: (name, IoU)."""
+    from .scenes import SHAPES
+
+    blob = np.asarray(blob, dtype=bool)
+    area = blob.sum()
+    if area < 12:
+        return None, 0.0
+    ys, xs = np.nonzero(blob)
+    cy, cx = ys.mean() + 0.5, xs.mean() + 0.5
+    best, best_iou = None, 0.0
+    for shape in SHAPES:
+        for angle in _ANGLES[shape]:
+            t = _template(shape, cx, cy, area, angle, blob.shape[0])
+            iou = (t & blob).sum() / max((t | blob).sum(), 1)
+            if iou > best_iou:
+                best, best_iou = shape, float(iou)
+    return best, best_iou
+
+
+def dominant_object(image: np.ndarray) -> tuple[str | None, str | None]:
+    """(colour, shape) of the largest saturated blob of ``image`` (None where there is none)."""
+    blob = largest_component(saturated_mask(image))
+    if blob.sum() < 12:
+        return None, None
+    return region_color(image, blob), classify_shape(blob)[0]

@@ -1,0 +1,241 @@
+"""Quality of the embedded shapes model, and of editing with it, on held-out scenes and edits.
+
+    python benchmarks/toy_quality.py                      # the embedded model, all parts
+    python benchmarks/toy_quality.py --model DIR --edits-per-kind 20 --parts vae,generation
+
+Parts (targets from the embedded-model issue in brackets):
+  checks      the colour and shape classifiers on real scenes and on VAE reconstructions (they judge the rest)
+  vae         VAE reconstruction PSNR                                                            [≥ 28 dB]
+  generation  DDIM 50 steps, CFG 7.5, one-object prompts: requested colour / shape recognised     [≥ 95% / ≥ 70%]
+  inversion   DDIM inversion + regeneration at guidance 1 vs the VAE reconstruction               [≥ 35 dB]
+  editing     Direct+P2P and DDIM+P2P on toy-bench edits (PIE-Bench protocol) vs the ground truth:
+              colour edits reach the target colour in the mask [≥ 80%], background PSNR [≥ 25 dB],
+              Direct − DDIM background PSNR [≥ 3 dB]
+Results go to benchmarks/toy_quality.json and a table in benchmarks/toy_quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import invedit
+from invedit.api import decode_latents, encode_image
+from invedit.bench.data import load_benchmark
+from invedit.images import psnr
+from invedit.prompts import encode_prompts
+from invedit.sampling import DDIMSchedule, RunStats, ddim_step, unet_output
+from invedit.toy.bench import write_toy_bench
+from invedit.toy.metrics import (
+    background_psnr,
+    classify_shape,
+    dominant_object,
+    largest_component,
+    region_color,
+    saturated_mask,
+)
+from invedit.toy.scenes import BACKGROUNDS, COLORS, SHAPES, is_held_out, make_scene
+from invedit.versions import versions
+
+HERE = Path(__file__).parent
+EVAL_SEED = 7_000_000  # scenes far from the training cache's seeds
+
+
+def held_out_scenes(n: int, size: int) -> list:
+    return [make_scene(EVAL_SEED + k, size=size) for k in range(n)]
+
+
+def part_checks(pipe, n: int) -> dict:
+    """Classifier accuracy on real one-object scenes and on their VAE reconstructions."""
+    size = invedit.models.native_resolution(pipe)
+    scenes = [make_scene(EVAL_SEED + 10_000 + k, size=size, n_objects=1) for k in range(n)]
+    real = [dominant_object(s.image) for s in scenes]
+    recon = [dominant_object(np.asarray(decode_latents(pipe, encode_image(pipe, Image.fromarray(s.image)))[0]))
+             for s in scenes]
+    truth = [(s.objects[0].color, s.objects[0].shape) for s in scenes]
+
+    def acc(pred, k):
+        return float(np.mean([p[k] == t[k] for p, t in zip(pred, truth)]))
+
+    return {"n": n, "color_real": acc(real, 0), "shape_real": acc(real, 1), "color_vae": acc(recon, 0),
+            "shape_vae": acc(recon, 1)}
+
+
+def part_vae(pipe, n: int) -> dict:
+    size = invedit.models.native_resolution(pipe)
+    values = [psnr(decode_latents(pipe, encode_image(pipe, Image.fromarray(s.image)))[0], s.image)
+              for s in held_out_scenes(n, size)]
+    return {"n": n, "psnr_mean": float(np.mean(values)), "psnr_min": float(np.min(values))}
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seed: int, steps: int = 50, guidance: float = 7.5, batch: int = 16):
+    """DDIM samples (uint8 arrays) for ``prompts`` with invedit's own DDIM arithmetic."""
+    schedule = DDIMSchedule.from_pipe(pipe, steps)
+    unet = pipe.unet
+    h = w = int(unet.config.sample_size)
+    out = []
+    gen = torch.Generator("cpu").manual_seed(seed)
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start:start + batch]
+        cond = encode_prompts(pipe, chunk)
+        null = encode_prompts(pipe, [""]).expand(len(chunk), -1, -1)
+        z = torch.randn(len(chunk), 4, h, w, generator=gen).to(unet.device)
+        for i, t in enumerate(schedule.timesteps):
+            u, c = unet_output(unet, torch.cat([z, z]), t, torch.cat([null, cond]), RunStats()).chunk(2)
+            z = ddim_step(schedule, u + guidance * (c - u), i, z)
+        out += [np.asarray(im) for im in decode_latents(pipe, z)]
+    return out
+
+
+def part_generation(pipe, seed: int) -> dict:
+    prompts, wanted = [], []
+    for color in COLORS:
+        for shape in SHAPES:
+            for bg in BACKGROUNDS:
+                prompts.append(f"a {color} {shape} on a {bg} background")
+                wanted.append((color, shape, bg))
+    images = generate(pipe, prompts, seed)
+    found = [dominant_object(im) for im in images]
+    color_ok = [f[0] == w[0] for f, w in zip(found, wanted)]
+    shape_ok = [f[1] == w[1] for f, w in zip(found, wanted)]
+    from invedit.toy.scenes import SceneObject
+
+    held = [is_held_out((SceneObject(w[1], w[0], 0, 0, 1),), w[2]) for w in wanted]
+    grid = Image.new("RGB", (16 * 64, (len(images) + 15) // 16 * 64))
+    for k, im in enumerate(images):
+        grid.paste(Image.fromarray(im).resize((64, 64)), (k % 16 * 64, k // 16 * 64))
+    grid.save(HERE / "toy_generation.png")
+    return {"n": len(prompts), "color_accuracy": float(np.mean(color_ok)), "shape_accuracy": float(np.mean(shape_ok)),
+            "held_out_n": int(np.sum(held)),
+            "held_out_color_accuracy": float(np.mean([c for c, h in zip(color_ok, held) if h])),
+            "held_out_shape_accuracy": float(np.mean([s for s, h in zip(shape_ok, held) if h])),
+            "per_shape_accuracy": {s: float(np.mean([ok for ok, w in zip(shape_ok, wanted) if w[1] == s]))
+                                   for s in SHAPES}}
+
+
+def part_inversion(pipe, n: int) -> dict:
+    size = invedit.models.native_resolution(pipe)
+    values = []
+    for scene in held_out_scenes(n, size):
+        image = Image.fromarray(scene.image)
+        result = invedit.edit(pipe, image, scene.caption, scene.caption, inversion="ddim", editor="none",
+                              guidance_scale=1.0)
+        round_trip = decode_latents(pipe, encode_image(pipe, image))[0]
+        values.append(psnr(result.reconstruction, round_trip))
+    return {"n": n, "psnr_mean": float(np.mean(values)), "psnr_min": float(np.min(values))}
+
+
+def part_editing(pipe, per_kind: int, seed: int) -> dict:
+    """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them)."""
+    size = invedit.models.native_resolution(pipe)
+    folder = Path(tempfile.mkdtemp()) / "toy-bench"
+    write_toy_bench(folder, per_kind, seed=seed, size=size)
+    mapping = json.loads((folder / "mapping_file.json").read_text())
+    rows: dict[str, dict[str, list]] = {}
+    for item in load_benchmark(folder):
+        entry = mapping[item.id]
+        kind = entry["toy_edit_kind"]
+        source = np.asarray(Image.open(item.image_path))
+        truth = np.asarray(Image.open(folder / entry["target_image_path"]))
+        mask = item.mask((size, size))
+        for method in ("direct", "ddim"):
+            result = invedit.edit(pipe, Image.fromarray(source), item.source_prompt, item.target_prompt,
+                                  inversion=method, blend_words=item.blend_words or None)
+            edited = np.asarray(result.image)
+            r = rows.setdefault(f"{method}/{kind}", {"bg": [], "gt": [], "ok": []})
+            r["bg"].append(background_psnr(edited, source, mask) if (~mask).any() else float("nan"))
+            r["gt"].append(psnr(edited, truth))
+            if kind == "color":
+                wanted = item.blend_words.split()[1]
+                r["ok"].append(region_color(edited, mask) == wanted)
+            elif kind == "shape":
+                wanted = item.blend_words.split()[1]
+                blob = largest_component(mask & saturated_mask(edited))
+                r["ok"].append(classify_shape(blob)[0] == wanted)
+    summary = {}
+    for key, r in rows.items():
+        bg = [v for v in r["bg"] if v == v]
+        summary[key] = {"n": len(r["gt"]), "background_psnr": float(np.mean(bg)) if bg else float("nan"),
+                        "psnr_vs_true_target": float(np.mean(r["gt"])),
+                        "success": float(np.mean(r["ok"])) if r["ok"] else None}
+    for kind in {k.split("/")[1] for k in summary}:
+        d, m = summary[f"direct/{kind}"], summary[f"ddim/{kind}"]
+        d["background_gain_over_ddim"] = d["background_psnr"] - m["background_psnr"]
+    return summary
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = ["# Embedded shapes model: quality", "", "Generated by `benchmarks/toy_quality.py` from `toy_quality.json` "
+             f"({results['date']}, model `{results['model']}`, {results['seconds']:.0f} s).", ""]
+    if "checks" in results:
+        c = results["checks"]
+        lines += [f"- Classifier checks on {c['n']} real one-object scenes: colour {c['color_real']:.0%}, shape "
+                  f"{c['shape_real']:.0%}; on their VAE reconstructions: colour {c['color_vae']:.0%}, shape "
+                  f"{c['shape_vae']:.0%}."]
+    if "vae" in results:
+        v = results["vae"]
+        lines += [f"- VAE reconstruction: {v['psnr_mean']:.2f} dB mean (min {v['psnr_min']:.2f}) on {v['n']} "
+                  "held-out scenes (target ≥ 28 dB)."]
+    if "generation" in results:
+        g = results["generation"]
+        lines += [f"- Generation (DDIM 50, CFG 7.5, {g['n']} one-object prompts): colour {g['color_accuracy']:.0%} "
+                  f"(target ≥ 95%), shape {g['shape_accuracy']:.0%} (target ≥ 70%); held-out combinations "
+                  f"({g['held_out_n']}): colour {g['held_out_color_accuracy']:.0%}, shape "
+                  f"{g['held_out_shape_accuracy']:.0%}; per shape "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in g["per_shape_accuracy"].items()) + "."]
+    if "inversion" in results:
+        i = results["inversion"]
+        lines += [f"- DDIM inversion + regeneration at guidance 1 vs VAE reconstruction: {i['psnr_mean']:.2f} dB "
+                  f"mean (min {i['psnr_min']:.2f}) on {i['n']} scenes (target ≥ 35 dB)."]
+    if "editing" in results:
+        lines += ["", "Editing (P2P, PIE-Bench protocol; background PSNR outside the edit mask vs the source; success "
+                  "= target colour / shape recognised in the edit region):", "",
+                  "| edit | method | n | background PSNR | PSNR vs true target | success | Direct − DDIM bg |",
+                  "|---|---|---|---|---|---|---|"]
+        for key in sorted(results["editing"], key=lambda k: (k.split("/")[1], k)):
+            r = results["editing"][key]
+            method, kind = key.split("/")
+            ok = "" if r["success"] is None else f"{r['success']:.0%}"
+            gain = f"{r['background_gain_over_ddim']:+.2f} dB" if "background_gain_over_ddim" in r else ""
+            lines.append(f"| {kind} | {method} | {r['n']} | {r['background_psnr']:.2f} | "
+                         f"{r['psnr_vs_true_target']:.2f} | {ok} | {gain} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    parser.add_argument("--parts", default="checks,vae,generation,inversion,editing")
+    parser.add_argument("--n", type=int, default=64, help="scenes for checks/vae/inversion")
+    parser.add_argument("--edits-per-kind", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=HERE / "toy_quality.json")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    pipe = invedit.load(args.model, device="cpu", dtype="float32")
+    parts = args.parts.split(",")
+    results: dict = {"model": args.model or "embedded", "date": time.strftime("%Y-%m-%d"), "versions": versions()}
+    runners = {"checks": lambda: part_checks(pipe, args.n), "vae": lambda: part_vae(pipe, args.n),
+               "generation": lambda: part_generation(pipe, args.seed),
+               "inversion": lambda: part_inversion(pipe, args.n),
+               "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed)}
+    for part in parts:
+        t = time.perf_counter()
+        results[part] = runners[part]()
+        print(part, f"{time.perf_counter() - t:.0f} s", json.dumps(results[part]), flush=True)
+    results["seconds"] = time.perf_counter() - start
+    args.out.write_text(json.dumps(results, indent=2))
+    write_markdown(results, args.out.with_suffix(".md"))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
