@@ -114,3 +114,19 @@ def test_offset_scale_moves_source_part_way(pipe, direct):
 def test_bad_direct_options_raise(pipe, image, bad):
     with pytest.raises(invedit.InveditError):
         invedit.invert(pipe, image, SOURCE, "direct", steps=2, **bad)
+
+
+def test_v_prediction_models_invert_exactly_too():
+    """SD 2.x-style v-prediction: the DDIM arithmetic converts v to (x0, eps); Direct stays exact."""
+    from invedit.models import make_ddim_scheduler
+    from invedit.testing import tiny_pipeline
+
+    from .conftest import scene_image
+
+    pipe = tiny_pipeline(seed=5)
+    pipe.scheduler = make_ddim_scheduler({**pipe.scheduler.config, "prediction_type": "v_prediction"})
+    result = invedit.edit(pipe, scene_image(), SOURCE, TARGET, steps=10)
+    z0 = encode_image(pipe, result.source)
+    assert (result.latents[0] - z0[0].cpu()).abs().max() <= 1e-4
+    ddim = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="ddim", steps=10)
+    assert (ddim.latents[0] - z0[0].cpu()).abs().max() > 1e-2

@@ -218,9 +218,10 @@ def _default_demo_dtype() -> str:
         return "float16"
     try:
         with open("/proc/cpuinfo") as f:
-            return "bfloat16" if "avx512_bf16" in f.read() or "amx_bf16" in f.read() else "float32"
+            flags = f.read()
     except OSError:
         return "float32"
+    return "bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
 
 
 @app.command("toy-bench")
