@@ -58,3 +58,11 @@ def test_bad_device_and_dtype():
         load(None, device="cpu", dtype="int8")
     with pytest.raises(invedit.InveditError, match="device"):
         load(None, device="tpu")
+
+
+def test_fingerprint_identifies_weights_not_names(tmp_path):
+    from invedit.models import model_fingerprint
+
+    a, b, c = tiny_pipeline(seed=3), tiny_pipeline(seed=3), tiny_pipeline(seed=4)
+    b._invedit_name = "another name"
+    assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(c)

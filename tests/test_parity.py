@@ -85,9 +85,13 @@ def test_null_text_edit_reproduces_reference_given_its_null_embeddings(parity_pi
     expected, ref = reference("null-text-inversion+p2p")
     inv = invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, "null-text", inner_steps=0)
     inv.nulls = [u.to(inv.latents.device) for u in ref["uncond_embeddings"]]
+    # Start from the reference's z_T too: its nulls were fitted to that trajectory, and our z_T (3e-5 away) drifts
+    # by a CPU-dependent amount under the optimised nulls (0.013 here, 0.025 on another CPU).
+    inv.latents[-1] = ref["xT_latent"].to(inv.latents.device)
     result = invedit.edit(parity_pipe, inv, None, TARGET)
-    assert psnr(np.asarray(result.image), expected) >= 40
-    assert (result.latents - ref["final_latents"]).abs().mean() < 0.02
+    assert psnr(np.asarray(result.image), expected) >= 50
+    # 0.001 measured; the shared empty-prompt null instead of the per-step nulls gives 1.7.
+    assert (result.latents - ref["final_latents"]).abs().mean() < 0.005
 
 
 def test_null_text_optimisation_step_matches_reference(parity_pipe):

@@ -18,7 +18,7 @@ from .editing import get_editor
 from .errors import InveditError
 from .images import load_image, pil_to_tensor, tensor_to_uint8
 from .inversion import InversionInputs, Inverted, get_inversion
-from .models import model_name, native_resolution
+from .models import model_fingerprint, model_name, native_resolution
 from .prompts import check_prompt, encode_prompts
 from .sampling import DDIMSchedule, GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
 from .versions import versions
@@ -271,6 +271,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         "source_prompt": source_prompt, "target_prompt": target_prompt, "blend_words": list(blend) if blend else None,
         "inversion": inverted.method, "inversion_options": inverted.options, "editor": result_editor.settings(),
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
+        "model_fingerprint": model_fingerprint(pipe),
         "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
         "nfe_backward": inverted.stats.nfe_backward, "versions": versions(),
     }

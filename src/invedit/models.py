@@ -174,15 +174,26 @@ def model_name(pipe) -> str:
     return getattr(pipe, "_invedit_name", None) or str(pipe.config.get("_name_or_path", "unknown"))
 
 
+# Keys that name where or with which library version a model was saved, not what it computes.
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "dtype",
+                         "torch_dtype"}
+
+
 def model_fingerprint(pipe) -> str:
-    """Short hash of the model's identity (name, configs and a sample of UNet weights), for caches."""
-    h = hashlib.sha256(model_name(pipe).encode())
+    """Short hash of the model's identity (configs and a sample of UNet weights), recorded with every result."""
+    cached = getattr(pipe, "_invedit_fingerprint", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
-    params = list(pipe.unet.parameters())
-    for p in params[:: max(1, len(params) // 16)]:
-        h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+        stable = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
+        h.update(json.dumps(stable, sort_keys=True, default=str).encode())
+        params = list(module.parameters())
+        for p in params[:: max(1, len(params) // 16)]:
+            h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
+    pipe._invedit_fingerprint = h.hexdigest()[:16]
+    return pipe._invedit_fingerprint
 
 
 def native_resolution(pipe) -> int:
