@@ -8,6 +8,7 @@ Parts (targets from the embedded-model issue in brackets):
   vae         VAE reconstruction PSNR                                                            [≥ 28 dB]
   generation  DDIM 50 steps, CFG 7.5, one-object prompts: requested colour / shape recognised     [≥ 95% / ≥ 70%]
   inversion   DDIM inversion + regeneration at guidance 1 vs the VAE reconstruction               [≥ 35 dB]
+  identity    target prompt = source prompt: Direct (± correct_target) and DDIM edits vs reconstruction
   editing     Direct+P2P and DDIM+P2P on toy-bench edits (PIE-Bench protocol) vs the ground truth:
               colour edits reach the target colour in the mask [≥ 80%], background PSNR [≥ 25 dB],
               Direct − DDIM background PSNR [≥ 3 dB]
@@ -133,6 +134,27 @@ def part_inversion(pipe, n: int) -> dict:
     return {"n": n, "psnr_mean": float(np.mean(values)), "psnr_min": float(np.min(values))}
 
 
+def part_identity(pipe, n: int) -> dict:
+    """Target prompt = source prompt with P2P: how far the edit is from the reconstruction and from the input.
+
+    Direct Inversion as published corrects only the source branch, so its identity edit is not exactly the
+    reconstruction; ``correct_target=True`` makes it so. DDIM's identity edit is its own (inexact) reconstruction.
+    """
+    size = invedit.models.native_resolution(pipe)
+    rows: dict[str, dict[str, list]] = {}
+    for scene in held_out_scenes(n, size):
+        image = Image.fromarray(scene.image)
+        round_trip = decode_latents(pipe, encode_image(pipe, image))[0]
+        for name, method, options in (("direct", "direct", {}), ("direct+correct_target", "direct",
+                                      {"correct_target": True}), ("ddim", "ddim", {})):
+            result = invedit.edit(pipe, image, scene.caption, scene.caption, inversion=method,
+                                  inversion_options=options)
+            r = rows.setdefault(name, {"vs_reconstruction": [], "vs_vae_round_trip": []})
+            r["vs_reconstruction"].append(psnr(result.image, result.reconstruction))
+            r["vs_vae_round_trip"].append(psnr(result.image, round_trip))
+    return {name: {"n": n, **{k: float(np.mean(v)) for k, v in r.items()}} for name, r in rows.items()}
+
+
 def part_editing(pipe, per_kind: int, seed: int) -> dict:
     """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them)."""
     size = invedit.models.native_resolution(pipe)
@@ -195,6 +217,11 @@ def write_markdown(results: dict, path: Path) -> None:
         i = results["inversion"]
         lines += [f"- DDIM inversion + regeneration at guidance 1 vs VAE reconstruction: {i['psnr_mean']:.2f} dB "
                   f"mean (min {i['psnr_min']:.2f}) on {i['n']} scenes (target ≥ 35 dB)."]
+    if "identity" in results:
+        lines += ["", "Identity edit (P2P, target prompt = source prompt), PSNR of the edit against:", "",
+                  "| inversion | n | its reconstruction | the VAE round trip of the input |", "|---|---|---|---|"]
+        for name, r in results["identity"].items():
+            lines.append(f"| {name} | {r['n']} | {r['vs_reconstruction']:.2f} | {r['vs_vae_round_trip']:.2f} |")
     if "editing" in results:
         lines += ["", "Editing (P2P, PIE-Bench protocol; background PSNR outside the edit mask vs the source; success "
                   "= target colour / shape recognised in the edit region):", "",
@@ -213,7 +240,7 @@ def write_markdown(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the embedded model)")
-    parser.add_argument("--parts", default="checks,vae,generation,inversion,editing")
+    parser.add_argument("--parts", default="checks,vae,generation,inversion,identity,editing")
     parser.add_argument("--n", type=int, default=64, help="scenes for checks/vae/inversion")
     parser.add_argument("--edits-per-kind", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
@@ -226,6 +253,7 @@ def main() -> None:
     runners = {"checks": lambda: part_checks(pipe, args.n), "vae": lambda: part_vae(pipe, args.n),
                "generation": lambda: part_generation(pipe, args.seed),
                "inversion": lambda: part_inversion(pipe, args.n),
+               "identity": lambda: part_identity(pipe, min(args.n, 32)),
                "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed)}
     for part in parts:
         t = time.perf_counter()

@@ -70,6 +70,12 @@ class TrainConfig:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    # grounding fine-tune (after the UNet stage): denoising loss + a token-grounding loss that pulls each
+    # caption word's cross-attention into its object's (or the background's) mask, as P2P / LocalBlend assume
+    ground_steps: int = 1500
+    ground_batch: int = 32
+    ground_lr: float = 5e-5
+    ground_weight: float = 0.05
     # bookkeeping
     ckpt_minutes: float = 5.0
     log_every: int = 25
@@ -82,7 +88,7 @@ class TrainConfig:
 
 
 SMOKE = dict(n_scenes=512, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, vae_warmup=2,
-             unet_warmup=2, log_every=2)
+             unet_warmup=2, log_every=2, ground_steps=4, ground_batch=4)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -590,6 +596,174 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
     return step >= cfg.unet_steps
 
 
+# ------------------------------------------------------------------------------------------- grounding
+
+
+class _CrossAttentionRecorder:
+    """Classic cross-attention that also keeps its probabilities (batch·heads, queries, 77) for the loss."""
+
+    def __init__(self, store: list[torch.Tensor]) -> None:
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 **kwargs):
+        residual = hidden_states
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(query, key, None)
+        self.store.append(probs)
+        out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, value))))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def grounding_targets(scene: scenes.Scene, grid: int) -> list[tuple[int, np.ndarray]]:
+    """(token index, mask on a ``grid``² latent grid) for every word that names a region of ``scene``.
+
+    Caption "a C S and a C S on a B background": colour and shape words → their object's mask; the background
+    word and "background" → the area outside all objects. Token index = word index + 1 (BOS first).
+    """
+    def down(mask: np.ndarray) -> np.ndarray:
+        f = mask.shape[0] // grid
+        return mask.reshape(grid, f, grid, f).mean(axis=(1, 3)).astype(np.float32)
+
+    targets = []
+    for k, mask in enumerate(scene.masks):
+        m = down(mask)
+        targets += [(4 * k + 2, m), (4 * k + 3, m)]
+    n = len(scene.objects)
+    background = down(~np.any(scene.masks, axis=0))
+    targets += [(4 * n + 2, background), (4 * n + 3, background)]
+    return targets
+
+
+def grounding_loss(store: list[torch.Tensor], batch: int, token_ids: torch.Tensor,
+                   masks: dict[int, torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    """1 − (share of each word's cross-attention mass inside its region), averaged over words and layers.
+
+    ``token_ids`` (B, K), ``masks[grid]`` (B, K, grid²), ``valid`` (B, K). Heads are averaged first (the maps
+    P2P and LocalBlend read).
+    """
+    losses = []
+    for probs in store:
+        n = probs.shape[1]
+        grid = int(round(n**0.5))
+        if grid not in masks:
+            continue
+        p = probs.float().view(batch, -1, n, probs.shape[-1]).mean(1)  # (B, N, 77)
+        sel = p.gather(2, token_ids[:, None, :].expand(-1, n, -1))  # (B, N, K)
+        sel = sel / sel.sum(1, keepdim=True).clamp_min(1e-8)
+        inside = (sel * masks[grid].transpose(1, 2)).sum(1)  # (B, K)
+        losses.append(((1 - inside) * valid).sum() / valid.sum().clamp_min(1))
+    return torch.stack(losses).mean()
+
+
+def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGovernor) -> bool:
+    """Fine-tune the trained UNet + text encoder with denoising + token-grounding loss on fresh scenes.
+
+    Starts from the UNet stage's EMA weights; checkpoints to ``ground.ckpt.pt`` (export prefers it).
+    """
+    from diffusers import AutoencoderKL
+    from diffusers.models.attention_processor import AttnProcessor
+
+    ckpt_path = run_dir / "ground.ckpt.pt"
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae").eval().requires_grad_(False)
+    scale = vae.config.scaling_factor
+    tokenizer = build_tokenizer(run_dir / "tokenizer")
+    empty_ids = encode_prompts(tokenizer, [""])[0]
+    unet, text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
+    ema_unet, ema_text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
+    source = ckpt_path if ckpt_path.exists() else run_dir / "unet.ckpt.pt"
+    ck = torch.load(source, weights_only=False)
+    step = ck["ground_step"] if source == ckpt_path else 0
+    for model, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+        model.load_state_dict(ck[key if source == ckpt_path else "ema_" + key.removeprefix("ema_")])
+    store: list[torch.Tensor] = []
+    recorder = _CrossAttentionRecorder(store)
+    unet.set_attn_processor({name: recorder if name.endswith("attn2.processor") else AttnProcessor()
+                             for name in unet.attn_processors})
+    for model in (text, ema_text):
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+    ema_unet.requires_grad_(False).eval()
+    ema_text.requires_grad_(False).eval()
+    params = [p for p in (*unet.parameters(), *text.parameters())]
+    ema_params = [p for p in (*ema_unet.parameters(), *ema_text.parameters())]
+    opt = torch.optim.AdamW(params, lr=cfg.ground_lr, betas=(0.9, 0.999), weight_decay=0.01)
+    if source == ckpt_path:
+        opt.load_state_dict(ck["opt"])
+    alphas = build_scheduler().alphas_cumprod.float()
+    rng = np.random.default_rng(cfg.seed + 30 + step)
+    torch.manual_seed(cfg.seed + 30 + step)
+    latent = cfg.size // 2 ** (len(cfg.vae_channels) - 1)
+    grids = [latent // 2**k for k in range(len(cfg.unet_channels) - 1)]  # cross-attention resolutions
+
+    def checkpoint() -> None:
+        _save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                      "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "ground_step": step,
+                      "step": ck["step"], "config": dataclasses.asdict(cfg)}, ckpt_path)
+
+    log_path = run_dir / "log_ground.jsonl"
+    bar = _progress(cfg.ground_steps, step, "ground")
+    last_ckpt, acc = time.time(), {"loss": 0.0, "ground": 0.0, "n": 0}
+    unet.train()
+    text.train()
+    while step < cfg.ground_steps and time.time() < deadline:
+        threads = gov.update()
+        batch = [scenes.make_scene(rng, size=cfg.size, include_held_out=False) for _ in range(cfg.ground_batch)]
+        with torch.no_grad():
+            x0 = vae.encode(to_tensor(np.stack([s.image for s in batch]))).latent_dist.sample() * scale
+        ids = encode_prompts(tokenizer, [s.caption for s in batch])
+        drop = torch.from_numpy(rng.random(cfg.ground_batch) < cfg.caption_dropout)
+        ids = torch.where(drop[:, None], empty_ids[None], ids)
+        per_scene = {g: [grounding_targets(s, g) for s in batch] for g in grids}
+        k_max = max(len(t) for t in per_scene[grids[0]])
+        token_ids = torch.zeros(len(batch), k_max, dtype=torch.long)
+        valid = torch.zeros(len(batch), k_max)
+        masks = {g: torch.zeros(len(batch), k_max, g * g) for g in grids}
+        for b in range(len(batch)):
+            for j, (tok, _) in enumerate(per_scene[grids[0]][b]):
+                token_ids[b, j], valid[b, j] = tok, float(not drop[b])
+                for g in grids:
+                    masks[g][b, j] = torch.from_numpy(per_scene[g][b][j][1].ravel())
+        t = torch.from_numpy(rng.integers(0, 1000, size=len(batch)))
+        noise = torch.randn_like(x0)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        store.clear()
+        with _autocast():
+            pred = unet(xt, t, text(ids)[0]).sample.float()
+        snr = alphas[t] / (1 - alphas[t])
+        denoise = ((snr.clamp(max=cfg.min_snr_gamma) / snr) * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        ground = grounding_loss(store, len(batch), token_ids, masks, valid)
+        loss = denoise + cfg.ground_weight * ground
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - cfg.ema_decay)
+        acc["loss"] += denoise.item()
+        acc["ground"] += ground.item()
+        acc["n"] += 1
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            rec = {"step": step, "loss": acc["loss"] / acc["n"], "ground": acc["ground"] / acc["n"],
+                   "threads": threads}
+            _log(log_path, rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", ground=f"{rec['ground']:.3f}", thr=threads)
+            acc = {"loss": 0.0, "ground": 0.0, "n": 0}
+        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    bar.close()
+    checkpoint()
+    return step >= cfg.ground_steps
+
+
 # ------------------------------------------------------------------------------------------- export
 
 
@@ -599,7 +773,8 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     from transformers import CLIPTokenizer
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    ck = torch.load(run_dir / "unet.ckpt.pt", weights_only=False, map_location="cpu")
+    ground = run_dir / "ground.ckpt.pt"
+    ck = torch.load(ground if ground.exists() else run_dir / "unet.ckpt.pt", weights_only=False, map_location="cpu")
     cfg = TrainConfig.from_dict(ck["config"])
     tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
     unet, text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
@@ -613,7 +788,7 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     if out_dir.exists():
         shutil.rmtree(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    info = {"unet_steps_done": ck["step"], "config": ck["config"],
+    info = {"unet_steps_done": ck["step"], "grounding_steps_done": ck.get("ground_step", 0), "config": ck["config"],
             "held_out": [list(h) for h in scenes.HELD_OUT], "vocabulary": list(scenes.VOCABULARY)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     return out_dir
@@ -625,7 +800,7 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m invedit.toy.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run directory (checkpoints, logs)")
-    ap.add_argument("--stage", choices=("vae", "unet", "all", "none"), default="all")
+    ap.add_argument("--stage", choices=("vae", "unet", "ground", "all", "none"), default="all")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock bound for this invocation")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints")
     ap.add_argument("--export", action="store_true", help="export the EMA pipeline after the stages")
@@ -652,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         done = train_vae(cfg, run_dir, deadline, gov)
     if done and args.stage in ("unet", "all"):
         done = train_unet(cfg, run_dir, deadline, gov)
+    if done and args.stage in ("ground", "all"):
+        done = train_grounding(cfg, run_dir, deadline, gov)
     print("training finished" if done else "stopped (time bound); continue with --resume", file=sys.stderr)
     if args.export and (run_dir / "unet.ckpt.pt").exists():
         print(f"exported to {export(run_dir, args.export_dir)}", file=sys.stderr)

@@ -1,0 +1,63 @@
+"""The embedded shapes model ships with the package, loads offline through `invedit.load()` and really edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import invedit
+from invedit.models import embedded_model_path, native_resolution
+from invedit.toy.metrics import background_psnr
+from invedit.toy.scenes import COLORS, VOCABULARY, make_edit_example
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    return invedit.load(device="cpu", dtype="float32")
+
+
+def test_loads_offline_from_the_package(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = invedit.load(device="cpu")
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and native_resolution(pipe) == 64
+    folder = embedded_model_path()
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert weights and all(f.suffix == ".safetensors" for f in weights)
+    for word in VOCABULARY:  # a word-level vocabulary: every caption word is one token
+        assert len(pipe.tokenizer(word).input_ids) == 3
+
+
+def mean_object_color(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(image, dtype=np.float64)[mask]
+    saturated = pixels[(pixels.max(1) - pixels.min(1)) > 60]
+    return np.median(saturated if len(saturated) else pixels, axis=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_colour_edit_moves_the_object_towards_the_target_colour_and_keeps_the_background(embedded, seed):
+    edit = make_edit_example(seed, "color")
+    source_color, target_color = (np.array(COLORS[w]) for w in edit.blend_words.split())
+    result = invedit.edit(embedded, Image.fromarray(edit.source_image), edit.source_prompt, edit.target_prompt,
+                          blend_words=edit.blend_words, steps=25)
+    got = mean_object_color(np.asarray(result.image), edit.mask)
+    assert np.linalg.norm(got - target_color) < np.linalg.norm(got - source_color)
+    assert background_psnr(np.asarray(result.image), edit.source_image, edit.mask) >= 20
+
+
+def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
+    """The paper's claim on the shipped model: same P2P edit, Direct vs DDIM inversion, background PSNR."""
+    gains = []
+    for seed in range(4):
+        edit = make_edit_example(seed, "color")
+        image = Image.fromarray(edit.source_image)
+        bg = {}
+        for method in ("direct", "ddim"):
+            result = invedit.edit(embedded, image, edit.source_prompt, edit.target_prompt, inversion=method,
+                                  blend_words=edit.blend_words)
+            bg[method] = background_psnr(np.asarray(result.image), edit.source_image, edit.mask)
+        gains.append(bg["direct"] - bg["ddim"])
+    # measured: +4.4, +2.5, +2.6, +5.2 dB (the issue's target is ≥ 3 dB on average)
+    assert np.mean(gains) >= 3 and min(gains) >= 1.5, gains
