@@ -472,6 +472,18 @@ def color_accuracy(images: np.ndarray, prompts: list[str]) -> float:
     return hits / max(n, 1)
 
 
+def _optimisation(unet, text, ema_unet, ema_text, lr: float):
+    """Trainable parameters, their EMA copies and AdamW, for the UNet + text encoder stages."""
+    for model in (text, ema_text):  # eager attention: ~1.7x faster than SDPA for this tiny encoder on CPU
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+    ema_unet.requires_grad_(False).eval()
+    ema_text.requires_grad_(False).eval()
+    params = [p for p in (*unet.parameters(), *text.parameters())]
+    ema_params = [p for p in (*ema_unet.parameters(), *ema_text.parameters())]
+    return params, ema_params, torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
+
+
 def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGovernor) -> bool:
     """Train (or continue) UNet + text encoder; returns True once ``unet_steps`` are done."""
     from diffusers import AutoencoderKL
@@ -502,14 +514,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text.state_dict())
     _classic_attention(ema_unet)
-    for model in (text, ema_text):  # eager attention: ~1.7x faster than SDPA for this tiny encoder on CPU
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
-    ema_unet.requires_grad_(False).eval()
-    ema_text.requires_grad_(False).eval()
-    params = [p for p in (*unet.parameters(), *text.parameters())]
-    ema_params = [p for p in (*ema_unet.parameters(), *ema_text.parameters())]
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.999), weight_decay=0.01)
+    params, ema_params, opt = _optimisation(unet, text, ema_unet, ema_text, cfg.unet_lr)
     sched = build_scheduler()
     alphas = sched.alphas_cumprod.float()
     rng = np.random.default_rng(cfg.seed + 20)
@@ -684,14 +689,7 @@ def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: Threa
     recorder = _CrossAttentionRecorder(store)
     unet.set_attn_processor({name: recorder if name.endswith("attn2.processor") else AttnProcessor()
                              for name in unet.attn_processors})
-    for model in (text, ema_text):
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
-    ema_unet.requires_grad_(False).eval()
-    ema_text.requires_grad_(False).eval()
-    params = [p for p in (*unet.parameters(), *text.parameters())]
-    ema_params = [p for p in (*ema_unet.parameters(), *ema_text.parameters())]
-    opt = torch.optim.AdamW(params, lr=cfg.ground_lr, betas=(0.9, 0.999), weight_decay=0.01)
+    params, ema_params, opt = _optimisation(unet, text, ema_unet, ema_text, cfg.ground_lr)
     if source == ckpt_path:
         opt.load_state_dict(ck["opt"])
     alphas = build_scheduler().alphas_cumprod.float()
