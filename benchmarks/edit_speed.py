@@ -3,6 +3,7 @@
     python benchmarks/edit_speed.py                       # tiny parity model (512 px) + SD-1.4-shaped model
     python benchmarks/edit_speed.py --models tiny --repeats 5
     python benchmarks/edit_speed.py --models sd14 --sd-steps 50 --device cuda --dtype float16   # on a GPU
+    python benchmarks/edit_speed.py --models sd14 --sd-methods all --device cuda   # every inversion, full size
 
 Methods are run interleaved (A B C A B C …) and the median is reported, so background load hits all alike.
 Results are merged into ``benchmarks/results.json`` (keyed by model and machine) and ``benchmarks/results.md``
@@ -275,6 +276,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sd-repeats", type=int, default=1)
     parser.add_argument("--methods", default="all", help="'core' (ddim, direct, reference layout) or 'all'")
+    parser.add_argument("--sd-methods", default="core", help="full-size model: 'core' or 'all' (hours on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="full-size model dtype (default: bfloat16 on CPU)")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
@@ -296,8 +298,9 @@ def main() -> None:
         elif name == "sd14":
             dtype = args.dtype or ("float16" if device.type == "cuda" else "bfloat16")
             pipe = sd14_shaped_pipeline(args.device, invedit.models.DTYPES[dtype])
-            short = benchmark(pipe, args.sd_steps, args.sd_repeats, CORE_METHODS)
-            long = benchmark(pipe, 2 * args.sd_steps, args.sd_repeats, CORE_METHODS)
+            sd_methods = CORE_METHODS if args.sd_methods == "core" else all_methods()
+            short = benchmark(pipe, args.sd_steps, args.sd_repeats, sd_methods)
+            long = benchmark(pipe, 2 * args.sd_steps, args.sd_repeats, sd_methods)
             entry = {"description": "SD-1.4-shaped model (random weights), 512 px", "steps": args.sd_steps,
                      "steps_long": 2 * args.sd_steps, "repeats": args.sd_repeats, "dtype": dtype, "rows": short,
                      "rows_long": long, "extrapolated": extrapolate(short, long, args.sd_steps, 2 * args.sd_steps, 50)}
