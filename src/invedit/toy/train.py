@@ -484,6 +484,22 @@ def _optimisation(unet, text, ema_unet, ema_text, lr: float):
     return params, ema_params, torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.01)
 
 
+def _min_snr_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """ε-prediction MSE per sample, weighted by min(SNR, γ)/SNR (min-SNR weighting), averaged."""
+    snr = alpha_bar / (1 - alpha_bar)
+    return ((snr.clamp(max=gamma) / snr) * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def _optimiser_step(opt, params, ema_params, loss: torch.Tensor, ema_decay: float) -> None:
+    """Backward, clip to norm 1, AdamW step, then move the EMA copies toward the parameters."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - ema_decay)
+
+
 def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGovernor) -> bool:
     """Train (or continue) UNet + text encoder; returns True once ``unet_steps`` are done."""
     from diffusers import AutoencoderKL
@@ -570,17 +586,9 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
         with _autocast():
             emb = text(ids)[0]
             pred = unet(xt, t, emb).sample.float()
-        snr = alphas[t] / (1 - alphas[t])
-        weight = snr.clamp(max=cfg.min_snr_gamma) / snr
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = _min_snr_loss(pred, noise, alphas[t], cfg.min_snr_gamma)
         step += 1
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        _optimiser_step(opt, params, ema_params, loss, min(cfg.ema_decay, (1 + step) / (10 + step)))
         acc["loss"] += loss.item()
         acc["n"] += 1
         bar.update(1)
@@ -733,17 +741,10 @@ def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: Threa
         store.clear()
         with _autocast():
             pred = unet(xt, t, text(ids)[0]).sample.float()
-        snr = alphas[t] / (1 - alphas[t])
-        denoise = ((snr.clamp(max=cfg.min_snr_gamma) / snr) * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        denoise = _min_snr_loss(pred, noise, alphas[t], cfg.min_snr_gamma)
         ground = grounding_loss(store, len(batch), token_ids, masks, valid)
-        loss = denoise + cfg.ground_weight * ground
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
         step += 1
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - cfg.ema_decay)
+        _optimiser_step(opt, params, ema_params, denoise + cfg.ground_weight * ground, cfg.ema_decay)
         acc["loss"] += denoise.item()
         acc["ground"] += ground.item()
         acc["n"] += 1
