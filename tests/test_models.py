@@ -66,3 +66,24 @@ def test_fingerprint_identifies_weights_not_names(tmp_path):
     a, b, c = tiny_pipeline(seed=3), tiny_pipeline(seed=3), tiny_pipeline(seed=4)
     b._invedit_name = "another name"
     assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(c)
+
+
+def test_a_model_folder_can_recommend_editor_settings(tmp_path, image):
+    import json
+
+    from .conftest import SOURCE, TARGET
+
+    pipe = tiny_pipeline(seed=2)
+    pipe.save_pretrained(tmp_path)
+    plain = load(tmp_path, device="cpu")
+    (tmp_path / "invedit.json").write_text(json.dumps({"editor_defaults": {"p2p": {"cross_replace_steps": 1.0}}}))
+    tuned = load(tmp_path, device="cpu")
+    assert invedit.edit(plain, image, SOURCE, TARGET, steps=5).settings["editor"]["cross_replace_until_step"] == 2
+    result = invedit.edit(tuned, image, SOURCE, TARGET, steps=5)
+    assert result.settings["editor"]["cross_replace_until_step"] == 6
+    assert result.settings["editor_model_defaults"] == {"cross_replace_steps": 1.0}
+    explicit = invedit.edit(tuned, image, SOURCE, TARGET, steps=5, cross_replace_steps=0.2)
+    assert explicit.settings["editor"]["cross_replace_until_step"] == 1  # the caller wins
+    (tmp_path / "invedit.json").write_text('{"editor_defaults": {"p2p": 3}}')
+    with pytest.raises(invedit.InveditError, match=r"cannot read .*invedit\.json"):
+        load(tmp_path, device="cpu")

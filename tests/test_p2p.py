@@ -134,7 +134,19 @@ def test_layer_map_of_the_unet(pipe):
     assert len(layers) == len(pipe.unet.attn_processors)
     cross = {(i.place, i.downsample) for _, _, i in layers if i.is_cross}
     assert cross == {("down", 1), ("down", 2), ("mid", 2), ("up", 2), ("up", 1)}
-    assert PromptToPrompt.default_blend_downsample(pipe.unet) == 2
+    # A 16×16 latent blends on its own 16×16 grid (the reference's grid size), not on the 8×8 one.
+    assert PromptToPrompt.default_blend_downsample(pipe.unet) == 1
+
+
+def test_blend_grid_is_latent_over_4_where_the_unet_has_it():
+    from diffusers import UNet2DConditionModel
+
+    kinds = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    unet = UNet2DConditionModel(sample_size=64, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                norm_num_groups=4, attention_head_dim=2, cross_attention_dim=8,
+                                down_block_types=kinds,
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    assert PromptToPrompt.default_blend_downsample(unet) == 4  # SD 1.x at 512 px: 16×16 maps
 
 
 def test_local_blend_keeps_the_target_equal_to_the_source_outside_the_mask(pipe, image):

@@ -42,3 +42,15 @@ def test_loss_is_zero_inside_and_one_minus_area_when_uniform():
     assert grounding_loss([uniform, torch.rand(heads, 64, 77)], batch, token_ids, {grid: mask},
                           valid).item() == pytest.approx(0.75)
     assert grounding_loss([uniform], batch, token_ids, {grid: mask}, torch.zeros(batch, 1)).item() == 0
+
+
+def test_loss_weights_each_sample_by_its_signal_fraction():
+    batch, heads, n, grid = 2, 1, 16, 4
+    mask = torch.zeros(batch, 1, n)
+    mask[:, 0, :4] = 1.0
+    token_ids, valid = torch.tensor([[5], [5]]), torch.ones(batch, 1)
+    uniform = torch.full((batch * heads, n, 77), 1 / 77)
+    loss = grounding_loss([uniform], batch, token_ids, {grid: mask}, valid, torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(0.75 / 2)  # the second sample (pure noise) does not pull
+    assert grounding_loss([uniform], batch, token_ids, {grid: mask}, valid, torch.ones(2)).item() == pytest.approx(
+        grounding_loss([uniform], batch, token_ids, {grid: mask}, valid).item())

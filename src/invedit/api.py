@@ -18,7 +18,7 @@ from .editing import get_editor
 from .errors import InveditError
 from .images import load_image, pil_to_tensor, tensor_to_uint8
 from .inversion import InversionInputs, Inverted, get_inversion
-from .models import model_fingerprint, model_name, native_resolution
+from .models import model_editor_defaults, model_fingerprint, model_name, native_resolution
 from .prompts import check_prompt, encode_prompts
 from .sampling import DDIMSchedule, GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
 from .versions import versions
@@ -243,10 +243,14 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         steps = check_steps(DEFAULT_STEPS if steps is None else steps, pipe.scheduler.config.num_train_timesteps)
         method = inversion or DEFAULT_INVERSION
         get_inversion(method).validate_options(inversion_options or {})
-        editor_cls.create(pipe, source_prompt, target_prompt, steps, blend, **editor_options)  # fail fast
+        editor_cls.create(pipe, source_prompt, target_prompt, steps, blend,  # fail fast
+                          **{**model_editor_defaults(pipe, editor), **editor_options})
         inverted = invert(pipe, image_or_inverted, source_prompt, method, steps, guidance_scale, seed, progress,
                           **(inversion_options or {}))
-    editor_options = {**inverted.editor_defaults(editor), **editor_options}  # the inversion's pairing, if any
+    # Precedence: the editor's own defaults < the model's recommendation (its folder's invedit.json) < the
+    # inversion's pairing (e.g. StyleDiffusion's τ) < what the caller passed.
+    model_defaults = model_editor_defaults(pipe, editor)
+    editor_options = {**model_defaults, **inverted.editor_defaults(editor), **editor_options}
     result_editor = editor_cls.create(pipe, source_prompt, target_prompt, inverted.steps, blend, **editor_options)
     inverted.check_edit(guidance_scale)
 
@@ -270,6 +274,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     settings = {
         "source_prompt": source_prompt, "target_prompt": target_prompt, "blend_words": list(blend) if blend else None,
         "inversion": inverted.method, "inversion_options": inverted.options, "editor": result_editor.settings(),
+        "editor_model_defaults": model_defaults,
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
         "model_fingerprint": model_fingerprint(pipe),
         "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),

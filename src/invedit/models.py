@@ -7,6 +7,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -166,7 +167,33 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
         ) from None
     pipe = prepare_pipeline(pipe, dev)
     pipe._invedit_name = name
+    pipe._invedit_editor_defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
     return pipe
+
+
+#: Optional file in a model folder: editor settings recommended for that model, e.g.
+#: ``{"editor_defaults": {"p2p": {"cross_replace_steps": 1.0}}}``.
+MODEL_SETTINGS_FILE = "invedit.json"
+
+
+def read_editor_defaults(folder: Path) -> dict[str, dict[str, Any]]:
+    """Editor defaults a model folder recommends (its ``invedit.json``), ``{}`` when it has none."""
+    path = Path(folder) / MODEL_SETTINGS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        defaults = data.get("editor_defaults", {})
+        if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
+            raise ValueError("editor_defaults must map editor names to option objects")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InveditError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
+    return defaults
+
+
+def model_editor_defaults(pipe, editor: str) -> dict[str, Any]:
+    """Options the model recommends for ``editor`` (explicit options and an inversion's pairing win)."""
+    return dict(getattr(pipe, "_invedit_editor_defaults", {}).get(editor, {}))
 
 
 def model_name(pipe) -> str:

@@ -11,6 +11,7 @@ the target equal to the source outside the region the blend words attend to.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -182,11 +183,18 @@ class PromptToPrompt(AttentionEditor):
 
     @staticmethod
     def default_blend_downsample(unet) -> int:
-        """Grid the LocalBlend maps come from: latent/4 (16×16 on SD at 512 px) if present, else the coarsest."""
+        """Grid the LocalBlend maps come from: the reference's 16×16 grid (latent/4 on SD at 512 px).
+
+        Downsample 4 where the UNet has cross-attention there; otherwise the grid nearest 16×16 (a 16×16 latent
+        blends at downsample 1: an 8×8 grid would make every mask cell an eighth of the image).
+        """
         found = {info.downsample for _, _, info in attention_layers(unet) if info.is_cross and info.place != "mid"}
         if not found:
             return 4
-        return 4 if 4 in found else max(found)
+        if 4 in found:
+            return 4
+        latent = int(unet.config.sample_size)
+        return min(sorted(found), key=lambda d: abs(math.log2(max(latent // d, 1) / 16)))
 
     # ---- loop hooks ----------------------------------------------------------------------------------------
     def rows_read(self, step: int) -> frozenset[Row]:
