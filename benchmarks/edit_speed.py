@@ -124,6 +124,16 @@ class PeakMemory:
             self.peak_mb = max(self.samples) - self.base
 
 
+def reference_editor_options(pipe, editor: str) -> dict:
+    """The editor's own defaults for every option the model recommends otherwise (its invedit.json), so every
+    model is timed with the same (reference) editor settings."""
+    from invedit.editing import get_editor
+    from invedit.models import model_editor_defaults
+
+    defaults = get_editor(editor).defaults if editor != "none" else {}
+    return {k: defaults[k] for k in model_editor_defaults(pipe, editor) if k in defaults}
+
+
 def run_once(pipe, case: tuple[Image.Image, str, str], steps: int, method: str, methods: dict) -> dict:
     inversion, options, editor = methods[method]
     image, source, target = case
@@ -131,7 +141,7 @@ def run_once(pipe, case: tuple[Image.Image, str, str], steps: int, method: str, 
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         result = invedit.edit(pipe, image, source, target, inversion=inversion, editor=editor, steps=steps,
-                              inversion_options=options)
+                              inversion_options=options, **reference_editor_options(pipe, editor))
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -267,6 +267,15 @@ def write_markdown(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def merge_results(old: dict, new: dict) -> dict:
+    """``old`` with ``new``'s parts; editing parts merge per method/kind (runs split by --kinds), seconds add up."""
+    merged = {**old, **{k: v for k, v in new.items() if not k.startswith("editing") and k != "seconds"}}
+    merged["seconds"] = old.get("seconds", 0.0) + new["seconds"]
+    for part in (k for k in new if k.startswith("editing")):
+        merged[part] = {**old.get(part, {}), **new[part]}
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the embedded model)")
@@ -276,6 +285,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kinds", default=None, help="editing: comma list of edit kinds (default: all)")
     parser.add_argument("--out", type=Path, default=HERE / "toy_quality.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="update the parts in an existing --out instead of replacing it (edit kinds merge too)")
     args = parser.parse_args()
     start = time.perf_counter()
     pipe = invedit.load(args.model, device="cpu", dtype="float32")
@@ -294,6 +305,8 @@ def main() -> None:
         results[part] = runners[part]()
         print(part, f"{time.perf_counter() - t:.0f} s", json.dumps(results[part]), flush=True)
     results["seconds"] = time.perf_counter() - start
+    if args.merge and args.out.exists():
+        results = merge_results(json.loads(args.out.read_text()), results)
     args.out.write_text(json.dumps(results, indent=2))
     write_markdown(results, args.out.with_suffix(".md"))
     print(args.out.with_suffix(".md").read_text())

@@ -61,3 +61,15 @@ def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
         gains.append(bg["direct"] - bg["ddim"])
     # measured: +4.4, +2.5, +2.6, +5.2 dB (the target is ≥ 3 dB on average)
     assert np.mean(gains) >= 3 and min(gains) >= 1.5, gains
+
+
+def test_the_shipped_model_recommends_its_p2p_settings_and_edits_use_them(embedded):
+    from invedit.toy.train import EDITOR_DEFAULTS
+
+    edit = make_edit_example(0, "color")
+    result = invedit.edit(embedded, Image.fromarray(edit.source_image), edit.source_prompt, edit.target_prompt,
+                          blend_words=edit.blend_words, steps=10)
+    assert result.settings["editor_model_defaults"] == EDITOR_DEFAULTS["p2p"]  # what training exports
+    assert result.settings["editor"]["cross_replace_steps"] == EDITOR_DEFAULTS["p2p"]["cross_replace_steps"]
+    assert result.settings["editor"]["blend_threshold"] == EDITOR_DEFAULTS["p2p"]["blend_threshold"]
+    assert result.settings["editor"]["blend_downsample"] == 1  # the grid nearest 16×16 on this 16×16 latent

@@ -162,6 +162,7 @@ class PromptToPrompt(AttentionEditor):
             src_tokens = require_word(source_prompt, blend_words[0], tok, "source prompt")
             tgt_tokens = require_word(target_prompt, blend_words[1], tok, "target prompt")
             downsample = opts["blend_downsample"] or cls.default_blend_downsample(pipe.unet)
+            opts["blend_downsample"] = downsample  # recorded: the grid actually used
             if not any(info.is_cross and info.place != "mid" and info.downsample == downsample
                        for _, _, info in attention_layers(pipe.unet)):
                 raise InveditError(f"no cross-attention layers at downsample {downsample} for LocalBlend")
