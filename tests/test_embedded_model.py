@@ -44,7 +44,7 @@ def test_colour_edit_moves_the_object_towards_the_target_colour_and_keeps_the_ba
                           blend_words=edit.blend_words, steps=25)
     got = mean_object_color(np.asarray(result.image), edit.mask)
     assert np.linalg.norm(got - target_color) < np.linalg.norm(got - source_color)
-    assert background_psnr(np.asarray(result.image), edit.source_image, edit.mask) >= 20
+    assert background_psnr(np.asarray(result.image), edit.source_image, edit.mask) >= 24  # measured 26.7, 29.1
 
 
 def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
@@ -59,8 +59,9 @@ def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
                                   blend_words=edit.blend_words)
             bg[method] = background_psnr(np.asarray(result.image), edit.source_image, edit.mask)
         gains.append(bg["direct"] - bg["ddim"])
-    # measured: +4.4, +2.5, +2.6, +5.2 dB (the target is ≥ 3 dB on average)
-    assert np.mean(gains) >= 3 and min(gains) >= 1.5, gains
+    # measured with the model's recommended P2P settings: +10.4, +9.8, +9.7, +6.7 dB (+4.4, +2.5, +2.6, +5.2 with
+    # P2P's SD-tuned defaults); the target is ≥ 3 dB
+    assert np.mean(gains) >= 5 and min(gains) >= 3, gains
 
 
 def test_the_shipped_model_recommends_its_p2p_settings_and_edits_use_them(embedded):
