@@ -27,7 +27,7 @@ from PIL import Image
 import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.images import psnr
-from invedit.models import prepare_pipeline
+from invedit.models import prepare_pipeline, reference_editor_options
 from invedit.versions import versions
 
 HERE = Path(__file__).parent
@@ -122,16 +122,6 @@ class PeakMemory:
             self.running = False
             self.thread.join()
             self.peak_mb = max(self.samples) - self.base
-
-
-def reference_editor_options(pipe, editor: str) -> dict:
-    """The editor's own defaults for every option the model recommends otherwise (its invedit.json), so every
-    model is timed with the same (reference) editor settings."""
-    from invedit.editing import get_editor
-    from invedit.models import model_editor_defaults
-
-    defaults = get_editor(editor).defaults if editor != "none" else {}
-    return {k: defaults[k] for k in model_editor_defaults(pipe, editor) if k in defaults}
 
 
 def run_once(pipe, case: tuple[Image.Image, str, str], steps: int, method: str, methods: dict) -> dict:

@@ -32,6 +32,7 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.bench.data import load_benchmark
 from invedit.images import psnr
+from invedit.models import model_editor_defaults, reference_editor_options
 from invedit.prompts import encode_prompts
 from invedit.sampling import DDIMSchedule, RunStats, ddim_step, unet_output
 from invedit.toy.bench import write_toy_bench
@@ -156,20 +157,9 @@ def part_identity(pipe, n: int) -> dict:
     return {name: {"n": n, **{k: float(np.mean(v)) for k, v in r.items()}} for name, r in rows.items()}
 
 
-def p2p_overrides(pipe, settings: str) -> dict:
-    """P2P options to pass: none (``model``: the model's recommendations apply) or the editor's own defaults for
-    every option the model recommends (``editor``: the SD-tuned reference settings)."""
-    if settings == "model":
-        return {}
-    from invedit.editing.p2p import PromptToPrompt
-    from invedit.models import model_editor_defaults
-
-    return {k: PromptToPrompt.defaults[k] for k in model_editor_defaults(pipe, "p2p")}
-
-
 def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model") -> dict:
     """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them)."""
-    overrides = p2p_overrides(pipe, p2p_settings)
+    overrides = reference_editor_options(pipe, "p2p") if p2p_settings == "editor" else {}
     size = invedit.models.native_resolution(pipe)
     folder = Path(tempfile.mkdtemp()) / "toy-bench"
     write_toy_bench(folder, per_kind, seed=seed, size=size)
@@ -207,7 +197,7 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
         d, m = summary[f"direct/{kind}"], summary[f"ddim/{kind}"]
         d["background_gain_over_ddim"] = d["background_psnr"] - m["background_psnr"]
     summary["p2p_settings"] = {"which": p2p_settings, "overrides": overrides,
-                               "model_recommends": invedit.models.model_editor_defaults(pipe, "p2p")}
+                               "model_recommends": model_editor_defaults(pipe, "p2p")}
     return summary
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import invedit
-from invedit.models import load, make_ddim_scheduler, native_resolution
+from invedit.models import load, make_ddim_scheduler, native_resolution, reference_editor_options
 from invedit.testing import tiny_pipeline
 
 
@@ -84,6 +84,8 @@ def test_a_model_folder_can_recommend_editor_settings(tmp_path, image):
     assert result.settings["editor_model_defaults"] == {"cross_replace_steps": 1.0}
     explicit = invedit.edit(tuned, image, SOURCE, TARGET, steps=5, cross_replace_steps=0.2)
     assert explicit.settings["editor"]["cross_replace_until_step"] == 1  # the caller wins
+    assert reference_editor_options(tuned, "p2p") == {"cross_replace_steps": 0.4}  # back to the reference
+    assert reference_editor_options(plain, "p2p") == {} and reference_editor_options(tuned, "none") == {}
     (tmp_path / "invedit.json").write_text('{"editor_defaults": {"p2p": 3}}')
     with pytest.raises(invedit.InveditError, match=r"cannot read .*invedit\.json"):
         load(tmp_path, device="cpu")

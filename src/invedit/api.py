@@ -227,6 +227,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     target_prompt = check_prompt(target_prompt, pipe.tokenizer, "target prompt")
     blend = parse_blend_words(blend_words)
     editor_cls = get_editor(editor)
+    model_defaults = model_editor_defaults(pipe, editor)  # the model folder's invedit.json, if any
     if isinstance(image_or_inverted, Inverted):
         inverted = image_or_inverted
         if inversion not in (None, inverted.method):
@@ -244,12 +245,11 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         method = inversion or DEFAULT_INVERSION
         get_inversion(method).validate_options(inversion_options or {})
         editor_cls.create(pipe, source_prompt, target_prompt, steps, blend,  # fail fast
-                          **{**model_editor_defaults(pipe, editor), **editor_options})
+                          **{**model_defaults, **editor_options})
         inverted = invert(pipe, image_or_inverted, source_prompt, method, steps, guidance_scale, seed, progress,
                           **(inversion_options or {}))
     # Precedence: the editor's own defaults < the model's recommendation (its folder's invedit.json) < the
     # inversion's pairing (e.g. StyleDiffusion's τ) < what the caller passed.
-    model_defaults = model_editor_defaults(pipe, editor)
     editor_options = {**model_defaults, **inverted.editor_defaults(editor), **editor_options}
     result_editor = editor_cls.create(pipe, source_prompt, target_prompt, inverted.steps, blend, **editor_options)
     inverted.check_edit(guidance_scale)

@@ -196,6 +196,15 @@ def model_editor_defaults(pipe, editor: str) -> dict[str, Any]:
     return dict(getattr(pipe, "_invedit_editor_defaults", {}).get(editor, {}))
 
 
+def reference_editor_options(pipe, editor: str) -> dict[str, Any]:
+    """The editor's own defaults for every option the model recommends otherwise: pass them to `edit` to run
+    the reference settings on a model that ships its own (benchmarks compare models this way)."""
+    from .editing import get_editor
+
+    defaults = get_editor(editor).defaults
+    return {k: defaults[k] for k in model_editor_defaults(pipe, editor) if k in defaults}
+
+
 def model_name(pipe) -> str:
     """A readable name of the pipeline's model (hub id, folder or the embedded model's name)."""
     return getattr(pipe, "_invedit_name", None) or str(pipe.config.get("_name_or_path", "unknown"))

@@ -6,7 +6,7 @@ Stage ``vae`` trains an `AutoencoderKL` (4x down, 4 latent channels) on random c
 ``scaling_factor``; stage ``unet`` trains a `UNet2DConditionModel` jointly with a from-scratch
 `CLIPTextModel` (word-level `CLIPTokenizer`) on the frozen VAE's latents, with EMA, caption dropout and
 min-SNR loss weighting; stage ``ground`` fine-tunes both with a token-grounding loss (each caption word's
-cross-attention pulled into its object or the background, weighted by the signal fraction ᾱ_t). Stages
+cross-attention pulled into its object or the background; optionally weighted by ᾱ_t). Stages
 checkpoint to the run dir every few minutes and continue with ``--resume``; ``--export`` writes the EMA
 weights as a fp16 `StableDiffusionPipeline` folder (with the editor settings recommended for it in
 ``invedit.json``).
