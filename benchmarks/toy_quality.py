@@ -282,14 +282,13 @@ def main() -> None:
     pipe = invedit.load(args.model, device="cpu", dtype="float32")
     parts = args.parts.split(",")
     results: dict = {"model": args.model or "embedded", "date": time.strftime("%Y-%m-%d"), "versions": versions()}
+    kinds = set(args.kinds.split(",")) if args.kinds else None
     runners = {"checks": lambda: part_checks(pipe, args.n), "vae": lambda: part_vae(pipe, args.n),
                "generation": lambda: part_generation(pipe, args.seed),
                "inversion": lambda: part_inversion(pipe, args.n),
                "identity": lambda: part_identity(pipe, min(args.n, 32)),
-               "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed,
-                                              set(args.kinds.split(",")) if args.kinds else None),
-               "editing_sd_p2p": lambda: part_editing(pipe, args.edits_per_kind, args.seed,
-                                                     set(args.kinds.split(",")) if args.kinds else None, "editor")}
+               "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds),
+               "editing_sd_p2p": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "editor")}
     for part in parts:
         t = time.perf_counter()
         results[part] = runners[part]()
