@@ -44,7 +44,7 @@ def test_colour_edit_moves_the_object_towards_the_target_colour_and_keeps_the_ba
                           blend_words=edit.blend_words, steps=25)
     got = mean_object_color(np.asarray(result.image), edit.mask)
     assert np.linalg.norm(got - target_color) < np.linalg.norm(got - source_color)
-    assert background_psnr(np.asarray(result.image), edit.source_image, edit.mask) >= 24  # measured 26.7, 29.1
+    assert background_psnr(np.asarray(result.image), edit.source_image, edit.mask) >= 24  # measured 25.7, 27.0
 
 
 def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
@@ -59,7 +59,7 @@ def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
                                   blend_words=edit.blend_words)
             bg[method] = background_psnr(np.asarray(result.image), edit.source_image, edit.mask)
         gains.append(bg["direct"] - bg["ddim"])
-    # measured with the model's recommended P2P settings: +10.4, +9.8, +9.7, +6.7 dB (+4.4, +2.5, +2.6, +5.2 with
+    # measured with the model's recommended P2P settings: +7.7, +6.4, +9.9, +8.1 dB (+1.6, +1.2, +5.0, +7.4 with
     # P2P's SD-tuned defaults); the issue's target is ≥ 3 dB
     assert np.mean(gains) >= 5 and min(gains) >= 3, gains
 
@@ -74,3 +74,42 @@ def test_the_shipped_model_recommends_its_p2p_settings_and_edits_use_them(embedd
     assert result.settings["editor"]["cross_replace_steps"] == EDITOR_DEFAULTS["p2p"]["cross_replace_steps"]
     assert result.settings["editor"]["blend_threshold"] == EDITOR_DEFAULTS["p2p"]["blend_threshold"]
     assert result.settings["editor"]["blend_downsample"] == 1  # the grid nearest 16×16 on this 16×16 latent
+
+
+def test_colour_and_shape_words_attend_to_their_object(embedded):
+    """What P2P's LocalBlend reads: a word's 16×16 cross-attention is far higher on its object than elsewhere.
+
+    Median over 16 one-object scenes noised to t = 300, heads and layers averaged: measured 650× (colour) and 446×
+    (shape) for the shipped model, 1.1× / 1.7× before its grounding fine-tune.
+    """
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from invedit.api import encode_image
+    from invedit.prompts import encode_prompts
+    from invedit.toy.scenes import make_scene
+    from invedit.toy.train import _CrossAttentionRecorder
+
+    scenes = [make_scene(7_100_000 + k, size=64, n_objects=1) for k in range(16)]
+    unet = embedded.unet
+    store: list[torch.Tensor] = []
+    saved = dict(unet.attn_processors)
+    recorder = _CrossAttentionRecorder(store)
+    unet.set_attn_processor({n: recorder if n.endswith("attn2.processor") else AttnProcessor() for n in saved})
+    try:
+        z0 = torch.cat([encode_image(embedded, Image.fromarray(s.image)) for s in scenes])
+        alpha = embedded.scheduler.alphas_cumprod[300]
+        zt = alpha.sqrt() * z0 + (1 - alpha).sqrt() * torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            unet(zt, 300, encoder_hidden_states=encode_prompts(embedded, [s.caption for s in scenes]))
+    finally:
+        unet.set_attn_processor(saved)
+    maps = torch.stack([p.view(len(scenes), -1, 256, p.shape[-1]).mean(1) for p in store if p.shape[1] == 256])
+    maps = maps.mean(0)  # (scenes, 16·16 positions, 77 tokens)
+    mask = torch.from_numpy(np.stack([s.masks[0].reshape(16, 4, 16, 4).mean(axis=(1, 3)) for s in scenes]))
+    mask = mask.reshape(len(scenes), -1).float()
+    for token in (2, 3):  # "a <colour> <shape> on ...": token 0 is BOS
+        word = maps[..., token]
+        inside = (word * mask).sum(1) / mask.sum(1)
+        outside = (word * (1 - mask)).sum(1) / (1 - mask).sum(1)
+        assert (inside / outside).median() >= 20, (token, inside / outside)

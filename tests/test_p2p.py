@@ -88,6 +88,28 @@ def test_local_blend_mask_and_blend():
     assert torch.equal(out.source, src)
 
 
+def test_local_blend_of_an_object_named_in_one_prompt_only_reads_that_prompts_map():
+    blend = LocalBlend(source_tokens=[2], target_tokens=[], threshold=0.3, start_step=0, downsample=1)
+    probs = torch.zeros(2, 1, 64, 77)
+    probs[0, 0, 9, 2] = 1.0  # the removed object's word, in the source prompt only
+    probs[1, 0, :, 2] = 1.0  # the target row's maps of other tokens are not read
+    blend.accumulate(probs)
+    out = blend(0, Branches(torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8)))
+    expected = torch.zeros(8, 8)
+    expected[0:3, 0:3] = 1
+    assert torch.equal(out.target[0, 0], expected)  # no NaN from the empty side's 0/0 normalisation
+
+
+@pytest.mark.parametrize("source, target, reweight", [
+    ("a red circle on a striped background", "a red circle and a blue star on a striped background", {"star": 2.0}),
+    ("a red circle and a blue star on a striped background", "a red circle on a striped background", {}),
+])
+def test_blend_words_may_name_an_added_or_removed_object(pipe, image, source, target, reweight):
+    result = invedit.edit(pipe, image, source, target, steps=4, blend_words="star star", blend_threshold=0.9)
+    assert result.settings["editor"]["reweight"] == reweight  # the ×2 equaliser only where the word is
+    assert result.settings["blend_words"] == ["star", "star"]
+
+
 class _Attn:
     scale = 0.5
 
@@ -159,6 +181,7 @@ def test_local_blend_keeps_the_target_equal_to_the_source_outside_the_mask(pipe,
 
 @pytest.mark.parametrize("blend, message", [("dog blue", "not a word of the source"),
                                             ("red dog", "not a word of the target"),
+                                            ("star blue", "'star' is not a word of the source prompt .*nor of the"),
                                             ("red", "two words")])
 def test_bad_blend_words(pipe, image, blend, message):
     with pytest.raises(invedit.InveditError, match=message):

@@ -54,3 +54,33 @@ def test_loss_weights_each_sample_by_its_signal_fraction():
     assert loss.item() == pytest.approx(0.75 / 2)  # the second sample (pure noise) does not pull
     assert grounding_loss([uniform], batch, token_ids, {grid: mask}, valid, torch.ones(2)).item() == pytest.approx(
         grounding_loss([uniform], batch, token_ids, {grid: mask}, valid).item())
+
+
+@pytest.mark.parametrize("which", ["all", "cross_attention"])
+def test_grounding_fine_tune_moves_only_the_selected_weights(tmp_path, which):
+    from invedit.toy.train import SMOKE, TrainConfig, _grounding_selector, _optimisation, build_text_encoder, build_unet
+
+    cfg = TrainConfig(**SMOKE)
+    tok = build_word_tokenizer(scenes.VOCABULARY, tmp_path)
+    unet, text, ema_unet, ema_text = build_unet(cfg), build_text_encoder(cfg, tok), build_unet(cfg), \
+        build_text_encoder(cfg, tok)
+    params, ema_params, _ = _optimisation(unet, text, ema_unet, ema_text, 1e-4, _grounding_selector(which))
+    named = [("unet." + n, p) for n, p in unet.named_parameters()] + [("text." + n, p) for n, p in
+                                                                      text.named_parameters()]
+    chosen = {n for n, p in named if any(p is q for q in params)}
+    if which == "all":
+        assert len(chosen) == len(named)
+    else:
+        projections = {n for n, _ in named if ".attn2.to_q." in n or ".attn2.to_k." in n}
+        assert projections and all(n.startswith("unet.down") or n.startswith("unet.up") or n.startswith("unet.mid")
+                                   for n in projections)
+        assert chosen == projections | {n for n, _ in named if n.startswith("text.")}
+        assert all(not p.requires_grad for n, p in named if n not in chosen)
+    assert [p.shape for p in params] == [q.shape for q in ema_params]  # each EMA copy follows its own weight
+
+
+def test_unknown_grounding_selection_is_refused():
+    from invedit.toy.train import _grounding_selector
+
+    with pytest.raises(ValueError, match="ground_params"):
+        _grounding_selector("everything")

@@ -114,12 +114,13 @@ def test_edit_prompts_and_blend_words(kind: str, seed: int) -> None:
         assert len(src) == len(tgt)
         assert [(a, b) for a, b in zip(src, tgt, strict=True) if a != b] == [(src_word, tgt_word)]
     else:
-        assert e.blend_words == ""
         longer, shorter = (tgt, src) if kind == "add" else (src, tgt)
         assert len(longer) == len(shorter) + 4  # "and a <colour> <shape>" inserted / removed
         obj = e.target.objects[-1] if kind == "add" else next(o for o in e.source.objects
                                                                 if o not in e.target.objects)
         assert obj.color in longer and obj.shape in longer and obj.shape not in shorter
+        assert e.blend_words == f"{obj.shape} {obj.shape}"  # named in one prompt only: its map comes from there
+        assert longer.count(obj.shape) == 1  # and it names that object alone
     if kind == "color":
         assert tgt_word in scenes.COLORS
     elif kind == "shape":

@@ -213,7 +213,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         editor: editing method, e.g. ``"p2p"`` or ``"none"``.
         steps: DDIM steps (default 50; with an `Inverted`, its steps).
         guidance_scale: classifier-free guidance of the edit (7.5 in the paper).
-        blend_words: ``"SRC_WORD TGT_WORD"`` for P2P LocalBlend (and the ×2 equaliser), or ``None``.
+        blend_words: ``"SRC_WORD TGT_WORD"`` for P2P LocalBlend (and the ×2 equaliser), or ``None``. A word
+            missing from its own prompt but in the other one (an added or removed object, ``"star star"``)
+            contributes no map from the prompt that lacks it.
         seed: seed of every random choice.
         inversion_options: options of the inversion method when inverting here.
         progress: show progress bars.

@@ -78,7 +78,9 @@ def edit_command(
     target: Annotated[str, typer.Option("--target", "-t", help="prompt describing the wanted image")],
     inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
     editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
-    blend: Annotated[str | None, typer.Option(help='LocalBlend words "SRC_WORD TGT_WORD"')] = None,
+    blend: Annotated[str | None, typer.Option(
+        help='LocalBlend words "SRC_WORD TGT_WORD" (an added or removed object: its word twice, "star star")',
+    )] = None,
     model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,

@@ -56,3 +56,20 @@ def require_word(prompt: str, word: str, tokenizer, what: str) -> list[int]:
     if not inds:
         raise InveditError(f"{word!r} is not a word of the {what} {prompt!r}")
     return inds
+
+
+def blend_word_tokens(source_prompt: str, target_prompt: str, words: tuple[str, str],
+                      tokenizer) -> tuple[list[int], list[int]]:
+    """Token positions of LocalBlend's ``(source word, target word)`` in their prompts.
+
+    An added or removed object is named in one prompt only ("star star" when a star is added): a blend word
+    missing from its own prompt is accepted when it is a word of the other prompt, and reads no map there (the
+    reference code reads none either). A word in neither prompt is an error (a typo, most likely).
+    """
+    prompts = (source_prompt, target_prompt)
+    found = [word_token_indices(prompt, word, tokenizer) for prompt, word in zip(prompts, words)]
+    for k, (what, other) in enumerate((("source prompt", "target prompt"), ("target prompt", "source prompt"))):
+        if not found[k] and not word_token_indices(prompts[1 - k], words[k], tokenizer):
+            raise InveditError(f"blend word {words[k]!r} is not a word of the {what} {prompts[k]!r} "
+                               f"(nor of the {other})")
+    return found[0], found[1]

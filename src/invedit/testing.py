@@ -40,7 +40,8 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
 
     if resolution % 16:
         raise ValueError("resolution must be a multiple of 16")
-    tokenizer = build_word_tokenizer(TINY_VOCABULARY, tempfile.mkdtemp(prefix="invedit-tiny-tok-"))
+    with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:  # the tokenizer reads it eagerly
+        tokenizer = build_word_tokenizer(TINY_VOCABULARY, folder)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InveditError
-from ..prompts import require_word
+from ..prompts import blend_word_tokens, require_word, word_token_indices
 from ..sampling import Branches, Row
 from .attention import LayerInfo, attention_layers, attention_probs, grid_shape
 from .base import AttentionEditor, register
@@ -88,7 +88,7 @@ class LocalBlend:
         maps = self.maps.view(2, 1, h, w)
         maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
         maps = F.interpolate(maps, size=(H, W), mode="nearest")
-        maps = maps / maps.amax(dim=(2, 3), keepdim=True)
+        maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-30)  # a word absent from its prompt: 0
         masks = maps > self.threshold
         self.mask = (masks[0] | masks[1]).unsqueeze(0).float()
         mask = self.mask.to(latents.target)
@@ -159,8 +159,7 @@ class PromptToPrompt(AttentionEditor):
 
         blend = None
         if blend_words:
-            src_tokens = require_word(source_prompt, blend_words[0], tok, "source prompt")
-            tgt_tokens = require_word(target_prompt, blend_words[1], tok, "target prompt")
+            src_tokens, tgt_tokens = blend_word_tokens(source_prompt, target_prompt, blend_words, tok)
             downsample = opts["blend_downsample"] or cls.default_blend_downsample(pipe.unet)
             opts["blend_downsample"] = downsample  # recorded: the grid actually used
             if not any(info.is_cross and info.place != "mid" and info.downsample == downsample
@@ -170,8 +169,9 @@ class PromptToPrompt(AttentionEditor):
             start = int(_fraction("blend_start", opts["blend_start"]) * steps)
             blend = LocalBlend(src_tokens, tgt_tokens, threshold, start, downsample)
         reweight = parse_reweight(opts["reweight"])
-        if reweight is None:  # reference: equaliser ×2 on the target blend word when blending
-            reweight = {blend_words[1]: 2.0} if blend_words else {}
+        if reweight is None:  # reference: equaliser ×2 on the target blend word when blending (if it is there)
+            in_target = blend_words and word_token_indices(target_prompt, blend_words[1], tok)
+            reweight = {blend_words[1]: 2.0} if in_target else {}
         if reweight:
             equalizer = torch.ones(MAX_TOKENS)
             for word, scale in reweight.items():

@@ -96,7 +96,7 @@ class Scene:
 
 @dataclass
 class Edit:
-    """A ground-truth edit: both scenes, prompts, blend words ``"SRC TGT"`` (or ``""``) and edit mask."""
+    """A ground-truth edit: both scenes, prompts, blend words ``"SRC TGT"`` and edit mask."""
 
     kind: str
     source: Scene
@@ -294,8 +294,9 @@ def make_edit(scene: Scene, kind: str, seed: int | np.random.Generator,
     """A ground-truth edit of ``scene``; everything not edited stays fixed.
 
     Blend words are ``"SRC TGT"`` (one word each, PIE-Bench style): ``"red blue"`` for colour,
-    ``"circle star"`` for shape, ``"striped dotted"`` for background; ``""`` for add/delete (no word in
-    one of the prompts corresponds to the edited region). The edit mask is the union of the changed
+    ``"circle star"`` for shape, ``"striped dotted"`` for background; for add/delete the added or removed
+    object's shape word twice (``"star star"``: named in one prompt only, its map is read from that prompt;
+    two objects never share a shape, so the word names that object alone). The edit mask is the union of the changed
     object's masks before and after; for a background change it is the background region.
     """
     rng = _rng(seed)
@@ -324,8 +325,10 @@ def make_edit(scene: Scene, kind: str, seed: int | np.random.Generator,
             shape = str(rng.choice([s for s in SHAPES if s != objs[0].shape]))
             color = str(rng.choice([c for c in COLORS if c != objs[0].color]))
             new_objs.append(_place(rng, shape, color, _PAIR_R, objs))
+            blend = f"{shape} {shape}"
         elif kind == "delete":
             del new_objs[i]
+            blend = f"{objs[i].shape} {objs[i].shape}"
         else:  # pragma: no cover - guarded above
             raise ValueError(kind)
         if include_held_out or not is_held_out(tuple(new_objs), new_bg.kind):
