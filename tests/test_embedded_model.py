@@ -79,8 +79,8 @@ def test_the_shipped_model_recommends_its_p2p_settings_and_edits_use_them(embedd
 def test_colour_and_shape_words_attend_to_their_object(embedded):
     """What P2P's LocalBlend reads: a word's 16×16 cross-attention is far higher on its object than elsewhere.
 
-    Median over 16 one-object scenes noised to t = 300, heads and layers averaged: measured 650× (colour) and 446×
-    (shape) for the shipped model, 1.1× / 1.7× before its grounding fine-tune.
+    Median over 16 one-object scenes noised to t = 300, heads and layers averaged: measured 369× (colour) and 326×
+    (shape) for the shipped model, 135× / 116× for the previous weights, 1.1× before the grounding fine-tune.
     """
     import torch
     from diffusers.models.attention_processor import AttnProcessor

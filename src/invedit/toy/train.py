@@ -86,8 +86,8 @@ class TrainConfig:
     # inversion fidelity; it did not (29.9 dB vs 31.2 dB after 1 500 steps at weight 0.1), see the README
     ground_signal_weighted: bool = False
     # which weights the grounding fine-tune moves: "cross_attention" (the text encoder and the UNet's cross-attention
-    # query/key projections: the shipped weights) or "all" (UNet + text encoder: the previous weights, which lost
-    # 2.5 dB of DDIM inversion fidelity more, see the README)
+    # query/key projections: the shipped weights) or "all" (UNet + text encoder: the previous weights, 2.9 dB worse
+    # at DDIM inversion, see the README)
     ground_params: str = "cross_attention"
     # bookkeeping
     ckpt_minutes: float = 5.0
