@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InveditError
-from ..prompts import blend_word_tokens, require_word, word_token_indices
+from ..prompts import blend_word_tokens, require_word
 from ..sampling import Branches, Row
 from .attention import LayerInfo, attention_layers, attention_probs, grid_shape
 from .base import AttentionEditor, register
@@ -170,8 +170,7 @@ class PromptToPrompt(AttentionEditor):
             blend = LocalBlend(src_tokens, tgt_tokens, threshold, start, downsample)
         reweight = parse_reweight(opts["reweight"])
         if reweight is None:  # reference: equaliser ×2 on the target blend word when blending (if it is there)
-            in_target = blend_words and word_token_indices(target_prompt, blend_words[1], tok)
-            reweight = {blend_words[1]: 2.0} if in_target else {}
+            reweight = {blend_words[1]: 2.0} if blend is not None and blend.target_tokens else {}
         if reweight:
             equalizer = torch.ones(MAX_TOKENS)
             for word, scale in reweight.items():
