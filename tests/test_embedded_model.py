@@ -83,19 +83,17 @@ def test_colour_and_shape_words_attend_to_their_object(embedded):
     (shape) for the shipped model, 135× / 116× for the previous weights, 1.1× before the grounding fine-tune.
     """
     import torch
-    from diffusers.models.attention_processor import AttnProcessor
 
     from invedit.api import encode_image
     from invedit.prompts import encode_prompts
     from invedit.toy.scenes import make_scene
-    from invedit.toy.train import _CrossAttentionRecorder
+    from invedit.toy.train import record_cross_attention
 
     scenes = [make_scene(7_100_000 + k, size=64, n_objects=1) for k in range(16)]
     unet = embedded.unet
     store: list[torch.Tensor] = []
     saved = dict(unet.attn_processors)
-    recorder = _CrossAttentionRecorder(store)
-    unet.set_attn_processor({n: recorder if n.endswith("attn2.processor") else AttnProcessor() for n in saved})
+    record_cross_attention(unet, store)
     try:
         z0 = torch.cat([encode_image(embedded, Image.fromarray(s.image)) for s in scenes])
         alpha = embedded.scheduler.alphas_cumprod[300]

@@ -66,10 +66,12 @@ def blend_word_tokens(source_prompt: str, target_prompt: str, words: tuple[str, 
     missing from its own prompt is accepted when it is a word of the other prompt, and reads no map there (the
     reference code reads none either). A word in neither prompt is an error (a typo, most likely).
     """
-    prompts = (source_prompt, target_prompt)
-    found = [word_token_indices(prompt, word, tokenizer) for prompt, word in zip(prompts, words)]
-    for k, (what, other) in enumerate((("source prompt", "target prompt"), ("target prompt", "source prompt"))):
-        if not found[k] and not word_token_indices(prompts[1 - k], words[k], tokenizer):
-            raise InveditError(f"blend word {words[k]!r} is not a word of the {what} {prompts[k]!r} "
-                               f"(nor of the {other})")
-    return found[0], found[1]
+    src = word_token_indices(source_prompt, words[0], tokenizer)
+    tgt = word_token_indices(target_prompt, words[1], tokenizer)
+    if not src and not word_token_indices(target_prompt, words[0], tokenizer):
+        raise InveditError(f"blend word {words[0]!r} is not a word of the source prompt {source_prompt!r} "
+                           "(nor of the target prompt)")
+    if not tgt and not word_token_indices(source_prompt, words[1], tokenizer):
+        raise InveditError(f"blend word {words[1]!r} is not a word of the target prompt {target_prompt!r} "
+                           "(nor of the source prompt)")
+    return src, tgt

@@ -663,6 +663,15 @@ class _CrossAttentionRecorder:
         return out / attn.rescale_output_factor
 
 
+def record_cross_attention(unet, store: list[torch.Tensor]) -> None:
+    """Classic attention everywhere; cross-attention layers also append their probabilities to ``store``."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    recorder = _CrossAttentionRecorder(store)
+    unet.set_attn_processor({name: recorder if name.endswith("attn2.processor") else AttnProcessor()
+                             for name in unet.attn_processors})
+
+
 def grounding_targets(scene: scenes.Scene, grid: int) -> list[tuple[int, np.ndarray]]:
     """(token index, mask on a ``grid``² latent grid) for every word that names a region of ``scene``.
 
@@ -712,7 +721,6 @@ def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: Threa
     Starts from the UNet stage's EMA weights; checkpoints to ``ground.ckpt.pt`` (export prefers it).
     """
     from diffusers import AutoencoderKL
-    from diffusers.models.attention_processor import AttnProcessor
 
     ckpt_path = run_dir / "ground.ckpt.pt"
     vae = AutoencoderKL.from_pretrained(run_dir / "vae").eval().requires_grad_(False)
@@ -727,9 +735,7 @@ def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: Threa
     for model, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
         model.load_state_dict(ck[key if source == ckpt_path else "ema_" + key.removeprefix("ema_")])
     store: list[torch.Tensor] = []
-    recorder = _CrossAttentionRecorder(store)
-    unet.set_attn_processor({name: recorder if name.endswith("attn2.processor") else AttnProcessor()
-                             for name in unet.attn_processors})
+    record_cross_attention(unet, store)
     params, ema_params, opt = _optimisation(unet, text, ema_unet, ema_text, cfg.ground_lr,
                                             _grounding_selector(cfg.ground_params))
     if source == ckpt_path:
