@@ -41,6 +41,9 @@ from invedit.toy.metrics import (
     classify_shape,
     dominant_object,
     largest_component,
+    object_added,
+    object_color,
+    object_removed,
     region_color,
     saturated_mask,
 )
@@ -187,6 +190,12 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
                 wanted = item.blend_words.split()[1]
                 blob = largest_component(mask & saturated_mask(edited))
                 r["ok"].append(classify_shape(blob)[0] == wanted)
+            elif kind == "add":
+                color = object_color(item.target_prompt, item.blend_words.split()[1])
+                r["ok"].append(object_added(edited, source, color, mask))
+            elif kind == "delete":
+                r["ok"].append(object_removed(edited, object_color(item.source_prompt, item.blend_words.split()[0]),
+                                              mask))
     summary = {}
     for key, r in rows.items():
         bg = [v for v in r["bg"] if v == v]
@@ -208,7 +217,9 @@ def editing_table(editing: dict) -> list[str]:
     else:
         which = f"the model's recommended settings {json.dumps(p.get('model_recommends', {}))}"
     lines = ["", f"Editing (P2P with {which}; PIE-Bench protocol; background PSNR outside the edit mask vs the "
-             "source; success = target colour / shape recognised in the edit region):", "",
+             "source; success: colour / shape = the target colour / shape recognised in the edit region, add = the "
+             "new object's colour covers ≥ 40% of its area on the source's background (anywhere: prompts name no "
+             "place), delete = the removed object's colour gone from its region):", "",
              "| edit | method | n | background PSNR | PSNR vs true target | success | Direct − DDIM bg |",
              "|---|---|---|---|---|---|---|"]
     for key in sorted((k for k in editing if "/" in k), key=lambda k: (k.split("/")[1], k)):

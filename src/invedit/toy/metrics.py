@@ -28,6 +28,37 @@ def region_color(image: np.ndarray, mask: np.ndarray, min_fraction: float = 0.2)
     return nearest_color(np.median(saturated, axis=0))
 
 
+def color_pixels(image: np.ndarray, color: str) -> np.ndarray:
+    """Saturated (object) pixels whose nearest palette colour is ``color``."""
+    names = list(COLORS)
+    palette = np.array([COLORS[n] for n in names], dtype=np.float64)
+    pixels = np.asarray(image, dtype=np.float64)
+    nearest = ((pixels[..., None, :] - palette) ** 2).sum(-1).argmin(-1)
+    return saturated_mask(image) & (nearest == names.index(color))
+
+
+def object_color(prompt: str, shape: str) -> str:
+    """Colour word of the object ``shape`` in a shapes-world caption ("a red circle and a blue star on …")."""
+    words = prompt.split()
+    return words[words.index(shape) - 1]
+
+
+#: an add edit succeeds when this share of the true object's area shows its colour where the source had background
+ADDED_AREA = 0.4
+
+
+def object_added(edited: np.ndarray, source: np.ndarray, color: str, true_mask: np.ndarray) -> bool:
+    """An object of ``color`` was drawn on the source's background, anywhere (prompts name no place): at least
+    `ADDED_AREA` of the true object's area."""
+    added = color_pixels(edited, color) & ~saturated_mask(source)
+    return bool(added.sum() >= ADDED_AREA * np.asarray(true_mask, dtype=bool).sum())
+
+
+def object_removed(edited: np.ndarray, color: str, mask: np.ndarray) -> bool:
+    """The removed object's colour no longer shows in its region."""
+    return region_color(edited, mask) != color
+
+
 def background_psnr(edited: np.ndarray, source: np.ndarray, edit_mask: np.ndarray) -> float:
     """PSNR between the edited and the source image outside the edit region."""
     return psnr(edited, source, ~np.asarray(edit_mask, dtype=bool))

@@ -1,9 +1,11 @@
 """Train the embedded shapes model: a small Stable-Diffusion-shaped pipeline on the procedural shapes world.
 
-``python -m invedit.toy.train [--out DIR] [--stage vae|unet|ground|all|none] [--minutes M] [--resume] [--export]``
+``python -m invedit.toy.train [--out DIR] [--stage vae|decoder|unet|ground|all|none] [--minutes M]
+[--resume] [--export]``
 
 Stage ``vae`` trains an `AutoencoderKL` (4x down, 4 latent channels) on random crops and sets its
-``scaling_factor``; stage ``unet`` trains a `UNet2DConditionModel` jointly with a from-scratch
+``scaling_factor``; stage ``decoder`` fine-tunes its decoder on full-size images with the encoder (the latent
+space) frozen; stage ``unet`` trains a `UNet2DConditionModel` jointly with a from-scratch
 `CLIPTextModel` (word-level `CLIPTokenizer`) on the frozen VAE's latents, with EMA, caption dropout and
 min-SNR loss weighting; stage ``ground`` fine-tunes the text encoder and the UNet's cross-attention query/key
 projections (or everything: `TrainConfig.ground_params`) with the denoising loss plus a token-grounding loss (each
@@ -59,6 +61,11 @@ class TrainConfig:
     vae_kl_weight: float = 1e-5  # relative to the per-pixel reconstruction loss
     vae_edge_weight: float = 0.5
     vae_max_minutes: float = 40.0
+    # decoder fine-tune (after the VAE stage): the encoder, hence every latent the UNet sees, stays fixed; only the
+    # decoder (+ post_quant_conv) trains on, on full-size images, so reconstructions sharpen without retraining the UNet
+    decoder_steps: int = 3000
+    decoder_batch: int = 16
+    decoder_lr: float = 1e-4
     # text encoder (trained jointly with the UNet)
     text_hidden: int = 128
     text_layers: int = 3
@@ -101,7 +108,7 @@ class TrainConfig:
 
 
 SMOKE = dict(n_scenes=512, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, vae_warmup=2,
-             unet_warmup=2, log_every=2, ground_steps=4, ground_batch=4)
+             unet_warmup=2, log_every=2, ground_steps=4, ground_batch=4, decoder_steps=4, decoder_batch=4)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -428,6 +435,90 @@ def train_vae(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
         x = to_tensor(ev_images[:16])
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
     save_grid(np.concatenate([ev_images[:16], to_uint8(rec)]), run_dir / "vae_recon.png")
+    return True
+
+
+def train_decoder(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGovernor) -> bool:
+    """Fine-tune the finished VAE's decoder with its encoder frozen; saves ``run_dir/vae_decoder`` when done.
+
+    The latent space (encoder, ``quant_conv``, scaling factor) is untouched, so the UNet trained on ``run_dir/vae``
+    latents stays valid; export prefers this VAE. Full-size images (the decoder sees whole scenes, as at inference).
+    """
+    from diffusers import AutoencoderKL
+
+    out = run_dir / "vae_decoder"
+    ckpt_path = run_dir / "decoder.ckpt.pt"
+    if (out / "config.json").exists():
+        return True
+    images, _ = scene_cache(cfg, run_dir)
+    ev_images, _ = eval_scenes(cfg)
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae")
+    _classic_attention(vae)
+    vae.requires_grad_(False)
+    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trained, lr=cfg.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 40)
+    torch.manual_seed(cfg.seed + 40)
+    step, spent = 0, 0.0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, spent = ck["step"], ck["spent"]
+        rng.bit_generator.state = ck["np_rng"]
+        torch.set_rng_state(ck["torch_rng"])
+    start_psnr = vae_psnr(vae.eval(), ev_images)
+    print(f"decoder fine-tune: step {step}/{cfg.decoder_steps}, PSNR {start_psnr:.2f} dB", file=sys.stderr, flush=True)
+
+    def checkpoint() -> None:
+        _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "spent": spent,
+                      "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                      "config": dataclasses.asdict(cfg)}, ckpt_path)
+
+    log_path = run_dir / "log_decoder.jsonl"
+    bar = _progress(cfg.decoder_steps, step, "decoder")
+    last_ckpt, t_log, acc = time.time(), time.time(), {"loss": 0.0, "n": 0}
+    vae.decoder.train()
+    while step < cfg.decoder_steps and time.time() < deadline:
+        t0 = time.time()
+        threads = gov.update()
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.decoder_lr, cfg.vae_warmup, cfg.decoder_steps, 0.0)
+        x = _vae_batch(images, rng, cfg.decoder_batch, cfg.size)
+        loss, parts = vae_loss(vae, x, cfg)  # KL term: a constant here (encoder frozen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        step += 1
+        spent += time.time() - t0
+        acc["loss"] += loss.item()
+        acc["n"] += 1
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            now = time.time()
+            rec = {"step": step, "loss": acc["loss"] / acc["n"], **parts, "lr": opt.param_groups[0]["lr"],
+                   "sec_per_step": (now - t_log) / acc["n"], "threads": threads, "spent_min": spent / 60}
+            _log(log_path, rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", s_it=f"{rec['sec_per_step']:.2f}", thr=threads)
+            t_log, acc = now, {"loss": 0.0, "n": 0}
+        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+            vae.eval()
+            _log(log_path, {"step": step, "eval_psnr": vae_psnr(vae, ev_images)})
+            vae.decoder.train()
+            checkpoint()
+            last_ckpt = time.time()
+    bar.close()
+    checkpoint()
+    if step < cfg.decoder_steps:
+        return False
+    vae.eval()
+    psnr = vae_psnr(vae, ev_images)
+    vae.save_pretrained(out)
+    _log(log_path, {"step": step, "eval_psnr": psnr, "start_psnr": start_psnr, "done": True})
+    print(f"decoder done at step {step}: PSNR {start_psnr:.2f} -> {psnr:.2f} dB", file=sys.stderr, flush=True)
     return True
 
 
@@ -826,7 +917,8 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     unet, text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
     unet.load_state_dict(ck["ema_unet"])
     text.load_state_dict(ck["ema_text"])
-    vae = AutoencoderKL.from_pretrained(run_dir / "vae")
+    tuned = (run_dir / "vae_decoder" / "config.json").exists()
+    vae = AutoencoderKL.from_pretrained(run_dir / ("vae_decoder" if tuned else "vae"))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                    scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -834,7 +926,9 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     if out_dir.exists():
         shutil.rmtree(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    info = {"unet_steps_done": ck["step"], "grounding_steps_done": ck.get("ground_step", 0), "config": ck["config"],
+    decoder_steps = torch.load(run_dir / "decoder.ckpt.pt", weights_only=False)["step"] if tuned else 0
+    info = {"unet_steps_done": ck["step"], "grounding_steps_done": ck.get("ground_step", 0),
+            "decoder_steps_done": decoder_steps, "config": ck["config"],
             "held_out": [list(h) for h in scenes.HELD_OUT], "vocabulary": list(scenes.VOCABULARY)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     (out_dir / MODEL_SETTINGS_FILE).write_text(json.dumps({"editor_defaults": EDITOR_DEFAULTS}, indent=1) + "\n")
@@ -847,7 +941,7 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m invedit.toy.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run directory (checkpoints, logs)")
-    ap.add_argument("--stage", choices=("vae", "unet", "ground", "all", "none"), default="all")
+    ap.add_argument("--stage", choices=("vae", "decoder", "unet", "ground", "all", "none"), default="all")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock bound for this invocation")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints")
     ap.add_argument("--export", action="store_true", help="export the EMA pipeline after the stages")
@@ -872,6 +966,8 @@ def main(argv: list[str] | None = None) -> int:
     done = True
     if args.stage in ("vae", "all"):
         done = train_vae(cfg, run_dir, deadline, gov)
+    if done and args.stage in ("decoder", "all"):
+        done = train_decoder(cfg, run_dir, deadline, gov)
     if done and args.stage in ("unet", "all"):
         done = train_unet(cfg, run_dir, deadline, gov)
     if done and args.stage in ("ground", "all"):
