@@ -30,6 +30,20 @@ def test_loads_offline_from_the_package(monkeypatch):
         assert len(pipe.tokenizer(word).input_ids) == 3
 
 
+def test_vae_round_trip_is_sharp(embedded):
+    """The decoder fine-tune (encoder frozen) took the round trip from 28.6 to 35.1 dB on the training's eval scenes."""
+    from invedit.api import decode_latents, encode_image
+    from invedit.images import psnr
+    from invedit.toy.scenes import make_scene
+
+    values = []
+    for seed in range(900_000, 900_008):  # scenes outside the training draw
+        image = make_scene(seed).image
+        values.append(psnr(np.asarray(decode_latents(embedded, encode_image(embedded, Image.fromarray(image)))[0]),
+                           image))
+    assert np.mean(values) >= 31 and min(values) >= 27, values  # measured 35.2 / 30.9; before the fine-tune 29.5 / 26.6
+
+
 def mean_object_color(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.float64)[mask]
     saturated = pixels[(pixels.max(1) - pixels.min(1)) > 60]

@@ -926,9 +926,13 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     if out_dir.exists():
         shutil.rmtree(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    decoder_steps = torch.load(run_dir / "decoder.ckpt.pt", weights_only=False)["step"] if tuned else 0
+    config, decoder_steps = dict(ck["config"]), 0
+    if tuned:  # the decoder stage's own settings (the UNet checkpoint predates them)
+        dck = torch.load(run_dir / "decoder.ckpt.pt", weights_only=False, map_location="cpu")
+        config.update({k: v for k, v in dck["config"].items() if k.startswith("decoder_")})
+        decoder_steps = dck["step"]
     info = {"unet_steps_done": ck["step"], "grounding_steps_done": ck.get("ground_step", 0),
-            "decoder_steps_done": decoder_steps, "config": ck["config"],
+            "decoder_steps_done": decoder_steps, "config": config,
             "held_out": [list(h) for h in scenes.HELD_OUT], "vocabulary": list(scenes.VOCABULARY)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     (out_dir / MODEL_SETTINGS_FILE).write_text(json.dumps({"editor_defaults": EDITOR_DEFAULTS}, indent=1) + "\n")
