@@ -13,6 +13,7 @@ Parts (targets from the embedded-model issue in brackets):
               colour edits reach the target colour in the mask [≥ 80%], background PSNR [≥ 25 dB],
               Direct − DDIM background PSNR [≥ 3 dB]; P2P with the model's recommended settings (invedit.json)
   editing_sd_p2p  the same with P2P's own SD-tuned defaults instead of the model's recommendations (not a default part)
+  editing_options the same with ``--p2p-options`` over the model's recommendations (not a default part)
 Results go to benchmarks/toy_quality.json and a table in benchmarks/toy_quality.md.
 """
 
@@ -160,9 +161,13 @@ def part_identity(pipe, n: int) -> dict:
     return {name: {"n": n, **{k: float(np.mean(v)) for k, v in r.items()}} for name, r in rows.items()}
 
 
-def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model") -> dict:
-    """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them)."""
-    overrides = reference_editor_options(pipe, "p2p") if p2p_settings == "editor" else {}
+def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model",
+                 options: dict | None = None) -> dict:
+    """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them).
+
+    ``p2p_settings``: "model" (its recommended settings), "editor" (P2P's SD-tuned defaults) or "options"
+    (``options`` over the model's recommendations)."""
+    overrides = {"editor": reference_editor_options(pipe, "p2p"), "options": options or {}}.get(p2p_settings, {})
     size = invedit.models.native_resolution(pipe)
     folder = Path(tempfile.mkdtemp()) / "toy-bench"
     write_toy_bench(folder, per_kind, seed=seed, size=size)
@@ -214,6 +219,9 @@ def editing_table(editing: dict) -> list[str]:
     p = editing.get("p2p_settings", {})
     if p.get("which") == "editor":
         which = f"the editor's own SD-tuned defaults {json.dumps(p['overrides'])}"
+    elif p.get("which") == "options":
+        which = (f"the options {json.dumps(p['overrides'])} over the model's recommended settings "
+                 f"{json.dumps(p.get('model_recommends', {}))}")
     else:
         which = f"the model's recommended settings {json.dumps(p.get('model_recommends', {}))}"
     lines = ["", f"Editing (P2P with {which}; PIE-Bench protocol; background PSNR outside the edit mask vs the "
@@ -262,7 +270,7 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [f"{v:.2f}" if np.isfinite(v) else "identical" for v in (r["vs_reconstruction"],
                                                                             r["vs_vae_round_trip"])]
             lines.append(f"| {name} | {r['n']} | {cells[0]} | {cells[1]} |")
-    for part in ("editing", "editing_sd_p2p"):
+    for part in ("editing", "editing_sd_p2p", "editing_options"):
         if part in results:
             lines += editing_table(results[part])
     path.write_text("\n".join(lines) + "\n")
@@ -285,6 +293,8 @@ def main() -> None:
     parser.add_argument("--edits-per-kind", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kinds", default=None, help="editing: comma list of edit kinds (default: all)")
+    parser.add_argument("--p2p-options", default="{}", help="editing_options: P2P options as JSON, e.g. "
+                        '\'{"self_replace_steps": 0.2, "cross_replace_steps": 0.2}\'')
     parser.add_argument("--out", type=Path, default=HERE / "toy_quality.json")
     parser.add_argument("--merge", action="store_true",
                         help="update the parts in an existing --out instead of replacing it (edit kinds merge too)")
@@ -299,7 +309,9 @@ def main() -> None:
                "inversion": lambda: part_inversion(pipe, args.n),
                "identity": lambda: part_identity(pipe, min(args.n, 32)),
                "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds),
-               "editing_sd_p2p": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "editor")}
+               "editing_sd_p2p": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "editor"),
+               "editing_options": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "options",
+                                                       json.loads(args.p2p_options))}
     for part in parts:
         t = time.perf_counter()
         results[part] = runners[part]()
