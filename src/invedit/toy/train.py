@@ -358,19 +358,15 @@ def latent_stats(vae, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray,
     return np.concatenate(means), np.concatenate(stds)
 
 
-def train_vae(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGovernor) -> bool:
-    """Train (or continue) the VAE; returns True once it is finished (saved to ``run_dir/vae``)."""
-    out = run_dir / "vae"
-    ckpt_path = run_dir / "vae.ckpt.pt"
-    if (out / "config.json").exists():
-        return True
-    images, _ = scene_cache(cfg, run_dir)
-    ev_images, _ = eval_scenes(cfg)
-    vae = build_vae(cfg)
-    _classic_attention(vae)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    rng = np.random.default_rng(cfg.seed + 10)
-    torch.manual_seed(cfg.seed + 10)
+def _fit_autoencoder(vae, trained: torch.nn.Module, params: list[torch.nn.Parameter], *, cfg: TrainConfig,
+                     images: np.ndarray, ev_images: np.ndarray, lr: float, steps: int, batch: int, crop: int,
+                     seed: int, ckpt_path: Path, log_path: Path, desc: str, deadline: float, gov: ThreadGovernor,
+                     max_seconds: float = math.inf) -> tuple[int, bool]:
+    """The VAE stages' loop: AdamW on ``params`` (``trained`` is the module put in train mode) with `vae_loss`,
+    resumable from ``ckpt_path``, logging to ``log_path``, eval PSNR at each checkpoint. Returns (step, finished)."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
     step, spent = 0, 0.0
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
@@ -379,27 +375,25 @@ def train_vae(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
         step, spent = ck["step"], ck["spent"]
         rng.bit_generator.state = ck["np_rng"]
         torch.set_rng_state(ck["torch_rng"])
-    n_params = sum(p.numel() for p in vae.parameters())
-    print(f"VAE: {n_params / 1e6:.2f} M params, step {step}/{cfg.vae_steps}", file=sys.stderr, flush=True)
+    print(f"{desc}: step {step}/{steps}", file=sys.stderr, flush=True)
 
     def checkpoint() -> None:
         _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "spent": spent,
                       "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                       "config": dataclasses.asdict(cfg)}, ckpt_path)
 
-    log_path = run_dir / "log_vae.jsonl"
-    bar = _progress(cfg.vae_steps, step, "vae")
+    bar = _progress(steps, step, desc)
     last_ckpt, t_log, acc = time.time(), time.time(), {"loss": 0.0, "n": 0}
-    vae.train()
-    while step < cfg.vae_steps and spent < cfg.vae_max_minutes * 60 and time.time() < deadline:
+    trained.train()
+    while step < steps and spent < max_seconds and time.time() < deadline:
         t0 = time.time()
         threads = gov.update()
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.vae_lr, cfg.vae_warmup, cfg.vae_steps, 0.0)
-        loss, parts = vae_loss(vae, _vae_batch(images, rng, cfg.vae_batch, cfg.vae_crop), cfg)
+            g["lr"] = _lr(step, lr, cfg.vae_warmup, steps, 0.0)
+        loss, parts = vae_loss(vae, _vae_batch(images, rng, batch, crop), cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         spent += time.time() - t0
@@ -416,14 +410,34 @@ def train_vae(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
         if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
             vae.eval()
             _log(log_path, {"step": step, "eval_psnr": vae_psnr(vae, ev_images)})
-            vae.train()
+            trained.train()
             checkpoint()
             last_ckpt = time.time()
     bar.close()
     checkpoint()
-    if step < cfg.vae_steps and spent < cfg.vae_max_minutes * 60:
-        return False  # out of time for this invocation; --resume continues
     vae.eval()
+    return step, step >= steps or spent >= max_seconds
+
+
+def train_vae(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGovernor) -> bool:
+    """Train (or continue) the VAE; returns True once it is finished (saved to ``run_dir/vae``)."""
+    out = run_dir / "vae"
+    if (out / "config.json").exists():
+        return True
+    images, _ = scene_cache(cfg, run_dir)
+    ev_images, _ = eval_scenes(cfg)
+    torch.manual_seed(cfg.seed + 10)  # the initial weights too
+    vae = build_vae(cfg)
+    _classic_attention(vae)
+    print(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M params", file=sys.stderr, flush=True)
+    log_path = run_dir / "log_vae.jsonl"
+    step, finished = _fit_autoencoder(
+        vae, vae, list(vae.parameters()), cfg=cfg, images=images, ev_images=ev_images, lr=cfg.vae_lr,
+        steps=cfg.vae_steps, batch=cfg.vae_batch, crop=cfg.vae_crop, seed=cfg.seed + 10,
+        ckpt_path=run_dir / "vae.ckpt.pt", log_path=log_path, desc="vae", deadline=deadline, gov=gov,
+        max_seconds=cfg.vae_max_minutes * 60)
+    if not finished:
+        return False  # out of time for this invocation; --resume continues
     psnr = vae_psnr(vae, ev_images)
     mean, _ = latent_stats(vae, images[:2048])
     scale = float(1.0 / mean.astype(np.float32).std())
@@ -447,74 +461,26 @@ def train_decoder(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadG
     from diffusers import AutoencoderKL
 
     out = run_dir / "vae_decoder"
-    ckpt_path = run_dir / "decoder.ckpt.pt"
     if (out / "config.json").exists():
         return True
     images, _ = scene_cache(cfg, run_dir)
     ev_images, _ = eval_scenes(cfg)
     vae = AutoencoderKL.from_pretrained(run_dir / "vae")
     _classic_attention(vae)
+    start_psnr = vae_psnr(vae.eval(), ev_images)
     vae.requires_grad_(False)
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for p in trained:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(trained, lr=cfg.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    rng = np.random.default_rng(cfg.seed + 40)
-    torch.manual_seed(cfg.seed + 40)
-    step, spent = 0, 0.0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, spent = ck["step"], ck["spent"]
-        rng.bit_generator.state = ck["np_rng"]
-        torch.set_rng_state(ck["torch_rng"])
-    start_psnr = vae_psnr(vae.eval(), ev_images)
-    print(f"decoder fine-tune: step {step}/{cfg.decoder_steps}, PSNR {start_psnr:.2f} dB", file=sys.stderr, flush=True)
-
-    def checkpoint() -> None:
-        _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "spent": spent,
-                      "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                      "config": dataclasses.asdict(cfg)}, ckpt_path)
-
+    print(f"decoder fine-tune from PSNR {start_psnr:.2f} dB", file=sys.stderr, flush=True)
     log_path = run_dir / "log_decoder.jsonl"
-    bar = _progress(cfg.decoder_steps, step, "decoder")
-    last_ckpt, t_log, acc = time.time(), time.time(), {"loss": 0.0, "n": 0}
-    vae.decoder.train()
-    while step < cfg.decoder_steps and time.time() < deadline:
-        t0 = time.time()
-        threads = gov.update()
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.decoder_lr, cfg.vae_warmup, cfg.decoder_steps, 0.0)
-        x = _vae_batch(images, rng, cfg.decoder_batch, cfg.size)
-        loss, parts = vae_loss(vae, x, cfg)  # KL term: a constant here (encoder frozen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        step += 1
-        spent += time.time() - t0
-        acc["loss"] += loss.item()
-        acc["n"] += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            now = time.time()
-            rec = {"step": step, "loss": acc["loss"] / acc["n"], **parts, "lr": opt.param_groups[0]["lr"],
-                   "sec_per_step": (now - t_log) / acc["n"], "threads": threads, "spent_min": spent / 60}
-            _log(log_path, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", s_it=f"{rec['sec_per_step']:.2f}", thr=threads)
-            t_log, acc = now, {"loss": 0.0, "n": 0}
-        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
-            vae.eval()
-            _log(log_path, {"step": step, "eval_psnr": vae_psnr(vae, ev_images)})
-            vae.decoder.train()
-            checkpoint()
-            last_ckpt = time.time()
-    bar.close()
-    checkpoint()
-    if step < cfg.decoder_steps:
+    # the KL term of vae_loss is a constant here (encoder frozen)
+    step, finished = _fit_autoencoder(
+        vae, vae.decoder, trained, cfg=cfg, images=images, ev_images=ev_images, lr=cfg.decoder_lr,
+        steps=cfg.decoder_steps, batch=cfg.decoder_batch, crop=cfg.size, seed=cfg.seed + 40,
+        ckpt_path=run_dir / "decoder.ckpt.pt", log_path=log_path, desc="decoder", deadline=deadline, gov=gov)
+    if not finished:
         return False
-    vae.eval()
     psnr = vae_psnr(vae, ev_images)
     vae.save_pretrained(out)
     _log(log_path, {"step": step, "eval_psnr": psnr, "start_psnr": start_psnr, "done": True})
@@ -646,6 +612,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
     cap_idx = np.array([where[c] for c in captions])
     empty_ids = encode_prompts(tokenizer, [""])[0]
 
+    torch.manual_seed(cfg.seed + 20)  # the initial weights too
     unet, text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
     _classic_attention(unet)
     ema_unet, ema_text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
