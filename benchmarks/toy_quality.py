@@ -299,6 +299,10 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="update the parts in an existing --out instead of replacing it (edit kinds merge too)")
     args = parser.parse_args()
+    try:
+        p2p_options = json.loads(args.p2p_options)
+    except json.JSONDecodeError as e:
+        parser.error(f"--p2p-options is not JSON: {e}")
     start = time.perf_counter()
     pipe = invedit.load(args.model, device="cpu", dtype="float32")
     parts = args.parts.split(",")
@@ -311,7 +315,7 @@ def main() -> None:
                "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds),
                "editing_sd_p2p": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "editor"),
                "editing_options": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "options",
-                                                       json.loads(args.p2p_options))}
+                                                       p2p_options)}
     for part in parts:
         t = time.perf_counter()
         results[part] = runners[part]()

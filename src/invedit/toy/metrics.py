@@ -10,11 +10,18 @@ from .scenes import COLORS
 SATURATION = 60  # max(rgb) − min(rgb) above this: an object pixel (backgrounds are achromatic)
 
 
+_NAMES = list(COLORS)
+_PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float64)
+
+
+def _nearest_index(rgb: np.ndarray) -> np.ndarray:
+    """Index into the palette of the colour closest to each ``rgb`` (..., 3) (Euclidean in RGB)."""
+    return ((np.asarray(rgb, dtype=np.float64)[..., None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
+
+
 def nearest_color(rgb: np.ndarray) -> str:
     """Name of the palette colour closest to ``rgb`` (Euclidean in RGB)."""
-    names = list(COLORS)
-    palette = np.array([COLORS[n] for n in names], dtype=np.float64)
-    return names[int(np.argmin(((palette - np.asarray(rgb, dtype=np.float64)) ** 2).sum(1)))]
+    return _NAMES[int(_nearest_index(rgb))]
 
 
 def region_color(image: np.ndarray, mask: np.ndarray, min_fraction: float = 0.2) -> str | None:
@@ -30,11 +37,7 @@ def region_color(image: np.ndarray, mask: np.ndarray, min_fraction: float = 0.2)
 
 def color_pixels(image: np.ndarray, color: str) -> np.ndarray:
     """Saturated (object) pixels whose nearest palette colour is ``color``."""
-    names = list(COLORS)
-    palette = np.array([COLORS[n] for n in names], dtype=np.float64)
-    pixels = np.asarray(image, dtype=np.float64)
-    nearest = ((pixels[..., None, :] - palette) ** 2).sum(-1).argmin(-1)
-    return saturated_mask(image) & (nearest == names.index(color))
+    return saturated_mask(image) & (_nearest_index(image) == _NAMES.index(color))
 
 
 def object_color(prompt: str, shape: str) -> str:
