@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -161,6 +162,20 @@ def part_identity(pipe, n: int) -> dict:
     return {name: {"n": n, **{k: float(np.mean(v)) for k, v in r.items()}} for name, r in rows.items()}
 
 
+def edit_succeeded(kind: str, item, edited: np.ndarray, source: np.ndarray, mask: np.ndarray) -> bool | None:
+    """Did the edit do what its kind asks (None: no criterion for this kind)? See the table's caption."""
+    src_word, tgt_word = item.blend_words.split()
+    if kind == "color":
+        return region_color(edited, mask) == tgt_word
+    if kind == "shape":
+        return classify_shape(largest_component(mask & saturated_mask(edited)))[0] == tgt_word
+    if kind == "add":
+        return object_added(edited, source, object_color(item.target_prompt, tgt_word), mask)
+    if kind == "delete":
+        return object_removed(edited, object_color(item.source_prompt, src_word), mask)
+    return None
+
+
 def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model",
                  options: dict | None = None) -> dict:
     """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them).
@@ -170,37 +185,31 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
     overrides = {"editor": reference_editor_options(pipe, "p2p"), "options": options or {}}.get(p2p_settings, {})
     size = invedit.models.native_resolution(pipe)
     folder = Path(tempfile.mkdtemp()) / "toy-bench"
-    write_toy_bench(folder, per_kind, seed=seed, size=size)
-    mapping = json.loads((folder / "mapping_file.json").read_text())
-    rows: dict[str, dict[str, list]] = {}
-    for item in load_benchmark(folder):
-        entry = mapping[item.id]
-        kind = entry["toy_edit_kind"]
-        if kinds and kind not in kinds:
-            continue
-        source = np.asarray(Image.open(item.image_path))
-        truth = np.asarray(Image.open(folder / entry["target_image_path"]))
-        mask = item.mask((size, size))
-        for method in ("direct", "ddim"):
-            result = invedit.edit(pipe, Image.fromarray(source), item.source_prompt, item.target_prompt,
-                                  inversion=method, blend_words=item.blend_words or None, **overrides)
-            edited = np.asarray(result.image)
-            r = rows.setdefault(f"{method}/{kind}", {"bg": [], "gt": [], "ok": []})
-            r["bg"].append(background_psnr(edited, source, mask) if (~mask).any() else float("nan"))
-            r["gt"].append(psnr(edited, truth))
-            if kind == "color":
-                wanted = item.blend_words.split()[1]
-                r["ok"].append(region_color(edited, mask) == wanted)
-            elif kind == "shape":
-                wanted = item.blend_words.split()[1]
-                blob = largest_component(mask & saturated_mask(edited))
-                r["ok"].append(classify_shape(blob)[0] == wanted)
-            elif kind == "add":
-                color = object_color(item.target_prompt, item.blend_words.split()[1])
-                r["ok"].append(object_added(edited, source, color, mask))
-            elif kind == "delete":
-                r["ok"].append(object_removed(edited, object_color(item.source_prompt, item.blend_words.split()[0]),
-                                              mask))
+    try:
+        write_toy_bench(folder, per_kind, seed=seed, size=size)
+        mapping = json.loads((folder / "mapping_file.json").read_text())
+        rows: dict[str, dict[str, list]] = {}
+        for item in load_benchmark(folder):
+            entry = mapping[item.id]
+            kind = entry["toy_edit_kind"]
+            if kinds and kind not in kinds:
+                continue
+            source = np.asarray(Image.open(item.image_path))
+            truth = np.asarray(Image.open(folder / entry["target_image_path"]))
+            mask = item.mask((size, size))
+            for method in ("direct", "ddim"):
+                result = invedit.edit(pipe, Image.fromarray(source), item.source_prompt, item.target_prompt,
+                                      inversion=method, blend_words=item.blend_words or None, **overrides)
+                edited = np.asarray(result.image)
+                r = rows.setdefault(f"{method}/{kind}", {"bg": [], "gt": [], "ok": []})
+                r["bg"].append(background_psnr(edited, source, mask) if (~mask).any() else float("nan"))
+                r["gt"].append(psnr(edited, truth))
+                ok = edit_succeeded(kind, item, edited, source, mask)
+                if ok is not None:
+                    r["ok"].append(ok)
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
     summary = {}
     for key, r in rows.items():
         bg = [v for v in r["bg"] if v == v]
