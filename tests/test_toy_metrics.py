@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from invedit.toy import scenes
-from invedit.toy.metrics import color_pixels, region_color
+from invedit.toy.metrics import color_pixels, majority_color, region_color
 from invedit.toy.scenes import make_scene
 
 
@@ -31,6 +31,9 @@ def test_color_pixels_find_each_object_and_nothing_else(seed: int) -> None:
     for absent in set(scenes.COLORS) - {o.color for o in scene.objects}:
         assert color_pixels(scene.image, absent).sum() <= 0.05 * scene.object_mask.sum()
     assert region_color(scene.image, ~_grow(scene.object_mask)) is None  # backgrounds are achromatic
+    if len(scene.objects) == 1:
+        assert majority_color(scene.image) == scene.objects[0].color
+    assert majority_color(np.full_like(scene.image, 128)) is None
 
 
 @pytest.mark.parametrize("seed", range(10))

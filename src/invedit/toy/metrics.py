@@ -40,6 +40,14 @@ def color_pixels(image: np.ndarray, color: str) -> np.ndarray:
     return saturated_mask(image) & (_nearest_index(image) == _NAMES.index(color))
 
 
+def majority_color(image: np.ndarray) -> str | None:
+    """The palette colour most saturated pixels are nearest to (None when no pixel is saturated)."""
+    saturated = saturated_mask(image)
+    if not saturated.any():
+        return None
+    return _NAMES[int(np.bincount(_nearest_index(np.asarray(image)[saturated]), minlength=len(_NAMES)).argmax())]
+
+
 def object_color(prompt: str, shape: str) -> str:
     """Colour word of the object ``shape`` in a shapes-world caption ("a red circle and a blue star on …")."""
     words = prompt.split()

@@ -527,19 +527,10 @@ def sample(unet, text_encoder, vae, tokenizer, prompts: list[str], steps: int = 
 
 def color_accuracy(images: np.ndarray, prompts: list[str]) -> float:
     """Fraction of single-object prompts whose image's dominant saturated colour is the prompted one."""
-    palette = np.array(list(scenes.COLORS.values()), dtype=np.float32)
-    names = list(scenes.COLORS)
-    hits, n = 0, 0
-    for im, p in zip(images, prompts):
-        if " and " in p:
-            continue
-        px = im.reshape(-1, 3).astype(np.float32)
-        px = px[px.max(1) - px.min(1) > 60]
-        n += 1
-        if len(px):
-            nearest = ((px[:, None] - palette[None]) ** 2).sum(-1).argmin(1)
-            hits += names[np.bincount(nearest, minlength=len(names)).argmax()] == p.split()[1]
-    return hits / max(n, 1)
+    from invedit.toy.metrics import majority_color
+
+    single = [(im, p) for im, p in zip(images, prompts) if " and " not in p]
+    return sum(majority_color(im) == p.split()[1] for im, p in single) / max(len(single), 1)
 
 
 def _optimisation(unet, text, ema_unet, ema_text, lr: float, select: Callable[[str], bool] | None = None):
