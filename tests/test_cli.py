@@ -173,3 +173,161 @@ def test_toy_bench_and_demo_commands(model_dir, tmp_path):
     assert code == 2 and "unknown edit kind" in stderr
     code, _, stderr = run("demo", "--image", "x.png")
     assert code == 2 and "--image needs --source and --target" in stderr
+
+
+# ---- bad inputs a new user hit: each refused in one line, exit 2, before the model loads, nothing left behind ----
+def _truncated_png(tmp_path):
+    path = tmp_path / "truncated.png"
+    scene_image().save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _refuse_before_loading(monkeypatch):
+    """Make loading the model an error, so a case that reaches it fails the test."""
+    import invedit.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was refused")
+
+    monkeypatch.setattr(invedit.models, "load", no_load)
+
+
+EARLY = [
+    ("seed overflow", ["--seed", "123456789012345678901234567890"], "seed must be an integer from 0 to"),
+    ("negative seed", ["--seed", "-1"], "seed must be an integer from 0 to"),
+    ("out parent is a file", ["--out", "{file}/x.png"], "is a file, not a folder"),
+    ("out cannot be made", ["--out", "/proc/invedit-qa/x.png"], "cannot write output to /proc/invedit-qa"),
+    ("out is a folder", ["--out", "{dir}"], "is a folder; name the image file to write"),
+    ("prompt too long", ["-t", " ".join(["red"] * 557)], "the target prompt is too long (557 tokens"),
+    ("unknown words", ["-s", "a cat sitting on a bench"], "the source prompt has words this model does not know: "
+                                                             "'bench' (its vocabulary of"),
+    ("non-English", ["-t", "ein roter Kreis"], "'ein', 'roter', 'kreis'"),
+    ("blend word typo", ["--blend", "red bleu"], "blend word 'bleu' is not a word of the target prompt"),
+    ("truncated image", ["{truncated}"], "the file is truncated or corrupt"),
+]
+
+
+@pytest.mark.parametrize("case, args, message", EARLY, ids=[c[0] for c in EARLY])
+def test_bad_input_is_refused_before_the_model_loads(model_dir, image_path, tmp_path, monkeypatch, case, args,
+                                                     message):
+    _refuse_before_loading(monkeypatch)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "a-folder.png").mkdir()
+    subst = {"{file}": str(a_file), "{dir}": str(tmp_path / "a-folder.png"),
+             "{truncated}": str(_truncated_png(tmp_path))}
+    args = [subst.get(a, a.replace("{file}", str(a_file))) for a in args]
+    image = args.pop(0) if not args[0].startswith("-") else str(image_path)
+    options = {"-s": SOURCE, "-t": TARGET, "--out": str(tmp_path / "out" / "x.png")}
+    for key, value in zip(args[::2], args[1::2]):
+        options[key] = value
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, stderr = run("edit", image, "--model", str(model_dir), "--steps", "2", "-q",
+                               *[t for kv in options.items() for t in kv])
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0, stderr
+    assert message in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output folder made, nothing written
+    assert not any(a_file.parent.glob(".*.part"))
+
+
+def test_outputs_follow_the_umask_and_name_their_images(model_dir, image_path, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        code, _, stderr = run("edit", str(image_path), "-s", SOURCE, "-t", TARGET, "--model", str(model_dir),
+                              "--steps", "2", "--out", str(tmp_path / "new" / "e.png"), "--save-reconstruction", "-q")
+    finally:
+        os.umask(old)
+    assert code == 0, stderr
+    for name in ("e.png", "e.json", "e.reconstruction.png"):
+        assert stat.S_IMODE((tmp_path / "new" / name).stat().st_mode) == 0o640, name
+    import hashlib
+
+    record = json.loads((tmp_path / "new" / "e.json").read_text())
+    assert record["files"] == {n: hashlib.sha256((tmp_path / "new" / n).read_bytes()).hexdigest()
+                               for n in ("e.png", "e.reconstruction.png")}
+
+
+def test_concurrent_writers_of_one_output_leave_a_consistent_pair(tmp_path):
+    """Many threads write different (image, record) groups to the same names: whatever is left is one group."""
+    import hashlib
+    import threading
+
+    from invedit.outputs import write_atomically
+
+    out = tmp_path / "x.png"
+
+    def writer(k: int) -> None:
+        for _ in range(20):
+            data = bytes([k]) * (1000 + k)
+            write_atomically([(out, lambda f, d=data: f.write(d)),
+                              (out.with_suffix(".json"), lambda f, d=data: f.write(hashlib.sha256(d).digest()))])
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert hashlib.sha256(out.read_bytes()).digest() == out.with_suffix(".json").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.png"]
+
+
+def test_sigterm_cleans_up_like_ctrl_c(model_dir, image_path, tmp_path):
+    import signal
+    import time
+
+    out_dir = tmp_path / "made-for-this-run"
+    proc = subprocess.Popen([sys.executable, "-m", "invedit.cli", "edit", str(image_path), "-s", SOURCE, "-t", TARGET,
+                             "--model", str(model_dir), "--steps", "1000", "--out", str(out_dir / "x.png"), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out_dir.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the model load or the edit
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "error: terminated"
+    assert not out_dir.exists()  # the folder made for the outputs is removed again
+
+
+def test_toy_bench_bad_input_leaves_nothing(tmp_path):
+    a_file = tmp_path / "some_file"
+    a_file.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "other.txt").write_text("x")
+    cases = [
+        ([str(a_file), "--n", "2"], "is a file; toy-bench writes a folder"),
+        ([str(tmp_path / "d"), "--n", "1", "--size", "0"], "--size must be an integer from 32 to 1024"),
+        ([str(tmp_path / "d"), "--n", "0"], "--n must be a positive integer"),
+        ([str(full), "--n", "1"], "is not empty"),
+        ([str(a_file / "sub"), "--n", "1"], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        code, _, stderr = run("toy-bench", *args)
+        assert code == 2 and stderr.startswith("error: ") and stderr.strip().count("\n") == 0, (args, stderr)
+        assert message in stderr, (args, stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, args
+
+
+def test_toy_bench_writes_with_the_umask_into_an_empty_folder(tmp_path):
+    import os
+    import stat
+
+    (tmp_path / "empty").mkdir()
+    old = os.umask(0o022)
+    try:
+        code, _, stderr = run("toy-bench", str(tmp_path / "empty"), "--n", "1")
+    finally:
+        os.umask(old)
+    assert code == 0, stderr
+    assert stat.S_IMODE((tmp_path / "empty").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "empty" / "mapping_file.json").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging folder left

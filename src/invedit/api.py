@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .errors import InveditError
 from .images import load_image, pil_to_tensor, tensor_to_uint8
 from .inversion import InversionInputs, Inverted, get_inversion
 from .models import model_editor_defaults, model_fingerprint, model_name, native_resolution
+from .outputs import write_atomically
 from .prompts import check_prompt, encode_prompts
 from .sampling import DDIMSchedule, GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
 from .versions import versions
@@ -50,6 +52,16 @@ def check_steps(steps: Any, limit: int = 1000) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
         raise InveditError(f"steps must be an integer from 1 to {limit}, got {steps!r}")
     return steps
+
+
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in [0, 2⁶³ − 1] (what `torch.Generator.manual_seed` takes)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InveditError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
 
 
 def check_guidance(guidance_scale: Any) -> float:
@@ -104,6 +116,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     options = cls.validate_options(options)
     steps = check_steps(steps, pipe.scheduler.config.num_train_timesteps)
     guidance_scale = check_guidance(guidance_scale)
+    seed = check_seed(seed)
     prompt = check_prompt(prompt, pipe.tokenizer, "source prompt")
     image = load_image(image, native_resolution(pipe))
     start = time.perf_counter()
@@ -165,36 +178,28 @@ class EditResult:
                 "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
                 "seconds_edit": round(self.seconds_edit, 4)}
 
-    def save(self, path: str | os.PathLike, sidecar: bool = True) -> Path:
-        """Write the edited image (format from the suffix, PNG by default) and a JSON sidecar, atomically."""
+    def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False) -> Path:
+        """Write the edited image (format from the suffix, PNG by default), its JSON record and optionally the
+        reconstruction (``NAME.reconstruction.png``) as one atomic group; the record names each image's SHA-256.
+        """
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
-        files = [(path, lambda f: self.image.save(f, format=Image.registered_extensions().get(
-            path.suffix.lower(), "PNG")))]
+        images = [(path, self.image, Image.registered_extensions().get(path.suffix.lower(), "PNG"))]
+        if reconstruction:
+            images.append((path.with_name(path.stem + ".reconstruction.png"), self.reconstruction, "PNG"))
+        encoded = []
+        for target, image, fmt in images:
+            buffer = io.BytesIO()
+            image.save(buffer, format=fmt)
+            encoded.append((target, buffer.getvalue()))
+        files = [(target, lambda f, data=data: f.write(data)) for target, data in encoded]
         if sidecar:
-            text = json.dumps(self.record(), indent=2, default=str)
+            record = {**self.record(), "files": {t.name: hashlib.sha256(d).hexdigest() for t, d in encoded}}
+            text = json.dumps(record, indent=2, default=str)
             files.append((path.with_suffix(".json"), lambda f: f.write(text.encode())))
         write_atomically(files)
         return path
-
-
-def write_atomically(files: list[tuple[Path, Callable[[Any], None]]]) -> None:
-    """Write every file to a temporary sibling first, then rename all; nothing half-written is left."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for target, writer in files:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-            staged.append((tmp, target))
-            with os.fdopen(fd, "wb") as f:
-                writer(f)
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
@@ -226,6 +231,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
     """
     guidance_scale = check_guidance(guidance_scale)
+    seed = check_seed(seed)
     target_prompt = check_prompt(target_prompt, pipe.tokenizer, "target prompt")
     blend = parse_blend_words(blend_words)
     editor_cls = get_editor(editor)

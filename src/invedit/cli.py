@@ -26,6 +26,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (temporary files, folders made for outputs)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def cli_errors(func: Callable) -> Callable:
     """Turn `InveditError` into one line on stderr + exit 2; unexpected errors into one line + exit 1."""
 
@@ -35,6 +43,8 @@ def cli_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except InveditError as exc:
             fail(str(exc))
+        except Terminated:
+            fail("terminated", 143)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except typer.Exit:
@@ -103,7 +113,9 @@ def edit_command(
     from .editing import get_editor
     from .images import load_image
     from .inversion import get_inversion
-    from .models import load, native_resolution, resolve_device, resolve_dtype
+    from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .outputs import prepare_output_dir, remove_created
+    from .prompts import blend_word_tokens, check_prompt
 
     # Everything that can be checked without the model is checked before loading it.
     for text, what in ((source, "source prompt"), (target, "target prompt")):
@@ -111,6 +123,7 @@ def edit_command(
             raise InveditError(f"the {what} is empty")
     api.check_steps(steps)
     api.check_guidance(guidance)
+    api.check_seed(seed)
     inversion_cls, editor_cls = get_inversion(inversion), get_editor(editor)
     flags = {"offset_scale": offset_scale, "offset_interval": offset_interval,
              "correct_target": correct_target or None, "inversion_guidance": inversion_guidance}
@@ -125,22 +138,34 @@ def edit_command(
     out = Path(out) if out else Path(f"{Path(image).stem}.{inversion}+{editor}.png")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InveditError(f"output must be .png, .jpg or .webp, got {out.name}")
+    if out.is_dir():
+        raise InveditError(f"output {out} is a folder; name the image file to write")
+    tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
+    if tokenizer is not None:
+        check_prompt(source, tokenizer, "source prompt")
+        check_prompt(target, tokenizer, "target prompt")
+        if blend_words:
+            blend_word_tokens(" ".join(source.split()), " ".join(target.split()), blend_words, tokenizer)
+    created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
-    _setup_threads()
-    pipe = load(model, device=device, dtype=dtype)
-    started = time.perf_counter()
-    result = api.edit(
-        pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
-        steps=steps, guidance_scale=guidance, blend_words=blend_words, seed=seed,
-        inversion_options=inversion_options, progress=not quiet, **editor_options,
-    )
-    result.settings["image"] = str(image)
-    files = [result.save(out)]
+    try:
+        _setup_threads()
+        pipe = load(model, device=device, dtype=dtype)
+        started = time.perf_counter()
+        result = api.edit(
+            pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
+            steps=steps, guidance_scale=guidance, blend_words=blend_words, seed=seed,
+            inversion_options=inversion_options, progress=not quiet, **editor_options,
+        )
+        result.settings["image"] = str(image)
+        result.save(out, reconstruction=save_reconstruction)
+    except BaseException:
+        remove_created(created)
+        raise
+    written = [out, out.with_suffix(".json")]
     if save_reconstruction:
-        rec = out.with_name(out.stem + ".reconstruction.png")
-        api.write_atomically([(rec, lambda f: result.reconstruction.save(f, format="PNG"))])
-        files.append(rec)
-    typer.echo(f"wrote {', '.join(map(str, files))} (+ {out.with_suffix('.json').name}): {inversion}+{editor}, "
+        written.append(out.with_name(out.stem + ".reconstruction.png"))
+    typer.echo(f"wrote {', '.join(map(str, written))}: {inversion}+{editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
 
 
@@ -213,17 +238,14 @@ def demo_command(
 
 
 def _default_demo_dtype() -> str:
-    """bfloat16 on CPUs with native bf16 matmuls (much faster there), float32 elsewhere."""
+    """float16 on CUDA; bfloat16 on CPUs with native bf16 (much faster there); float32 elsewhere."""
     import torch
+
+    from .models import cpu_has_fast_bf16
 
     if torch.cuda.is_available():
         return "float16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "float32"
-    return "bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
 @app.command("toy-bench")
@@ -243,6 +265,9 @@ def toy_bench_command(
 
 def main() -> None:
     """Console entry point."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
     except SystemExit as exc:

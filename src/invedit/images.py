@@ -26,8 +26,21 @@ def _open(source: str | Path | Image.Image) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InveditError(f"cannot read image {path}: {type(exc).__name__}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InveditError(f"cannot read image {path}: {_read_failure(exc)}") from None
+
+
+def _read_failure(exc: Exception) -> str:
+    """Why Pillow could not read a file, in words a user can act on."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image, or a format Pillow cannot read"
+    if "truncated" in text.lower() or "broken data stream" in text.lower() or isinstance(exc, (SyntaxError,
+                                                                                              EOFError)):
+        return f"the file is truncated or corrupt ({text})"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return text
 
 
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:

@@ -54,6 +54,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX, and PyTorch using those kernels).
+
+    Elsewhere (AVX2-only CPUs, or ``ATEN_CPU_CAPABILITY=avx2``) PyTorch emulates bf16 and is many times slower
+    than float32.
+    """
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith("/") or "\\" in model
 
@@ -114,6 +130,36 @@ def prepare_pipeline(pipe, device: torch.device | None = None):
     return pipe
 
 
+def resolve_model_source(model: str | os.PathLike | None) -> tuple[str, str]:
+    """``(what to pass to from_pretrained, the model's name)``: the embedded folder, a checked local folder, or
+    a hub id. Raises `ModelNotFoundError` / `InveditError` for a missing or malformed folder."""
+    if model is None or str(model) in (EMBEDDED_MODEL_NAME, "embedded"):
+        folder = embedded_model_path()
+        if not (folder / "model_index.json").exists():
+            raise ModelNotFoundError(f"the embedded model is missing from this install ({folder}); reinstall invedit")
+        return str(folder), EMBEDDED_MODEL_NAME
+    name = str(model)
+    path = Path(name).expanduser()
+    if path.exists():
+        _check_folder(path)
+        return str(path), name
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"model folder not found: {name}")
+    return name, name
+
+
+def load_tokenizer(model: str | os.PathLike | None):
+    """The model's tokenizer alone, from its folder or the local cache (fast: checks prompts before the model
+    loads); ``None`` when it is not available locally (loading the model then says why)."""
+    from transformers import CLIPTokenizer
+
+    source, _ = resolve_model_source(model)
+    try:
+        return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None):
     """Load a Stable Diffusion pipeline ready for inversion and editing.
@@ -132,21 +178,7 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if model is None or str(model) in (EMBEDDED_MODEL_NAME, "embedded"):
-        folder = embedded_model_path()
-        if not (folder / "model_index.json").exists():
-            raise ModelNotFoundError(f"the embedded model is missing from this install ({folder}); reinstall invedit")
-        source, name = str(folder), EMBEDDED_MODEL_NAME
-    else:
-        name = str(model)
-        path = Path(name).expanduser()
-        if path.exists():
-            _check_folder(path)
-            source = str(path)
-        elif _looks_like_path(name):
-            raise ModelNotFoundError(f"model folder not found: {name}")
-        else:
-            source = name
+    source, name = resolve_model_source(model)
     try:
         if Path(source).exists():
             pipe = _from_pretrained(source, torch_dtype, local_only=True)

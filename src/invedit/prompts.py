@@ -10,15 +10,44 @@ from .errors import InveditError
 
 
 def check_prompt(prompt: str, tokenizer, what: str = "prompt") -> str:
-    """Strip ``prompt`` and check it is non-empty and fits the text encoder; return it."""
+    """Strip ``prompt`` and check it is non-empty, fits the text encoder and (on a word-level vocabulary, like
+    the embedded model's) uses only words the model knows; return it."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise InveditError(f"the {what} is empty")
     prompt = " ".join(prompt.split())
-    n = len(tokenizer(prompt).input_ids)
+    n = len(tokenizer.tokenize(prompt)) + 2  # BOS/EOS; tokenize() does not warn about the length as __call__ does
     if n > tokenizer.model_max_length:
         raise InveditError(f"the {what} is too long ({n - 2} tokens; the model reads at most "
                            f"{tokenizer.model_max_length - 2})")
+    vocabulary = word_vocabulary(tokenizer)
+    if vocabulary is not None:
+        words = dict.fromkeys(re.findall(r"\w+", prompt.lower()))
+        unknown = [w for w in words if len(w) > 1 and w not in vocabulary]  # one character is one token anyway
+        if unknown:
+            shown = ", ".join(repr(w) for w in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            raise InveditError(f"the {what} has words this model does not know: {shown} (its vocabulary of "
+                               f"{len(vocabulary)} words: {' '.join(sorted(vocabulary))})")
     return prompt
+
+
+#: A tokenizer with fewer tokens than this is a word-level vocabulary (real CLIP BPE has 49 408).
+WORD_LEVEL_MAX_TOKENS = 5000
+
+
+def word_vocabulary(tokenizer) -> frozenset[str] | None:
+    """The whole words of a word-level CLIP tokenizer (the embedded and test models'); ``None`` for a real BPE one.
+
+    On a word-level vocabulary any other word is split into characters that the model never saw together, so an
+    edit with it is meaningless; real BPE tokenizers encode every word meaningfully.
+    """
+    if len(tokenizer) >= WORD_LEVEL_MAX_TOKENS:
+        return None
+    cached = getattr(tokenizer, "_invedit_word_vocabulary", None)
+    if cached is None:
+        words = {t[: -len("</w>")] for t in tokenizer.get_vocab() if t.endswith("</w>")}
+        cached = frozenset(w for w in words if len(w) > 1 and w.isascii() and w.isalpha())
+        tokenizer._invedit_word_vocabulary = cached
+    return cached
 
 
 @torch.no_grad()

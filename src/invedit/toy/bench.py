@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image
 
 from ..bench.data import EDIT_TYPES, IMAGES_DIR, MAPPING_FILE, rle_encode
 from ..errors import InveditError
+from ..outputs import prepare_output_dir, remove_created, umask
 from .scenes import EDIT_KINDS, Edit, make_edit_example
 
 #: Shapes-world edit kind → PIE-Bench editing_type_id.
@@ -48,17 +51,44 @@ def instruction(edit: Edit) -> str:
     return f"Remove the {removed.phrase}"
 
 
+MIN_SIZE, MAX_SIZE = 32, 1024
+
+
 def write_toy_bench(out_dir: str | Path, n_per_kind: int, seed: int = 0, size: int = 64) -> Path:
     """Write ``n_per_kind`` edits of each kind: images, true targets and ``mapping_file.json``.
 
     Ids are 12-digit; edit ``k`` of kind ``c`` uses seed ``seed·10⁶ + 10⁴·c + k`` so datasets are reproducible
-    and extend without changing earlier items. Returns the folder.
+    and extend without changing earlier items. The dataset is built in a temporary sibling folder and renamed
+    into place at the end, so an error or interrupt leaves nothing behind. Returns the folder.
     """
-    if n_per_kind < 1:
-        raise InveditError(f"--n must be at least 1, got {n_per_kind}")
+    if isinstance(n_per_kind, bool) or not isinstance(n_per_kind, int) or n_per_kind < 1:
+        raise InveditError(f"--n must be a positive integer, got {n_per_kind!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise InveditError(f"--size must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels, got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InveditError(f"--seed must be a non-negative integer, got {seed!r}")
     out = Path(out_dir)
-    if (out / MAPPING_FILE).exists():
-        raise InveditError(f"{out} already holds a dataset; choose an empty folder")
+    if out.exists() and not out.is_dir():
+        raise InveditError(f"{out} is a file; toy-bench writes a folder")
+    if out.is_dir() and any(out.iterdir()):
+        what = "already holds a dataset" if (out / MAPPING_FILE).exists() else "is not empty"
+        raise InveditError(f"{out} {what}; choose a new or empty folder")
+    created = prepare_output_dir(out.parent, "the dataset")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
+    try:
+        _write_items(staging, n_per_kind, seed, size)
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it 0700
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): the staged folder takes its place
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created)
+        raise
+    return out
+
+
+def _write_items(out: Path, n_per_kind: int, seed: int, size: int) -> None:
     mapping: dict[str, dict] = {}
     for c, kind in enumerate(EDIT_KINDS):
         type_id = KIND_TO_TYPE[kind]
@@ -79,7 +109,4 @@ def write_toy_bench(out_dir: str | Path, n_per_kind: int, seed: int = 0, size: i
                 "blended_word": edit.blend_words, "mask": rle_encode(edit.mask),
                 "target_image_path": f"{TARGETS_DIR}/{rel}", "toy_edit_kind": kind, "toy_seed": item_seed,
             }
-    tmp = out / f".{MAPPING_FILE}.part"
-    tmp.write_text(json.dumps(mapping, indent=1))
-    os.replace(tmp, out / MAPPING_FILE)
-    return out
+    (out / MAPPING_FILE).write_text(json.dumps(mapping, indent=1))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from invedit.models import MODEL_SETTINGS_FILE
+from invedit.models import MODEL_SETTINGS_FILE, cpu_has_fast_bf16
 from invedit.toy import scenes
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -197,8 +197,13 @@ def _classic_attention(model: torch.nn.Module) -> None:
     model.set_attn_processor(AttnProcessor())
 
 
+#: Mixed precision of the training's forward passes: "bf16" (autocast) or "fp32". ``main`` sets it: bf16 where the
+#: CPU computes it natively (the shipped weights were trained so), fp32 elsewhere, where emulated bf16 is far slower.
+PRECISION = {"value": "bf16"}
+
+
 def _autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=PRECISION["value"] == "bf16")
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -909,7 +914,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export", action="store_true", help="export the EMA pipeline after the stages")
     ap.add_argument("--export-dir", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--smoke", action="store_true", help="tiny configuration, for checking the script")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="bf16 autocast or fp32 (auto: bf16 where the CPU has native bf16)")
     args = ap.parse_args(argv)
+    PRECISION["value"] = args.precision if args.precision != "auto" else ("bf16" if cpu_has_fast_bf16() else "fp32")
+    print(f"precision: {PRECISION['value']}", file=sys.stderr)
 
     cfg = TrainConfig(**SMOKE) if args.smoke else TrainConfig()
     run_dir: Path = args.out

@@ -1,0 +1,111 @@
+"""Writing results safely: check the output location up front, write files atomically and as one consistent group.
+
+* `prepare_output_dir` runs before any work: it creates the missing folders of an output path and proves it can
+  write there, so a bad ``--out`` fails in a second, not after a whole edit; `remove_created` undoes it when the
+  run fails later, so nothing is left behind.
+* `write_atomically` writes a group of files (an image and its JSON record) to temporary siblings, then renames
+  them all while holding a lock on their folder: a reader or a second writer of the same outputs sees the old
+  group or the new one, never a mix, and never a half-written file. Files get the mode the user's umask gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import InveditError
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than a call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def prepare_output_dir(folder: str | os.PathLike, what: str = "output") -> list[Path]:
+    """Make sure files can be written in ``folder``: create what is missing and write a probe file there.
+
+    Returns the folders it created (outermost first), for `remove_created` when the run fails later.
+    Raises:
+        InveditError: a part of the path is a file, the folder cannot be created, or it is not writable.
+    """
+    folder = Path(folder)
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise InveditError(f"cannot write {what} to {folder}: {probe} is a broken link")
+        missing.append(probe)
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InveditError(f"cannot write {what} to {folder}: {probe} is a file, not a folder")
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".invedit-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        remove_created(created)
+        reason = exc.strerror or type(exc).__name__
+        raise InveditError(f"cannot write {what} to {folder}: {reason}") from None
+    return created
+
+
+def remove_created(folders: list[Path]) -> None:
+    """Remove the folders `prepare_output_dir` created, innermost first, where they are still empty."""
+    for path in reversed(folders):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder itself (no lock file is left behind); a no-op where unsupported."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: renames stay atomic one by one
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_atomically(files: list[tuple[Path, Callable[[Any], None]]]) -> None:
+    """Write every file to a temporary sibling, then rename them all under one lock per folder.
+
+    ``files`` pairs each target path with a writer called on a binary file object. Nothing half-written is
+    left (temporary files are removed on any error or interrupt), the group replaces an earlier group of the
+    same names as a whole, and the files get mode ``0o666 & ~umask`` like any file the user creates.
+    """
+    staged: list[tuple[str, Path]] = []
+    mode = 0o666 & ~umask()
+    try:
+        for target, writer in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            staged.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+            os.chmod(tmp, mode)
+        folders = sorted({target.parent.resolve() for _, target in staged})
+        with contextlib.ExitStack() as locks:
+            for folder in folders:
+                locks.enter_context(_folder_lock(folder))
+            for tmp, target in staged:
+                os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
