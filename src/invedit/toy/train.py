@@ -97,6 +97,8 @@ class TrainConfig:
     # at DDIM inversion, see the README)
     ground_params: str = "cross_attention"
     # bookkeeping
+    eval_scenes: int = 128  # fixed evaluation scenes (VAE PSNR at each checkpoint)
+    preview_steps: int = 25  # DDIM steps of the UNet stage's preview samples
     ckpt_minutes: float = 5.0
     log_every: int = 25
     max_threads: int = 2
@@ -107,8 +109,12 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-SMOKE = dict(n_scenes=512, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, vae_warmup=2,
-             unet_warmup=2, log_every=2, ground_steps=4, ground_batch=4, decoder_steps=4, decoder_batch=4)
+#: ``--smoke``: every stage and the export run for a few steps on a narrower model, so that checking the script (and
+#: its tests) takes seconds on any CPU; the code paths are those of the full configuration.
+SMOKE = dict(n_scenes=64, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, vae_warmup=2,
+             unet_warmup=2, log_every=2, ground_steps=4, ground_batch=4, decoder_steps=4, decoder_batch=4,
+             vae_channels=(32, 32, 32), unet_channels=(32, 32, 64), text_hidden=32, text_intermediate=64,
+             eval_scenes=8, preview_steps=2, max_threads=1)  # one thread: bit-reproducible whatever else runs
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -284,10 +290,10 @@ def scene_cache(cfg: TrainConfig, run_dir: Path) -> tuple[np.ndarray, list[str]]
     return images, captions
 
 
-def eval_scenes(cfg: TrainConfig, n: int = 128) -> tuple[np.ndarray, list[str]]:
-    """A fixed evaluation set (held-out combinations included)."""
+def eval_scenes(cfg: TrainConfig) -> tuple[np.ndarray, list[str]]:
+    """A fixed evaluation set of ``cfg.eval_scenes`` scenes (held-out combinations included)."""
     rng = np.random.default_rng(cfg.seed + 1)
-    ss = [scenes.make_scene(rng, size=cfg.size) for _ in range(n)]
+    ss = [scenes.make_scene(rng, size=cfg.size) for _ in range(cfg.eval_scenes)]
     return np.stack([s.image for s in ss]), [s.caption for s in ss]
 
 
@@ -643,7 +649,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
                       "config": dataclasses.asdict(cfg)}, ckpt_path)
 
     def preview() -> None:
-        imgs = sample(ema_unet, ema_text, vae, tokenizer, list(PREVIEW_PROMPTS), seed=step)
+        imgs = sample(ema_unet, ema_text, vae, tokenizer, list(PREVIEW_PROMPTS), steps=cfg.preview_steps, seed=step)
         (run_dir / "previews").mkdir(exist_ok=True)
         save_grid(imgs, run_dir / "previews" / f"unet_{step:06d}.png")
         _log(log_path, {"step": step, "preview_color_acc": color_accuracy(imgs, list(PREVIEW_PROMPTS))})
