@@ -1,4 +1,4 @@
-"""The baseline inversions and ablations of SPEC §3–4 do exactly what they say (tiny model)."""
+"""The baseline inversions and ablations of reference-settings §3–4 do exactly what they say (tiny model)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loading: folders, hub ids offline, clear errors; the offline tiny pipeline; the scheduler of SPEC §1."""
+"""Loading: folders, hub ids offline, clear errors; the offline tiny pipeline; the scheduler (reference-settings §1)."""
 
 from __future__ import annotations
 

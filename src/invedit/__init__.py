@@ -6,6 +6,9 @@ Direct Inversion (PnP Inversion, ICLR 2024) and its baselines, with Prompt-to-Pr
     >>> pipe = invedit.load()                       # embedded shapes model; or a hub id / folder
     >>> result = invedit.edit(pipe, "cat.png", "a cat sitting", "a dog sitting", blend_words="cat dog")
     >>> result.image.save("dog.png")
+
+Comments cite "reference-settings §N": the sections of docs/reference-settings.md, the paper's and the reference
+code's settings in this project's words.
 """
 
 from .api import EditResult, edit, invert

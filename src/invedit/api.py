@@ -32,7 +32,7 @@ DEFAULT_INVERSION = "direct"
 # ---- VAE ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_image(pipe, image: Image.Image) -> torch.Tensor:
-    """Latent z₀ = VAE posterior mean × scaling factor (SPEC §1), float32 (1, C, h, w)."""
+    """Latent z₀ = VAE posterior mean × scaling factor (reference-settings §1), float32 (1, C, h, w)."""
     vae = pipe.vae
     x = pil_to_tensor(image).to(vae.device, vae.dtype)
     return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
@@ -40,7 +40,7 @@ def encode_image(pipe, image: Image.Image) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    """Decode latents (N, C, h, w) to PIL images: clamp, ×255, truncate to uint8 (SPEC §1)."""
+    """Decode latents (N, C, h, w) to PIL images: clamp, ×255, truncate to uint8 (reference-settings §1)."""
     vae = pipe.vae
     images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
     return [Image.fromarray(a) for a in tensor_to_uint8(images)]

@@ -1,4 +1,4 @@
-"""Image I/O: load and check user images, convert between PIL and model tensors (SPEC §1)."""
+"""Image I/O: load and check user images, convert between PIL and model tensors (reference-settings §1)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
 
 
 def load_image(source: str | Path | Image.Image, size: int = 512) -> Image.Image:
-    """Load an image for editing: RGB, centre-cropped to a square and resized to ``size`` (SPEC §1).
+    """Load an image for editing: RGB, centre-cropped to a square and resized to ``size`` (reference-settings §1).
 
     Args:
         source: a path or a PIL image.
@@ -95,7 +95,7 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Decoder output in [-1, 1] (N, 3, H, W) → uint8 (N, H, W, 3): clamp to [0, 1], ×255, truncate (SPEC §1)."""
+    """Decoder output in [-1, 1] (N, 3, H, W) → uint8 (N, H, W, 3): clamp, ×255, truncate (reference-settings §1)."""
     x = (images.float() / 2 + 0.5).clamp(0, 1)
     return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
 

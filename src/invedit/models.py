@@ -102,7 +102,7 @@ def _check_folder(folder: Path) -> None:
 
 
 def make_ddim_scheduler(config: dict):
-    """The DDIM scheduler of SPEC §1 on the checkpoint's betas and prediction type.
+    """The DDIM scheduler of reference-settings §1 on the checkpoint's betas and prediction type.
 
     clip_sample off, final alpha = ᾱ[0] (set_alpha_to_one False), "leading" spacing with steps_offset 1, so
     50 steps give t = 981, 961, …, 1 — what every reference run actually used.
@@ -118,7 +118,7 @@ def make_ddim_scheduler(config: dict):
 
 
 def prepare_pipeline(pipe, device: torch.device | None = None):
-    """Put a loaded pipeline into invedit's state: DDIM scheduler of SPEC §1, eval mode, no progress bars."""
+    """Put a loaded pipeline into invedit's state: the DDIM scheduler (reference-settings §1), eval mode, quiet."""
     pipe.scheduler = make_ddim_scheduler(pipe.scheduler.config)
     if pipe.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise InveditError(f"unsupported prediction type {pipe.scheduler.config.prediction_type!r}")
@@ -171,7 +171,7 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``; default float16 on CUDA, float32 elsewhere.
             Latents and the DDIM arithmetic always stay float32; the dtype applies to the networks.
     Returns:
-        A `diffusers.StableDiffusionPipeline` with the DDIM scheduler of the paper (SPEC §1).
+        A `diffusers.StableDiffusionPipeline` with the DDIM scheduler of the paper (reference-settings §1).
     Raises:
         ModelNotFoundError: the model is not available offline and the hub cannot be reached.
         InveditError: the folder is not a Stable Diffusion 1.x/2.x pipeline.

@@ -52,7 +52,7 @@ def word_vocabulary(tokenizer) -> frozenset[str] | None:
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states (len(prompts), 77, D), padded to the tokenizer's max length (SPEC §1)."""
+    """Text-encoder hidden states (len(prompts), 77, D), padded to the max length (reference-settings §1)."""
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt")
     device = pipe.text_encoder.device

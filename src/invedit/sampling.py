@@ -23,7 +23,7 @@ Row = tuple[str, str]
 
 @dataclass(frozen=True)
 class DDIMSchedule:
-    """The discrete DDIM schedule of one run: timesteps (descending) and the ᾱ lookup (SPEC §1)."""
+    """The discrete DDIM schedule of one run: timesteps (descending) and the ᾱ lookup (reference-settings §1)."""
 
     timesteps: tuple[int, ...]
     alphas_cumprod: torch.Tensor  # float32, as the reference scheduler's
@@ -87,7 +87,7 @@ def ddim_sigma(schedule: DDIMSchedule, i: int, eta: float) -> torch.Tensor:
 
 def ddim_inverse_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int,
                       sample: torch.Tensor) -> torch.Tensor:
-    """Inverse of forward step ``i``: from level ``next_timestep(i)`` up to t_i, model evaluated at t_i (SPEC §2)."""
+    """Inverse of forward step ``i``: from level ``next_timestep(i)`` up to t_i, UNet at t_i (reference-settings §2)."""
     x0, eps = x0_and_eps(model_output, sample, schedule.alpha(schedule.next_timestep(i)),
                          schedule.prediction_type)
     return ddim_move(x0, eps, schedule.alpha(schedule.timesteps[i]))
@@ -137,7 +137,7 @@ def halves_needed(scale: float) -> tuple[str, ...]:
 def ddim_invert(unet, schedule: DDIMSchedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                 guidance_scale: float, stats: RunStats,
                 callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """DDIM inversion (SPEC §2): the trajectory z*_0 … z*_T as a (T+1, C, h, w) tensor, index = steps taken.
+    """DDIM inversion (reference-settings §2): the trajectory z*_0 … z*_T, (T+1, C, h, w), index = steps taken.
 
     ``guidance_scale`` 1 is the paper's conditional-only inversion; other values are the inversion-guidance
     ablation. The UNet is evaluated at the upper timestep of each interval, as in the reference code.

@@ -30,7 +30,7 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
         device: where to put it.
         cross_attention_dim: text embedding width.
     Returns:
-        A pipeline prepared as `invedit.load` prepares real checkpoints (DDIM scheduler of SPEC §1).
+        A pipeline prepared as `invedit.load` prepares real checkpoints (DDIM scheduler of reference-settings §1).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -1,4 +1,4 @@
-"""PIE-Bench data: `mapping_file.json` entries, run-length masks, and the edit-type table (SPEC §6).
+"""PIE-Bench data: `mapping_file.json` entries, run-length masks, and the edit-type table (reference-settings §6).
 
 Layout: ``ROOT/mapping_file.json`` (a dict keyed by image id) and ``ROOT/annotation_images/<type>/…/<id>.jpg``.
 Each entry has ``image_path`` (relative to ``annotation_images``), ``original_prompt``, ``editing_prompt`` (the

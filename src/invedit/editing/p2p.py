@@ -1,4 +1,4 @@
-"""Prompt-to-Prompt (Hertz et al., arXiv 2208.01626) with the PnP-Inversion reference settings (SPEC §5).
+"""Prompt-to-Prompt (Hertz et al., arXiv 2208.01626) with the PnP-Inversion reference settings (reference-settings §5).
 
 The target branch's conditional row borrows the source's attention: cross-attention maps (Replace / Refine,
 optionally re-weighted) during the first ``cross_replace_steps`` and self-attention maps during the first

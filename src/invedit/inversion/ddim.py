@@ -1,4 +1,4 @@
-"""Plain DDIM inversion (SPEC §4 "DDIM"): edit from z*_T with no correction; drifts under CFG."""
+"""Plain DDIM inversion (reference-settings §4 "DDIM"): edit from z*_T with no correction; drifts under CFG."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Edit-friendly DDPM inversion (Huberman-Spiegelglas, Kadosh & Michaeli, CVPR 2024, arXiv 2304.06140), SPEC §4.
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024, arXiv 2304.06140), reference-settings §4.
 
 Inversion: every x_t is drawn independently from q(x_t | x₀) = N(√ᾱ_t·x₀, (1−ᾱ_t)·I) with the seeded
 generator (the paper's edit-friendly noise space); then, per step, the noise map z_t = (x_{t−1} − μ_t(x_t)) / σ_t

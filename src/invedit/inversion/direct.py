@@ -1,4 +1,4 @@
-"""Direct Inversion / PnP Inversion (Ju et al., ICLR 2024, arXiv 2310.01506), SPEC §3.
+"""Direct Inversion / PnP Inversion (Ju et al., ICLR 2024, arXiv 2310.01506), reference-settings §3.
 
 After each guided DDIM step the source branch gets z*_{t−1} − z''_{t−1} added, so it follows the inversion
 trajectory exactly; the target branch is left alone. Fused into the edit loop this costs nothing: with full

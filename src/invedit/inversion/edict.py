@@ -1,4 +1,4 @@
-"""EDICT: exact diffusion inversion via coupled transformations (Wallace, Gokul & Naik, CVPR 2023), SPEC §4.
+"""EDICT: exact inversion via coupled transformations (Wallace, Gokul & Naik, CVPR 2023), reference-settings §4.
 
 Two latent chains (x, y) start equal. A denoising step updates each chain with the model evaluated on the other
 (affine coupling layers), then mixes them with weight p (mixing layers):

@@ -1,4 +1,4 @@
-"""Negative-prompt inversion (Miyake et al., arXiv 2305.16807), SPEC §4, with optional ProxEdit.
+"""Negative-prompt inversion (Miyake et al., arXiv 2305.16807), reference-settings §4, with optional ProxEdit.
 
 DDIM inversion under the source prompt, then editing uses the source prompt's embedding as the "null"
 embedding of both branches: no optimisation, so the source branch's guided output equals its conditional one.

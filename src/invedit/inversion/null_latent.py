@@ -1,4 +1,4 @@
-"""Null-latent ablation of Direct Inversion (Ju et al. 2024, §5; reference `invert_null_latent`), SPEC §3.
+"""Null-latent ablation of Direct Inversion (Ju et al. 2024, §5; reference `invert_null_latent`), reference-settings §3.
 
 Null-text inversion's optimisation is run, but instead of feeding the learned null embeddings to the edit, the
 latent difference each of them makes, step(z, ∅_opt) − step(z, ∅), is added to the source branch after each

@@ -1,4 +1,4 @@
-"""Null-text inversion (Mokady et al., CVPR 2023), SPEC §4, with the NT-S ablation and optional ProxEdit.
+"""Null-text inversion (Mokady et al., CVPR 2023), reference-settings §4, with the NT-S ablation and optional ProxEdit.
 
 After DDIM inversion, the unconditional ("null") embedding is optimised per step so that the guided DDIM step
 from the current latent lands on z*_{t−1}: Adam, lr 1e-2·(1 − i/100), at most ``inner_steps`` iterations,
@@ -61,7 +61,7 @@ def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: tor
 
     Each step starts from the previous step's embedding and then advances the latent with it. With
     ``offsets`` (a list to fill), also records per step the latent difference the optimised embedding makes
-    against the default one: step(z, ∅_opt) − step(z, ∅) (the null-latent ablation, SPEC §3).
+    against the default one: step(z, ∅_opt) − step(z, ∅) (the null-latent ablation, reference-settings §3).
     """
     if unet.dtype != torch.float32:
         raise InveditError("null-text optimisation runs in float32; load the model with dtype float32")

@@ -41,7 +41,7 @@ def proximal_direction(delta: torch.Tensor, quantile: float, mode: str) -> tuple
 
 
 def proximal_step(inverted, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-    """One ProxEdit step of both branches (SPEC §4); ``inverted`` supplies null embeddings and z*."""
+    """One ProxEdit step of both branches (reference-settings §4); ``inverted`` supplies null embeddings and z*."""
     opts = inverted.options
     t = ctx.schedule.timesteps[i]
     raw = ctx.denoiser.raw(i, t, latents, {"source", "target"}, inverted.null_embeddings(i))

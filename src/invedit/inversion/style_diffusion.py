@@ -1,5 +1,5 @@
 """StyleDiffusion inversion (Li et al., "StyleDiffusion: Prompt-Embedding Inversion for Text-Based Editing",
-arXiv 2303.15649), SPEC §4, as the PnP-Inversion reference code runs it.
+arXiv 2303.15649), reference-settings §4, as the PnP-Inversion reference code runs it.
 
 The prompt embedding c keeps driving the cross-attention *keys* (so the attention maps stay textual), while the
 *value* input is remapped from the image: per step i, a small network M_i turns the CLIP image tokens
