@@ -154,3 +154,13 @@ def test_null_latent_source_branch_follows_null_text_reconstruction(pipe):
     b = invedit.edit(pipe, nti, None, TARGET, editor="none")
     assert measured("null-latent vs null-text source, max", max_abs(a.latents[0], b.latents[0])) <= 1e-3
     assert len(nl.offsets) == STEPS and nl.iterations == nti.iterations
+
+
+def test_null_text_learning_rate_schedule_holds_past_the_reference_length(pipe):
+    """The reference's lr·(1 − i/100) is for 50 steps; past 100 it would be negative (Adam refuses)."""
+    from invedit.inversion.null_text import learning_rate_factor
+
+    assert [learning_rate_factor(i) for i in (0, 25, 49)] == pytest.approx([1.0, 0.75, 0.51])  # 50 steps
+    assert learning_rate_factor(100) == learning_rate_factor(150) == learning_rate_factor(49)
+    inv = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=120, inner_steps=1)
+    assert len(inv.nulls) == 120 and inv.iterations[-1] == 1

@@ -80,6 +80,11 @@ def test_guidance_combination_and_rows():
     u, c = torch.tensor([1.0]), torch.tensor([3.0])
     assert guided({"uncond": u, "cond": c}, 7.5).item() == 1.0 + 7.5 * 2.0
     assert guided({"cond": c}, 1.0) is c
+    assert guided({"uncond": u, "cond": c}, 1.0).item() == 3.0  # both halves: the formula (gradients reach ε_u)
+    rows = guided({"uncond": torch.ones(2, 1), "cond": torch.full((2, 1), 3.0)}, torch.tensor([[1.0], [2.0]]))
+    assert rows.flatten().tolist() == [3.0, 5.0]  # one scale per row
+    with pytest.raises(ValueError, match="needs both halves"):
+        guided({"cond": c}, 7.5)
     assert halves_needed(1.0) == ("cond",) and halves_needed(0.0) == ("uncond",)
     assert halves_needed(7.5) == ("uncond", "cond")
 

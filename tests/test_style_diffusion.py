@@ -171,8 +171,8 @@ def test_missing_image_encoder_is_one_clear_line(pipe, tmp_path, monkeypatch):
         invedit.invert(pipe, scene_image(), SOURCE, "style-diffusion", steps=2, image_encoder="nobody/no-such-clip")
     message = str(info.value)
     assert "\n" not in message
-    assert message == ("image encoder 'nobody/no-such-clip' not found locally; the hub is unreachable; "
-                       "pass a local folder")
+    assert message == ("image encoder 'nobody/no-such-clip' not found locally; the hub is unreachable or has no "
+                       "such model; pass a local folder")
     with pytest.raises(invedit.InveditError, match="image encoder folder not found"):
         invedit.invert(pipe, scene_image(), SOURCE, "style-diffusion", steps=2, image_encoder=str(tmp_path / "no"))
     with pytest.raises(invedit.InveditError, match="cannot load image encoder folder"):

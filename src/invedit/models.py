@@ -6,14 +6,16 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import InveditError, ModelNotFoundError
 
 EMBEDDED_MODEL_NAME = "shapes-64"
+T = TypeVar("T")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -130,6 +132,39 @@ def prepare_pipeline(pipe, device: torch.device | None = None):
     return pipe
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_pretrained(loader: Callable[[str, bool], T], name: str, what: str) -> T:
+    """``loader(source, local_files_only)`` for a local folder or a hub id, every failure as one line.
+
+    A folder loads from disk only; a hub id from the local cache first, and from the hub only when it is not
+    cached and ``HF_HUB_OFFLINE`` is not set. ``what`` names the thing in messages ("model", "image encoder").
+    Raises:
+        ModelNotFoundError: a missing folder, or a hub id neither cached nor downloadable.
+        InveditError: a folder that exists but does not load.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        try:
+            return loader(str(path), True)
+        except (OSError, ValueError) as exc:
+            raise InveditError(f"cannot load {what} folder {name}: {str(exc).splitlines()[0][:200]}") from None
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"{what} folder not found: {name}")
+    try:
+        return loader(name, True)
+    except (OSError, ValueError):
+        if not _hub_offline():
+            try:
+                return loader(name, False)
+            except (OSError, ValueError):
+                pass
+    raise ModelNotFoundError(f"{what} {name!r} not found locally; the hub is unreachable or has no such model; "
+                             "pass a local folder")
+
+
 def resolve_model_source(model: str | os.PathLike | None) -> tuple[str, str]:
     """``(what to pass to from_pretrained, the model's name)``: the embedded folder, a checked local folder, or
     a hub id. Raises `ModelNotFoundError` / `InveditError` for a missing or malformed folder."""
@@ -179,24 +214,7 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     source, name = resolve_model_source(model)
-    try:
-        if Path(source).exists():
-            pipe = _from_pretrained(source, torch_dtype, local_only=True)
-        else:
-            try:
-                pipe = _from_pretrained(source, torch_dtype, local_only=True)
-            except OSError:
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                    raise
-                pipe = _from_pretrained(source, torch_dtype, local_only=False)
-    except InveditError:
-        raise
-    except (OSError, ValueError) as exc:
-        if Path(source).exists():
-            raise InveditError(f"cannot load model folder {source}: {str(exc).splitlines()[0][:200]}") from None
-        raise ModelNotFoundError(
-            f"model {name!r} not found locally; the hub is unreachable or has no such model; pass a local folder"
-        ) from None
+    pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only), source, "model")
     pipe = prepare_pipeline(pipe, dev)
     pipe._invedit_name = name
     pipe._invedit_editor_defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}

@@ -101,10 +101,6 @@ class RunStats:
     unet_calls: int = 0
     nfe_backward: int = 0
 
-    def add(self, other: RunStats) -> RunStats:
-        return RunStats(self.nfe + other.nfe, self.unet_calls + other.unet_calls,
-                        self.nfe_backward + other.nfe_backward)
-
 
 def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
     """One UNet call; runs in the UNet's dtype, returns float32 (float64 for float64 latents) and counts NFE."""
@@ -115,13 +111,19 @@ def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, s
     return out.to(torch.float64 if latents.dtype == torch.float64 else torch.float32)
 
 
-def guided(outputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
-    """Classifier-free guidance ε_u + w·(ε_c − ε_u) (Ho & Salimans 2022); one half suffices at w = 0 or 1."""
-    if scale == 1:
-        return outputs["cond"]
-    if scale == 0:
-        return outputs["uncond"]
-    return outputs["uncond"] + scale * (outputs["cond"] - outputs["uncond"])
+def guided(outputs: dict[str, torch.Tensor], scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance ε_u + w·(ε_c − ε_u) (Ho & Salimans 2022).
+
+    ``outputs`` holds the halves `halves_needed` names: at w = 1 (or 0) the conditional (unconditional) half alone
+    is the result. With both halves the formula is evaluated at any w (also 1, e.g. inside an optimisation whose
+    gradient flows through ε_u); ``scale`` may be a tensor of per-row scales.
+    """
+    if "uncond" in outputs and "cond" in outputs:
+        return outputs["uncond"] + scale * (outputs["cond"] - outputs["uncond"])
+    half = "cond" if "cond" in outputs else "uncond"
+    if isinstance(scale, torch.Tensor) or scale != (1 if half == "cond" else 0):
+        raise ValueError(f"guidance {scale} needs both halves, got only {half!r}")
+    return outputs[half]
 
 
 def halves_needed(scale: float) -> tuple[str, ...]:

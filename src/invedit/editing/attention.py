@@ -188,39 +188,3 @@ def grid_shape(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     if h * w != tokens:
         raise RuntimeError(f"cannot place {tokens} tokens on a grid of aspect {H}x{W}")
     return h, w
-
-
-class ExplicitAttnProcessor:
-    """Attention as the reference code computes it: einsum scores, softmax, einsum, heads folded into the batch.
-
-    Mathematically SDPA; used where an optimisation must follow the reference's rounding (null-text parity).
-    """
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        if attention_mask is not None or attn.spatial_norm is not None or hidden_states.ndim != 3:
-            raise InveditError("explicit attention supports plain transformer-block attention only")
-        batch, tokens, _ = hidden_states.shape
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        heads = attn.heads
-        q, k, v = (x.reshape(batch, -1, heads, x.shape[-1] // heads).permute(0, 2, 1, 3)
-                   .reshape(batch * heads, -1, x.shape[-1] // heads) for x in (q, k, v))
-        probs = (torch.einsum("b i d, b j d -> b i j", q, k) * attn.scale).softmax(dim=-1)
-        out = torch.einsum("b i j, b j d -> b i d", probs, v)
-        out = out.reshape(batch, heads, tokens, -1).permute(0, 2, 1, 3).reshape(batch, tokens, -1)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
-
-
-@contextmanager
-def explicit_attention(unet) -> Iterator[None]:
-    """Run every attention layer with `ExplicitAttnProcessor` inside the block; originals restored after."""
-    originals = dict(unet.attn_processors)
-    unet.set_attn_processor(ExplicitAttnProcessor())
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(dict(originals))

@@ -69,7 +69,6 @@ class LocalBlend:
         self.source_tokens, self.target_tokens = source_tokens, target_tokens
         self.threshold, self.start_step, self.downsample = threshold, start_step, downsample
         self.maps: torch.Tensor | None = None  # (2, queries): source-word map, target-word map
-        self.mask: torch.Tensor | None = None  # last mask (1, 1, H, W), for inspection
 
     def wants(self, info: LayerInfo) -> bool:
         return info.is_cross and info.place != "mid" and info.downsample == self.downsample
@@ -90,8 +89,7 @@ class LocalBlend:
         maps = F.interpolate(maps, size=(H, W), mode="nearest")
         maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-30)  # a word absent from its prompt: 0
         masks = maps > self.threshold
-        self.mask = (masks[0] | masks[1]).unsqueeze(0).float()
-        mask = self.mask.to(latents.target)
+        mask = (masks[0] | masks[1]).unsqueeze(0).to(latents.target)
         return Branches(latents.source, latents.source + mask * (latents.target - latents.source))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InveditError
-from ..sampling import Branches, LoopContext, ddim_invert, ddim_step
+from ..sampling import Branches, LoopContext, ddim_invert, ddim_step, guided
 from .base import InversionInputs, Inverted
 from .registry import register
 
@@ -92,7 +92,7 @@ class DirectInverted(Inverted):
             out = den.plain(t, torch.cat([z, z]), emb)
             u, c = out.chunk(2)
             g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
-            z_prev = ddim_step(ctx.schedule, u + g * (c - u), i, z)
+            z_prev = ddim_step(ctx.schedule, guided({"uncond": u, "cond": c}, g), i, z)
             if self.corrects_at(i):
                 offset = (self.z_star_after(i).expand_as(z_prev) - z_prev) * scale
             else:

@@ -16,10 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InveditError
-from ..sampling import Branches, LoopContext, RunStats, ddim_invert, ddim_step, unet_output
+from ..sampling import Branches, LoopContext, RunStats, ddim_invert, ddim_step, guided, unet_output
 from .base import InversionInputs, Inverted
 from .proximal import PROXIMAL_DEFAULTS, check_proximal_options, proximal_step
 from .registry import register
+
+#: The reference's learning-rate schedule 1 − i/100 was made for 50 steps (1.0 → 0.51); it would reach 0 at step
+#: 100 and turn negative after. Longer schedules hold it at the 50-step schedule's last value.
+LR_FACTOR_FLOOR = 1.0 - 49 / 100.0
+
+
+def learning_rate_factor(i: int) -> float:
+    """Null-text's per-step learning-rate factor: 1 − i/100 (NTI, reference-settings §4), never below 0.51."""
+    return max(1.0 - i / 100.0, LR_FACTOR_FLOOR)
 
 
 def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: torch.Tensor, cond: torch.Tensor,
@@ -27,7 +36,7 @@ def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: tor
                        learning_rate: float, stats: RunStats) -> tuple[torch.Tensor, int]:
     """Optimise the null embedding at step ``i`` so that the guided DDIM step from ``latent`` lands on ``target``.
 
-    Adam with lr·(1 − i/100), at most ``inner_steps`` iterations, stopping once the MSE is below
+    Adam with lr·`learning_rate_factor` (1 − i/100), at most ``inner_steps`` iterations, stopping once the MSE is below
     ``early_stop + i·2e-5`` (NTI, Alg. 1). Returns the embedding and the iterations taken.
     """
     with torch.no_grad():
@@ -36,13 +45,13 @@ def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: tor
     if inner_steps <= 0:
         return uncond, 0
     uncond.requires_grad_(True)
-    optimiser = torch.optim.Adam([uncond], lr=learning_rate * (1.0 - i / 100.0))
+    optimiser = torch.optim.Adam([uncond], lr=learning_rate * learning_rate_factor(i))
     done = 0
     for _ in range(inner_steps):
         with torch.enable_grad():
             eps_uncond = unet_output(unet, latent, schedule.timesteps[i], uncond, stats)
-            guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            loss = F.mse_loss(ddim_step(schedule, guided, i, latent), target)
+            eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
+            loss = F.mse_loss(ddim_step(schedule, eps, i, latent), target)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -78,9 +87,9 @@ def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: tor
             rows = [uncond, cond] + ([null] if offsets is not None else [])
             out = unet_output(unet, latent.expand(len(rows), -1, -1, -1), t, torch.cat(rows), stats).split(1)
             eps_uncond, eps_cond = out[0], out[1]
-            z_next = ddim_step(schedule, eps_uncond + guidance_scale * (eps_cond - eps_uncond), i, latent)
+            z_next = ddim_step(schedule, guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale), i, latent)
             if offsets is not None:
-                default = ddim_step(schedule, out[2] + guidance_scale * (eps_cond - out[2]), i, latent)
+                default = ddim_step(schedule, guided({"uncond": out[2], "cond": eps_cond}, guidance_scale), i, latent)
                 offsets.append(z_next - default)
             latent = z_next
         if callback is not None:

@@ -40,7 +40,6 @@ import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,10 +48,11 @@ from torch import nn
 
 from ..editing.attention import LayerInfo, attention_layers, attention_probs
 from ..editing.base import AttentionEditor
-from ..errors import InveditError, ModelNotFoundError
+from ..errors import InveditError
 from ..images import pil_to_tensor
-from ..sampling import Row, RunStats, ddim_invert, ddim_step, unet_output
+from ..sampling import Row, RunStats, ddim_invert, ddim_step, guided, unet_output
 from .base import InversionInputs, Inverted
+from .null_text import learning_rate_factor
 from .registry import register
 
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
@@ -69,28 +69,11 @@ def load_image_encoder(name: str, device: str) -> nn.Module:
     from transformers import CLIPVisionModel
     from transformers.utils import logging as transformers_logging
 
-    from ..models import _looks_like_path
+    from ..models import load_pretrained
 
     transformers_logging.disable_progress_bar()
-    path = Path(name).expanduser()
-    if path.exists():
-        try:
-            model = CLIPVisionModel.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise InveditError(f"cannot load image encoder folder {name}: {str(exc).splitlines()[0][:200]}") from None
-    elif _looks_like_path(name):
-        raise ModelNotFoundError(f"image encoder folder not found: {name}")
-    else:
-        missing = f"image encoder {name!r} not found locally; the hub is unreachable; pass a local folder"
-        try:
-            model = CLIPVisionModel.from_pretrained(name, local_files_only=True)
-        except (OSError, ValueError):
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                raise ModelNotFoundError(missing) from None
-            try:
-                model = CLIPVisionModel.from_pretrained(name)
-            except (OSError, ValueError):
-                raise ModelNotFoundError(missing) from None
+    model = load_pretrained(lambda src, local_only: CLIPVisionModel.from_pretrained(src, local_files_only=local_only),
+                            name, "image encoder")
     return model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
 
 
@@ -200,15 +183,16 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
             recorder.value_transforms, recorder.recording = {}, False
             with torch.no_grad():
                 eps_uncond = unet_output(unet, latent, t, null, stats)
-            optimiser = torch.optim.Adam(mapping.parameters(), lr=float(opts["learning_rate"]) * max(0.0, 1 - i / 100))
+            lr = float(opts["learning_rate"]) * learning_rate_factor(i)
+            optimiser = torch.optim.Adam(mapping.parameters(), lr=lr)
             done = 0
             for _ in range(budget[i]):
                 with torch.enable_grad():
                     recorder.value_transforms = {SOURCE_COND: ScaleShift(*mapping(tokens))}
                     recorder.recording = weight > 0
                     eps_cond = unet_output(unet, latent, t, cond, stats)
-                    guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-                    loss = F.mse_loss(ddim_step(schedule, guided, i, latent), target)
+                    eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
+                    loss = F.mse_loss(ddim_step(schedule, eps, i, latent), target)
                     reference = gt_maps[min(steps - i, steps - 1)] if weight > 0 else []
                     for got, want in zip(recorder.take(), reference, strict=True):
                         loss = loss + weight * F.mse_loss(got, want)
@@ -223,7 +207,8 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
                 mapped.append(ScaleShift(*(x.detach() for x in mapping(tokens))))
                 recorder.value_transforms, recorder.recording = {SOURCE_COND: mapped[i]}, False
                 eps_cond = unet_output(unet, latent, t, cond, stats)
-                latent = ddim_step(schedule, eps_uncond + guidance_scale * (eps_cond - eps_uncond), i, latent)
+                eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
+                latent = ddim_step(schedule, eps, i, latent)
             iterations[i] += done
             if callback is not None and epoch == int(opts["epochs"]) - 1:
                 callback(i)
