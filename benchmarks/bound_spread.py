@@ -67,8 +67,9 @@ def source_bounds() -> list[tuple[re.Pattern, str, float]]:
                 template = match.group(2)
                 parts = re.split(r"\{[^}]*\}", template) if match.group(1) else [template]
                 pattern = re.compile(".*".join(re.escape(p) for p in parts) + "$")
-                found.append((pattern, cmp.group(1), float(cmp.group(2))))
-    return found
+                found.append((pattern, cmp.group(1), float(cmp.group(2)), len(template) if not match.group(1) else 0))
+    found.sort(key=lambda f: -f[3])  # literal names first, then f-string templates
+    return [f[:3] for f in found]
 
 
 def bound_of(name: str, bounds: list[tuple[re.Pattern, str, float]]) -> tuple[str, float] | None:
@@ -109,13 +110,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--merge", action="store_true", help="keep the other configurations' values already recorded")
+    ap.add_argument("--log", action="append", default=[], metavar="CONFIG=FILE",
+                    help="take CONFIG's values from an INVEDIT_BOUNDS_LOG file (e.g. of a whole-suite run) instead")
     args = ap.parse_args()
-    names = args.configs.split(",")
+    logs = dict(item.split("=", 1) for item in args.log)
+    names = [n for n in args.configs.split(",") if n] if not logs else list(logs)
     out_json = ROOT / "benchmarks" / "bound_spread.json"
     rows = json.loads(out_json.read_text())["rows"] if args.merge and out_json.exists() else []
     rows = [r for r in rows if r["config"] not in names]
     for name in names:
-        rows += run_config(name, CONFIGS[name])
+        if name in logs:
+            rows += [dict(json.loads(line), config=name) for line in Path(logs[name]).read_text().splitlines()]
+        else:
+            rows += run_config(name, CONFIGS[name])
     configs = [c for c in CONFIGS if any(r["config"] == c for r in rows)]
     out_json.write_text(json.dumps({"configs": {c: CONFIGS[c] for c in configs}, "rows": rows}, indent=0))
     doc = ROOT / "docs" / "test-bounds.md"

@@ -60,8 +60,9 @@ def test_fused_layout_equals_reference_layout(pipe, direct):
 def test_identity_edit_with_target_correction_returns_the_reconstruction(pipe, direct):
     ct = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, correct_target=True)
     result = invedit.edit(pipe, ct, None, SOURCE)
+    # Rounding of the separate offset pass: worst 8.4e-4 (AVX2, 1 thread); the target offset scaled by 0.95 gives 1.8.
     assert measured("identity+correct_target target vs source, max",
-                    max_abs(result.latents[1], result.latents[0])) <= 2e-3
+                    max_abs(result.latents[1], result.latents[0])) <= 5e-3
     assert measured("identity+correct_target image vs reconstruction, dB",
                     psnr(result.image, result.reconstruction)) >= 40
 
@@ -69,8 +70,10 @@ def test_identity_edit_with_target_correction_returns_the_reconstruction(pipe, d
 def test_identity_edit_without_direct_correction_keeps_branches_identical(pipe, direct):
     """With DDIM and target = source, both branches compute the same thing: the edit is the reconstruction."""
     plain = invedit.edit(pipe, direct.image, SOURCE, SOURCE, inversion="ddim", editor="none", steps=STEPS)
+    # Identical rows in different batch positions round differently on some kernels (0 natively, 1.7e-4 with AVX2
+    # kernels; docs/test-bounds.md); the target's guidance 1% off gives 0.17.
     assert measured("ddim identity, no editor: target vs source, max",
-                    max_abs(plain.latents[1], plain.latents[0])) <= 1e-5
+                    max_abs(plain.latents[1], plain.latents[0])) <= 2e-3
     p2p = invedit.edit(pipe, direct.image, SOURCE, SOURCE, inversion="ddim", steps=STEPS)
     # P2P computes the target row's cross-attention with explicit maps (the source row with SDPA): rounding only.
     assert measured("ddim identity, p2p: target vs source, max", max_abs(p2p.latents[1], p2p.latents[0])) <= 2e-3

@@ -56,7 +56,9 @@ def test_sigma_is_ddim_eq_16(pipe):
 def test_ddpm_source_branch_reproduces_z0_with_p2p(pipe, z0, source_guidance):
     inv = invedit.invert(pipe, scene_image(), SOURCE, "ddpm", steps=8, skip=2, source_guidance=source_guidance)
     result = invedit.edit(pipe, inv, None, TARGET, blend_words="red blue")
-    assert measured("ddpm source vs z0, max", max_abs(result.latents[0], z0)) <= 1e-5
+    # Rounding only: the source re-computes μ_t in another batch than the inversion did. Worst 1.2e-5 over CPU
+    # kernels/threads (docs/test-bounds.md); an off-by-one noise map gives 9.9.
+    assert measured("ddpm source vs z0, max", max_abs(result.latents[0], z0)) <= 1e-4
     assert measured("ddpm target vs z0, max (must be large)", max_abs(result.latents[1], z0)) > 0.1
     assert result.image.size == (64, 64) and result.settings["inversion"] == "ddpm"
     # the x_t are samples of q(x_t | x0): at the start level the latent is mostly noise, not z0

@@ -162,5 +162,12 @@ def test_null_text_learning_rate_schedule_holds_past_the_reference_length(pipe):
 
     assert [learning_rate_factor(i) for i in (0, 25, 49)] == pytest.approx([1.0, 0.75, 0.51])  # 50 steps
     assert learning_rate_factor(100) == learning_rate_factor(150) == learning_rate_factor(49)
-    inv = invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=120, inner_steps=1)
-    assert len(inv.nulls) == 120 and inv.iterations[-1] == 1
+    from invedit.inversion.null_text import optimise_null_step
+    from invedit.prompts import encode_prompts
+    from invedit.sampling import DDIMSchedule, RunStats
+
+    cond, null = encode_prompts(pipe, [SOURCE, ""]).split(1)
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    uncond, done = optimise_null_step(pipe.unet, DDIMSchedule.from_pipe(pipe, 120), 119, z, z, cond, null, 7.5, 1,
+                                      0.0, 1e-2, RunStats())  # step 119 of 120: Adam refused lr < 0 here before
+    assert done == 1 and not torch.equal(uncond, null)

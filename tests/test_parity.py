@@ -68,9 +68,14 @@ def test_edit_reproduces_reference(parity_runs, inversion, options, name):
     _, result = parity_runs(inversion, **options)
     edited = np.asarray(result.image)
     assert measured(f"parity {name} {inversion}{options or ''} image, dB", psnr(edited, expected)) >= 40
-    # The latents agree far inside their spread (std ≈ 3) despite CFG 7.5 amplifying rounding for 50 steps.
+    # The latents agree far inside their spread (std ≈ 3) despite CFG 7.5 amplifying rounding for 50 steps. DDIM's
+    # source branch is not pinned, so the chaotic random-weight trajectory amplifies rounding 6× more than Direct's:
+    # worst 0.016 (DDIM) / 0.0028 (Direct) over CPU kernels and threads (docs/test-bounds.md). Cross-attention
+    # injection one step shorter gives 0.015 (DDIM: within its rounding spread, not caught) / 0.011 (Direct: caught);
+    # self-attention injection limited to 16×16 layers gives 22 dB images (the PSNR bound catches it for both).
+    bound = 0.05 if inversion == "ddim" else 0.01
     assert measured(f"parity {name} {inversion}{options or ''} final latents, mean",
-                    mean_abs(result.latents, ref["final_latents"])) < 0.01
+                    mean_abs(result.latents, ref["final_latents"])) < bound
     if inversion == "direct":
         assert measured(f"parity {inversion}{options or ''} source vs reference x0, max",
                         max_abs(result.latents[0], ref["x0_latent"][0])) <= 1e-4
@@ -82,9 +87,13 @@ def test_edit_reproduces_reference(parity_runs, inversion, options, name):
 def test_direct_offsets_match_the_reference_offsets(parity_runs):
     _, ref = reference("directinversion+p2p")
     inv, _ = parity_runs("direct", layout="reference")  # the edit has filled in its offsets
+    # Rounding reaches 1.4e-4 in a few of 16 384 elements (AVX2 kernels), so the max bounds outliers and the mean
+    # catches a systematic error: worst max / mean over CPUs 1.4e-4 / 4.3e-6; the UNet evaluated at t − 1 instead of
+    # t gives 3.5e-4 / 2.6e-5 after the first steps and 0.013 later (docs/test-bounds.md).
     for k, idx in enumerate(ref["ddim_inversion_latents_index"].tolist()):
-        assert measured("parity inversion latents vs reference, max",
-                        max_abs(inv.latents[idx], ref["ddim_inversion_latents_subset"][k][0])) <= 1e-4
+        got, want = inv.latents[idx], ref["ddim_inversion_latents_subset"][k][0]
+        assert measured("parity inversion latents vs reference, max", max_abs(got, want)) <= 1e-3
+        assert measured("parity inversion latents vs reference, mean", mean_abs(got, want)) <= 2e-5
     for k, i in enumerate(ref["noise_loss_index"].tolist()):
         assert measured("parity direct offsets vs reference, max",
                         max_abs(inv._source_offsets[i][0], ref["noise_loss_subset"][k][0])) <= 1e-3
