@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from ..sampling import Branches, LoopContext, ddim_invert
+from ..sampling import ddim_invert
 from .base import InversionInputs, Inverted
-from .proximal import PROXIMAL_DEFAULTS, check_proximal_options, proximal_step
+from .proximal import PROXIMAL_DEFAULTS, ProximalGuidance
 from .registry import register
 
 
 @register
-class NegativePromptInverted(Inverted):
+class NegativePromptInverted(ProximalGuidance, Inverted):
     """Negative-prompt inversion: the source embedding replaces the null embedding while editing."""
 
     method = "negative-prompt"
@@ -26,10 +26,6 @@ class NegativePromptInverted(Inverted):
     defaults: dict[str, Any] = dict(PROXIMAL_DEFAULTS)
 
     source_embedding: torch.Tensor | None = None
-
-    @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        return check_proximal_options(super().validate_options(options))
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NegativePromptInverted:
@@ -51,8 +47,3 @@ class NegativePromptInverted(Inverted):
 
     def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
         return {"source": self.source_embedding, "target": self.source_embedding}
-
-    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-        if self.options["proximal"]:
-            return proximal_step(self, ctx, i, latents)
-        return super().step(ctx, i, latents)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InveditError
-from ..sampling import Branches, LoopContext, RunStats, ddim_invert, ddim_step, guided, unet_output
+from ..sampling import RunStats, ddim_invert, ddim_step, guided, unet_output
 from .base import InversionInputs, Inverted
-from .proximal import PROXIMAL_DEFAULTS, check_proximal_options, proximal_step
+from .proximal import PROXIMAL_DEFAULTS, ProximalGuidance
 from .registry import register
 
 #: The reference's learning-rate schedule 1 − i/100 was made for 50 steps (1.0 → 0.51); it would reach 0 at step
@@ -109,7 +109,7 @@ def invert_and_optimise(inputs: InversionInputs, opts: dict[str, Any], offsets: 
 
 
 @register
-class NullTextInverted(Inverted):
+class NullTextInverted(ProximalGuidance, Inverted):
     """Null-text inversion: per-step optimised null embeddings used while editing."""
 
     method = "null-text"
@@ -128,7 +128,7 @@ class NullTextInverted(Inverted):
             raise InveditError(f"inner_steps must be ≥ 0, got {opts['inner_steps']}")
         if opts["branches"] not in ("both", "source"):
             raise InveditError(f"branches must be 'both' or 'source' (NT-S), got {opts['branches']!r}")
-        return check_proximal_options(opts)
+        return opts
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NullTextInverted:
@@ -143,11 +143,6 @@ class NullTextInverted(Inverted):
     def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
         null = self.nulls[i]
         return {"source": null, "target": null if self.options["branches"] == "both" else None}
-
-    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-        if self.options["proximal"]:
-            return proximal_step(self, ctx, i, latents)
-        return super().step(ctx, i, latents)
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "iterations": self.iterations, "total_iterations": sum(self.iterations or [])}

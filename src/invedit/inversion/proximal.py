@@ -60,3 +60,19 @@ def proximal_step(inverted, ctx: LoopContext, i: int, latents: Branches) -> Bran
         z_star = inverted.z_star_after(i).expand_as(z_next)
         z_next = z_next - float(opts["recon_lr"]) * (z_next - z_star) * (1 - edit_region)
     return Branches(z_next[:1], z_next[1:])
+
+
+class ProximalGuidance:
+    """Mixin for an `Inverted` whose edits may use ProxEdit: adds its options' validation and its step.
+
+    With ``proximal`` unset the method's own step runs unchanged.
+    """
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_proximal_options(super().validate_options(options))
+
+    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
+        if self.options["proximal"]:
+            return proximal_step(self, ctx, i, latents)
+        return super().step(ctx, i, latents)
