@@ -238,44 +238,23 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     model_defaults = model_editor_defaults(pipe, editor)  # the model folder's invedit.json, if any
     if isinstance(image_or_inverted, Inverted):
         inverted = image_or_inverted
-        if inversion not in (None, inverted.method):
-            raise InveditError(f"the given inversion was made with {inverted.method!r}, not {inversion!r}")
-        if steps not in (None, inverted.steps):
-            raise InveditError(f"the given inversion has {inverted.steps} steps, not {steps}")
-        if source_prompt is not None and check_prompt(source_prompt, pipe.tokenizer) != inverted.prompt:
-            raise InveditError("source prompt differs from the prompt the image was inverted with")
-        if inversion_options:
-            raise InveditError("inversion options apply when inverting; this inversion is already done")
-        source_prompt = inverted.prompt
+        source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
     else:
         source_prompt = check_prompt(source_prompt or "", pipe.tokenizer, "source prompt")
         steps = check_steps(DEFAULT_STEPS if steps is None else steps, pipe.scheduler.config.num_train_timesteps)
         method = inversion or DEFAULT_INVERSION
         get_inversion(method).validate_options(inversion_options or {})
-        editor_cls.create(pipe, source_prompt, target_prompt, steps, blend,  # fail fast
+        editor_cls.create(pipe, source_prompt, target_prompt, steps, blend,  # fail fast, before inverting
                           **{**model_defaults, **editor_options})
         inverted = invert(pipe, image_or_inverted, source_prompt, method, steps, guidance_scale, seed, progress,
                           **(inversion_options or {}))
-    # Precedence: the editor's own defaults < the model's recommendation (its folder's invedit.json) < the
-    # inversion's pairing (e.g. StyleDiffusion's τ) < what the caller passed.
-    editor_options = {**model_defaults, **inverted.editor_defaults(editor), **editor_options}
+    editor_options = _resolve_editor_options(model_defaults, inverted, editor, editor_options)
     result_editor = editor_cls.create(pipe, source_prompt, target_prompt, inverted.steps, blend, **editor_options)
     inverted.check_edit(guidance_scale)
 
     start = time.perf_counter()
-    cond = dict(zip(("source", "target"), encode_prompts(pipe, [source_prompt, target_prompt]).split(1)))
-    null = encode_prompts(pipe, [""])
-    denoiser = GuidedDenoiser(pipe.unet, cond, {"source": null, "target": null},
-                              inverted.branch_guidance(guidance_scale), result_editor)
-    ctx = LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
-    callback, bar = _progress(inverted.steps, progress, f"edit ({inverted.method}+{editor})")
-    try:
-        with torch.no_grad(), result_editor.attach(pipe.unet):
-            latents = denoise_two_branches(inverted, ctx, result_editor, callback)
-    finally:
-        if bar is not None:
-            bar.close()
-    final = torch.cat([latents.source, latents.target])
+    final, stats = _run_edit(pipe, inverted, result_editor, source_prompt, target_prompt, guidance_scale, seed,
+                             progress, f"edit ({inverted.method}+{editor})")
     reconstruction, image = decode_latents(pipe, final)
     seconds_edit = time.perf_counter() - start
 
@@ -289,5 +268,44 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         "nfe_backward": inverted.stats.nfe_backward, "versions": versions(),
     }
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
-                      nfe_inversion=inverted.stats.nfe, nfe_edit=denoiser.stats.nfe,
+                      nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+
+
+def _check_reuse(pipe, inverted: Inverted, source_prompt: str | None, inversion: str | None, steps: int | None,
+                 inversion_options: dict[str, Any] | None) -> str:
+    """Refuse arguments that contradict a given inversion; return its source prompt."""
+    if inversion not in (None, inverted.method):
+        raise InveditError(f"the given inversion was made with {inverted.method!r}, not {inversion!r}")
+    if steps not in (None, inverted.steps):
+        raise InveditError(f"the given inversion has {inverted.steps} steps, not {steps}")
+    if source_prompt is not None and check_prompt(source_prompt, pipe.tokenizer) != inverted.prompt:
+        raise InveditError("source prompt differs from the prompt the image was inverted with")
+    if inversion_options:
+        raise InveditError("inversion options apply when inverting; this inversion is already done")
+    return inverted.prompt
+
+
+def _resolve_editor_options(model_defaults: dict[str, Any], inverted: Inverted, editor: str,
+                            options: dict[str, Any]) -> dict[str, Any]:
+    """The editor's options by precedence: its own defaults < the model's recommendation (its folder's
+    invedit.json) < the inversion's pairing (e.g. StyleDiffusion's τ) < what the caller passed."""
+    return {**model_defaults, **inverted.editor_defaults(editor), **options}
+
+
+def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_prompt: str, guidance_scale: float,
+              seed: int, progress: bool, desc: str) -> tuple[torch.Tensor, RunStats]:
+    """The two-branch loop with ``editor`` attached: final latents (2, C, h, w) [source, target] and its cost."""
+    cond = dict(zip(("source", "target"), encode_prompts(pipe, [source_prompt, target_prompt]).split(1)))
+    null = encode_prompts(pipe, [""])
+    denoiser = GuidedDenoiser(pipe.unet, cond, {"source": null, "target": null},
+                              inverted.branch_guidance(guidance_scale), editor)
+    ctx = LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
+    callback, bar = _progress(inverted.steps, progress, desc)
+    try:
+        with torch.no_grad(), editor.attach(pipe.unet):
+            latents = denoise_two_branches(inverted, ctx, editor, callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    return torch.cat([latents.source, latents.target]), denoiser.stats
