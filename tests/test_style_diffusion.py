@@ -45,6 +45,7 @@ def test_reconstructs_better_than_ddim_and_counts_its_work(pipe, encoder):
     inv = invedit.invert(pipe, scene_image(), SOURCE, "style-diffusion", steps=STEPS, image_encoder=encoder,
                          inner_steps=20)
     ratio = source_error(pipe, inv) / source_error(pipe, ddim)
+    # worst 0.56 over CPU kernels and thread counts (docs/test-bounds.md)
     assert measured("style-diffusion / ddim source error (must be < 0.75)", ratio) < 0.75  # random weights: not exact
 
     budget = inner_schedule(20, 0.1, STEPS)
