@@ -331,3 +331,24 @@ def test_toy_bench_writes_with_the_umask_into_an_empty_folder(tmp_path):
     assert stat.S_IMODE((tmp_path / "empty").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "empty" / "mapping_file.json").stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging folder left
+
+
+def test_toy_bench_into_the_current_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run("toy-bench", ".", "--n", "1")
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotation_images", "mapping_file.json", "target_images"]
+
+
+def test_output_paths_with_dot_dot_and_prompts_without_a_local_tokenizer(tmp_path, monkeypatch):
+    from invedit.models import load_tokenizer
+    from invedit.outputs import prepare_output_dir
+
+    created = prepare_output_dir(tmp_path / "a" / ".." / "b")
+    assert (tmp_path / "b").is_dir() and not (tmp_path / "a").exists() and created == [tmp_path / "b"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_tokenizer("nobody/not-cached-anywhere") is None  # checked later, when the model loads
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    assert load_tokenizer(folder) is None

@@ -164,8 +164,8 @@ def test_null_text_learning_rate_schedule_holds_past_the_reference_length(pipe):
     """The reference's lr·(1 − i/100) is for 50 steps; past 100 it would be negative (Adam refuses)."""
     from invedit.inversion.null_text import learning_rate_factor
 
-    assert [learning_rate_factor(i) for i in (0, 25, 49)] == pytest.approx([1.0, 0.75, 0.51])  # 50 steps
-    assert learning_rate_factor(100) == learning_rate_factor(150) == learning_rate_factor(49)
+    assert [learning_rate_factor(i) for i in (0, 25, 49, 80)] == pytest.approx([1.0, 0.75, 0.51, 0.2])  # 1 − i/100
+    assert learning_rate_factor(100) == learning_rate_factor(150) == pytest.approx(0.01)  # held, never ≤ 0
     from invedit.inversion.null_text import optimise_null_step
     from invedit.prompts import encode_prompts
     from invedit.sampling import DDIMSchedule, RunStats

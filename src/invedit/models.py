@@ -190,9 +190,11 @@ def load_tokenizer(model: str | os.PathLike | None):
 
     source, _ = resolve_model_source(model)
     try:
-        return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=True)
     except (OSError, ValueError):
         return None
+    # With no files found, some transformers versions return an empty tokenizer instead of raising.
+    return tokenizer if len(tokenizer) > 2 else None
 
 
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,

@@ -4,8 +4,9 @@
   write there, so a bad ``--out`` fails in a second, not after a whole edit; `remove_created` undoes it when the
   run fails later, so nothing is left behind.
 * `write_atomically` writes a group of files (an image and its JSON record) to temporary siblings, then renames
-  them all while holding a lock on their folder: a reader or a second writer of the same outputs sees the old
-  group or the new one, never a mix, and never a half-written file. Files get the mode the user's umask gives.
+  them in order (the record last) while holding a lock on their folder: two invedit runs writing the same
+  outputs leave one run's group, never a mix, and nothing is ever half-written. A reader that does not lock
+  checks the pair through the image hashes the record names. Files get the mode the user's umask gives.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from .errors import InveditError
 
 
 def umask() -> int:
-    """The process umask (read without changing it for longer than a call)."""
+    """The process umask: from /proc where it is shown (no change to the process), else set-and-restore."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -34,7 +42,7 @@ def prepare_output_dir(folder: str | os.PathLike, what: str = "output") -> list[
     Raises:
         InveditError: a part of the path is a file, the folder cannot be created, or it is not writable.
     """
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # "a/../b" → "b": mkdir of "a/.." would fail
     missing: list[Path] = []
     probe = folder
     while not probe.exists():
@@ -74,9 +82,16 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     except ImportError:  # Windows: renames stay atomic one by one
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # an unreadable (write-only) folder: renames stay atomic one by one
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # e.g. NFS, where flock needs a writable descriptor: best effort
+            pass
         yield
     finally:
         os.close(fd)  # closing releases the lock

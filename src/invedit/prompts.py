@@ -21,8 +21,10 @@ def check_prompt(prompt: str, tokenizer, what: str = "prompt") -> str:
                            f"{tokenizer.model_max_length - 2})")
     vocabulary = word_vocabulary(tokenizer)
     if vocabulary is not None:
-        words = dict.fromkeys(re.findall(r"\w+", prompt.lower()))
-        unknown = [w for w in words if len(w) > 1 and w not in vocabulary]  # one character is one token anyway
+        # CLIP's pre-tokenizer splits text into runs of letters, single digits and punctuation; a digit or a single
+        # character is one token anyway, so only letter runs can be unknown words.
+        words = dict.fromkeys(re.findall(r"[^\W\d_]+", prompt.lower()))
+        unknown = [w for w in words if len(w) > 1 and w not in vocabulary]
         if unknown:
             shown = ", ".join(repr(w) for w in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
             raise InveditError(f"the {what} has words this model does not know: {shown} (its vocabulary of "
@@ -47,7 +49,7 @@ def word_vocabulary(tokenizer) -> frozenset[str] | None:
         words = {t[: -len("</w>")] for t in tokenizer.get_vocab() if t.endswith("</w>")}
         cached = frozenset(w for w in words if len(w) > 1 and w.isascii() and w.isalpha())
         tokenizer._invedit_word_vocabulary = cached
-    return cached
+    return cached or None  # no whole words at all: not a word-level vocabulary (or an empty tokenizer)
 
 
 @torch.no_grad()

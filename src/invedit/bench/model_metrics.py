@@ -79,7 +79,7 @@ def clip_similarity(model, processor, image, prompt: str, keep_mask: np.ndarray 
         if not keep.any():
             return math.nan
         array = array * keep[..., None].astype(array.dtype)
-    inputs = processor(text=[prompt], images=[array], return_tensors="pt", padding=True)
+    inputs = processor(text=[prompt], images=[array], return_tensors="pt", padding=True, truncation=True)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"])
     text_embeds = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))

@@ -21,13 +21,13 @@ from .base import InversionInputs, Inverted
 from .proximal import PROXIMAL_DEFAULTS, ProximalGuidance
 from .registry import register
 
-#: The reference's learning-rate schedule 1 − i/100 was made for 50 steps (1.0 → 0.51); it would reach 0 at step
-#: 100 and turn negative after. Longer schedules hold it at the 50-step schedule's last value.
-LR_FACTOR_FLOOR = 1.0 - 49 / 100.0
+#: The reference's learning-rate schedule 1 − i/100 (made for 50 steps) reaches 0 at step 100 and turns negative
+#: after; schedules that long hold it at its step-99 value.
+LR_FACTOR_FLOOR = 0.01
 
 
 def learning_rate_factor(i: int) -> float:
-    """Null-text's per-step learning-rate factor: 1 − i/100 (NTI, reference-settings §4), never below 0.51."""
+    """Null-text's per-step learning-rate factor: 1 − i/100 (NTI, reference-settings §4), never below 0.01."""
     return max(1.0 - i / 100.0, LR_FACTOR_FLOOR)
 
 

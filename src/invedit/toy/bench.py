@@ -73,17 +73,37 @@ def write_toy_bench(out_dir: str | Path, n_per_kind: int, seed: int = 0, size: i
     if out.is_dir() and any(out.iterdir()):
         what = "already holds a dataset" if (out / MAPPING_FILE).exists() else "is not empty"
         raise InveditError(f"{out} {what}; choose a new or empty folder")
+    if out.is_dir():  # an empty folder of the user's: stage inside it, keep the folder itself
+        return _write_into_empty_folder(out, n_per_kind, seed, size)
     created = prepare_output_dir(out.parent, "the dataset")
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
     try:
         _write_items(staging, n_per_kind, seed, size)
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it 0700
-        if out.is_dir():
-            out.rmdir()  # empty (checked above): the staged folder takes its place
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         remove_created(created)
+        raise
+    return out
+
+
+def _write_into_empty_folder(out: Path, n_per_kind: int, seed: int, size: int) -> Path:
+    """Build in a hidden folder inside ``out``, then move its entries up, ``mapping_file.json`` last (a dataset
+    exists once its mapping file does); on any error or interrupt everything written is removed again."""
+    prepare_output_dir(out, "the dataset")
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".toy-bench.", suffix=".part"))
+    moved: list[Path] = []
+    try:
+        _write_items(staging, n_per_kind, seed, size)
+        for name in sorted(os.listdir(staging), key=lambda n: n == MAPPING_FILE):
+            os.replace(staging / name, out / name)
+            moved.append(out / name)
+        staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in moved:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         raise
     return out
 
