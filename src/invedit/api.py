@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .editing import get_editor
+from .editing.attention import ValueTransforms
 from .errors import InveditError
 from .images import load_image, pil_to_tensor, tensor_to_uint8
 from .inversion import InversionInputs, Inverted, get_inversion
@@ -74,16 +75,6 @@ def check_guidance(guidance_scale: Any) -> float:
     return g
 
 
-def parse_blend_words(blend_words: str | tuple[str, str] | list[str] | None) -> tuple[str, str] | None:
-    """``"SRC TGT"`` or ``(src, tgt)`` → a pair of single words; ``None``/``""`` → no blending."""
-    if blend_words is None or blend_words == "" or blend_words == ():
-        return None
-    words = blend_words.split() if isinstance(blend_words, str) else [str(w).strip() for w in blend_words]
-    if len(words) != 2 or not all(words):
-        raise InveditError(f"blend words must be two words 'SOURCE_WORD TARGET_WORD', got {blend_words!r}")
-    return words[0], words[1]
-
-
 def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[int], None] | None, Any]:
     if not enabled:
         return None, None
@@ -102,7 +93,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     Args:
         pipe: a pipeline from `invedit.load` (or `invedit.testing.tiny_pipeline`).
         image: path or PIL image; centre-cropped and resized to the model's resolution.
-        prompt: the source prompt describing the image.
+        prompt: the source prompt describing the image ("" inverts unconditionally).
         method: inversion method name (see `invedit.list_methods()`).
         steps: DDIM steps (50 in the paper).
         guidance_scale: the guidance the edits will use (methods that optimise against it need it).
@@ -117,7 +108,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     steps = check_steps(steps, pipe.scheduler.config.num_train_timesteps)
     guidance_scale = check_guidance(guidance_scale)
     seed = check_seed(seed)
-    prompt = check_prompt(prompt, pipe.tokenizer, "source prompt")
+    prompt = check_prompt(prompt, pipe.tokenizer, "source prompt", allow_empty=True)
     image = load_image(image, native_resolution(pipe))
     start = time.perf_counter()
     stats = RunStats()
@@ -204,9 +195,8 @@ class EditResult:
 
 def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
-         guidance_scale: float = 7.5, blend_words: str | tuple[str, str] | None = None, seed: int = 0,
-         inversion_options: dict[str, Any] | None = None, progress: bool = False,
-         **editor_options: Any) -> EditResult:
+         guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
+         progress: bool = False, **editor_options: Any) -> EditResult:
     """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
 
     Args:
@@ -218,13 +208,12 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         editor: editing method, e.g. ``"p2p"`` or ``"none"``.
         steps: DDIM steps (default 50; with an `Inverted`, its steps).
         guidance_scale: classifier-free guidance of the edit (7.5 in the paper).
-        blend_words: ``"SRC_WORD TGT_WORD"`` for P2P LocalBlend (and the ×2 equaliser), or ``None``. A word
-            missing from its own prompt but in the other one (an added or removed object, ``"star star"``)
-            contributes no map from the prompt that lacks it.
         seed: seed of every random choice.
         inversion_options: options of the inversion method when inverting here.
         progress: show progress bars.
-        **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` for P2P.
+        **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` or ``blend_words="cat dog"`` for P2P
+            (LocalBlend and the ×2 equaliser; a word missing from its own prompt but in the other one — an added
+            or removed object, ``"star star"`` — contributes no map from the prompt that lacks it).
     Returns:
         An `EditResult`.
     Raises:
@@ -233,33 +222,39 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     guidance_scale = check_guidance(guidance_scale)
     seed = check_seed(seed)
     target_prompt = check_prompt(target_prompt, pipe.tokenizer, "target prompt")
-    blend = parse_blend_words(blend_words)
     editor_cls = get_editor(editor)
     model_defaults = model_editor_defaults(pipe, editor)  # the model folder's invedit.json, if any
     if isinstance(image_or_inverted, Inverted):
         inverted = image_or_inverted
         source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
+        branch_prompt = editor_cls.source_branch_prompt(source_prompt, {**model_defaults, **editor_options})
+        if branch_prompt != inverted.prompt:
+            raise InveditError(f"editor {editor!r} denoises the source under {branch_prompt!r}, but the image was "
+                               f"inverted under {inverted.prompt!r}; invert under {branch_prompt!r}")
     else:
         source_prompt = check_prompt(source_prompt or "", pipe.tokenizer, "source prompt")
+        branch_prompt = editor_cls.source_branch_prompt(source_prompt, {**model_defaults, **editor_options})
         steps = check_steps(DEFAULT_STEPS if steps is None else steps, pipe.scheduler.config.num_train_timesteps)
         method = inversion or DEFAULT_INVERSION
         get_inversion(method).validate_options(inversion_options or {})
-        editor_cls.create(pipe, source_prompt, target_prompt, steps, blend,  # fail fast, before inverting
+        editor_cls.create(pipe, branch_prompt, target_prompt, steps,  # fail fast, before inverting
                           **{**model_defaults, **editor_options})
-        inverted = invert(pipe, image_or_inverted, source_prompt, method, steps, guidance_scale, seed, progress,
+        inverted = invert(pipe, image_or_inverted, branch_prompt, method, steps, guidance_scale, seed, progress,
                           **(inversion_options or {}))
     editor_options = _resolve_editor_options(model_defaults, inverted, editor, editor_options)
-    result_editor = editor_cls.create(pipe, source_prompt, target_prompt, inverted.steps, blend, **editor_options)
+    result_editor = editor_cls.create(pipe, branch_prompt, target_prompt, inverted.steps, **editor_options)
     inverted.check_edit(guidance_scale)
 
     start = time.perf_counter()
-    final, stats = _run_edit(pipe, inverted, result_editor, source_prompt, target_prompt, guidance_scale, seed,
+    final, stats = _run_edit(pipe, inverted, result_editor, branch_prompt, target_prompt, guidance_scale, seed,
                              progress, f"edit ({inverted.method}+{editor})")
     reconstruction, image = decode_latents(pipe, final)
     seconds_edit = time.perf_counter() - start
 
+    blend = result_editor.settings().get("blend_words")
     settings = {
-        "source_prompt": source_prompt, "target_prompt": target_prompt, "blend_words": list(blend) if blend else None,
+        "source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
+        "blend_words": list(blend) if blend else None,
         "inversion": inverted.method, "inversion_options": inverted.options, "editor": result_editor.settings(),
         "editor_model_defaults": model_defaults,
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
@@ -279,7 +274,7 @@ def _check_reuse(pipe, inverted: Inverted, source_prompt: str | None, inversion:
         raise InveditError(f"the given inversion was made with {inverted.method!r}, not {inversion!r}")
     if steps not in (None, inverted.steps):
         raise InveditError(f"the given inversion has {inverted.steps} steps, not {steps}")
-    if source_prompt is not None and check_prompt(source_prompt, pipe.tokenizer) != inverted.prompt:
+    if source_prompt is not None and check_prompt(source_prompt, pipe.tokenizer, allow_empty=True) != inverted.prompt:
         raise InveditError("source prompt differs from the prompt the image was inverted with")
     if inversion_options:
         raise InveditError("inversion options apply when inverting; this inversion is already done")
@@ -296,14 +291,20 @@ def _resolve_editor_options(model_defaults: dict[str, Any], inverted: Inverted, 
 def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_prompt: str, guidance_scale: float,
               seed: int, progress: bool, desc: str) -> tuple[torch.Tensor, RunStats]:
     """The two-branch loop with ``editor`` attached: final latents (2, C, h, w) [source, target] and its cost."""
-    cond = dict(zip(("source", "target"), encode_prompts(pipe, [source_prompt, target_prompt]).split(1)))
-    null = encode_prompts(pipe, [""])
-    denoiser = GuidedDenoiser(pipe.unet, cond, {"source": null, "target": null},
-                              inverted.branch_guidance(guidance_scale), editor)
+    def encode(prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return encode_prompts(pipe, prompts)
+
+    cond = dict(zip(("source", "target"), encode([source_prompt, target_prompt]).split(1)))
+    null = encode([""])
+    cond, null = editor.embeddings(encode, cond, {"source": null, "target": null})
+    values = ValueTransforms() if inverted.transforms_values else None
+    guidance = editor.branch_guidance(inverted.branch_guidance(guidance_scale))
+    denoiser = GuidedDenoiser(pipe.unet, cond, null, guidance, editor, values=values)
     ctx = LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
     callback, bar = _progress(inverted.steps, progress, desc)
     try:
-        with torch.no_grad(), editor.attach(pipe.unet):
+        with editor.attach(pipe.unet, values):
             latents = denoise_two_branches(inverted, ctx, editor, callback)
     finally:
         if bar is not None:

@@ -111,6 +111,7 @@ def edit_command(
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
     from . import api
     from .editing import get_editor
+    from .editing.p2p import parse_blend_words
     from .images import load_image
     from .inversion import get_inversion
     from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
@@ -131,8 +132,12 @@ def edit_command(
     inversion_options.update({k: v for k, v in flags.items() if v is not None})
     inversion_options = inversion_cls.validate_options(inversion_options)
     editor_options = parse_options(option, "--option")
+    blend_words = None
+    if blend:
+        if "blend_words" not in editor_cls.defaults:
+            raise InveditError(f"--blend is Prompt-to-Prompt's LocalBlend; editor {editor!r} has no blend words")
+        blend_words = editor_options["blend_words"] = parse_blend_words(blend)
     editor_cls.validate_options(editor_options)
-    blend_words = api.parse_blend_words(blend)
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     resolve_dtype(dtype, resolve_device(device))
     out = Path(out) if out else Path(f"{Path(image).stem}.{inversion}+{editor}.png")
@@ -154,7 +159,7 @@ def edit_command(
         started = time.perf_counter()
         result = api.edit(
             pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
-            steps=steps, guidance_scale=guidance, blend_words=blend_words, seed=seed,
+            steps=steps, guidance_scale=guidance, seed=seed,
             inversion_options=inversion_options, progress=not quiet, **editor_options,
         )
         result.settings["image"] = str(image)

@@ -10,7 +10,11 @@ class ModelNotFoundError(InveditError, OSError):
 
 
 def merge_options(kind: str, name: str, defaults: dict, options: dict) -> dict:
-    """``options`` over ``defaults``; an unknown option name raises one clear line naming the known ones."""
+    """``options`` over ``defaults``; an unknown option name raises one clear line naming the known ones.
+
+    An unknown option set to None counts as not given (so generic callers may pass ``blend_words=None``).
+    """
+    options = {k: v for k, v in options.items() if k in defaults or v is not None}
     unknown = set(options) - set(defaults)
     if unknown:
         known = ", ".join(sorted(defaults)) or "none"

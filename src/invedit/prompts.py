@@ -9,9 +9,11 @@ import torch
 from .errors import InveditError
 
 
-def check_prompt(prompt: str, tokenizer, what: str = "prompt") -> str:
-    """Strip ``prompt`` and check it is non-empty, fits the text encoder and (on a word-level vocabulary, like
-    the embedded model's) uses only words the model knows; return it."""
+def check_prompt(prompt: str, tokenizer, what: str = "prompt", allow_empty: bool = False) -> str:
+    """Strip ``prompt`` and check it is non-empty (unless ``allow_empty``), fits the text encoder and (on a
+    word-level vocabulary, like the embedded model's) uses only words the model knows; return it."""
+    if allow_empty and isinstance(prompt, str) and not prompt.strip():
+        return ""
     if not isinstance(prompt, str) or not prompt.strip():
         raise InveditError(f"the {what} is empty")
     prompt = " ".join(prompt.split())

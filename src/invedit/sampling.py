@@ -188,6 +188,8 @@ class GuidedDenoiser:
     guidance: dict[str, float]  # branch -> CFG scale
     editor: object  # invedit.editing.Editor
     stats: RunStats = field(default_factory=RunStats)
+    #: Where the inversion's per-row value transforms go for each call (None: the inversion sets none).
+    values: object | None = None  # invedit.editing.attention.ValueTransforms
 
     first_step: int = 0  # loop step the edit starts at (editors count their steps from here)
 
@@ -198,21 +200,23 @@ class GuidedDenoiser:
 
     def raw(self, step: int, t: int, latents: Branches, branches: set[str],
             null: dict[str, torch.Tensor | None] | None = None,
-            values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[Row, torch.Tensor]:
+            values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+            rows: list[Row] | None = None) -> dict[Row, torch.Tensor]:
         """Model output of every computed row (before CFG), keyed by (branch, half).
 
-        ``values``: per-row transforms of the cross-attention value context (rows not computed are ignored);
-        the attention processors apply them through the editor (`Editor.value_context`).
+        ``values``: the inversion's per-row transforms of the cross-attention value context (rows not computed
+        are ignored). ``rows``: compute exactly these rows (default: what the updates and the editor read).
         """
-        rows = self.rows_for(step, branches)
+        rows = self.rows_for(step, branches) if rows is None else rows
         null = null or {}
         nulls = {b: null[b] if null.get(b) is not None else self.null[b] for b in BRANCHES}
         x = torch.cat([latents[b] for b, _ in rows])
         emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
         self.editor.begin_step(step - self.first_step, rows)
-        self.editor.value_transforms, self.editor.value_calls = dict(values or {}), 0
+        if self.values is not None:
+            self.values.set(rows, values or {})
         out = unet_output(self.unet, x, t, emb, self.stats)
-        if self.editor.value_transforms and self.editor.value_calls == 0:
+        if values and (self.values is None or self.values.calls == 0):
             raise InveditError("value transforms were set but no attention layer applied them (no value hooks)")
         return dict(zip(rows, out.split(1)))
 
@@ -224,8 +228,29 @@ class GuidedDenoiser:
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
+    def with_gradient(self, step: int, t: int, null: dict[str, torch.Tensor | None] | None = None,
+                      values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None):
+        """A model callable for an editor's ``guide``: ``model(latents, rows) -> {row: output}`` with autograd
+        on, counting NFE forward and, through a gradient hook, NFE backward (k-diffusion's model-as-function)."""
+
+        def model(latents: Branches, rows: list[Row]) -> dict[Row, torch.Tensor]:
+            with torch.enable_grad():
+                out = self.raw(step, t, latents, set(), null, values, rows=[r for r in ROW_ORDER if r in rows])
+                first = next(iter(out.values()))
+                if first.requires_grad:
+                    n = len(out)
+                    first.register_hook(lambda g: self._count_backward(n))
+            return out
+
+        return model
+
+    def _count_backward(self, rows: int) -> None:
+        self.stats.nfe_backward += rows
+
     def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
+        if self.values is not None:
+            self.values.set([], {})
         with self.editor.paused():
             return unet_output(self.unet, latents, t, embeddings, self.stats)
 
@@ -243,19 +268,27 @@ def denoise_two_branches(inverted, ctx: LoopContext, editor,
                          callback: Callable[[int], None] | None = None) -> Branches:
     """The one editing loop: both branches from the inversion's start, one batched UNet call per step.
 
-    Per step: the inversion's ``step`` (model outputs, DDIM update, its correction — e.g. Direct Inversion pins
-    the source branch to z*), then the editor's latent callback (e.g. P2P LocalBlend), as in the reference.
-    Methods that skip the first steps (edit-friendly DDPM) set ``first_step``; editors count from there. The
-    inversion's ``running`` context is held around it all (EDICT: the UNet in float64).
+    Per step: the editor's ``guide`` (only for editors that guide, with a gradient-capable model), the
+    inversion's ``step`` (model outputs, DDIM update, its correction — e.g. Direct Inversion pins the source
+    branch to z*), then the editor's latent callback (e.g. P2P LocalBlend), as in the reference. Everything but
+    the guidance runs without autograd. Methods that skip the first steps (edit-friendly DDPM) set
+    ``first_step``; editors count from there. The inversion's ``running`` context is held around it all (EDICT:
+    the UNet in float64).
     """
     with inverted.running(ctx):
-        inverted.prepare(ctx)
-        latents = inverted.start_latents()
+        with torch.no_grad():
+            inverted.prepare(ctx)
+            latents = inverted.start_latents()
         first = inverted.first_step
         ctx.denoiser.first_step = first
         for i in range(first, ctx.schedule.steps):
-            latents = inverted.step(ctx, i, latents)
-            latents = editor.step_callback(i - first, latents)
+            if editor.guides:
+                t = ctx.schedule.timesteps[i]
+                model = ctx.denoiser.with_gradient(i, t, inverted.null_embeddings(i), inverted.value_transforms(i))
+                latents = editor.guide(i - first, t, latents, model)
+            with torch.no_grad():
+                latents = inverted.step(ctx, i, latents)
+                latents = editor.step_callback(i - first, latents)
             if callback is not None:
                 callback(i)
     return latents

@@ -1,6 +1,6 @@
 """Editors, one file each, registered by name (see `Editor` for the contract)."""
 
-from . import p2p  # noqa: F401  (registration)
+from . import masactrl, p2p, pnp  # noqa: F401  (registration)
 from .base import EDITORS, AttentionEditor, Editor, NoEditor, get_editor, register
 
 __all__ = ["EDITORS", "AttentionEditor", "Editor", "NoEditor", "get_editor", "register"]

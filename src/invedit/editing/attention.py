@@ -3,17 +3,16 @@
 Everything goes through diffusers' `Attention.set_processor` API (no class-name matching): every attention
 module of the UNet gets an `EditorAttnProcessor` that computes q, k, v as diffusers' `AttnProcessor2_0` does and
 hands them to the editor, which returns the attention output for the whole batch (or ``None`` for plain SDPA).
-In cross-attention the value input is ``editor.value_context(context)``: the per-row transforms an inversion
-sets (StyleDiffusion maps the value input; `value_processors` hooks the cross-attention layers an editor
-leaves alone). Installing hooks onto zero layers, or a UNet that never calls them, is an error — never a silent
-no-op.
+In cross-attention the value input goes through the inversion's `ValueTransforms` (StyleDiffusion maps it).
+`installed` is the one place processors and module forward hooks are put on a UNet and taken off again.
+Installing hooks onto zero layers, or a UNet that never calls them, is an error — never a silent no-op.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,22 +21,41 @@ import torch.nn.functional as F
 
 from ..errors import InveditError
 
+Row = tuple[str, str]  # (branch, half), as in `invedit.sampling`
+
+
+PARTS = ("down", "mid", "up")  # forward order of a UNet's parts (registration order puts up before mid)
+
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """Where an attention layer sits: its module path, U-Net part, cross/self, and grid downsampling."""
+    """Where an attention layer sits.
+
+    ``name``: module path; ``place``: U-Net part; ``is_cross``: cross- or self-attention; ``downsample``: the
+    layer's token grid is the latent grid divided by this; ``block``: its transformer block's path; ``order``:
+    that block's index in forward order (down → mid → up, as the reference editors count layers); ``count``:
+    transformer blocks in the UNet. Editors choose layers by these, never by counting calls.
+    """
 
     name: str
     place: str  # "down" | "mid" | "up"
     is_cross: bool
-    downsample: int  # the layer's token grid is the latent grid divided by this
+    downsample: int
+    block: str = ""
+    order: int = -1
+    count: int = 0
+
+    @property
+    def depth(self) -> float:
+        """Relative position of the block in forward order, in [0, 1)."""
+        return self.order / self.count if self.count else 0.0
 
 
 def attention_layers(unet) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
     """Every attention module of a `UNet2DConditionModel` with its `LayerInfo`, in forward order."""
     n_down = len(unet.down_blocks)
     n_up = len(unet.up_blocks)
-    layers = []
+    found = []
     for name, module in unet.named_modules():
         if not hasattr(module, "set_processor") or not hasattr(module, "to_q"):
             continue
@@ -51,8 +69,13 @@ def attention_layers(unet) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
             place, downsample = "up", 2 ** (n_up - 1 - index)
         else:
             place, downsample = "mid", 2 ** (n_down - 1)
-        layers.append((name, module, LayerInfo(name, place, bool(module.is_cross_attention), downsample)))
-    return layers
+        found.append((name, module, place, downsample))
+    found.sort(key=lambda f: PARTS.index(f[2]))  # stable: module order within a part is forward order
+    blocks = list(dict.fromkeys(name.rpartition(".")[0] for name, *_ in found))
+    return [(name, module, LayerInfo(name, place, bool(module.is_cross_attention), downsample,
+                                     block=name.rpartition(".")[0], order=blocks.index(name.rpartition(".")[0]),
+                                     count=len(blocks)))
+            for name, module, place, downsample in found]
 
 
 def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
@@ -88,16 +111,44 @@ def attention_probs(attn, query: torch.Tensor, key: torch.Tensor) -> torch.Tenso
     return scores.softmax(dim=-1)
 
 
-class EditorAttnProcessor:
-    """Attention processor that delegates the attention itself to an editor (for one layer).
+class ValueTransforms:
+    """Per-row transforms of the cross-attention value input during one UNet call, set by an inversion.
 
-    With ``delegate=False`` it only applies the editor's value-context transforms (plain attention otherwise).
+    StyleDiffusion maps the value input of chosen rows (``{(branch, half): callable}``); the processors of every
+    cross-attention layer apply them beside whatever the editor does. ``calls`` counts the layers that did, so
+    transforms no layer applied fail loudly.
     """
 
-    def __init__(self, editor, info: LayerInfo, delegate: bool = True):
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.transforms: dict[Row, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.calls = 0
+
+    def set(self, rows: list[Row], transforms: dict[Row, Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        self.rows, self.transforms, self.calls = list(rows), dict(transforms), 0
+
+    def __call__(self, context: torch.Tensor) -> torch.Tensor | None:
+        """Each row's context through its row's transform (None: no transform this call)."""
+        if not self.transforms:
+            return None
+        if context.shape[0] != len(self.rows):
+            raise RuntimeError(f"value transforms for rows {self.rows} but a batch of {context.shape[0]}")
+        self.calls += 1
+        return torch.cat([self.transforms[row](x) if row in self.transforms else x
+                          for row, x in zip(self.rows, context.split(1))])
+
+
+class EditorAttnProcessor:
+    """Attention processor of one layer: computes q, k, v, applies value transforms, lets the editor attend.
+
+    ``editor`` None (or ``delegate=False``): plain SDPA, only the value transforms applied.
+    """
+
+    def __init__(self, editor, info: LayerInfo, values: ValueTransforms | None = None, delegate: bool = True):
         self.editor = editor
         self.info = info
-        self.delegate = delegate
+        self.values = values
+        self.delegate = delegate and editor is not None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -109,7 +160,9 @@ class EditorAttnProcessor:
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         batch = hidden_states.shape[0]
-        value_states = None if encoder_hidden_states is None else self.editor.value_context(encoder_hidden_states)
+        value_states = None
+        if encoder_hidden_states is not None and self.values is not None:
+            value_states = self.values(encoder_hidden_states)
         query, key, value = attention_inputs(attn, hidden_states, encoder_hidden_states, value_states)
         if attention_mask is not None:
             seq = key.shape[2]
@@ -131,53 +184,56 @@ class EditorAttnProcessor:
 
 
 @contextmanager
-def editor_processors(unet, editor) -> Iterator[int]:
-    """Install ``editor``'s processors on the layers it wants for the duration of a run; yields the count.
+def installed(unet, editor=None, values: ValueTransforms | None = None) -> Iterator[int]:
+    """Install an editor's hooks (and an inversion's value transforms) on ``unet`` for the duration of a run.
 
-    The original processors are restored in a ``finally``. Hooking zero layers raises.
+    The one place hooks are put on a UNet: attention processors on the layers ``editor.wants_layer`` picks
+    (one processor per layer, also applying ``values`` in cross-attention), pass-through processors on the
+    other cross-attention layers when ``values`` is given, and ``editor.forward_hooks(unet)`` as module forward
+    hooks. Everything is restored in a ``finally``, also when the run raises. An editor that
+    ``requires_hooks`` but hooks nothing raises, as does ``values`` on a UNet without cross-attention.
+    Yields the number of hooked places (attention layers the editor attends in, plus modules).
     """
     originals = dict(unet.attn_processors)
     processors = dict(originals)
-    hooked = 0
+    attending, value_layers = 0, 0
     for name, _module, info in attention_layers(unet):
         key = f"{name}.processor"
-        if key in processors and editor.wants_layer(info):
-            processors[key] = EditorAttnProcessor(editor, info)
-            hooked += 1
-    if hooked == 0:
+        if key not in processors:
+            continue
+        wants = editor is not None and editor.wants_layer(info)
+        applies_values = values is not None and info.is_cross
+        if wants or applies_values:
+            processors[key] = EditorAttnProcessor(editor if wants else None, info, values if info.is_cross else None)
+        attending += wants
+        value_layers += applies_values
+    hooks = list(editor.forward_hooks(unet)) if editor is not None else []
+    if editor is not None and editor.requires_hooks and attending + len(hooks) == 0:
         raise InveditError(f"editor {editor.name!r} hooked 0 attention layers of this UNet; it cannot edit")
+    if values is not None and value_layers == 0:
+        raise InveditError("this UNet has no cross-attention layers whose value input could be transformed")
+    handles = []
     unet.set_attn_processor(dict(processors))  # the setter pops from the dict it is given: pass a copy
     try:
-        yield hooked
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(_while_active(editor, hook)))
+        yield attending + len(hooks)
     finally:
+        for handle in handles:
+            handle.remove()
         unet.set_attn_processor(dict(originals))
 
 
-@contextmanager
-def value_processors(unet, editor) -> Iterator[int]:
-    """Make every cross-attention layer apply ``editor.value_context`` for the duration; yields the layer count.
+def _while_active(editor, hook):
+    """A forward hook that runs only while the editor is active, counted in ``editor.layer_calls``."""
 
-    Layers the editor already hooks keep their processor (one processor per layer); the others get a
-    pass-through `EditorAttnProcessor`. A UNet without cross-attention raises. Processors restored after.
-    """
-    originals = dict(unet.attn_processors)
-    processors = dict(originals)
-    cross = 0
-    for name, _module, info in attention_layers(unet):
-        key = f"{name}.processor"
-        if key not in processors or not info.is_cross:
-            continue
-        cross += 1
-        current = processors[key]
-        if not (isinstance(current, EditorAttnProcessor) and current.editor is editor):
-            processors[key] = EditorAttnProcessor(editor, info, delegate=False)
-    if cross == 0:
-        raise InveditError("this UNet has no cross-attention layers whose value input could be transformed")
-    unet.set_attn_processor(dict(processors))
-    try:
-        yield cross
-    finally:
-        unet.set_attn_processor(dict(originals))
+    def run(module, args, output):
+        if not editor.active:
+            return None
+        editor.layer_calls += 1
+        return hook(module, args, output)
+
+    return run
 
 
 def grid_shape(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 
 from ..errors import InveditError, merge_options
 from ..sampling import Branches, Row
-from .attention import LayerInfo, editor_processors, value_processors
+from .attention import LayerInfo, ValueTransforms, installed
 
 EDITORS: dict[str, type[Editor]] = {}
-#: A transform of one batch row's cross-attention value context, (1, 77, D) → (1, 77, D).
-ValueTransform = Callable[[torch.Tensor], torch.Tensor]
+#: A module forward hook: (module, args, output) -> replaced output, or None to keep it.
+ForwardHook = Callable[[torch.nn.Module, tuple, Any], Any]
 
 
 def register(cls: type[Editor]) -> type[Editor]:
@@ -32,25 +32,36 @@ def get_editor(name: str) -> type[Editor]:
 
 
 class Editor:
-    """An editor steers the target branch with what the source branch computes.
+    """An editor steers the target branch with what the source branch computes (one instance per edit).
 
-    The loop calls: ``attach(unet)`` (a context manager around the run), ``rows_read(step)`` (UNet rows the
-    editor reads besides those the latent updates need), ``begin_step(step, rows)`` before each UNet call, and
-    ``step_callback(step, latents)`` after each step's update and correction. The denoiser also sets
-    ``value_transforms`` (per-row transforms of the cross-attention value input an inversion asks for) before
-    each UNet call; the attention processors read them through ``value_context``.
+    What the loop calls, in order:
+
+    - ``embeddings(encode, cond, null)`` and ``branch_guidance(scales)`` once: the branches' embeddings and CFG
+      scales (default unchanged; Plug-and-Play's negative prompt and unguided source change them);
+    - ``attach(unet, values)`` around the run: installs ``wants_layer``/``attend`` attention processors and
+      ``forward_hooks`` through `attention.installed`, restored in a ``finally``;
+    - per step: ``rows_read(step)`` (UNet rows read besides those the latent updates need), then
+      ``begin_step(step, rows)`` before each UNet call, ``guide(step, t, latents, model)`` before the update
+      (a gradient step on the latents, with a gradient-capable model), and ``step_callback(step, latents)``
+      after the update and the inversion's correction.
+
+    Steps count from the first step the edit runs. ``requires_hooks`` editors that hook nothing, or whose
+    hooks the UNet never calls, raise.
     """
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether the editor acts through hooks (then hooking nothing, or never being called, is an error).
+    requires_hooks: ClassVar[bool] = False
+    #: Whether ``guide`` changes the latents (the loop then gives it a gradient-capable model).
+    guides: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.active = True
         self.rows: list[Row] = []
         self.step = 0
-        self.value_transforms: dict[Row, ValueTransform] = {}
-        self.value_calls = 0  # attention layers that applied value_transforms in the current UNet call
+        self.layer_calls = 0  # hooked layers and modules called since `attach`
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -58,46 +69,74 @@ class Editor:
         return merge_options("editor", cls.name, cls.defaults, options)
 
     @classmethod
-    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int,
-               blend_words: tuple[str, str] | None = None, **options: Any) -> Editor:
+    def source_branch_prompt(cls, source_prompt: str, options: dict[str, Any]) -> str:
+        """The prompt the source branch is inverted and denoised under (MasaCtrl's reference: the empty one)."""
+        return source_prompt
+
+    @classmethod
+    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> Editor:
         """Build the editor for one edit, validating prompts and options."""
         raise InveditError(f"editor {cls.name!r} cannot be created")
+
+    # ---- what the editor hooks --------------------------------------------------------------------------
+    def wants_layer(self, info: LayerInfo) -> bool:
+        """Whether the editor attends in this attention layer (see `attend`)."""
+        return False
+
+    def attend(self, info: LayerInfo, attn, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor) -> torch.Tensor | None:
+        """Attention output (B, heads, tokens, d) for the whole batch, or None for plain SDPA."""
+        return None
+
+    def forward_hooks(self, unet) -> list[tuple[torch.nn.Module, ForwardHook]]:
+        """Module forward hooks ``hook(module, args, output) -> output | None`` to install for the run."""
+        return []
+
+    def attach(self, unet, values: ValueTransforms | None = None):
+        """Context manager: the editor's hooks (and ``values``) on ``unet`` for the run (`attention.installed`)."""
+        self.layer_calls = 0
+        return installed(unet, self, values)
+
+    # ---- loop hooks -------------------------------------------------------------------------------------
+    def embeddings(self, encode: Callable[[list[str]], torch.Tensor], cond: dict[str, torch.Tensor],
+                   null: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-branch conditional and unconditional embeddings of the edit; ``encode`` embeds prompts."""
+        return cond, null
+
+    def branch_guidance(self, scales: dict[str, float]) -> dict[str, float]:
+        """CFG scale per branch during the edit (Plug-and-Play re-samples the source without guidance)."""
+        return scales
 
     def rows_read(self, step: int) -> frozenset[Row]:
         return frozenset()
 
-    def attach(self, unet):
-        return nullcontext()
-
     def begin_step(self, step: int, rows: list[Row]) -> None:
         self.step, self.rows = step, rows
 
-    def value_context(self, context: torch.Tensor) -> torch.Tensor | None:
-        """Cross-attention value input: each row's context through its row's transform (None: unchanged)."""
-        if not self.active or not self.value_transforms:
+    def row_index(self, branch: str, half: str) -> int | None:
+        """Index of a (branch, half) row in the current UNet batch, or None when it is not computed."""
+        try:
+            return self.rows.index((branch, half))
+        except ValueError:
             return None
-        if context.shape[0] != len(self.rows):
-            raise RuntimeError(f"value transforms for rows {self.rows} but a batch of {context.shape[0]}")
-        self.value_calls += 1
-        rows = context.split(1)
-        return torch.cat([self.value_transforms[row](x) if row in self.value_transforms else x
-                          for row, x in zip(self.rows, rows)])
 
-    def value_hooks(self, unet):
-        """Context in which every cross-attention layer applies ``value_transforms`` (see `value_processors`)."""
-        return value_processors(unet, self)
+    def guide(self, step: int, t: int, latents: Branches, model: Callable[..., dict[Row, torch.Tensor]]) -> Branches:
+        """Latents moved before the step's update (only called when ``guides``); ``model`` has gradients."""
+        return latents
+
+    def step_callback(self, step: int, latents: Branches) -> Branches:
+        if self.requires_hooks and step == 0 and self.layer_calls == 0:
+            raise InveditError(f"editor {self.name!r}: the UNet never called its attention hooks")
+        return latents
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Run UNet calls with the editor's hooks passing through (plain attention)."""
+        """Run UNet calls with the editor's hooks passing through (plain attention, no module hooks)."""
         active, self.active = self.active, False
         try:
             yield
         finally:
             self.active = active
-
-    def step_callback(self, step: int, latents: Branches) -> Branches:
-        return latents
 
     def settings(self) -> dict[str, Any]:
         return {"editor": self.name}
@@ -111,40 +150,15 @@ class NoEditor(Editor):
     description = "no editing control: target branch sampled from z*_T with the target prompt alone"
 
     @classmethod
-    def create(cls, pipe, source_prompt, target_prompt, steps, blend_words=None, **options) -> NoEditor:
+    def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> NoEditor:
         cls.validate_options(options)
-        if blend_words:
-            raise InveditError("editor 'none' does not use blend words")
         return cls()
 
 
 class AttentionEditor(Editor):
-    """Base of editors that act through attention processors (see `editing.attention`)."""
+    """Base of editors that act through attention processors and module hooks."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer_calls = 0
+    requires_hooks = True
 
     def wants_layer(self, info: LayerInfo) -> bool:
         raise InveditError(f"editor {self.name!r} declares no attention layers")
-
-    def attend(self, info: LayerInfo, attn, query: torch.Tensor, key: torch.Tensor,
-               value: torch.Tensor) -> torch.Tensor | None:
-        """Attention output (B, heads, tokens, d) for the whole batch, or None for plain SDPA."""
-        return None
-
-    def attach(self, unet):
-        self.layer_calls = 0
-        return editor_processors(unet, self)
-
-    def row_index(self, branch: str, half: str) -> int | None:
-        """Index of a (branch, half) row in the current UNet batch, or None when it is not computed."""
-        try:
-            return self.rows.index((branch, half))
-        except ValueError:
-            return None
-
-    def step_callback(self, step: int, latents: Branches) -> Branches:
-        if step == 0 and self.layer_calls == 0:
-            raise InveditError(f"editor {self.name!r}: the UNet never called its attention hooks")
-        return latents

@@ -93,6 +93,16 @@ class LocalBlend:
         return Branches(latents.source, latents.source + mask * (latents.target - latents.source))
 
 
+def parse_blend_words(blend_words: str | tuple[str, str] | list[str] | None) -> tuple[str, str] | None:
+    """``"SRC TGT"`` or ``(src, tgt)`` → a pair of single words; ``None``/``""`` → no blending."""
+    if blend_words is None or blend_words == "" or blend_words == ():
+        return None
+    words = blend_words.split() if isinstance(blend_words, str) else [str(w).strip() for w in blend_words]
+    if len(words) != 2 or not all(words):
+        raise InveditError(f"blend words must be two words 'SOURCE_WORD TARGET_WORD', got {blend_words!r}")
+    return words[0], words[1]
+
+
 def parse_reweight(value: Any) -> dict[str, float] | None:
     """``{"word": 2.0}``, or the CLI form ``"word:2,other:0.5"`` ("" → no reweighting)."""
     if value is None or isinstance(value, dict):
@@ -128,7 +138,7 @@ class PromptToPrompt(AttentionEditor):
     defaults: dict[str, Any] = {
         "mode": "refine", "cross_replace_steps": 0.4, "self_replace_steps": 0.6, "self_replace_max_tokens": 32**2,
         "blend_threshold": 0.3, "blend_start": 0.2, "blend_downsample": None, "reweight": None,
-        "uncond_self_replace_steps": 0.0,
+        "uncond_self_replace_steps": 0.0, "blend_words": None,
     }
 
     def __init__(self, cross_edit, n_cross: int, n_self: int, self_max_tokens: int,
@@ -139,9 +149,9 @@ class PromptToPrompt(AttentionEditor):
         self.n_uncond_self = n_uncond_self
 
     @classmethod
-    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int,
-               blend_words: tuple[str, str] | None = None, **options: Any) -> PromptToPrompt:
+    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> PromptToPrompt:
         opts = cls.validate_options(options)
+        blend_words = opts["blend_words"] = parse_blend_words(opts["blend_words"])
         tok = pipe.tokenizer
         if opts["mode"] == "replace":
             cross_edit: Any = AttentionReplace(replacement_mapper(source_prompt, target_prompt, tok))

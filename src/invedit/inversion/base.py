@@ -41,7 +41,7 @@ class Inverted(ABC):
     ``null_embeddings(i)``, ``needs_source(i)``, ``step`` (default: guided DDIM step of both branches then
     ``correct``) and ``correct(i, latents)``; methods that skip the noisiest steps override ``first_step``.
     ``value_transforms(i)`` changes the cross-attention value input per row (with ``transforms_values`` set,
-    ``running`` makes every cross-attention layer apply them); ``editor_defaults`` suggests editor settings.
+    every cross-attention layer applies them); ``editor_defaults`` suggests editor settings.
     """
 
     method: ClassVar[str] = "base"
@@ -90,16 +90,11 @@ class Inverted(ABC):
     # ---- loop hooks ---------------------------------------------------------------------------------------
     #: First loop step the edit runs (edit-friendly DDPM skips the noisiest steps).
     first_step: ClassVar[int] = 0
-    #: Whether `value_transforms` returns transforms (then every cross-attention layer is hooked to apply them).
+    #: Whether `value_transforms` returns transforms (then every cross-attention layer applies them).
     transforms_values: ClassVar[bool] = False
 
     def running(self, ctx: LoopContext) -> AbstractContextManager[object]:
-        """Context held around the whole edit loop (e.g. EDICT runs the UNet in float64); default: none.
-
-        With ``transforms_values``: the editor's value hooks (`Editor.value_hooks`).
-        """
-        if self.transforms_values:
-            return ctx.denoiser.editor.value_hooks(ctx.denoiser.unet)
+        """Context held around the whole edit loop (e.g. EDICT runs the UNet in float64); default: none."""
         return nullcontext()
 
     def editor_defaults(self, editor: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..editing.attention import LayerInfo, attention_layers, attention_probs
+from ..editing.attention import LayerInfo, ValueTransforms, attention_layers, attention_probs
 from ..editing.base import AttentionEditor
 from ..errors import InveditError
 from ..images import pil_to_tensor
@@ -130,11 +130,16 @@ class _MapRecorder(AttentionEditor):
         super().__init__()
         self.downsample = downsample
         self.rows = [SOURCE_COND]  # every inversion-time UNet call is one row
+        self.values = ValueTransforms()
         self.recording = False
         self.maps: list[torch.Tensor] = []
 
     def wants_layer(self, info: LayerInfo) -> bool:
         return info.is_cross
+
+    def map_values(self, transforms: dict) -> None:
+        """Value transforms of the next (one-row) UNet calls."""
+        self.values.set(self.rows, transforms)
 
     def attend(self, info: LayerInfo, attn, query, key, value):
         if self.recording and info.place != "mid" and info.downsample == self.downsample:
@@ -180,7 +185,8 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
             if epoch == 0 and i > 0:
                 mappings.append(copy.deepcopy(mappings[i - 1]))  # start from the previous step's mapping
             mapping, target = mappings[i], trajectory[steps - 1 - i].unsqueeze(0)
-            recorder.value_transforms, recorder.recording = {}, False
+            recorder.map_values({})
+            recorder.recording = False
             with torch.no_grad():
                 eps_uncond = unet_output(unet, latent, t, null, stats)
             lr = float(opts["learning_rate"]) * learning_rate_factor(i)
@@ -188,7 +194,7 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
             done = 0
             for _ in range(budget[i]):
                 with torch.enable_grad():
-                    recorder.value_transforms = {SOURCE_COND: ScaleShift(*mapping(tokens))}
+                    recorder.map_values({SOURCE_COND: ScaleShift(*mapping(tokens))})
                     recorder.recording = weight > 0
                     eps_cond = unet_output(unet, latent, t, cond, stats)
                     eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
@@ -205,7 +211,8 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
                     break
             with torch.no_grad():  # advance along the reconstruction this mapping gives
                 mapped.append(ScaleShift(*(x.detach() for x in mapping(tokens))))
-                recorder.value_transforms, recorder.recording = {SOURCE_COND: mapped[i]}, False
+                recorder.map_values({SOURCE_COND: mapped[i]})
+                recorder.recording = False
                 eps_cond = unet_output(unet, latent, t, cond, stats)
                 eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
                 latent = ddim_step(schedule, eps, i, latent)
@@ -272,7 +279,7 @@ class StyleDiffusionInverted(Inverted):
         def record(_k: int) -> None:
             gt_maps.append([m.detach() for m in recorder.take()])
 
-        with recorder.attach(unet):
+        with recorder.attach(unet, recorder.values):
             recorder.recording = float(opts["attention_loss"]) > 0
             latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats,
                                   record)

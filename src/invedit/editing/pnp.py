@@ -1,0 +1,118 @@
+"""Plug-and-Play (Tumanyan et al., CVPR 2023, arXiv 2211.12572) as PnP Inversion's code runs it, reference-settings §10.
+
+The source branch's features are injected into the target rows during the first steps: the residual branch of
+``feature_layer`` (the output of its ``conv2``, before the shortcut is added: each row keeps its own shortcut) for
+the first ``feature_steps`` of the steps, and the self-attention queries and keys (values stay the target's own)
+of the up path's self-attention layers (``attention_layers``) for the first ``attention_steps``. The source row
+is the source branch's unconditional row, under the empty prompt; the target's unconditional prompt is
+``negative_prompt``. With Direct Inversion the source branch is z*_t itself; with DDIM it is re-sampled from z*_T
+without guidance (``source_guidance`` 1), as the reference does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InveditError
+from ..sampling import Row
+from .attention import LayerInfo, attention_layers
+from .base import AttentionEditor, register
+
+FEATURE_ROW: Row = ("source", "uncond")
+#: The reference's self-attention layers: up block → its transformer blocks (``res_dict`` of pnp-diffusers).
+REFERENCE_ATTENTION: dict[int, tuple[int, ...]] = {1: (1, 2), 2: (0, 1, 2), 3: (0, 1, 2)}
+NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
+
+
+def _fraction(name: str, value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    if not ok:
+        raise InveditError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+@register
+class PlugAndPlay(AttentionEditor):
+    """Plug-and-Play feature and self-attention injection from the source row into the target rows."""
+
+    name = "pnp"
+    description = "Plug-and-Play: inject the source's ResNet features (80% of steps) and self-attention q/k (50%)"
+    defaults: dict[str, Any] = {"feature_steps": 0.8, "attention_steps": 0.5, "feature_layer": "up_blocks.1.resnets.1",
+                                "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0}
+
+    def __init__(self, n_feature: int, n_attention: int, options: dict[str, Any]):
+        super().__init__()
+        self.n_feature, self.n_attention, self.options = n_feature, n_attention, options
+
+    @classmethod
+    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> PlugAndPlay:
+        opts = cls.validate_options(options)
+        n_feature = int(steps * _fraction("feature_steps", opts["feature_steps"]))  # reference: int(50·0.8) = 40
+        n_attention = int(steps * _fraction("attention_steps", opts["attention_steps"]))  # int(50·0.5) = 25
+        modules = dict(pipe.unet.named_modules())
+        layer = modules.get(opts["feature_layer"])
+        if layer is None or not hasattr(layer, "conv2"):
+            raise InveditError(f"pnp feature_layer {opts['feature_layer']!r} is not a ResNet block of this UNet")
+        if not any(cls._reference_layer(info) for _, _, info in attention_layers(pipe.unet)):
+            raise InveditError("pnp: this UNet has none of the reference's up-path self-attention layers")
+        if not isinstance(opts["negative_prompt"], str):
+            raise InveditError("pnp negative_prompt must be a string")
+        guidance = opts["source_guidance"]
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 50:
+            raise InveditError(f"pnp source_guidance must be a number in [0, 50], got {guidance!r}")
+        opts["feature_until_step"], opts["attention_until_step"] = n_feature, n_attention
+        return cls(n_feature, n_attention, opts)
+
+    @staticmethod
+    def _reference_layer(info: LayerInfo) -> bool:
+        match = re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.", info.name)
+        return (not info.is_cross and match is not None
+                and int(match.group(2)) in REFERENCE_ATTENTION.get(int(match.group(1)), ()))
+
+    # ---- loop hooks ----------------------------------------------------------------------------------------
+    def embeddings(self, encode, cond, null):
+        return cond, {**null, "target": encode([self.options["negative_prompt"]])}
+
+    def branch_guidance(self, scales: dict[str, float]) -> dict[str, float]:
+        return {**scales, "source": float(self.options["source_guidance"])}
+
+    def rows_read(self, step: int) -> frozenset[Row]:
+        return frozenset({FEATURE_ROW}) if step < max(self.n_feature, self.n_attention) else frozenset()
+
+    def _targets(self) -> tuple[int | None, list[int]]:
+        source = self.row_index(*FEATURE_ROW)
+        return source, [i for i, (branch, _) in enumerate(self.rows) if branch == "target"]
+
+    def wants_layer(self, info: LayerInfo) -> bool:
+        return self._reference_layer(info)
+
+    def attend(self, info: LayerInfo, attn, query, key, value):
+        if self.step >= self.n_attention:
+            return None
+        source, targets = self._targets()
+        if source is None or not targets:
+            return None
+        query, key = query.clone(), key.clone()
+        query[targets], key[targets] = query[source].clone(), key[source].clone()
+        return F.scaled_dot_product_attention(query, key, value)
+
+    def forward_hooks(self, unet) -> list[tuple[torch.nn.Module, Any]]:
+        block = dict(unet.named_modules())[self.options["feature_layer"]]
+        return [(block.conv2, self._inject_features)]
+
+    def _inject_features(self, module, args, output: torch.Tensor) -> torch.Tensor | None:
+        if self.step >= self.n_feature:
+            return None
+        source, targets = self._targets()
+        if source is None or not targets:
+            return None
+        output = output.clone()
+        output[targets] = output[source].clone()
+        return output
+
+    def settings(self) -> dict[str, Any]:
+        return {"editor": self.name, **self.options}
