@@ -48,3 +48,36 @@ def test_inversion_with_p2p_from_the_cli(model_dir, tmp_path, inversion, request
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["inversion"] == inversion and record["editor"]["editor"] == "p2p"
     assert record["nfe_edit"] > 0 and record["steps"] == 4
+
+
+@pytest.mark.parametrize("editor", ["masactrl", "pnp", "p2p", "none"])
+@pytest.mark.parametrize("inversion", ["ddim", "direct"])
+def test_every_editor_with_ddim_and_direct_from_the_cli(model_dir, tmp_path, inversion, editor):
+    image = tmp_path / "in.png"
+    scene_image().save(image)
+    out = tmp_path / f"{inversion}+{editor}.png"
+    options = ["-o", "start_step=1"] if editor == "masactrl" else []
+    result = CliRunner().invoke(app, ["edit", str(image), "-s", SOURCE, "-t", TARGET, "--inversion", inversion,
+                                      "--editor", editor, "--model", str(model_dir), "--steps", "4",
+                                      "--out", str(out), "-q", *options])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["inversion"] == inversion and record["editor"]["editor"] == editor
+    rows = {"masactrl": 2 + 4 * 3, "pnp": 3 * 3 + 2, "p2p": 3 * 2 + 2 * 2, "none": 2 * 4}[editor]  # Direct: rows
+    if inversion == "direct":  # 4 steps; source rows read: MasaCtrl from step 1, PnP for 3 steps, P2P for 2
+        assert record["nfe_edit"] == rows
+    else:
+        assert record["nfe_edit"] == {"masactrl": 16, "pnp": 3 * 4 + 3, "p2p": 16, "none": 16}[editor]
+    assert record["nfe"] == record["nfe_inversion"] + record["nfe_edit"] and record["nfe_backward"] == 0
+    if editor == "masactrl":
+        assert record["source_branch_prompt"] == ""  # the reference's empty source prompt
+
+
+def test_blend_is_p2p_only(model_dir, tmp_path):
+    image = tmp_path / "in.png"
+    scene_image().save(image)
+    result = CliRunner().invoke(app, ["edit", str(image), "-s", SOURCE, "-t", TARGET, "--editor", "pnp",
+                                      "--model", str(model_dir), "--blend", "red blue", "-q"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --blend is Prompt-to-Prompt's LocalBlend; editor 'pnp' has no blend words")

@@ -103,25 +103,28 @@ def _check_folder(folder: Path) -> None:
         raise InveditError(f"{folder}: only Stable Diffusion 1.x/2.x (UNet + one CLIP text encoder) is supported")
 
 
-def make_ddim_scheduler(config: dict):
+def make_ddim_scheduler(config: dict, steps_offset: int = 1):
     """The DDIM scheduler of reference-settings §1 on the checkpoint's betas and prediction type.
 
     clip_sample off, final alpha = ᾱ[0] (set_alpha_to_one False), "leading" spacing with steps_offset 1, so
-    50 steps give t = 981, 961, …, 1 — what every reference run actually used.
+    50 steps give t = 981, 961, …, 1 — what every reference run actually used, except Plug-and-Play's, which
+    builds its scheduler without the pipeline and so runs 980, 960, …, 0 (``steps_offset=0``).
     """
+    if steps_offset not in (0, 1):
+        raise InveditError(f"steps_offset must be 0 or 1, got {steps_offset!r}")
     from diffusers import DDIMScheduler
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return DDIMScheduler.from_config(
-            dict(config), clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+            dict(config), clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset,
             timestep_spacing="leading", thresholding=False, rescale_betas_zero_snr=False,
         )
 
 
-def prepare_pipeline(pipe, device: torch.device | None = None):
+def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1):
     """Put a loaded pipeline into invedit's state: the DDIM scheduler (reference-settings §1), eval mode, quiet."""
-    pipe.scheduler = make_ddim_scheduler(pipe.scheduler.config)
+    pipe.scheduler = make_ddim_scheduler(pipe.scheduler.config, steps_offset)
     if pipe.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise InveditError(f"unsupported prediction type {pipe.scheduler.config.prediction_type!r}")
     if device is not None:
@@ -198,7 +201,7 @@ def load_tokenizer(model: str | os.PathLike | None):
 
 
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None):
+         dtype: str | torch.dtype | None = None, steps_offset: int = 1):
     """Load a Stable Diffusion pipeline ready for inversion and editing.
 
     Args:
@@ -207,6 +210,8 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default: the best available.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``; default float16 on CUDA, float32 elsewhere.
             Latents and the DDIM arithmetic always stay float32; the dtype applies to the networks.
+        steps_offset: 1 gives the paper's timesteps (981 … 1 for 50 steps); 0 gives Plug-and-Play's reference
+            timesteps (980 … 0).
     Returns:
         A `diffusers.StableDiffusionPipeline` with the DDIM scheduler of the paper (reference-settings §1).
     Raises:
@@ -215,9 +220,10 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    make_ddim_scheduler({}, steps_offset)  # checks steps_offset before the load
     source, name = resolve_model_source(model)
     pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only), source, "model")
-    pipe = prepare_pipeline(pipe, dev)
+    pipe = prepare_pipeline(pipe, dev, steps_offset)
     pipe._invedit_name = name
     pipe._invedit_editor_defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
     return pipe

@@ -15,8 +15,8 @@ the objects: masks come from the cross-attention of the named words (averaged ov
 ``mask_downsample`` grid, normalised, thresholded at ``mask_threshold``); the target's foreground queries
 attend to the source's foreground keys, its background queries to the source's background.
 
-As in the reference, the source branch is inverted and denoised under the empty prompt (``source_prompt="empty"``);
-``source_prompt="given"`` uses the prompt you give (then one inversion can serve MasaCtrl and the other editors).
+As in the reference, the source branch is inverted and denoised under the empty prompt (``source_branch="empty"``);
+``source_branch="given"`` uses the prompt you give (then one inversion can serve MasaCtrl and the other editors).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class MutualSelfAttention(AttentionEditor):
 
     name = "masactrl"
     description = "MasaCtrl: target self-attention queries the source's keys/values (from step 4, layer 10)"
-    defaults: dict[str, Any] = {"start_step": 4, "start_layer": 10, "layers": "relative", "source_prompt": "empty",
+    defaults: dict[str, Any] = {"start_step": 4, "start_layer": 10, "layers": "relative", "source_branch": "empty",
                                 "mask_words": None, "mask_threshold": 0.1, "mask_downsample": None}
 
     def __init__(self, start_step: int, blocks: frozenset[int], options: dict[str, Any],
@@ -59,18 +59,20 @@ class MutualSelfAttention(AttentionEditor):
 
     @classmethod
     def source_branch_prompt(cls, source_prompt: str, options: dict[str, Any]) -> str:
-        choice = cls.validate_options(options)["source_prompt"]
+        choice = cls.validate_options(options)["source_branch"]
         if choice not in ("empty", "given"):
-            raise InveditError(f"masactrl source_prompt must be 'empty' (reference) or 'given', got {choice!r}")
+            raise InveditError(f"masactrl source_branch must be 'empty' (reference) or 'given', got {choice!r}")
         return "" if choice == "empty" else source_prompt
 
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> MutualSelfAttention:
         opts = cls.validate_options(options)
         if opts["mask_words"] and not source_prompt:
-            raise InveditError("masactrl mask_words need the source prompt: pass source_prompt='given'")
+            raise InveditError("masactrl mask_words need the source prompt: pass source_branch='given'")
         start_step = _int_option(opts, "start_step", 0)
         start_layer = _int_option(opts, "start_layer", 0)
+        if start_step >= steps:
+            raise InveditError(f"masactrl start_step {start_step} leaves none of the {steps} steps under control")
         infos = [info for _, _, info in attention_layers(pipe.unet)]
         count = infos[0].count if infos else 0
         if opts["layers"] == "reference":
@@ -177,8 +179,9 @@ class ObjectMasks:
             if branch != "target":
                 continue
             s = sources[row]
-            fg_bias = torch.zeros(tokens, dtype=query.dtype, device=query.device).masked_fill(~masks[0], float("-inf"))
-            bg_bias = torch.zeros(tokens, dtype=query.dtype, device=query.device).masked_fill(masks[0], float("-inf"))
+            zeros = torch.zeros(1, 1, 1, tokens, dtype=query.dtype, device=query.device)
+            fg_bias = zeros.masked_fill(~masks[0].view(1, 1, 1, tokens), float("-inf"))
+            bg_bias = zeros.masked_fill(masks[0].view(1, 1, 1, tokens), float("-inf"))
             q, k, v = query[row:row + 1], key[s:s + 1], value[s:s + 1]
             fg = F.scaled_dot_product_attention(q, k, v, attn_mask=fg_bias) if masks[0].any() else out[row:row + 1]
             bg = F.scaled_dot_product_attention(q, k, v, attn_mask=bg_bias) if (~masks[0]).any() else out[row:row + 1]
