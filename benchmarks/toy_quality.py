@@ -177,8 +177,9 @@ def edit_succeeded(kind: str, item, edited: np.ndarray, source: np.ndarray, mask
 
 
 def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model",
-                 options: dict | None = None) -> dict:
-    """Direct+P2P and DDIM+P2P on toy-bench edits, PIE-Bench protocol (blend words where the item has them).
+                 options: dict | None = None, editors: tuple[str, ...] = ("p2p",)) -> dict:
+    """Direct and DDIM with each of ``editors`` on toy-bench edits, PIE-Bench protocol (P2P: blend words where the
+    item has them; the other editors take none).
 
     ``p2p_settings``: "model" (its recommended settings), "editor" (P2P's SD-tuned defaults) or "options"
     (``options`` over the model's recommendations)."""
@@ -197,11 +198,13 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
             source = np.asarray(Image.open(item.image_path))
             truth = np.asarray(Image.open(folder / entry["target_image_path"]))
             mask = item.mask((size, size))
-            for method in ("direct", "ddim"):
+            for editor, method in ((e, m) for e in editors for m in ("direct", "ddim")):
+                extra = {**overrides, "blend_words": item.blend_words or None} if editor == "p2p" else {}
                 result = invedit.edit(pipe, Image.fromarray(source), item.source_prompt, item.target_prompt,
-                                      inversion=method, blend_words=item.blend_words or None, **overrides)
+                                      inversion=method, editor=editor, **extra)
                 edited = np.asarray(result.image)
-                r = rows.setdefault(f"{method}/{kind}", {"bg": [], "gt": [], "ok": []})
+                label = method if editors == ("p2p",) else f"{method}+{editor}"
+                r = rows.setdefault(f"{label}/{kind}", {"bg": [], "gt": [], "ok": []})
                 r["bg"].append(background_psnr(edited, source, mask) if (~mask).any() else float("nan"))
                 r["gt"].append(psnr(edited, truth))
                 ok = edit_succeeded(kind, item, edited, source, mask)
@@ -216,8 +219,8 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
         summary[key] = {"n": len(r["gt"]), "background_psnr": float(np.mean(bg)) if bg else float("nan"),
                         "psnr_vs_true_target": float(np.mean(r["gt"])),
                         "success": float(np.mean(r["ok"])) if r["ok"] else None}
-    for kind in {k.split("/")[1] for k in summary if "/" in k}:
-        d, m = summary[f"direct/{kind}"], summary[f"ddim/{kind}"]
+    for key in [k for k in summary if k.startswith("direct")]:
+        d, m = summary[key], summary["ddim" + key[len("direct"):]]
         d["background_gain_over_ddim"] = d["background_psnr"] - m["background_psnr"]
     summary["p2p_settings"] = {"which": p2p_settings, "overrides": overrides,
                                "model_recommends": model_editor_defaults(pipe, "p2p")}
@@ -226,6 +229,9 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
 
 def editing_table(editing: dict) -> list[str]:
     p = editing.get("p2p_settings", {})
+    if any("+" in k for k in editing if "/" in k):
+        which = "MasaCtrl, Plug-and-Play and Pix2Pix-Zero, each at its reference settings"
+        return _editing_rows(editing, f"Editing ({which}")
     if p.get("which") == "editor":
         which = f"the editor's own SD-tuned defaults {json.dumps(p['overrides'])}"
     elif p.get("which") == "options":
@@ -233,7 +239,11 @@ def editing_table(editing: dict) -> list[str]:
                  f"{json.dumps(p.get('model_recommends', {}))}")
     else:
         which = f"the model's recommended settings {json.dumps(p.get('model_recommends', {}))}"
-    lines = ["", f"Editing (P2P with {which}; PIE-Bench protocol; background PSNR outside the edit mask vs the "
+    return _editing_rows(editing, f"Editing (P2P with {which}")
+
+
+def _editing_rows(editing: dict, title: str) -> list[str]:
+    lines = ["", f"{title}; PIE-Bench protocol; background PSNR outside the edit mask vs the "
              "source; success: colour / shape = the target colour / shape recognised in the edit region, add = the "
              "new object's colour covers ≥ 40% of its area on the source's background (anywhere: prompts name no "
              "place), delete = the removed object's colour gone from its region):", "",
@@ -279,7 +289,7 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [f"{v:.2f}" if np.isfinite(v) else "identical" for v in (r["vs_reconstruction"],
                                                                             r["vs_vae_round_trip"])]
             lines.append(f"| {name} | {r['n']} | {cells[0]} | {cells[1]} |")
-    for part in ("editing", "editing_sd_p2p", "editing_options"):
+    for part in ("editing", "editing_sd_p2p", "editing_options", "editing_editors"):
         if part in results:
             lines += editing_table(results[part])
     path.write_text("\n".join(lines) + "\n")
@@ -324,7 +334,9 @@ def main() -> None:
                "editing": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds),
                "editing_sd_p2p": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "editor"),
                "editing_options": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds, "options",
-                                                       p2p_options)}
+                                                       p2p_options),
+               "editing_editors": lambda: part_editing(pipe, args.edits_per_kind, args.seed, kinds,
+                                                       editors=("masactrl", "pnp", "pix2pix-zero"))}
     for part in parts:
         t = time.perf_counter()
         results[part] = runners[part]()

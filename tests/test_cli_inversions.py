@@ -50,7 +50,7 @@ def test_inversion_with_p2p_from_the_cli(model_dir, tmp_path, inversion, request
     assert record["nfe_edit"] > 0 and record["steps"] == 4
 
 
-@pytest.mark.parametrize("editor", ["masactrl", "pnp", "p2p", "none"])
+@pytest.mark.parametrize("editor", ["masactrl", "pnp", "pix2pix-zero", "p2p", "none"])
 @pytest.mark.parametrize("inversion", ["ddim", "direct"])
 def test_every_editor_with_ddim_and_direct_from_the_cli(model_dir, tmp_path, inversion, editor):
     image = tmp_path / "in.png"
@@ -63,12 +63,16 @@ def test_every_editor_with_ddim_and_direct_from_the_cli(model_dir, tmp_path, inv
     assert result.exit_code == 0, result.stderr
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["inversion"] == inversion and record["editor"]["editor"] == editor
-    rows = {"masactrl": 2 + 4 * 3, "pnp": 3 * 3 + 2, "p2p": 3 * 2 + 2 * 2, "none": 2 * 4}[editor]  # Direct: rows
-    if inversion == "direct":  # 4 steps; source rows read: MasaCtrl from step 1, PnP for 3 steps, P2P for 2
+    rows = {"masactrl": 2 + 4 * 3, "pnp": 3 * 3 + 2, "pix2pix-zero": 4 * 5, "p2p": 3 * 2 + 2 * 2,
+            "none": 2 * 4}[editor]  # Direct: rows
+    # 4 steps with Direct: source rows read by MasaCtrl from step 1, by PnP for 3 steps, by P2P for 2
+    if inversion == "direct":
         assert record["nfe_edit"] == rows
     else:
-        assert record["nfe_edit"] == {"masactrl": 16, "pnp": 3 * 4 + 3, "p2p": 16, "none": 16}[editor]
-    assert record["nfe"] == record["nfe_inversion"] + record["nfe_edit"] and record["nfe_backward"] == 0
+        assert record["nfe_edit"] == {"masactrl": 16, "pnp": 3 * 4 + 3, "pix2pix-zero": 4 * 6, "p2p": 16,
+                                      "none": 16}[editor]
+    assert record["nfe"] == record["nfe_inversion"] + record["nfe_edit"]
+    assert record["nfe_backward"] == (4 * 3 if editor == "pix2pix-zero" else 0)  # its guided rows, backward
     if editor == "masactrl":
         assert record["source_branch_prompt"] == ""  # the reference's empty source prompt
 

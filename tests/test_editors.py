@@ -159,8 +159,8 @@ def _hooks_state(unet):
             sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules()))
 
 
-@pytest.mark.parametrize("editor, options", [("masactrl", {"start_step": 1}), ("pnp", {}), ("p2p", {}),
-                                             ("none", {})])
+@pytest.mark.parametrize("editor, options", [("masactrl", {"start_step": 1}), ("pnp", {}), ("pix2pix-zero", {}),
+                                             ("p2p", {}), ("none", {})])
 def test_hooks_are_removed_after_a_run_and_after_a_run_that_raised(pipe, image, editor, options, monkeypatch):
     before = _hooks_state(pipe.unet)
     invedit.edit(pipe, image, SOURCE, TARGET, editor=editor, steps=4, **options)

@@ -260,7 +260,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
         "model_fingerprint": model_fingerprint(pipe),
         "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
-        "nfe_backward": inverted.stats.nfe_backward, "versions": versions(),
+        "nfe_backward": inverted.stats.nfe_backward + stats.nfe_backward,
+        "nfe_backward_inversion": inverted.stats.nfe_backward, "nfe_backward_edit": stats.nfe_backward,
+        "versions": versions(),
     }
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,

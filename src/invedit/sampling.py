@@ -168,9 +168,16 @@ class Branches:
 
     source: torch.Tensor
     target: torch.Tensor
+    #: Latents of single UNet rows where they differ from their branch's (Pix2Pix-Zero guides each CFG half of
+    #: the target on its own); used for the next UNet call only.
+    rows: dict[Row, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, branch: str) -> torch.Tensor:
         return getattr(self, branch)
+
+    def row(self, row: Row) -> torch.Tensor:
+        """The latent a UNet row is evaluated at."""
+        return self.rows.get(row, self[row[0]])
 
 
 @dataclass
@@ -210,7 +217,7 @@ class GuidedDenoiser:
         rows = self.rows_for(step, branches) if rows is None else rows
         null = null or {}
         nulls = {b: null[b] if null.get(b) is not None else self.null[b] for b in BRANCHES}
-        x = torch.cat([latents[b] for b, _ in rows])
+        x = torch.cat([latents.row(row) for row in rows])
         emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
         self.editor.begin_step(step - self.first_step, rows)
         if self.values is not None:
@@ -229,23 +236,9 @@ class GuidedDenoiser:
                 for b in branches}
 
     def with_gradient(self, step: int, t: int, null: dict[str, torch.Tensor | None] | None = None,
-                      values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None):
-        """A model callable for an editor's ``guide``: ``model(latents, rows) -> {row: output}`` with autograd
-        on, counting NFE forward and, through a gradient hook, NFE backward (k-diffusion's model-as-function)."""
-
-        def model(latents: Branches, rows: list[Row]) -> dict[Row, torch.Tensor]:
-            with torch.enable_grad():
-                out = self.raw(step, t, latents, set(), null, values, rows=[r for r in ROW_ORDER if r in rows])
-                first = next(iter(out.values()))
-                if first.requires_grad:
-                    n = len(out)
-                    first.register_hook(lambda g: self._count_backward(n))
-            return out
-
-        return model
-
-    def _count_backward(self, rows: int) -> None:
-        self.stats.nfe_backward += rows
+                      values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> GradientModel:
+        """The model an editor's ``guide`` calls at step ``step`` (autograd on, NFE counted both ways)."""
+        return GradientModel(self, step, t, null, values)
 
     def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
@@ -253,6 +246,30 @@ class GuidedDenoiser:
             self.values.set([], {})
         with self.editor.paused():
             return unet_output(self.unet, latents, t, embeddings, self.stats)
+
+
+@dataclass
+class GradientModel:
+    """``model(latents, rows) -> {row: output}`` with autograd on, for an editor's ``guide`` (k-diffusion's
+    model-as-function); ``grad(loss, inputs)`` differentiates and counts the backward pass in NFE."""
+
+    denoiser: GuidedDenoiser
+    step: int
+    t: int
+    null: dict[str, torch.Tensor | None] | None = None
+    values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None
+    rows_called: int = 0
+
+    def __call__(self, latents: Branches, rows: list[Row]) -> dict[Row, torch.Tensor]:
+        with torch.enable_grad():
+            ordered = [r for r in ROW_ORDER if r in rows]
+            self.rows_called = len(ordered)
+            return self.denoiser.raw(self.step, self.t, latents, set(), self.null, self.values, rows=ordered)
+
+    def grad(self, loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """d loss / d inputs through the last call (its rows counted in ``nfe_backward``)."""
+        self.denoiser.stats.nfe_backward += self.rows_called
+        return torch.autograd.grad(loss, inputs)
 
 
 @dataclass
