@@ -8,6 +8,8 @@ import torch
 import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.images import psnr
+from invedit.inversion import StepInfo
+from invedit.inversion.direct import DirectSampler
 
 from .bounds import max_abs, measured
 from .conftest import SOURCE, TARGET
@@ -95,24 +97,25 @@ def test_offset_scale_zero_is_plain_ddim(pipe, direct):
     assert measured("offset_scale 0 vs ddim, max", max_abs(a.latents, b.latents)) <= 1e-5
 
 
-def test_offset_interval_corrects_only_every_k_steps(pipe, direct):
+def test_offset_interval_corrects_only_every_k_steps(pipe, direct, monkeypatch):
     k = 5
     inv = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, offset_interval=k)
-    assert [inv.corrects_at(i) for i in range(STEPS)] == [i % k == 0 for i in range(STEPS)]
-    assert [inv.needs_source(i) for i in range(STEPS)] == [i % k != 0 for i in range(STEPS)]
+    sampler, infos = inv.sampler(), [StepInfo.at(inv.schedule, i) for i in range(STEPS)]
+    assert [sampler.corrects_at(info) for info in infos] == [i % k == 0 for i in range(STEPS)]
+    assert [sampler.needs_source(info) for info in infos] == [i % k != 0 for i in range(STEPS)]
     seen = []
-    original = inv.correct
+    original = DirectSampler.correct
 
-    def spy(i, source, target):
-        out = original(i, source, target)
-        if i % k == 0:
-            assert torch.equal(out.source, inv.z_star_after(i))
+    def spy(self, info, source, target):
+        out = original(self, info, source, target)
+        if info.index % k == 0:
+            assert torch.equal(out.source, inv.z_star_after(info.index))
         else:
             assert torch.equal(out.source, source)
-        seen.append(i)
+        seen.append(info.index)
         return out
 
-    inv.correct = spy
+    monkeypatch.setattr(DirectSampler, "correct", spy)
     invedit.edit(pipe, inv, None, TARGET)
     assert seen == list(range(STEPS))
 
@@ -120,7 +123,7 @@ def test_offset_interval_corrects_only_every_k_steps(pipe, direct):
 def test_offset_scale_moves_source_part_way(pipe, direct):
     inv = invedit.invert(pipe, direct.image, SOURCE, "direct", steps=STEPS, offset_scale=0.4)
     source = torch.randn(1, 4, 16, 16)
-    out = inv.correct(3, source, source.clone())
+    out = inv.sampler().correct(StepInfo.at(inv.schedule, 3), source, source.clone())
     torch.testing.assert_close(out.source, source + 0.4 * (inv.z_star_after(3) - source))
     torch.testing.assert_close(out.target, source)
 

@@ -65,7 +65,7 @@ def test_null_text_stops_early_as_specified(pipe, monkeypatch):
     assert inv.stats.nfe_backward == sum(inv.iterations)
     # forward rows: inversion + per step (cond + one per iteration + final uncond/cond pair)
     assert inv.stats.nfe == STEPS + sum(1 + n + 2 for n in inv.iterations)
-    assert invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=STEPS, inner_steps=0).iterations == [0] * 8
+    assert invedit.invert(pipe, scene_image(), SOURCE, "null-text", steps=STEPS, inner_steps=0).iterations == (0,) * 8
 
 
 def test_null_text_refuses_another_guidance(pipe):

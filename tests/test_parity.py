@@ -6,6 +6,7 @@ image and latents for DDIM+P2P, Direct Inversion+P2P and Null-text+P2P on a tiny
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 from PIL import Image
 
 import invedit
-from invedit.api import decode_latents, encode_image
+from invedit.api import decode_latents, encode_image, loop_context
+from invedit.editing.p2p import PromptToPrompt
 from invedit.images import psnr
 
 from .bounds import max_abs, mean_abs, measured
@@ -94,7 +96,10 @@ def test_edit_reproduces_reference(parity_runs, inversion, options, name):
 
 def test_direct_offsets_match_the_reference_offsets(parity_runs):
     _, ref = reference("directinversion+p2p")
-    inv, _ = parity_runs("direct", layout="reference")  # the edit has filled in its offsets
+    inv, _ = parity_runs("direct", layout="reference")
+    editor = PromptToPrompt.create(parity_runs.pipe, SOURCE, TARGET, inv.steps)
+    sampler = inv.sampler(loop_context(parity_runs.pipe, inv, editor, SOURCE, TARGET, 7.5, seed=0))
+    sampler.prepare()  # the reference layout's separate offset pass
     # Rounding reaches 1.4e-4 in a few of 16 384 elements (AVX2 kernels), so the max bounds outliers and the mean
     # catches a systematic error: worst max / mean over CPUs 1.4e-4 / 4.3e-6; the UNet evaluated at t − 1 instead of
     # t gives 3.5e-4 / 2.6e-5 after the first steps and 0.013 later (docs/test-bounds.md).
@@ -107,7 +112,7 @@ def test_direct_offsets_match_the_reference_offsets(parity_runs):
     for k, i in enumerate(ref["noise_loss_index"].tolist()):
         # worst 0.00029 over CPU kernels and thread counts (docs/test-bounds.md)
         assert measured("parity direct offsets vs reference, max",
-                        max_abs(inv._source_offsets[i][0], ref["noise_loss_subset"][k][0])) <= 1e-3
+                        max_abs(sampler.source_offsets[i][0], ref["noise_loss_subset"][k][0])) <= 1e-3
 
 
 def test_fixture_images_are_the_npz_arrays():
@@ -124,7 +129,7 @@ def test_null_text_edit_reproduces_reference_given_its_null_embeddings(parity_pi
     """
     expected, ref = reference("null-text-inversion+p2p")
     inv = invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, "null-text", inner_steps=0)
-    inv.nulls = [u.to(inv.latents.device) for u in ref["uncond_embeddings"]]
+    inv = dataclasses.replace(inv, nulls=tuple(u.to(inv.latents.device) for u in ref["uncond_embeddings"]))
     # Start from the reference's z_T too: its nulls were fitted to that trajectory, and our z_T (3e-5 away) drifts
     # by a CPU-dependent amount under the optimised nulls (0.013 here, 0.025 on another CPU).
     inv.latents[-1] = ref["xT_latent"].to(inv.latents.device)

@@ -15,7 +15,8 @@ from invedit.api import encode_image
 from invedit.cli import app
 from invedit.editing.attention import EditorAttnProcessor, attention_layers
 from invedit.editing.p2p import PromptToPrompt
-from invedit.inversion.style_diffusion import StyleDiffusionInverted, inner_schedule
+from invedit.inversion import StepInfo
+from invedit.inversion.style_diffusion import StyleDiffusionInverted, StyleDiffusionSampler, inner_schedule
 from invedit.testing import tiny_image_encoder, tiny_pipeline
 
 from .bounds import measured
@@ -102,10 +103,15 @@ def test_the_mapping_is_per_step(inverted):
     assert shapes == {(torch.Size([1, 77, 32]), torch.Size([1, 77, 32]))}
     for a, b in zip(inverted.mapped, inverted.mapped[1:]):
         assert not torch.allclose(a.scale, b.scale) and not torch.allclose(a.shift, b.shift)
-    assert inverted.value_transforms(0)[("source", "cond")] is inverted.mapped[0]
-    assert inverted.value_transforms(5)[("source", "cond")] is inverted.mapped[5]
-    assert set(inverted.value_transforms(3)) == {("source", "cond"), ("target", "cond")}
-    assert set(inverted.value_transforms(4)) == {("source", "cond")}
+    sampler = inverted.sampler()
+
+    def transforms(i):
+        return sampler.value_transforms(StepInfo.at(inverted.schedule, i))
+
+    assert transforms(0)[("source", "cond")] is inverted.mapped[0]
+    assert transforms(5)[("source", "cond")] is inverted.mapped[5]
+    assert set(transforms(3)) == {("source", "cond"), ("target", "cond")}
+    assert set(transforms(4)) == {("source", "cond")}
 
 
 def test_mapping_sizes_follow_the_encoders(pipe, tmp_path):
@@ -153,7 +159,7 @@ def test_p2p_unconditional_self_attention_replacement(pipe):
 
 
 def test_value_transforms_without_hooks_fail_loudly(pipe, inverted, monkeypatch):
-    monkeypatch.setattr(StyleDiffusionInverted, "transforms_values", False)
+    monkeypatch.setattr(StyleDiffusionSampler, "transforms_values", False)
     with pytest.raises(invedit.InveditError, match="no attention layer applied them"):
         invedit.edit(pipe, inverted, None, TARGET, editor="none")
 

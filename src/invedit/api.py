@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -124,10 +125,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     finally:
         if bar is not None:
             bar.close()
-    inverted.image = image
-    inverted.model = model_name(pipe)
-    inverted.seconds = time.perf_counter() - start
-    return inverted
+    return dataclasses.replace(inverted, image=image, model=model_name(pipe), seconds=time.perf_counter() - start)
 
 
 # ---- editing -------------------------------------------------------------------------------------------------
@@ -227,10 +225,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     if isinstance(image_or_inverted, Inverted):
         inverted = image_or_inverted
         source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
-        branch_prompt = editor_cls.source_branch_prompt(source_prompt, {**model_defaults, **editor_options})
-        if branch_prompt != inverted.prompt:
-            raise InveditError(f"editor {editor!r} denoises the source under {branch_prompt!r}, but the image was "
-                               f"inverted under {inverted.prompt!r}; invert under {branch_prompt!r}")
+        branch_prompt = _check_branch_prompt(editor_cls, inverted, source_prompt, {**model_defaults, **editor_options})
     else:
         source_prompt = check_prompt(source_prompt or "", pipe.tokenizer, "source prompt")
         branch_prompt = editor_cls.source_branch_prompt(source_prompt, {**model_defaults, **editor_options})
@@ -251,11 +246,20 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     reconstruction, image = decode_latents(pipe, final)
     seconds_edit = time.perf_counter() - start
 
-    blend = result_editor.settings().get("blend_words")
-    settings = {
-        "source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
+    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
+                **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
+    return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
+                      nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
+                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+
+
+def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any], guidance_scale: float,
+                 seed: int, stats: RunStats) -> dict[str, Any]:
+    """What an edit record holds besides its prompts: methods, settings, model, cost, versions."""
+    blend = editor.settings().get("blend_words")
+    return {
         "blend_words": list(blend) if blend else None,
-        "inversion": inverted.method, "inversion_options": inverted.options, "editor": result_editor.settings(),
+        "inversion": inverted.method, "inversion_options": inverted.options, "editor": editor.settings(),
         "editor_model_defaults": model_defaults,
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
         "model_fingerprint": model_fingerprint(pipe),
@@ -264,9 +268,15 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         "nfe_backward_inversion": inverted.stats.nfe_backward, "nfe_backward_edit": stats.nfe_backward,
         "versions": versions(),
     }
-    return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
-                      nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
-                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+
+
+def _check_branch_prompt(editor_cls, inverted: Inverted, source_prompt: str, options: dict[str, Any]) -> str:
+    """The prompt the editor denoises the source under, which a given inversion must have been made with."""
+    branch_prompt = editor_cls.source_branch_prompt(source_prompt, options)
+    if branch_prompt != inverted.prompt:
+        raise InveditError(f"editor {editor_cls.name!r} denoises the source under {branch_prompt!r}, but the image "
+                           f"was inverted under {inverted.prompt!r}; invert under {branch_prompt!r}")
+    return branch_prompt
 
 
 def _check_reuse(pipe, inverted: Inverted, source_prompt: str | None, inversion: str | None, steps: int | None,
@@ -290,9 +300,10 @@ def _resolve_editor_options(model_defaults: dict[str, Any], inverted: Inverted, 
     return {**model_defaults, **inverted.editor_defaults(editor), **options}
 
 
-def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_prompt: str, guidance_scale: float,
-              seed: int, progress: bool, desc: str) -> tuple[torch.Tensor, RunStats]:
-    """The two-branch loop with ``editor`` attached: final latents (2, C, h, w) [source, target] and its cost."""
+def loop_context(pipe, inverted: Inverted, editor, source_prompt: str, target_prompt: str, guidance_scale: float,
+                 seed: int) -> LoopContext:
+    """Everything one edit's loop reads: the schedule, the denoiser (the branches' embeddings and CFG scales as
+    the inversion and the editor set them, the inversion's value transforms) and a seeded generator."""
     def encode(prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():
             return encode_prompts(pipe, prompts)
@@ -303,12 +314,18 @@ def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_promp
     values = ValueTransforms() if inverted.transforms_values else None
     guidance = editor.branch_guidance(inverted.branch_guidance(guidance_scale))
     denoiser = GuidedDenoiser(pipe.unet, cond, null, guidance, editor, values=values)
-    ctx = LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
+    return LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
+
+
+def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_prompt: str, guidance_scale: float,
+              seed: int, progress: bool, desc: str) -> tuple[torch.Tensor, RunStats]:
+    """The two-branch loop with ``editor`` attached: final latents (2, C, h, w) [source, target] and its cost."""
+    ctx = loop_context(pipe, inverted, editor, source_prompt, target_prompt, guidance_scale, seed)
     callback, bar = _progress(inverted.steps, progress, desc)
     try:
-        with editor.attach(pipe.unet, values):
-            latents = denoise_two_branches(inverted, ctx, editor, callback)
+        with editor.attach(pipe.unet, ctx.denoiser.values):
+            latents = denoise_two_branches(inverted.sampler(ctx), ctx, editor, callback)
     finally:
         if bar is not None:
             bar.close()
-    return torch.cat([latents.source, latents.target]), denoiser.stats
+    return torch.cat([latents.source, latents.target]), ctx.denoiser.stats

@@ -111,7 +111,6 @@ def edit_command(
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
     from . import api
     from .editing import get_editor
-    from .editing.p2p import parse_blend_words
     from .images import load_image
     from .inversion import get_inversion
     from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
@@ -131,20 +130,11 @@ def edit_command(
     inversion_options = parse_options(inversion_option, "--inversion-option")
     inversion_options.update({k: v for k, v in flags.items() if v is not None})
     inversion_options = inversion_cls.validate_options(inversion_options)
-    editor_options = parse_options(option, "--option")
-    blend_words = None
-    if blend:
-        if "blend_words" not in editor_cls.defaults:
-            raise InveditError(f"--blend is Prompt-to-Prompt's LocalBlend; editor {editor!r} has no blend words")
-        blend_words = editor_options["blend_words"] = parse_blend_words(blend)
-    editor_cls.validate_options(editor_options)
+    editor_options = _editor_options(editor_cls, option, blend)
+    blend_words = editor_options.get("blend_words")
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     resolve_dtype(dtype, resolve_device(device))
-    out = Path(out) if out else Path(f"{Path(image).stem}.{inversion}+{editor}.png")
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise InveditError(f"output must be .png, .jpg or .webp, got {out.name}")
-    if out.is_dir():
-        raise InveditError(f"output {out} is a folder; name the image file to write")
+    out = _output_path(out, image, inversion, editor)
     tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
     if tokenizer is not None:
         check_prompt(source, tokenizer, "source prompt")
@@ -172,6 +162,30 @@ def edit_command(
         written.append(out.with_name(out.stem + ".reconstruction.png"))
     typer.echo(f"wrote {', '.join(map(str, written))}: {inversion}+{editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
+
+
+def _editor_options(editor_cls, option: list[str] | None, blend: str | None) -> dict:
+    """``-o`` options, with ``--blend`` as P2P's ``blend_words``, validated by the editor."""
+    from .editing.p2p import parse_blend_words
+
+    options = parse_options(option, "--option")
+    if blend:
+        if "blend_words" not in editor_cls.defaults:
+            raise InveditError(f"--blend is Prompt-to-Prompt's LocalBlend; editor {editor_cls.name!r} has no blend "
+                               "words")
+        options["blend_words"] = parse_blend_words(blend)
+    editor_cls.validate_options(options)
+    return options
+
+
+def _output_path(out: Path | None, image: str, inversion: str, editor: str) -> Path:
+    """``--out``, or IMAGE.INVERSION+EDITOR.png; an image file name, not a folder."""
+    out = Path(out) if out else Path(f"{Path(image).stem}.{inversion}+{editor}.png")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InveditError(f"output must be .png, .jpg or .webp, got {out.name}")
+    if out.is_dir():
+        raise InveditError(f"output {out} is a folder; name the image file to write")
+    return out
 
 
 @app.command("methods")

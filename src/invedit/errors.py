@@ -20,3 +20,13 @@ def merge_options(kind: str, name: str, defaults: dict, options: dict) -> dict:
         known = ", ".join(sorted(defaults)) or "none"
         raise InveditError(f"{kind} {name!r} has no option {sorted(unknown)[0]!r} (options: {known})")
     return {**defaults, **options}
+
+
+def check_number(name: str, value, low: float = float("-inf"), high: float = float("inf"),
+                 integer: bool = False) -> float | int:
+    """``value`` as a float (an int with ``integer``) in [low, high]; anything else raises one clear line."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not ok or (integer and int(value) != value):
+        kind = "an integer" if integer else "a number"
+        raise InveditError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
+    return int(value) if integer else float(value)

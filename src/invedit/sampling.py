@@ -235,10 +235,10 @@ class GuidedDenoiser:
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
-    def with_gradient(self, step: int, t: int, null: dict[str, torch.Tensor | None] | None = None,
+    def with_gradient(self, schedule: DDIMSchedule, step: int, null: dict[str, torch.Tensor | None] | None = None,
                       values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> GradientModel:
         """The model an editor's ``guide`` calls at step ``step`` (autograd on, NFE counted both ways)."""
-        return GradientModel(self, step, t, null, values)
+        return GradientModel(self, schedule, step, schedule.timesteps[step], null, values)
 
     def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
@@ -254,6 +254,7 @@ class GradientModel:
     model-as-function); ``grad(loss, inputs)`` differentiates and counts the backward pass in NFE."""
 
     denoiser: GuidedDenoiser
+    schedule: DDIMSchedule
     step: int
     t: int
     null: dict[str, torch.Tensor | None] | None = None
@@ -281,31 +282,34 @@ class LoopContext:
     generator: torch.Generator
 
 
-def denoise_two_branches(inverted, ctx: LoopContext, editor,
+def denoise_two_branches(sampler, ctx: LoopContext, editor,
                          callback: Callable[[int], None] | None = None) -> Branches:
-    """The one editing loop: both branches from the inversion's start, one batched UNet call per step.
+    """The one editing loop: both branches from the sampler's start, one batched UNet call per step.
 
-    Per step: the editor's ``guide`` (only for editors that guide, with a gradient-capable model), the
-    inversion's ``step`` (model outputs, DDIM update, its correction — e.g. Direct Inversion pins the source
-    branch to z*), then the editor's latent callback (e.g. P2P LocalBlend), as in the reference. Everything but
-    the guidance runs without autograd. Methods that skip the first steps (edit-friendly DDPM) set
-    ``first_step``; editors count from there. The inversion's ``running`` context is held around it all (EDICT:
-    the UNet in float64).
+    ``sampler`` is the inversion's per-edit `invedit.inversion.Sampler`. Per step (one `StepInfo`): the editor's
+    ``guide`` (only for editors that guide, with a gradient-capable model), the sampler's ``step`` (model
+    outputs, DDIM update, its correction — e.g. Direct Inversion pins the source branch to z*), then the
+    editor's latent callback (e.g. P2P LocalBlend), as in the reference. Everything but the guidance runs without
+    autograd. Editors count steps from the sampler's ``first_step``. The sampler's ``running`` context is held
+    around it all (EDICT: the UNet in float64).
     """
-    with inverted.running(ctx):
+    from .inversion.base import StepInfo
+
+    with sampler.running():
         with torch.no_grad():
-            inverted.prepare(ctx)
-            latents = inverted.start_latents()
-        first = inverted.first_step
+            sampler.prepare()
+            latents = sampler.start_latents()
+        first = sampler.first_step
         ctx.denoiser.first_step = first
         for i in range(first, ctx.schedule.steps):
+            info = StepInfo.at(ctx.schedule, i, first)
             if editor.guides:
-                t = ctx.schedule.timesteps[i]
-                model = ctx.denoiser.with_gradient(i, t, inverted.null_embeddings(i), inverted.value_transforms(i))
-                latents = editor.guide(i - first, t, latents, model)
+                model = ctx.denoiser.with_gradient(ctx.schedule, i, sampler.null_embeddings(info),
+                                                   sampler.value_transforms(info))
+                latents = editor.guide(info.edit_index, info.t, latents, model)
             with torch.no_grad():
-                latents = inverted.step(ctx, i, latents)
-                latents = editor.step_callback(i - first, latents)
+                latents = sampler.step(info, latents)
+                latents = editor.step_callback(info.edit_index, latents)
             if callback is not None:
                 callback(i)
     return latents

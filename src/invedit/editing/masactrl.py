@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import InveditError
+from ..errors import InveditError, check_number
 from ..prompts import blend_word_tokens
 from ..sampling import HALVES, Branches, Row
 from .attention import LayerInfo, attention_layers, attention_probs, grid_shape
@@ -35,12 +35,6 @@ from .base import AttentionEditor, register
 SD_TRANSFORMER_BLOCKS = 16  # the reference's hard-coded layer count (Stable Diffusion 1.x)
 SOURCE_ROWS: frozenset[Row] = frozenset(("source", h) for h in HALVES)
 
-
-def _int_option(opts: dict[str, Any], name: str, low: int) -> int:
-    value = opts[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
-        raise InveditError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    return int(value)
 
 
 @register
@@ -69,8 +63,8 @@ class MutualSelfAttention(AttentionEditor):
         opts = cls.validate_options(options)
         if opts["mask_words"] and not source_prompt:
             raise InveditError("masactrl mask_words need the source prompt: pass source_branch='given'")
-        start_step = _int_option(opts, "start_step", 0)
-        start_layer = _int_option(opts, "start_layer", 0)
+        start_step = opts["start_step"] = check_number("start_step", opts["start_step"], 0, integer=True)
+        start_layer = opts["start_layer"] = check_number("start_layer", opts["start_layer"], 0, integer=True)
         if start_step >= steps:
             raise InveditError(f"masactrl start_step {start_step} leaves none of the {steps} steps under control")
         infos = [info for _, _, info in attention_layers(pipe.unet)]
@@ -139,9 +133,7 @@ class ObjectMasks:
         source_tokens, target_tokens = blend_word_tokens(source_prompt, target_prompt, words, pipe.tokenizer)
         if not source_tokens or not target_tokens:
             raise InveditError("masactrl mask_words must name a word of the source and a word of the target prompt")
-        threshold = float(opts["mask_threshold"])
-        if not 0 <= threshold <= 1:
-            raise InveditError(f"mask_threshold must be in [0, 1], got {threshold}")
+        threshold = check_number("mask_threshold", opts["mask_threshold"], 0, 1)
         downsample = opts["mask_downsample"] or PromptToPrompt.default_blend_downsample(pipe.unet)
         opts["mask_words"], opts["mask_downsample"] = list(words), downsample
         return cls(source_tokens, target_tokens, threshold, downsample)

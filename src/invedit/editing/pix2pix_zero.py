@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import InveditError
+from ..errors import InveditError, check_number
 from ..sampling import Branches, Row
 from .attention import LayerInfo, attention_probs
 from .base import AttentionEditor, register
@@ -62,9 +62,7 @@ class Pix2PixZero(AttentionEditor):
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> Pix2PixZero:
         opts = cls.validate_options(options)
-        weight = opts["cross_attention_guidance"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
-            raise InveditError(f"cross_attention_guidance must be a number in [0, 100], got {weight!r}")
+        weight = check_number("cross_attention_guidance", opts["cross_attention_guidance"], 0, 100)
         source = _sentences(opts["source_sentences"], source_prompt, "source_sentences")
         target = _sentences(opts["target_sentences"], target_prompt, "target_sentences")
         opts["source_sentences"], opts["target_sentences"] = source, target

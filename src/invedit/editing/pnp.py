@@ -6,7 +6,8 @@ the first ``feature_steps`` of the steps, and the self-attention queries and key
 of the up path's self-attention layers (``attention_layers``) for the first ``attention_steps``. The source row
 is the source branch's unconditional row, under the empty prompt; the target's unconditional prompt is
 ``negative_prompt``. With Direct Inversion the source branch is z*_t itself; with DDIM it is re-sampled from z*_T
-without guidance (``source_guidance`` 1), as the reference does.
+without guidance (``source_guidance`` 1), as the reference does. ``source_lag=True`` reproduces the reference's
+DDIM layout, whose source row runs one step late (see `PlugAndPlay.guide`; a defect, off by default).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import InveditError
-from ..sampling import Row
+from ..errors import InveditError, check_number
+from ..sampling import Branches, Row, ddim_step
 from .attention import LayerInfo, attention_layers
 from .base import AttentionEditor, register
 
@@ -28,12 +29,6 @@ REFERENCE_ATTENTION: dict[int, tuple[int, ...]] = {1: (1, 2), 2: (0, 1, 2), 3: (
 NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
 
 
-def _fraction(name: str, value: Any) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
-    if not ok:
-        raise InveditError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
 
 @register
 class PlugAndPlay(AttentionEditor):
@@ -42,7 +37,7 @@ class PlugAndPlay(AttentionEditor):
     name = "pnp"
     description = "Plug-and-Play: inject the source's ResNet features (80% of steps) and self-attention q/k (50%)"
     defaults: dict[str, Any] = {"feature_steps": 0.8, "attention_steps": 0.5, "feature_layer": "up_blocks.1.resnets.1",
-                                "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0}
+                                "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0, "source_lag": False}
 
     def __init__(self, n_feature: int, n_attention: int, options: dict[str, Any]):
         super().__init__()
@@ -51,8 +46,9 @@ class PlugAndPlay(AttentionEditor):
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> PlugAndPlay:
         opts = cls.validate_options(options)
-        n_feature = int(steps * _fraction("feature_steps", opts["feature_steps"]))  # reference: int(50·0.8) = 40
-        n_attention = int(steps * _fraction("attention_steps", opts["attention_steps"]))  # int(50·0.5) = 25
+        # the reference: int(50·0.8) = 40 and int(50·0.5) = 25 steps
+        n_feature = int(steps * check_number("feature_steps", opts["feature_steps"], 0, 1))
+        n_attention = int(steps * check_number("attention_steps", opts["attention_steps"], 0, 1))
         modules = dict(pipe.unet.named_modules())
         layer = modules.get(opts["feature_layer"])
         if layer is None or not hasattr(layer, "conv2"):
@@ -61,11 +57,12 @@ class PlugAndPlay(AttentionEditor):
             raise InveditError("pnp: this UNet has none of the reference's up-path self-attention layers")
         if not isinstance(opts["negative_prompt"], str):
             raise InveditError("pnp negative_prompt must be a string")
-        guidance = opts["source_guidance"]
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 50:
-            raise InveditError(f"pnp source_guidance must be a number in [0, 50], got {guidance!r}")
+        opts["source_guidance"] = check_number("source_guidance", opts["source_guidance"], 0, 50)
+        opts["source_lag"] = bool(opts["source_lag"])
         opts["feature_until_step"], opts["attention_until_step"] = n_feature, n_attention
-        return cls(n_feature, n_attention, opts)
+        editor = cls(n_feature, n_attention, opts)
+        editor.guides = opts["source_lag"]
+        return editor
 
     @staticmethod
     def _reference_layer(info: LayerInfo) -> bool:
@@ -99,6 +96,17 @@ class PlugAndPlay(AttentionEditor):
         query, key = query.clone(), key.clone()
         query[targets], key[targets] = query[source].clone(), key[source].clone()
         return F.scaled_dot_product_attention(query, key, value)
+
+    def guide(self, step: int, t: int, latents: Branches, model) -> Branches:
+        """``source_lag``: the reference's DDIM layout, where the source row at step i is the source branch's
+        re-sampled latent *after* step i and the edit starts from the one after step 0 (an off-by-one)."""
+        if step >= max(self.n_feature, self.n_attention) and step > 0:
+            return latents
+        with torch.no_grad():
+            out = model(latents, [("source", "cond")])[("source", "cond")]
+            ahead = ddim_step(model.schedule, out, model.step, latents.source)
+        target = ahead.clone() if step == 0 else latents.target
+        return Branches(latents.source, target, rows={**latents.rows, FEATURE_ROW: ahead})
 
     def forward_hooks(self, unet) -> list[tuple[torch.nn.Module, Any]]:
         block = dict(unet.named_modules())[self.options["feature_layer"]]

@@ -1,4 +1,4 @@
-"""The inversion contract: an `Inverted` holds what editing needs and hooks into the one denoising loop."""
+"""The inversion contract: a frozen `Inverted` result per method, and a fresh `Sampler` per edit that steps it."""
 
 from __future__ import annotations
 
@@ -32,22 +32,46 @@ class InversionInputs:
     image: Image.Image | None = None  # the input image as the model sees it (methods that encode it read it)
 
 
-@dataclass
-class Inverted(ABC):
-    """An inverted image: the z* trajectory plus method state; one inversion serves many target prompts.
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the loop is: what every sampler hook gets instead of re-deriving indices.
 
-    Subclasses (one per method, registered by name) override the hooks the loop calls:
-    ``running`` (a context held around the loop), ``prepare`` (once, before the loop), ``start_latents``,
-    ``null_embeddings(i)``, ``needs_source(i)``, ``step`` (default: guided DDIM step of both branches then
-    ``correct``) and ``correct(i, latents)``; methods that skip the noisiest steps override ``first_step``.
-    ``value_transforms(i)`` changes the cross-attention value input per row (with ``transforms_values`` set,
-    every cross-attention layer applies them); ``editor_defaults`` suggests editor settings.
+    ``index``: forward step of the schedule (0 = the noisiest); ``edit_index``: steps since the edit's first
+    step (what editors count); ``t``: the timestep; ``alpha`` / ``alpha_next``: ᾱ at t and at the level the
+    step lands on.
+    """
+
+    index: int
+    edit_index: int
+    t: int
+    alpha: torch.Tensor
+    alpha_next: torch.Tensor
+
+    @classmethod
+    def at(cls, schedule: DDIMSchedule, i: int, first_step: int = 0) -> StepInfo:
+        t = schedule.timesteps[i]
+        return cls(i, i - first_step, t, schedule.alpha(t), schedule.alpha(schedule.next_timestep(i)))
+
+
+@dataclass(frozen=True, eq=False)
+class Inverted(ABC):
+    """An inverted image, frozen: the z* trajectory plus what the method keeps; one serves many edits.
+
+    A subclass is one method, registered by name: its class methods ``validate_options`` and ``run`` are the
+    method (``run`` inverts and returns a frozen instance), its instances the results. Each edit gets a fresh
+    ``sampler_class(result, ctx)`` (a `Sampler`) that holds whatever the edit needs per step, so editing never
+    changes the result. Method-level settings: ``branch_guidance``, ``editor_defaults``, ``fitted_to_guidance``.
     """
 
     method: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     #: Options the method accepts, with their defaults (validated by `validate_options`).
     defaults: ClassVar[dict[str, Any]] = {}
+    #: What the inversion fitted to its guidance (methods that optimise or couple against the edit's CFG scale
+    #: name it here, e.g. "null embeddings"); such an inversion refuses to edit at another guidance.
+    fitted_to_guidance: ClassVar[str | None] = None
+    #: The per-edit step policy (set below to `Sampler`; methods that step differently name their own).
+    sampler_class: ClassVar[type[Sampler]]
 
     prompt: str
     latents: torch.Tensor  # z*_0 … z*_T, (T+1, C, h, w) float32 on the model's device
@@ -58,8 +82,9 @@ class Inverted(ABC):
     seconds: float = 0.0
     model: str = ""
     guidance_scale: float = 7.5
+    first_step: int = 0  # first loop step the edit runs (edit-friendly DDPM and EDICT skip the noisiest)
 
-    # ---- construction -------------------------------------------------------------------------------------
+    # ---- the method ---------------------------------------------------------------------------------------
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Options merged over the defaults; unknown names raise."""
@@ -87,39 +112,23 @@ class Inverted(ABC):
         """z* at the level forward step ``i`` starts from (z*_t)."""
         return self.latents[self.steps - i].unsqueeze(0)
 
-    # ---- loop hooks ---------------------------------------------------------------------------------------
-    #: First loop step the edit runs (edit-friendly DDPM skips the noisiest steps).
-    first_step: ClassVar[int] = 0
-    #: Whether `value_transforms` returns transforms (then every cross-attention layer applies them).
-    transforms_values: ClassVar[bool] = False
+    # ---- what an edit asks of it --------------------------------------------------------------------------
+    @property
+    def transforms_values(self) -> bool:
+        """Whether its sampler transforms the cross-attention value input (then every such layer applies it)."""
+        return self.sampler_class.transforms_values
 
-    def running(self, ctx: LoopContext) -> AbstractContextManager[object]:
-        """Context held around the whole edit loop (e.g. EDICT runs the UNet in float64); default: none."""
-        return nullcontext()
+    def sampler(self, ctx: LoopContext | None = None) -> Sampler:
+        """A fresh per-edit sampler (``ctx``: the edit's loop context; needed by `Sampler.prepare`)."""
+        return self.sampler_class(self, ctx)
 
     def editor_defaults(self, editor: str) -> dict[str, Any]:
         """Options for ``editor`` that this method's reference pairs it with (the user's options override)."""
         return {}
 
-    def value_transforms(self, i: int) -> dict[Row, Callable[[torch.Tensor], torch.Tensor]]:
-        """Per-row ((branch, half) → callable) transform of the cross-attention value context at step ``i``."""
-        return {}
-
-    def prepare(self, ctx: LoopContext) -> None:  # noqa: B027 (optional hook)
-        """Called once before the loop (e.g. precomputed offsets)."""
-
-    def start_latents(self) -> Branches:
-        """Both branches start from z*_T."""
-        z_t = self.latents[-1:].clone()
-        return Branches(z_t, z_t.clone())
-
     def branch_guidance(self, guidance_scale: float) -> dict[str, float]:
         """CFG scale per branch during the edit (both the edit's scale by default)."""
         return {"source": guidance_scale, "target": guidance_scale}
-
-    #: What the inversion fitted to its guidance (methods that optimise or couple against the edit's CFG scale
-    #: name it here, e.g. "null embeddings"); such an inversion refuses to edit at another guidance.
-    fitted_to_guidance: ClassVar[str | None] = None
 
     def check_edit(self, guidance_scale: float) -> None:
         """Refuse edit settings this inversion cannot serve (a guidance it was not fitted to)."""
@@ -127,32 +136,72 @@ class Inverted(ABC):
             raise InveditError(f"the {self.fitted_to_guidance} were made for guidance {self.guidance_scale}; "
                                f"invert again with guidance_scale={guidance_scale}")
 
-    def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
-        """Per-branch unconditional embedding at step ``i`` (None: the empty prompt's)."""
-        return {}
-
-    def needs_source(self, i: int) -> bool:
-        """Whether the source branch's latent update at step ``i`` reads its model output."""
-        return True
-
-    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-        """Guided DDIM step of both branches, then `correct`."""
-        branches = {"target", "source"} if self.needs_source(i) else {"target"}
-        t = ctx.schedule.timesteps[i]
-        out = ctx.denoiser(i, t, latents, branches, self.null_embeddings(i), self.value_transforms(i))
-        source = ddim_step(ctx.schedule, out["source"], i, latents.source) if "source" in out else None
-        target = ddim_step(ctx.schedule, out["target"], i, latents.target)
-        return self.correct(i, source, target)
-
-    def correct(self, i: int, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
-        """Per-step correction after the DDIM update (identity: plain DDIM)."""
-        if source is None:
-            raise RuntimeError(f"{self.method}: source output skipped but no correction sets it")
-        return Branches(source, target)
-
     # ---- reporting ----------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description (method, options, cost)."""
         return {"method": self.method, "prompt": self.prompt, "steps": self.steps, "options": self.options,
                 "nfe": self.stats.nfe, "nfe_backward": self.stats.nfe_backward, "seconds": round(self.seconds, 4),
-                "model": self.model}
+                "model": self.model, "first_step": self.first_step}
+
+
+class Sampler:
+    """One edit's step policy over a frozen `Inverted` (a fresh one per edit; its state is the edit's).
+
+    The loop calls, with one `StepInfo` per step: ``running()`` (a context around the loop), ``prepare()``
+    (once), ``start_latents()``, then per step ``step(info, latents)`` — by default the guided DDIM step of both
+    branches (reading ``null_embeddings``, ``needs_source`` and ``value_transforms``) followed by
+    ``correct(info, source, target)``.
+    """
+
+    #: Whether `value_transforms` returns transforms (then every cross-attention layer applies them).
+    transforms_values: ClassVar[bool] = False
+
+    def __init__(self, inverted: Inverted, ctx: LoopContext | None = None):
+        self.inverted, self.ctx, self.options = inverted, ctx, inverted.options
+
+    @property
+    def first_step(self) -> int:
+        return self.inverted.first_step
+
+    def running(self) -> AbstractContextManager[object]:
+        """Context held around the whole edit loop (e.g. EDICT runs the UNet in float64); default: none."""
+        return nullcontext()
+
+    def prepare(self) -> None:  # noqa: B027 (optional hook)
+        """Called once before the loop (e.g. precomputed offsets)."""
+
+    def start_latents(self) -> Branches:
+        """Both branches start from z* at the first step's level (z*_T by default)."""
+        z_t = self.inverted.z_star_before(self.first_step).clone()
+        return Branches(z_t, z_t.clone())
+
+    def null_embeddings(self, info: StepInfo) -> dict[str, torch.Tensor | None]:
+        """Per-branch unconditional embedding (None: the empty prompt's)."""
+        return {}
+
+    def value_transforms(self, info: StepInfo) -> dict[Row, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per-row ((branch, half) → callable) transform of the cross-attention value context."""
+        return {}
+
+    def needs_source(self, info: StepInfo) -> bool:
+        """Whether the source branch's latent update reads its model output."""
+        return True
+
+    def step(self, info: StepInfo, latents: Branches) -> Branches:
+        """Guided DDIM step of both branches, then `correct`."""
+        branches = {"target", "source"} if self.needs_source(info) else {"target"}
+        out = self.ctx.denoiser(info.index, info.t, latents, branches, self.null_embeddings(info),
+                                self.value_transforms(info))
+        schedule = self.ctx.schedule
+        source = ddim_step(schedule, out["source"], info.index, latents.source) if "source" in out else None
+        target = ddim_step(schedule, out["target"], info.index, latents.target)
+        return self.correct(info, source, target)
+
+    def correct(self, info: StepInfo, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
+        """Per-step correction after the DDIM update (identity: plain DDIM)."""
+        if source is None:
+            raise RuntimeError(f"{self.inverted.method}: source output skipped but no correction sets it")
+        return Branches(source, target)
+
+
+Inverted.sampler_class = Sampler  # the default per-edit sampler (plain guided DDIM); methods set their own

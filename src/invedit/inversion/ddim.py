@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..sampling import ddim_invert
@@ -11,12 +12,13 @@ from .registry import register
 
 
 @register
+@dataclass(frozen=True, eq=False)
 class DDIMInverted(Inverted):
     """DDIM inversion under the source prompt (guidance 1); both branches denoise freely from z*_T."""
 
     method = "ddim"
     description = "DDIM inversion, no correction (baseline; reconstruction drifts under CFG)"
-    defaults: dict[str, Any] = {"inversion_guidance": 1.0}
+    defaults = {"inversion_guidance": 1.0}
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DDIMInverted:

@@ -18,6 +18,7 @@ also inverts the ``skip`` noisiest steps it never uses). The direction term uses
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,14 +28,13 @@ from ..sampling import (
     BRANCHES,
     Branches,
     DDIMSchedule,
-    LoopContext,
     ddim_sigma,
     guided,
     halves_needed,
     unet_output,
     x0_and_eps,
 )
-from .base import InversionInputs, Inverted
+from .base import InversionInputs, Inverted, Sampler, StepInfo
 from .registry import register
 
 
@@ -54,13 +54,31 @@ def skipped_steps(skip: float, steps: int) -> int:
     return first
 
 
+class DDPMSampler(Sampler):
+    """η-DDIM steps of both branches with the stored noise maps, from x_{T−skip}."""
+
+    def noise_map(self, info: StepInfo) -> torch.Tensor:
+        """z_t of this step (1, C, h, w)."""
+        return self.inverted.noise_maps[info.edit_index].unsqueeze(0)
+
+    def step(self, info: StepInfo, latents: Branches) -> Branches:
+        """η-DDIM step of both branches with the stored noise map: x_{t−1} = μ_t(x_t) + σ_t·z_t (Huberman et al.)."""
+        schedule, i = self.ctx.schedule, info.index
+        out = self.ctx.denoiser(i, info.t, latents, set(BRANCHES), self.null_embeddings(info))
+        sigma = ddim_sigma(schedule, i, self.options["eta"]).to(latents.source.device)
+        noise = sigma * self.noise_map(info)
+        return Branches(*(eta_mean(schedule, out[b], i, latents[b], sigma) + noise for b in BRANCHES))
+
+
 @register
+@dataclass(frozen=True, eq=False)
 class DDPMInverted(Inverted):
     """Edit-friendly DDPM inversion: independent x_t samples, per-step noise maps shared by both branches."""
 
     method = "ddpm"
     description = "Edit-friendly DDPM inversion: stored noise maps, edit from x_{T-skip} (eta 1, skip 12 of 50)"
-    defaults: dict[str, Any] = {"eta": 1.0, "skip": 0.24, "source_guidance": 1.0}
+    defaults = {"eta": 1.0, "skip": 0.24, "source_guidance": 1.0}
+    sampler_class = DDPMSampler
 
     #: Noise maps z_t of the steps the edit runs: row k belongs to loop step ``first_step + k``.
     noise_maps: torch.Tensor | None = None
@@ -115,36 +133,10 @@ class DDPMInverted(Inverted):
                 xs[steps - 1 - i] = (mean + sigma * z)[0]
             if inputs.callback is not None:
                 inputs.callback(i - first)
-        inverted = cls(prompt=inputs.prompt, latents=xs, schedule=schedule, options=opts, stats=inputs.stats,
-                       seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-        inverted.noise_maps = torch.stack(maps)
-        return inverted
-
-    # ---- loop hooks ---------------------------------------------------------------------------------------
-    @property
-    def first_step(self) -> int:  # type: ignore[override]
-        """The edit starts at loop step ``skip``, from x_{T−skip}."""
-        return self.steps - self.noise_maps.shape[0]
-
-    def noise_map(self, i: int) -> torch.Tensor:
-        """z_t of loop step ``i`` (1, C, h, w)."""
-        return self.noise_maps[i - self.first_step].unsqueeze(0)
-
-    def start_latents(self) -> Branches:
-        """Both branches start from the sampled x_{T−skip}."""
-        x = self.z_star_before(self.first_step).clone()
-        return Branches(x, x.clone())
+        return cls(prompt=inputs.prompt, latents=xs, schedule=schedule, options=opts, stats=inputs.stats,
+                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, first_step=first,
+                   noise_maps=torch.stack(maps))
 
     def branch_guidance(self, guidance_scale: float) -> dict[str, float]:
         """The source keeps the guidance its noise maps were computed with; the target uses the edit's."""
         return {"source": self.options["source_guidance"], "target": guidance_scale}
-
-    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-        """η-DDIM step of both branches with the stored noise map: x_{t−1} = μ_t(x_t) + σ_t·z_t (Huberman et al.)."""
-        out = ctx.denoiser(i, ctx.schedule.timesteps[i], latents, set(BRANCHES), self.null_embeddings(i))
-        sigma = ddim_sigma(ctx.schedule, i, self.options["eta"]).to(latents.source.device)
-        noise = sigma * self.noise_map(i)
-        return Branches(*(eta_mean(ctx.schedule, out[b], i, latents[b], sigma) + noise for b in BRANCHES))
-
-    def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "first_step": self.first_step}

@@ -12,28 +12,98 @@ code's separate offset pass at batch 4 (50 extra UNet calls), for parity checks 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import InveditError
-from ..sampling import Branches, LoopContext, ddim_invert, ddim_step, guided
-from .base import InversionInputs, Inverted
+from ..sampling import Branches, ddim_invert, ddim_step, guided
+from .base import InversionInputs, Inverted, Sampler, StepInfo
 from .registry import register
 
 
+class DirectSampler(Sampler):
+    """One edit with Direct Inversion: the source pinned to z* (or moved towards it), offsets precomputed for the
+    reference layout and ``correct_target``."""
+
+    source_offsets: list[torch.Tensor] | None = None  # per step, (1, C, h, w): the reference layout's
+    target_offsets: list[torch.Tensor] | None = None  # per step: correct_target's
+
+    def corrects_at(self, info: StepInfo) -> bool:
+        """Whether this step adds an offset (every ``offset_interval`` steps, from step 0)."""
+        return info.index % self.options["offset_interval"] == 0
+
+    @property
+    def reference_layout(self) -> bool:
+        return self.options["layout"] == "reference"
+
+    def needs_source(self, info: StepInfo) -> bool:
+        pinned = self.options["offset_scale"] == 1.0 and self.corrects_at(info) and not self.reference_layout
+        return not pinned
+
+    def offset_pass(self, branches: list[str]) -> list[torch.Tensor]:
+        """Offsets z*_{t−1} − z''_{t−1} along z* for ``branches``' prompts, as the reference computes them.
+
+        Each branch starts at z*_T and after each step is moved by its (scaled / intervalled) offset; the batch
+        is [u…, c…] like the reference's `offset_calculate` (batch 4 for two branches).
+        """
+        den, schedule, inv = self.ctx.denoiser, self.ctx.schedule, self.inverted
+        n = len(branches)
+        emb = torch.cat([den.null[b] for b in branches] + [den.cond[b] for b in branches])
+        scale = self.options["offset_scale"]
+        z = inv.latents[-1:].expand(n, -1, -1, -1).clone()
+        offsets = []
+        for i, t in enumerate(schedule.timesteps):
+            u, c = den.plain(t, torch.cat([z, z]), emb).chunk(2)
+            g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
+            z_prev = ddim_step(schedule, guided({"uncond": u, "cond": c}, g), i, z)
+            if self.corrects_at(StepInfo.at(schedule, i)):
+                offset = (inv.z_star_after(i).expand_as(z_prev) - z_prev) * scale
+            else:
+                offset = torch.zeros_like(z_prev)
+            offsets.append(offset)
+            z = z_prev + offset
+        return offsets
+
+    def prepare(self) -> None:
+        if self.reference_layout:
+            branches = ["source", "target"]  # the reference computes both rows (batch 4), using row 0 only
+        elif self.options["correct_target"]:
+            branches = ["target"]
+        else:
+            return
+        offsets = self.offset_pass(branches)
+        if "source" in branches:
+            self.source_offsets = [o[branches.index("source")].unsqueeze(0) for o in offsets]
+        if self.options["correct_target"]:
+            self.target_offsets = [o[branches.index("target")].unsqueeze(0) for o in offsets]
+
+    def correct(self, info: StepInfo, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
+        """Source branch: z'' + s·(z* − z'') at correcting steps (= z* at full scale); target untouched."""
+        i = info.index
+        if self.target_offsets is not None:
+            target = target + self.target_offsets[i]
+        if self.source_offsets is not None:  # reference layout: add the precomputed offset
+            return Branches(source + self.source_offsets[i], target)
+        if not self.corrects_at(info):
+            return Branches(source, target)
+        z_star = self.inverted.z_star_after(i)
+        if source is None:  # pinned: the source output was not computed
+            return Branches(z_star.clone(), target)
+        return Branches(source + self.options["offset_scale"] * (z_star - source), target)
+
+
 @register
+@dataclass(frozen=True, eq=False)
 class DirectInverted(Inverted):
     """Direct Inversion: DDIM inversion, then the source branch is pinned to z* during editing."""
 
     method = "direct"
     description = "Direct Inversion (PnP Inversion): source branch pinned to z*, target untouched"
-    defaults: dict[str, Any] = {"offset_scale": 1.0, "offset_interval": 1, "correct_target": False,
-                                "inversion_guidance": 1.0, "layout": "fused"}
-
-    # Precomputed per-step offsets (set by `prepare` for the reference layout / correct_target).
-    _source_offsets: list[torch.Tensor] | None = None
-    _target_offsets: list[torch.Tensor] | None = None
+    defaults = {"offset_scale": 1.0, "offset_interval": 1, "correct_target": False, "inversion_guidance": 1.0,
+                "layout": "fused"}
+    sampler_class = DirectSampler
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -60,71 +130,3 @@ class DirectInverted(Inverted):
                               opts["inversion_guidance"], inputs.stats, inputs.callback)
         return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
                    stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-
-    # ---- which steps get which correction ------------------------------------------------------------------
-    def corrects_at(self, i: int) -> bool:
-        """Whether step ``i`` adds an offset (every ``offset_interval`` steps, from step 0)."""
-        return i % self.options["offset_interval"] == 0
-
-    @property
-    def reference_layout(self) -> bool:
-        return self.options["layout"] == "reference"
-
-    def needs_source(self, i: int) -> bool:
-        pinned = self.options["offset_scale"] == 1.0 and self.corrects_at(i) and not self.reference_layout
-        return not pinned
-
-    # ---- precomputed offsets (reference layout, correct_target) -------------------------------------------
-    @torch.no_grad()
-    def _offset_pass(self, ctx: LoopContext, branches: list[str]) -> list[torch.Tensor]:
-        """Offsets z*_{t−1} − z''_{t−1} along z* for ``branches``' prompts, as the reference computes them.
-
-        Each branch starts at z*_T and after each step is moved by its (scaled / intervalled) offset; the batch
-        is [u…, c…] like the reference's `offset_calculate` (batch 4 for two branches).
-        """
-        den = ctx.denoiser
-        n = len(branches)
-        emb = torch.cat([den.null[b] for b in branches] + [den.cond[b] for b in branches])
-        scale = self.options["offset_scale"]
-        z = self.latents[-1:].expand(n, -1, -1, -1).clone()
-        offsets = []
-        for i, t in enumerate(ctx.schedule.timesteps):
-            out = den.plain(t, torch.cat([z, z]), emb)
-            u, c = out.chunk(2)
-            g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
-            z_prev = ddim_step(ctx.schedule, guided({"uncond": u, "cond": c}, g), i, z)
-            if self.corrects_at(i):
-                offset = (self.z_star_after(i).expand_as(z_prev) - z_prev) * scale
-            else:
-                offset = torch.zeros_like(z_prev)
-            offsets.append(offset)
-            z = z_prev + offset
-        return offsets
-
-    def prepare(self, ctx: LoopContext) -> None:
-        self._source_offsets = self._target_offsets = None
-        if self.reference_layout:
-            branches = ["source", "target"]  # the reference computes both rows (batch 4), using row 0 only
-        elif self.options["correct_target"]:
-            branches = ["target"]
-        else:
-            return
-        offsets = self._offset_pass(ctx, branches)
-        if "source" in branches:
-            self._source_offsets = [o[branches.index("source")].unsqueeze(0) for o in offsets]
-        if self.options["correct_target"]:
-            self._target_offsets = [o[branches.index("target")].unsqueeze(0) for o in offsets]
-
-    # ---- the correction ------------------------------------------------------------------------------------
-    def correct(self, i: int, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
-        """Source branch: z'' + s·(z* − z'') at correcting steps (= z* at full scale); target untouched."""
-        if self._target_offsets is not None:
-            target = target + self._target_offsets[i]
-        if self._source_offsets is not None:  # reference layout: add the precomputed offset
-            return Branches(source + self._source_offsets[i], target)
-        if not self.corrects_at(i):
-            return Branches(source, target)
-        z_star = self.z_star_after(i)
-        if source is None:  # pinned: the source output was not computed
-            return Branches(z_star.clone(), target)
-        return Branches(source + self.options["offset_scale"] * (z_star - source), target)

@@ -30,14 +30,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import torch
 
 from ..errors import InveditError
-from ..sampling import BRANCHES, Branches, DDIMSchedule, LoopContext, guided, halves_needed, unet_output, x0_and_eps
-from .base import InversionInputs, Inverted
+from ..sampling import BRANCHES, Branches, DDIMSchedule, guided, halves_needed, unet_output, x0_and_eps
+from .base import InversionInputs, Inverted, Sampler, StepInfo
 from .registry import register
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
@@ -88,14 +89,44 @@ def unet_in_dtype(unet: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
             t.data = t.data.to(original)
 
 
+class EdictSampler(Sampler):
+    """Both branches' (x, y) pairs stepped by EDICT, the UNet in the working precision."""
+
+    def running(self) -> AbstractContextManager[object]:
+        return EdictInverted.precision_context(self.ctx.denoiser.unet, self.options["precision"])
+
+    def start_latents(self) -> Branches:
+        """Each branch carries the inverted (x, y) pair as two rows, in the working precision."""
+        return Branches(self.inverted.start_pair.clone(), self.inverted.start_pair.clone())
+
+    def step(self, info: StepInfo, latents: Branches) -> Branches:
+        """EDICT step of both branches' pairs: two batched UNet calls (ε of the y chains, then of the x chains)."""
+        schedule, i, t, alpha = self.ctx.schedule, info.index, info.t, info.alpha
+
+        def eps(v: torch.Tensor) -> torch.Tensor:  # v: (2, C, h, w), rows = source, target
+            rows = dict(zip(BRANCHES, v.split(1)))
+            out = self.ctx.denoiser(i, t, Branches(**rows), set(BRANCHES), self.null_embeddings(info))
+            return torch.cat([x0_and_eps(out[b], rows[b], alpha, schedule.prediction_type)[1] for b in BRANCHES])
+
+        x = torch.cat([latents.source[:1], latents.target[:1]])
+        y = torch.cat([latents.source[1:], latents.target[1:]])
+        a, b = coupling_coefficients(schedule, i)
+        x, y = edict_step(x, y, eps, a, b, self.options["mix_weight"], info.edit_index % 2)
+        if i == schedule.steps - 1:  # done: the x chains, as the reference returns
+            return Branches(x[:1].float(), x[1:].float())
+        return Branches(torch.cat([x[:1], y[:1]]), torch.cat([x[1:], y[1:]]))
+
+
 @register
+@dataclass(frozen=True, eq=False)
 class EdictInverted(Inverted):
     """EDICT: two coupled chains per branch, inverted exactly; ``latents`` holds the x chain."""
 
     method = "edict"
     description = "EDICT: coupled x/y chains, exactly invertible (mix 0.93, float64; edits the last 80% of steps)"
     fitted_to_guidance = "EDICT inversion chains"
-    defaults: dict[str, Any] = {"mix_weight": 0.93, "precision": "float64", "strength": 0.8}
+    defaults = {"mix_weight": 0.93, "precision": "float64", "strength": 0.8}
+    sampler_class = EdictSampler
 
     #: y chain of the inversion, (T+1, C, h, w) float32 like ``latents`` (levels above the start are NaN).
     y_latents: torch.Tensor | None = None
@@ -166,41 +197,6 @@ class EdictInverted(Inverted):
                 xs[k + 1], ys[k + 1] = x[0], y[0]
                 if inputs.callback is not None:
                     inputs.callback(k)
-        inverted = cls(prompt=inputs.prompt, latents=xs, schedule=schedule, options=opts, stats=inputs.stats,
-                       seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-        inverted.y_latents, inverted.start_pair = ys, torch.cat([x, y])
-        return inverted
-
-    # ---- loop hooks ---------------------------------------------------------------------------------------
-    @property
-    def first_step(self) -> int:  # type: ignore[override]
-        """The edit starts where the inversion stopped: step steps − int(steps·strength)."""
-        return self.start_step(self.options["strength"], self.steps)
-
-    def running(self, ctx: LoopContext) -> AbstractContextManager[object]:
-        return self.precision_context(ctx.denoiser.unet, self.options["precision"])
-
-    def start_latents(self) -> Branches:
-        """Each branch carries the inverted (x, y) pair as two rows, in the working precision."""
-        return Branches(self.start_pair.clone(), self.start_pair.clone())
-
-    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-        """EDICT step of both branches' pairs: two batched UNet calls (ε of the y chains, then of the x chains)."""
-        schedule = ctx.schedule
-        t, alpha = schedule.timesteps[i], schedule.alpha(schedule.timesteps[i])
-
-        def eps(v: torch.Tensor) -> torch.Tensor:  # v: (2, C, h, w), rows = source, target
-            rows = dict(zip(BRANCHES, v.split(1)))
-            out = ctx.denoiser(i, t, Branches(**rows), set(BRANCHES), self.null_embeddings(i))
-            return torch.cat([x0_and_eps(out[b], rows[b], alpha, schedule.prediction_type)[1] for b in BRANCHES])
-
-        x = torch.cat([latents.source[:1], latents.target[:1]])
-        y = torch.cat([latents.source[1:], latents.target[1:]])
-        a, b = coupling_coefficients(schedule, i)
-        x, y = edict_step(x, y, eps, a, b, self.options["mix_weight"], (i - self.first_step) % 2)
-        if i == schedule.steps - 1:  # done: the x chains, as the reference returns
-            return Branches(x[:1].float(), x[1:].float())
-        return Branches(torch.cat([x[:1], y[:1]]), torch.cat([x[1:], y[1:]]))
-
-    def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "first_step": self.first_step}
+        return cls(prompt=inputs.prompt, latents=xs, schedule=schedule, options=opts, stats=inputs.stats,
+                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, first_step=first,
+                   y_latents=ys, start_pair=torch.cat([x, y]))

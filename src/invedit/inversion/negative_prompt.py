@@ -7,25 +7,35 @@ embedding of both branches: no optimisation, so the source branch's guided outpu
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..sampling import ddim_invert
-from .base import InversionInputs, Inverted
-from .proximal import PROXIMAL_DEFAULTS, ProximalGuidance
+from .base import InversionInputs, Inverted, Sampler, StepInfo
+from .proximal import PROXIMAL_DEFAULTS, ProximalOptions, ProximalSampler
 from .registry import register
 
 
+class NegativePromptSampler(ProximalSampler, Sampler):
+    """The source prompt's embedding as the null embedding of both branches."""
+
+    def null_embeddings(self, info: StepInfo) -> dict[str, torch.Tensor | None]:
+        return {"source": self.inverted.source_embedding, "target": self.inverted.source_embedding}
+
+
 @register
-class NegativePromptInverted(ProximalGuidance, Inverted):
+@dataclass(frozen=True, eq=False)
+class NegativePromptInverted(ProximalOptions, Inverted):
     """Negative-prompt inversion: the source embedding replaces the null embedding while editing."""
 
     method = "negative-prompt"
     description = "Negative-prompt inversion: source prompt as the null embedding (no optimisation)"
-    defaults: dict[str, Any] = dict(PROXIMAL_DEFAULTS)
+    defaults = dict(PROXIMAL_DEFAULTS)
+    sampler_class = NegativePromptSampler
 
-    source_embedding: torch.Tensor | None = None
+    source_embedding: torch.Tensor | None = None  # (1, 77, D)
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NegativePromptInverted:
@@ -33,10 +43,9 @@ class NegativePromptInverted(ProximalGuidance, Inverted):
         start = time.perf_counter()
         latents = ddim_invert(inputs.pipe.unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0,
                               inputs.stats, inputs.callback)
-        inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
-                       stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-        inverted.source_embedding = inputs.cond
-        return inverted
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
+                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale,
+                   source_embedding=inputs.cond)
 
     def branch_guidance(self, guidance_scale: float) -> dict[str, float]:
         """The source branch's null and conditional embeddings coincide, so its guided output is its conditional
@@ -44,6 +53,3 @@ class NegativePromptInverted(ProximalGuidance, Inverted):
         if self.options["proximal"]:
             return super().branch_guidance(guidance_scale)  # ProxEdit thresholds over both branches' directions
         return {"source": 1.0, "target": guidance_scale}
-
-    def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
-        return {"source": self.source_embedding, "target": self.source_embedding}

@@ -9,27 +9,37 @@ reconstruction; the target branch is untouched, as in Direct Inversion.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..sampling import Branches
-from .base import InversionInputs, Inverted
+from .base import InversionInputs, Inverted, Sampler, StepInfo
 from .null_text import invert_and_optimise
 from .registry import register
 
 
+class NullLatentSampler(Sampler):
+    """Null-text's per-step latent effect added to the source branch after each step."""
+
+    def correct(self, info: StepInfo, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
+        return Branches(source + self.inverted.offsets[info.index], target)
+
+
 @register
+@dataclass(frozen=True, eq=False)
 class NullLatentInverted(Inverted):
     """Null-text optimisation turned into per-step source-branch latent offsets."""
 
     method = "null-latent"
     description = "ablation: null-text's effect added to the source latent (NL), default null while editing"
     fitted_to_guidance = "null-latent offsets"
-    defaults: dict[str, Any] = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2}
+    defaults = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2}
+    sampler_class = NullLatentSampler
 
-    offsets: list[torch.Tensor] | None = None
-    iterations: list[int] | None = None
+    offsets: tuple[torch.Tensor, ...] = ()  # per step, (1, C, h, w)
+    iterations: tuple[int, ...] = ()
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NullLatentInverted:
@@ -37,13 +47,9 @@ class NullLatentInverted(Inverted):
         start = time.perf_counter()
         offsets: list[torch.Tensor] = []
         latents, _, iterations = invert_and_optimise(inputs, opts, offsets)
-        inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
-                       stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-        inverted.offsets, inverted.iterations = offsets, iterations
-        return inverted
-
-    def correct(self, i: int, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
-        return Branches(source + self.offsets[i], target)
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
+                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale,
+                   offsets=tuple(offsets), iterations=tuple(iterations))
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "iterations": self.iterations}
+        return {**super().summary(), "iterations": list(self.iterations)}

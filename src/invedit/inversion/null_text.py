@@ -10,6 +10,7 @@ null-text only in the source branch).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 
 from ..errors import InveditError
 from ..sampling import RunStats, ddim_invert, ddim_step, guided, unet_output
-from .base import InversionInputs, Inverted
-from .proximal import PROXIMAL_DEFAULTS, ProximalGuidance
+from .base import InversionInputs, Inverted, Sampler, StepInfo
+from .proximal import PROXIMAL_DEFAULTS, ProximalOptions, ProximalSampler
 from .registry import register
 
 #: The reference's learning-rate schedule 1 − i/100 (made for 50 steps) reaches 0 at step 100 and turns negative
@@ -108,18 +109,27 @@ def invert_and_optimise(inputs: InversionInputs, opts: dict[str, Any], offsets: 
     return latents, nulls, iterations
 
 
+class NullTextSampler(ProximalSampler, Sampler):
+    """The per-step null embeddings in both branches (``branches="source"``: the source's only, NT-S)."""
+
+    def null_embeddings(self, info: StepInfo) -> dict[str, torch.Tensor | None]:
+        null = self.inverted.nulls[info.index]
+        return {"source": null, "target": null if self.options["branches"] == "both" else None}
+
+
 @register
-class NullTextInverted(ProximalGuidance, Inverted):
+@dataclass(frozen=True, eq=False)
+class NullTextInverted(ProximalOptions, Inverted):
     """Null-text inversion: per-step optimised null embeddings used while editing."""
 
     method = "null-text"
     description = "Null-text inversion: per-step optimised null embeddings (slow, optimisation)"
     fitted_to_guidance = "null embeddings"
-    defaults: dict[str, Any] = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2, "branches": "both",
-                                **PROXIMAL_DEFAULTS}
+    defaults = {"inner_steps": 10, "early_stop": 1e-5, "learning_rate": 1e-2, "branches": "both", **PROXIMAL_DEFAULTS}
+    sampler_class = NullTextSampler
 
-    nulls: list[torch.Tensor] | None = None
-    iterations: list[int] | None = None
+    nulls: tuple[torch.Tensor, ...] = ()  # per step, (1, 77, D)
+    iterations: tuple[int, ...] = ()  # Adam iterations per step
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -135,14 +145,9 @@ class NullTextInverted(ProximalGuidance, Inverted):
         opts = cls.validate_options(options)
         start = time.perf_counter()
         latents, nulls, iterations = invert_and_optimise(inputs, opts)
-        inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
-                       stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-        inverted.nulls, inverted.iterations = nulls, iterations
-        return inverted
-
-    def null_embeddings(self, i: int) -> dict[str, torch.Tensor | None]:
-        null = self.nulls[i]
-        return {"source": null, "target": null if self.options["branches"] == "both" else None}
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
+                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, nulls=tuple(nulls),
+                   iterations=tuple(iterations))
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "iterations": self.iterations, "total_iterations": sum(self.iterations or [])}
+        return {**super().summary(), "iterations": list(self.iterations), "total_iterations": sum(self.iterations)}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InveditError
-from ..sampling import Branches, LoopContext, ddim_step
+from ..sampling import Branches, ddim_step
 
 PROXIMAL_DEFAULTS: dict[str, Any] = {"proximal": None, "quantile": 0.75, "recon_t": 400, "recon_lr": 1.0,
                                      "dilate": 1}
@@ -40,11 +40,10 @@ def proximal_direction(delta: torch.Tensor, quantile: float, mode: str) -> tuple
     return out, tau
 
 
-def proximal_step(inverted, ctx: LoopContext, i: int, latents: Branches) -> Branches:
-    """One ProxEdit step of both branches (reference-settings §4); ``inverted`` supplies null embeddings and z*."""
-    opts = inverted.options
-    t = ctx.schedule.timesteps[i]
-    raw = ctx.denoiser.raw(i, t, latents, {"source", "target"}, inverted.null_embeddings(i))
+def proximal_step(sampler, info, latents: Branches) -> Branches:
+    """One ProxEdit step of both branches (reference-settings §4); ``sampler`` supplies null embeddings and z*."""
+    opts, ctx, i, t = sampler.options, sampler.ctx, info.index, info.t
+    raw = ctx.denoiser.raw(i, t, latents, {"source", "target"}, sampler.null_embeddings(info))
     branches = ("source", "target")
     u = torch.cat([raw[(b, "uncond")] for b in branches])
     delta, tau = proximal_direction(torch.cat([raw[(b, "cond")] for b in branches]) - u,
@@ -57,22 +56,23 @@ def proximal_step(inverted, ctx: LoopContext, i: int, latents: Branches) -> Bran
         r = int(opts["dilate"])
         if r > 0:
             edit_region = F.max_pool2d(edit_region, kernel_size=2 * r + 1, stride=1, padding=r)
-        z_star = inverted.z_star_after(i).expand_as(z_next)
+        z_star = sampler.inverted.z_star_after(i).expand_as(z_next)
         z_next = z_next - float(opts["recon_lr"]) * (z_next - z_star) * (1 - edit_region)
     return Branches(z_next[:1], z_next[1:])
 
 
-class ProximalGuidance:
-    """Mixin for an `Inverted` whose edits may use ProxEdit: adds its options' validation and its step.
-
-    With ``proximal`` unset the method's own step runs unchanged.
-    """
+class ProximalOptions:
+    """Mixin for an `Inverted` whose edits may use ProxEdit: validates its options (pair with `ProximalSampler`)."""
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         return check_proximal_options(super().validate_options(options))
 
-    def step(self, ctx: LoopContext, i: int, latents: Branches) -> Branches:
+
+class ProximalSampler:
+    """Mixin for a `Sampler`: the ProxEdit step when ``proximal`` is set, the method's own step otherwise."""
+
+    def step(self, info, latents: Branches) -> Branches:
         if self.options["proximal"]:
-            return proximal_step(self, ctx, i, latents)
-        return super().step(ctx, i, latents)
+            return proximal_step(self, info, latents)
+        return super().step(info, latents)

@@ -48,10 +48,10 @@ from torch import nn
 
 from ..editing.attention import LayerInfo, ValueTransforms, attention_layers, attention_probs
 from ..editing.base import AttentionEditor
-from ..errors import InveditError
+from ..errors import InveditError, check_number
 from ..images import pil_to_tensor
 from ..sampling import Row, RunStats, ddim_invert, ddim_step, guided, unet_output
-from .base import InversionInputs, Inverted
+from .base import InversionInputs, Inverted, Sampler, StepInfo
 from .null_text import learning_rate_factor
 from .registry import register
 
@@ -224,30 +224,36 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
 
 # ---- the method ----------------------------------------------------------------------------------------------
 def _number(opts: dict[str, Any], name: str, low: float, high: float = math.inf, integer: bool = False) -> None:
-    value = opts[name]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if not ok or (integer and int(value) != value):
-        kind = "an integer" if integer else "a number"
-        raise InveditError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
-    opts[name] = int(value) if integer else float(value)
+    opts[name] = check_number(name, opts[name], low, high, integer)
+
+
+class StyleDiffusionSampler(Sampler):
+    """The per-step value mapping in the source's conditional row, and in the target's for i < τ_v·steps."""
+
+    transforms_values = True
+
+    def value_transforms(self, info: StepInfo) -> dict[Row, ScaleShift]:
+        mapped = self.inverted.mapped[info.index]
+        return {SOURCE_COND: mapped, TARGET_COND: mapped} if self.inverted.maps_target(info.index) \
+            else {SOURCE_COND: mapped}
 
 
 @register
+@dataclass(frozen=True, eq=False)
 class StyleDiffusionInverted(Inverted):
     """StyleDiffusion: per-step mappings of the cross-attention value input, trained to reconstruct z*."""
 
     method = "style-diffusion"
     description = "StyleDiffusion: optimised per-step mapping of the cross-attention value input (slowest)"
     fitted_to_guidance = "value mappings"
-    defaults: dict[str, Any] = {
+    sampler_class = StyleDiffusionSampler
+    defaults = {
         "image_encoder": DEFAULT_IMAGE_ENCODER, "inner_steps": 100, "inner_decay": 0.1, "learning_rate": 1e-2,
         "early_stop": 1e-5, "epochs": 1, "attention_loss": 1.0,
         "tau_v": 0.6, "tau_c": 0.6, "tau_s": 0.8, "tau_u": 0.5,
     }
-    transforms_values = True
-
-    mapped: list[ScaleShift] | None = None  # per-step value mapping c ↦ c ⊙ S_i + B_i
-    iterations: list[int] | None = None
+    mapped: tuple[ScaleShift, ...] = ()  # per-step value mapping c ↦ c ⊙ S_i + B_i
+    iterations: tuple[int, ...] = ()
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -286,10 +292,9 @@ class StyleDiffusionInverted(Inverted):
             mapped, iterations = optimise_value_mappings(
                 unet, inputs.schedule, latents, inputs.cond, inputs.null, tokens, gt_maps, recorder,
                 inputs.guidance_scale, opts, inputs.generator, inputs.stats, inputs.callback)
-        inverted = cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
-                       stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
-        inverted.mapped, inverted.iterations = mapped, iterations
-        return inverted
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
+                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, mapped=tuple(mapped),
+                   iterations=tuple(iterations))
 
     @staticmethod
     def _input_image(inputs: InversionInputs) -> torch.Tensor:
@@ -311,9 +316,5 @@ class StyleDiffusionInverted(Inverted):
         """Whether the target's conditional row uses the mapping at step ``i`` (i < τ_v·steps)."""
         return i < self.options["tau_v"] * self.steps
 
-    def value_transforms(self, i: int) -> dict[Row, ScaleShift]:
-        mapped = self.mapped[i]
-        return {SOURCE_COND: mapped, TARGET_COND: mapped} if self.maps_target(i) else {SOURCE_COND: mapped}
-
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "iterations": self.iterations, "total_iterations": sum(self.iterations or [])}
+        return {**super().summary(), "iterations": list(self.iterations), "total_iterations": sum(self.iterations)}

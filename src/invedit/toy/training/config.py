@@ -88,4 +88,7 @@ SMOKE = dict(n_scenes=64, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, 
 #: defaults are tuned for SD at 512 px (64×64 latent), where the layout is settled in the first 40% of the steps;
 #: on this 16×16 latent it is still moving later, so the cross-attention maps are injected for all steps.
 #: Chosen on toy-bench edits with seed 2 (the quality benchmark uses seed 1).
-EDITOR_DEFAULTS: dict[str, dict[str, Any]] = {"p2p": {"cross_replace_steps": 1.0, "blend_threshold": 0.5}}
+#: Editor settings the embedded model recommends (its invedit.json): P2P tuned on the shapes world; no negative
+#: prompt for Plug-and-Play (the reference's "ugly, blurry, …" are words this model has never seen).
+EDITOR_DEFAULTS: dict[str, dict[str, Any]] = {"p2p": {"cross_replace_steps": 1.0, "blend_threshold": 0.5},
+                                              "pnp": {"negative_prompt": ""}}
