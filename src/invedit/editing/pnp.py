@@ -60,9 +60,7 @@ class PlugAndPlay(AttentionEditor):
         opts["source_guidance"] = check_number("source_guidance", opts["source_guidance"], 0, 50)
         opts["source_lag"] = bool(opts["source_lag"])
         opts["feature_until_step"], opts["attention_until_step"] = n_feature, n_attention
-        editor = cls(n_feature, n_attention, opts)
-        editor.guides = opts["source_lag"]
-        return editor
+        return cls(n_feature, n_attention, opts)
 
     @staticmethod
     def _reference_layer(info: LayerInfo) -> bool:
@@ -96,6 +94,11 @@ class PlugAndPlay(AttentionEditor):
         query, key = query.clone(), key.clone()
         query[targets], key[targets] = query[source].clone(), key[source].clone()
         return F.scaled_dot_product_attention(query, key, value)
+
+    @property
+    def guides(self) -> bool:  # type: ignore[override]
+        """Only ``source_lag`` moves latents before the update."""
+        return self.options["source_lag"]
 
     def guide(self, step: int, t: int, latents: Branches, model) -> Branches:
         """``source_lag``: the reference's DDIM layout, where the source row at step i is the source branch's
