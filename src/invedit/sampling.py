@@ -235,11 +235,6 @@ class GuidedDenoiser:
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
-    def with_gradient(self, schedule: DDIMSchedule, step: int, null: dict[str, torch.Tensor | None] | None = None,
-                      values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> GradientModel:
-        """The model an editor's ``guide`` calls at step ``step`` (autograd on, NFE counted both ways)."""
-        return GradientModel(self, schedule, step, schedule.timesteps[step], null, values)
-
     def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
         if self.values is not None:
@@ -250,8 +245,8 @@ class GuidedDenoiser:
 
 @dataclass
 class GradientModel:
-    """``model(latents, rows) -> {row: output}`` with autograd on, for an editor's ``guide`` (k-diffusion's
-    model-as-function); ``grad(loss, inputs)`` differentiates and counts the backward pass in NFE."""
+    """The model an editor's ``guide`` calls at one step: ``model(latents, rows) -> {row: output}`` with autograd
+    on (k-diffusion's model-as-function); ``grad(loss, inputs)`` differentiates and counts the backward pass."""
 
     denoiser: GuidedDenoiser
     schedule: DDIMSchedule
@@ -261,8 +256,9 @@ class GradientModel:
     values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None
     rows_called: int = 0
 
-    def __call__(self, latents: Branches, rows: list[Row]) -> dict[Row, torch.Tensor]:
-        with torch.enable_grad():
+    def __call__(self, latents: Branches, rows: list[Row], grad: bool = True) -> dict[Row, torch.Tensor]:
+        """Outputs of ``rows`` (``grad=False``: a plain forward pass, no graph kept)."""
+        with torch.set_grad_enabled(grad):
             ordered = [r for r in ROW_ORDER if r in rows]
             self.rows_called = len(ordered)
             return self.denoiser.raw(self.step, self.t, latents, set(), self.null, self.values, rows=ordered)
@@ -304,8 +300,8 @@ def denoise_two_branches(sampler, ctx: LoopContext, editor,
         for i in range(first, ctx.schedule.steps):
             info = StepInfo.at(ctx.schedule, i, first)
             if editor.guides:
-                model = ctx.denoiser.with_gradient(ctx.schedule, i, sampler.null_embeddings(info),
-                                                   sampler.value_transforms(info))
+                model = GradientModel(ctx.denoiser, ctx.schedule, i, info.t, sampler.null_embeddings(info),
+                                      sampler.value_transforms(info))
                 latents = editor.guide(info.edit_index, info.t, latents, model)
             with torch.no_grad():
                 latents = sampler.step(info, latents)

@@ -45,11 +45,6 @@ class LayerInfo:
     order: int = -1
     count: int = 0
 
-    @property
-    def depth(self) -> float:
-        """Relative position of the block in forward order, in [0, 1)."""
-        return self.order / self.count if self.count else 0.0
-
 
 def attention_layers(unet) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
     """Every attention module of a `UNet2DConditionModel` with its `LayerInfo`, in forward order."""
@@ -69,13 +64,12 @@ def attention_layers(unet) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
             place, downsample = "up", 2 ** (n_up - 1 - index)
         else:
             place, downsample = "mid", 2 ** (n_down - 1)
-        found.append((name, module, place, downsample))
+        found.append((name, module, place, downsample, name.rpartition(".")[0]))
     found.sort(key=lambda f: PARTS.index(f[2]))  # stable: module order within a part is forward order
-    blocks = list(dict.fromkeys(name.rpartition(".")[0] for name, *_ in found))
-    return [(name, module, LayerInfo(name, place, bool(module.is_cross_attention), downsample,
-                                     block=name.rpartition(".")[0], order=blocks.index(name.rpartition(".")[0]),
-                                     count=len(blocks)))
-            for name, module, place, downsample in found]
+    order = {block: k for k, block in enumerate(dict.fromkeys(f[4] for f in found))}
+    return [(name, module, LayerInfo(name, place, bool(module.is_cross_attention), downsample, block, order[block],
+                                     len(order)))
+            for name, module, place, downsample, block in found]
 
 
 def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
@@ -141,14 +135,14 @@ class ValueTransforms:
 class EditorAttnProcessor:
     """Attention processor of one layer: computes q, k, v, applies value transforms, lets the editor attend.
 
-    ``editor`` None (or ``delegate=False``): plain SDPA, only the value transforms applied.
+    ``editor`` None: plain SDPA, only the value transforms applied.
     """
 
-    def __init__(self, editor, info: LayerInfo, values: ValueTransforms | None = None, delegate: bool = True):
+    def __init__(self, editor, info: LayerInfo, values: ValueTransforms | None = None):
         self.editor = editor
         self.info = info
         self.values = values
-        self.delegate = delegate and editor is not None
+        self.delegate = editor is not None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):

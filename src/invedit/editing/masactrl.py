@@ -165,15 +165,15 @@ class ObjectMasks:
     def attend(self, editor: MutualSelfAttention, query, key, value, sources: list[int]) -> torch.Tensor:
         """Target rows: foreground queries ← source foreground, background ← source background."""
         tokens = query.shape[2]
-        masks = self._masks_at(tokens, editor)
+        masks = self._masks_at(tokens)
         out = F.scaled_dot_product_attention(query, key[sources], value[sources])
+        zeros = torch.zeros(1, 1, 1, tokens, dtype=query.dtype, device=query.device)
+        fg_bias = zeros.masked_fill(~masks[0].view(1, 1, 1, tokens), float("-inf"))  # source foreground keys only
+        bg_bias = zeros.masked_fill(masks[0].view(1, 1, 1, tokens), float("-inf"))
         for row, (branch, _half) in enumerate(editor.rows):
             if branch != "target":
                 continue
             s = sources[row]
-            zeros = torch.zeros(1, 1, 1, tokens, dtype=query.dtype, device=query.device)
-            fg_bias = zeros.masked_fill(~masks[0].view(1, 1, 1, tokens), float("-inf"))
-            bg_bias = zeros.masked_fill(masks[0].view(1, 1, 1, tokens), float("-inf"))
             q, k, v = query[row:row + 1], key[s:s + 1], value[s:s + 1]
             fg = F.scaled_dot_product_attention(q, k, v, attn_mask=fg_bias) if masks[0].any() else out[row:row + 1]
             bg = F.scaled_dot_product_attention(q, k, v, attn_mask=bg_bias) if (~masks[0]).any() else out[row:row + 1]
@@ -181,7 +181,7 @@ class ObjectMasks:
             out[row:row + 1] = fg * m + bg * (1 - m)
         return out
 
-    def _masks_at(self, tokens: int, editor: MutualSelfAttention) -> torch.Tensor:
+    def _masks_at(self, tokens: int) -> torch.Tensor:
         """The (2, tokens) masks resized (nearest) to a layer with ``tokens`` queries."""
         masks = self.masks.float()
         side = int(round(masks.shape[-1] ** 0.5))

@@ -105,9 +105,8 @@ class PlugAndPlay(AttentionEditor):
         re-sampled latent *after* step i and the edit starts from the one after step 0 (an off-by-one)."""
         if step >= max(self.n_feature, self.n_attention) and step > 0:
             return latents
-        with torch.no_grad():
-            out = model(latents, [("source", "cond")])[("source", "cond")]
-            ahead = ddim_step(model.schedule, out, model.step, latents.source)
+        out = model(latents, [("source", "cond")], grad=False)[("source", "cond")]
+        ahead = ddim_step(model.schedule, out, model.step, latents.source)
         target = ahead.clone() if step == 0 else latents.target
         return Branches(latents.source, target, rows={**latents.rows, FEATURE_ROW: ahead})
 
