@@ -40,14 +40,8 @@ from invedit.sampling import DDIMSchedule, RunStats, ddim_step, guided, unet_out
 from invedit.toy.bench import write_toy_bench
 from invedit.toy.metrics import (
     background_psnr,
-    classify_shape,
     dominant_object,
-    largest_component,
-    object_added,
-    object_color,
-    object_removed,
-    region_color,
-    saturated_mask,
+    edit_succeeded,
 )
 from invedit.toy.scenes import BACKGROUNDS, COLORS, SHAPES, is_held_out, make_scene
 from invedit.versions import versions
@@ -160,20 +154,6 @@ def part_identity(pipe, n: int) -> dict:
             r["vs_reconstruction"].append(psnr(result.image, result.reconstruction))
             r["vs_vae_round_trip"].append(psnr(result.image, round_trip))
     return {name: {"n": n, **{k: float(np.mean(v)) for k, v in r.items()}} for name, r in rows.items()}
-
-
-def edit_succeeded(kind: str, item, edited: np.ndarray, source: np.ndarray, mask: np.ndarray) -> bool | None:
-    """Did the edit do what its kind asks (None: no criterion for this kind)? See the table's caption."""
-    src_word, tgt_word = item.blend_words.split()
-    if kind == "color":
-        return region_color(edited, mask) == tgt_word
-    if kind == "shape":
-        return classify_shape(largest_component(mask & saturated_mask(edited)))[0] == tgt_word
-    if kind == "add":
-        return object_added(edited, source, object_color(item.target_prompt, tgt_word), mask)
-    if kind == "delete":
-        return object_removed(edited, object_color(item.source_prompt, src_word), mask)
-    return None
 
 
 def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model",

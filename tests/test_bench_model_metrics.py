@@ -10,17 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from invedit.bench.model_metrics import clip_similarity, dino_input, key_projection, last_block, structure_distance
+from invedit.testing import tiny_clip, tiny_dino
 
 
 @pytest.fixture(scope="module")
 def vit():
-    from transformers import ViTConfig, ViTModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = ViTModel(ViTConfig(image_size=32, patch_size=16, hidden_size=24, num_hidden_layers=2,
-                                   num_attention_heads=3, intermediate_size=48), add_pooling_layer=False)
-    return model.eval()
+    return tiny_dino()
 
 
 def keys_by_hand(vit, pixels: torch.Tensor) -> torch.Tensor:
@@ -62,26 +57,7 @@ def test_dino_input_resizes_the_shorter_side_and_normalises():
 
 @pytest.fixture(scope="module")
 def clip():
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from invedit.testing import TINY_VOCABULARY
-    from invedit.word_tokenizer import build_word_tokenizer
-
-    tokenizer = build_word_tokenizer(TINY_VOCABULARY)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=16)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CLIPModel(config).eval()
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
-    return model, processor
+    return tiny_clip()
 
 
 def test_clip_similarity_is_100_times_the_clamped_cosine(clip):

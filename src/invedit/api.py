@@ -29,6 +29,8 @@ from .versions import versions
 
 DEFAULT_STEPS = 50
 DEFAULT_INVERSION = "direct"
+#: Quality of JPEG outputs: Pillow's default, which the reference scripts' outputs were saved with.
+JPEG_QUALITY = 75
 
 
 # ---- VAE ---------------------------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ class EditResult:
         encoded = []
         for target, image, fmt in images:
             buffer = io.BytesIO()
-            image.save(buffer, format=fmt)
+            image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
             encoded.append((target, buffer.getvalue()))
         files = [(target, lambda f, data=data: f.write(data)) for target, data in encoded]
         if sidecar:

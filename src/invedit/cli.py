@@ -282,6 +282,9 @@ def toy_bench_command(
     typer.echo(f"wrote {5 * n} edits to {folder}")
 
 
+from .bench import cli as _bench_cli  # noqa: E402, F401  (registers bench, evaluate, report)
+
+
 def main() -> None:
     """Console entry point."""
     import signal

@@ -56,7 +56,8 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     return image.convert("RGB")
 
 
-def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
+def center_crop_resize(image: Image.Image, size: int,
+                       resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """Centre-crop to a square, then resize to ``size``×``size`` (bicubic), as the reference `load_512`."""
     w, h = image.size
     if h < w:
@@ -66,7 +67,7 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
         top = (h - w) // 2
         image = image.crop((0, top, w, top + w))
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        image = image.resize((size, size), resample)
     return image
 
 

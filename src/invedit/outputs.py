@@ -75,7 +75,7 @@ def remove_created(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive ``flock`` on the folder itself (no lock file is left behind); a no-op where unsupported."""
     try:
         import fcntl
@@ -117,7 +117,7 @@ def write_atomically(files: list[tuple[Path, Callable[[Any], None]]]) -> None:
         folders = sorted({target.parent.resolve() for _, target in staged})
         with contextlib.ExitStack() as locks:
             for folder in folders:
-                locks.enter_context(_folder_lock(folder))
+                locks.enter_context(folder_lock(folder))
             for tmp, target in staged:
                 os.replace(tmp, target)
     finally:

@@ -93,3 +93,58 @@ def tiny_image_encoder(folder, hidden: int = 32, seed: int = 0) -> str:
                                                  num_attention_heads=2))
     model.save_pretrained(folder)
     return str(folder)
+
+
+def tiny_dino(folder=None, seed: int = 0):
+    """A random `transformers.ViTModel` (patch 16, 24 wide, 2 blocks) standing in for DINO ViT-B/8, offline;
+    saved to ``folder`` when given (then the folder is returned, else the model)."""
+    from transformers import ViTConfig, ViTModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTModel(ViTConfig(image_size=32, patch_size=16, hidden_size=24, num_hidden_layers=2,
+                                   num_attention_heads=3, intermediate_size=48), add_pooling_layer=False).eval()
+    if folder is None:
+        return model
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_clip(folder=None, seed: int = 0):
+    """A random `transformers.CLIPModel` with its `CLIPProcessor` (word tokenizer of `TINY_VOCABULARY`, 32 px
+    images), offline: ``(model, processor)``, or saved together to ``folder`` (then the folder is returned)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from .word_tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(TINY_VOCABULARY)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2),
+        projection_dim=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    if folder is None:
+        return model, processor
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def random_lpips_backbone(path, seed: int = 0) -> str:
+    """A random-weight torchvision SqueezeNet 1.1 state dict saved at ``path`` (what ``--lpips-weights`` takes;
+    the real one is torchvision's ``squeezenet1_1-b8a52dc0.pth``). Returns the path."""
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.squeezenet1_1(weights=None)
+    torch.save(model.state_dict(), path)
+    return str(path)

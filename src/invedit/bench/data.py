@@ -87,6 +87,19 @@ def load_benchmark(root: str | Path, edit_types: list[str] | None = None) -> lis
     Raises:
         InveditError: missing mapping file or images folder, malformed entries, missing images.
     """
+    items, problems = read_benchmark(root, edit_types)
+    if problems:
+        raise InveditError(f"{Path(root) / MAPPING_FILE}: {problems[0][1]}")
+    return items
+
+
+def read_benchmark(root: str | Path, edit_types: list[str] | None = None) -> tuple[list[BenchItem],
+                                                                                   list[tuple[str, str]]]:
+    """Like `load_benchmark`, but a bad entry does not stop the reading: ``(good items, [(id, problem), …])``.
+
+    Raises:
+        InveditError: only for a folder that is not a benchmark at all (no or unreadable mapping file).
+    """
     root = Path(root)
     mapping_path = root / MAPPING_FILE
     if not mapping_path.is_file():
@@ -95,25 +108,47 @@ def load_benchmark(root: str | Path, edit_types: list[str] | None = None) -> lis
         mapping = json.loads(mapping_path.read_text())
     except json.JSONDecodeError as exc:
         raise InveditError(f"{mapping_path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InveditError(f"cannot read {mapping_path}: {exc}") from None
     if not isinstance(mapping, dict):
         raise InveditError(f"{mapping_path} must hold a JSON object keyed by image id")
-    items = []
+    items, problems = [], []
     for key in sorted(mapping):
-        entry = mapping[key]
-        missing = [f for f in REQUIRED if f not in entry]
-        if missing:
-            raise InveditError(f"{mapping_path}: entry {key} lacks {', '.join(missing)}")
-        edit_type = str(entry["editing_type_id"])
-        if edit_types is not None and edit_type not in edit_types:
+        try:
+            item = _item(root, str(key), mapping[key])
+        except InveditError as exc:
+            problems.append((str(key), f"entry {key}: {exc}"))
             continue
-        image_path = root / IMAGES_DIR / entry["image_path"]
-        if not image_path.is_file():
-            raise InveditError(f"{mapping_path}: entry {key}: image {image_path} not found")
-        known = set(REQUIRED) | {"editing_instruction", "blended_word"}
-        items.append(BenchItem(
-            id=str(key), image_path=image_path, source_prompt=strip_brackets(entry["original_prompt"]),
-            target_prompt=strip_brackets(entry["editing_prompt"]), instruction=entry.get("editing_instruction", ""),
-            edit_type=edit_type, blend_words=entry.get("blended_word", "") or "", mask_rle=list(entry["mask"]),
-            extra={k: v for k, v in entry.items() if k not in known},
-        ))
-    return items
+        if edit_types is None or item.edit_type in edit_types:
+            items.append(item)
+    return items, problems
+
+
+def _item(root: Path, key: str, entry: Any) -> BenchItem:
+    """One checked entry (prompts are strings, the mask a flat list of non-negative integer pairs)."""
+    if not isinstance(entry, dict):
+        raise InveditError("is not a JSON object")
+    missing = [f for f in REQUIRED if f not in entry]
+    if missing:
+        raise InveditError(f"lacks {', '.join(missing)}")
+    for name in ("image_path", "original_prompt", "editing_prompt"):
+        if not isinstance(entry[name], str):
+            raise InveditError(f"{name} must be a string")
+    mask = entry["mask"]
+    if not isinstance(mask, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in mask):
+        raise InveditError("mask must be a list of integers (run-length pairs)")
+    if len(mask) % 2 or any(v < 0 for v in mask):
+        raise InveditError("mask must hold non-negative (start, length) pairs")
+    image_path = root / IMAGES_DIR / entry["image_path"]
+    if not image_path.is_file():
+        raise InveditError(f"image {image_path} not found")
+    blend = entry.get("blended_word", "") or ""
+    if not isinstance(blend, str):
+        raise InveditError("blended_word must be a string")
+    known = set(REQUIRED) | {"editing_instruction", "blended_word"}
+    return BenchItem(
+        id=key, image_path=image_path, source_prompt=strip_brackets(entry["original_prompt"]),
+        target_prompt=strip_brackets(entry["editing_prompt"]), instruction=str(entry.get("editing_instruction", "")),
+        edit_type=str(entry["editing_type_id"]), blend_words=blend, mask_rle=list(mask),
+        extra={k: v for k, v in entry.items() if k not in known},
+    )

@@ -148,3 +148,22 @@ def dominant_object(image: np.ndarray) -> tuple[str | None, str | None]:
     if blob.sum() < 12:
         return None, None
     return region_color(image, blob), classify_shape(blob)[0]
+
+
+def edit_succeeded(kind: str, item, edited: np.ndarray, source: np.ndarray, mask: np.ndarray) -> bool | None:
+    """Did a shapes-world edit do what its kind asks (None: no criterion for this kind, i.e. background)?
+
+    ``item`` has ``blend_words`` ("src tgt"), ``source_prompt`` and ``target_prompt`` (a `BenchItem`). Colour / shape:
+    the target colour / shape is recognised in the edit region; add: an object of the target colour covers at
+    least `ADDED_AREA` of the true object's area; delete: the removed object's colour is gone from its region.
+    """
+    src_word, tgt_word = item.blend_words.split()
+    if kind == "color":
+        return region_color(edited, mask) == tgt_word
+    if kind == "shape":
+        return classify_shape(largest_component(mask & saturated_mask(edited)))[0] == tgt_word
+    if kind == "add":
+        return object_added(edited, source, object_color(item.target_prompt, tgt_word), mask)
+    if kind == "delete":
+        return object_removed(edited, object_color(item.source_prompt, src_word), mask)
+    return None

@@ -1,0 +1,370 @@
+"""`invedit evaluate`: PIE-Bench's seven metrics for every edit of a run (reference-settings §7), incrementally.
+
+Per edit: structure distance ×10³ (DINO), background PSNR / LPIPS ×10³ / MSE ×10⁴ / SSIM ×10² on the unedited
+region, CLIP similarity of the whole edit and of the edit region to the target prompt, and the record's NFE and
+seconds; on shapes-world data (entries with a true target) also PSNR against the true target inside the edit
+region and edit success. The mask is the entry's, with the reference evaluator's 1-pixel border set.
+
+``RUN_DIR/metrics.csv`` holds one row per (method, image), keyed by the edited image's SHA-256: re-running computes
+only rows that are new or changed, and metrics that were unavailable before. A metric whose network cannot be
+loaded is reported once and left empty (never zero); NaN (no unedited region, …) is a value, excluded from means.
+Summaries per method and per (method, edit type) go to ``summary.csv/.md`` and ``by_type.csv/.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InveditError
+from ..outputs import write_atomically
+from .cache import file_sha256
+from .data import EDIT_TYPES, BenchItem, read_benchmark
+from .runner import EDITS_DIR, RUN_FILE
+
+PIE_METRICS = ("structure_distance", "psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited")
+COST_METRICS = ("nfe", "seconds")
+TOY_METRICS = ("target_psnr", "edit_success")
+ALL_METRICS = PIE_METRICS + COST_METRICS + TOY_METRICS
+#: Which network each metric needs.
+NEEDS = {"structure_distance": "dino", "lpips": "lpips", "clip_whole": "clip", "clip_edited": "clip"}
+LABELS = {"structure_distance": "struct ×10³", "psnr": "PSNR", "lpips": "LPIPS ×10³", "mse": "MSE ×10⁴",
+          "ssim": "SSIM ×10²", "clip_whole": "CLIP whole", "clip_edited": "CLIP edited", "nfe": "NFE",
+          "seconds": "s/edit", "target_psnr": "PSNR vs true target (edit region)", "edit_success": "success %"}
+KEY_COLUMNS = ("method", "id", "edit_type", "image_sha256")
+DEFAULT_DINO = "facebook/dino-vitb8"
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+LPIPS_BACKBONE_FILE = "squeezenet1_1-b8a52dc0.pth"  # torchvision's name for LPIPS's SqueezeNet weights
+
+
+@dataclass
+class MetricModels:
+    """The networks the metrics need, loaded on first use; what could not be loaded, with why."""
+
+    dino_model: str = DEFAULT_DINO
+    clip_model: str = DEFAULT_CLIP
+    lpips_weights: str | None = None
+    device: str = "cpu"
+    loaded: dict[str, Any] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> Any:
+        """The network ``name`` ("dino", "clip", "lpips"), or ``None`` when unavailable (reason recorded)."""
+        if name in self.unavailable:
+            return None
+        if name not in self.loaded:
+            try:
+                self.loaded[name] = getattr(self, f"_load_{name}")()
+            except InveditError as exc:
+                self.unavailable[name] = str(exc)
+                return None
+        return self.loaded[name]
+
+    def _load_dino(self):
+        from transformers import ViTModel
+
+        from ..models import load_pretrained
+
+        model = load_pretrained(lambda src, local: ViTModel.from_pretrained(
+            src, local_files_only=local, add_pooling_layer=False), self.dino_model, "DINO model")
+        return model.to(self.device).eval()
+
+    def _load_clip(self):
+        from transformers import CLIPModel, CLIPProcessor
+
+        from ..models import load_pretrained
+
+        model = load_pretrained(lambda src, local: CLIPModel.from_pretrained(src, local_files_only=local),
+                                self.clip_model, "CLIP model")
+        processor = load_pretrained(lambda src, local: CLIPProcessor.from_pretrained(src, local_files_only=local),
+                                    self.clip_model, "CLIP processor")
+        return model.to(self.device).eval(), processor
+
+    def _load_lpips(self):
+        return load_lpips(self.lpips_weights).to(self.device)
+
+
+def load_lpips(weights: str | os.PathLike | None = None):
+    """torchmetrics' LPIPS with the SqueezeNet backbone (its linear layers ship with torchmetrics).
+
+    The backbone's ImageNet weights come from torchvision's download host, not the model hub: ``weights`` is a
+    local copy of them (``squeezenet1_1-b8a52dc0.pth``). Without it, torchvision's cache or download is tried.
+    Raises:
+        InveditError: the weights file is missing or unreadable, or no weights are available offline.
+    """
+    import torch
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    if weights is None:
+        try:
+            return LearnedPerceptualImagePatchSimilarity(net_type="squeeze", normalize=False).eval()
+        except Exception as exc:  # noqa: BLE001 (URLError, HTTPError, …: offline)
+            raise InveditError(f"LPIPS needs the SqueezeNet weights ({LPIPS_BACKBONE_FILE}) and torchvision could "
+                               f"not download them ({type(exc).__name__}); pass --lpips-weights FILE") from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InveditError(f"LPIPS weights file not found: {path}")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InveditError(f"cannot read LPIPS weights {path}: {str(exc).splitlines()[0][:160]}") from None
+    # torchvision finds "downloaded" weights in the hub folder by file name: show it the given file there.
+    previous = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as hub:
+        (Path(hub) / "checkpoints").mkdir()
+        os.symlink(path.resolve(), Path(hub) / "checkpoints" / LPIPS_BACKBONE_FILE)
+        torch.hub.set_dir(hub)
+        try:
+            return LearnedPerceptualImagePatchSimilarity(net_type="squeeze", normalize=False).eval()
+        except RuntimeError as exc:  # a state dict of another network
+            raise InveditError(f"{path} is not a SqueezeNet 1.1 state dict: {str(exc).splitlines()[0][:160]}") \
+                from None
+        finally:
+            torch.hub.set_dir(previous)
+
+
+def lpips_background(lpips, source, edited, edit_mask: np.ndarray) -> float:
+    """LPIPS ×10³ of the unedited region: both images × (1 − mask), mapped to [−1, 1] (reference-settings §7)."""
+    import torch
+
+    from .metrics import masked_background
+
+    pair = masked_background(source, edited, edit_mask)
+    if pair is None:
+        return math.nan
+    x, y = (p.float().to(next(lpips.parameters()).device) * 2 - 1 for p in pair)
+    with torch.no_grad():
+        return float(lpips.net(y, x).squeeze()) * 1e3
+
+
+def edit_mask(item: BenchItem, size: int, force_border: bool = True) -> np.ndarray:
+    """The entry's edit mask on the grid of the entry's image, with the reference evaluator's 1-pixel border set
+    (``force_border``), then cropped and resized (nearest) like the image when the edit is at another size."""
+    from ..images import center_crop_resize
+
+    with Image.open(item.image_path) as image:
+        width, height = image.size
+    mask = item.mask((height, width), force_border=force_border)
+    if mask.shape != (size, size):
+        picture = Image.fromarray(mask.astype(np.uint8) * 255)
+        mask = np.asarray(center_crop_resize(picture, size, Image.Resampling.NEAREST)) > 127
+    return mask
+
+
+def image_metrics(item: BenchItem, edited: np.ndarray, record: dict[str, Any], wanted: list[str],
+                  models: MetricModels, parity: bool, data_dir: Path) -> dict[str, float]:
+    """The ``wanted`` metrics of one edit (those whose network is unavailable are left out)."""
+    from ..images import load_image, psnr
+    from .metrics import background_metrics
+    from .model_metrics import clip_similarity, structure_distance
+
+    size = edited.shape[0]
+    source = np.asarray(load_image(item.image_path, size))
+    mask = edit_mask(item, size)
+    out: dict[str, float] = {}
+    background = [m for m in ("psnr", "mse", "ssim") if m in wanted]
+    if background:
+        out.update(background_metrics(source, edited, mask, tuple(background)))
+    for name in wanted:
+        network = models.get(NEEDS[name]) if name in NEEDS else None
+        if name in NEEDS and network is None:
+            continue
+        if name == "structure_distance":
+            out[name] = structure_distance(network, source, edited, parity=parity)
+        elif name == "lpips":
+            out[name] = lpips_background(network, source, edited, mask)
+        elif name == "clip_whole":
+            out[name] = clip_similarity(*network, edited, item.target_prompt)
+        elif name == "clip_edited":
+            out[name] = clip_similarity(*network, edited, item.target_prompt, keep_mask=mask)
+        elif name in COST_METRICS:
+            out[name] = float(record[name])
+        elif name in TOY_METRICS and "target_image_path" in item.extra:
+            out.update(_toy_metrics(item, edited, source, data_dir, psnr))
+    return {k: v for k, v in out.items() if k in wanted}
+
+
+def _toy_metrics(item: BenchItem, edited, source, data_dir: Path, psnr) -> dict[str, float]:
+    """Shapes-world ground truth: PSNR to the true target inside the true edit region, and edit success."""
+    from ..images import load_image
+    from ..toy.metrics import edit_succeeded
+
+    truth = np.asarray(load_image(data_dir / item.extra["target_image_path"], edited.shape[0]))
+    inner = edit_mask(item, edited.shape[0], force_border=False)  # the true region, not the reference's border
+    ok = edit_succeeded(item.extra.get("toy_edit_kind", ""), item, edited, source, inner) if item.blend_words else None
+    return {"target_psnr": psnr(edited, truth, inner) if inner.any() else math.nan,
+            "edit_success": math.nan if ok is None else 100.0 * ok}
+
+
+# ---- the run's table ---------------------------------------------------------------------------------------
+def _read_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["method"], r["id"]): r for r in csv.DictReader(f)}
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _number(value: Any) -> float | None:
+    """A cell as a float (NaN included), ``None`` when empty (not computed / unavailable)."""
+    if value in (None, ""):
+        return None
+    return float(value)
+
+
+@dataclass
+class EvaluationSummary:
+    evaluated: int = 0
+    reused: int = 0
+    failed: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                 metrics: list[str] | None = None, models: MetricModels | None = None, parity: bool | None = None,
+                 say=print) -> EvaluationSummary:
+    """Evaluate every finished edit of ``run_dir`` not evaluated yet; write the per-image CSV and summaries.
+
+    ``data_dir`` defaults to the run's dataset, ``parity`` (the DINO input quirk) to the run's ``--parity``.
+    Raises:
+        InveditError: not a run folder, unknown metric names, a dataset that is not one.
+    """
+    run_dir = Path(run_dir)
+    settings = read_run(run_dir)
+    wanted = list(metrics or ALL_METRICS)
+    unknown = [m for m in wanted if m not in ALL_METRICS]
+    if unknown:
+        raise InveditError(f"unknown metric {unknown[0]!r}; known: {', '.join(ALL_METRICS)}")
+    parity = settings.get("parity", False) if parity is None else parity
+    models = models or MetricModels()
+    data_dir = Path(data_dir or settings["data"])
+    items, _ = read_benchmark(data_dir)
+    by_id = {item.id: item for item in items}
+    old = _read_rows(run_dir / "metrics.csv")
+    rows, summary = [], EvaluationSummary()
+    for method in sorted(settings["methods"]):
+        folder = run_dir / EDITS_DIR / method
+        for record_path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            row = _evaluate_edit(record_path, method, by_id, old, wanted, models, parity, data_dir, summary, say)
+            if row is not None:
+                rows.append(row)
+    summary.unavailable = {m: models.unavailable[NEEDS[m]] for m in wanted
+                           if m in NEEDS and NEEDS[m] in models.unavailable}
+    write_tables(run_dir, rows)
+    return summary
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise InveditError(f"{run_dir} is not a bench run folder (no {RUN_FILE}); run `invedit bench` first")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InveditError(f"cannot read {path}: {exc}") from None
+
+
+def _evaluate_edit(record_path: Path, method: str, by_id: dict[str, BenchItem], old, wanted: list[str],
+                   models: MetricModels, parity: bool, data_dir: Path, summary: EvaluationSummary,
+                   say) -> dict[str, Any] | None:
+    item_id = record_path.stem
+    try:
+        record = json.loads(record_path.read_text())
+        image_name, sha = next((n, h) for n, h in record["files"].items() if Path(n).stem == item_id)
+        image_path = record_path.with_name(image_name)
+        if file_sha256(image_path) != sha:
+            raise InveditError("the image does not match its record (rewritten by hand?); rerun the bench")
+        item = by_id.get(item_id)
+        if item is None:
+            raise InveditError("the dataset has no such entry")
+        row = dict(old.get((method, item_id), {}))
+        if row.get("image_sha256") != sha:
+            row = {}
+        todo = [m for m in wanted if _number(row.get(m)) is None]
+        toy = "target_image_path" in item.extra
+        todo = [m for m in todo if m not in TOY_METRICS or toy]
+        if todo:
+            with Image.open(image_path) as image:
+                edited = np.asarray(image.convert("RGB"))
+            row.update(image_metrics(item, edited, record, todo, models, parity, data_dir))
+            summary.evaluated += 1
+        else:
+            summary.reused += 1
+    except (InveditError, OSError, ValueError, KeyError, StopIteration) as exc:
+        message = f"{method} {item_id}: {exc if isinstance(exc, InveditError) else type(exc).__name__ + ' ' + str(exc)}"
+        summary.failed.append(message)
+        say(f"failed {message}")
+        return None
+    row.update({"method": method, "id": item_id, "edit_type": item.edit_type, "image_sha256": sha})
+    return row
+
+
+def _mean(values: list[float | None]) -> tuple[float | None, int]:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return (float(np.mean(present)) if present else (None if all(v is None for v in values) else math.nan),
+            len(present))
+
+
+def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Mean of every metric per group of ``by`` columns (NaN excluded; ``None`` where nothing was computed)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    out = []
+    for key in sorted(groups, key=lambda k: tuple(int(x) if str(x).isdigit() else x for x in k)):
+        members = groups[key]
+        entry: dict[str, Any] = dict(zip(by, key))
+        entry["n"] = len(members)
+        for metric in ALL_METRICS:
+            entry[metric], _ = _mean([_number(r.get(metric)) for r in members])
+        out.append(entry)
+    return out
+
+
+def format_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.0f}" if metric == "nfe" else f"{value:.2f}"
+
+
+def markdown_table(entries: list[dict[str, Any]], by: tuple[str, ...]) -> str:
+    metrics = [m for m in ALL_METRICS if any(e[m] is not None for e in entries)]
+    head = [*(("edit type",) if "edit_type" in by else ()), "method", "N", *(LABELS[m] for m in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [f"{e['edit_type']} {EDIT_TYPES.get(e['edit_type'], '')}".strip()] if "edit_type" in by else []
+        cells += [e["method"], str(e["n"]), *(format_value(m, e[m]) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv, summary.csv/.md and by_type.csv/.md, all as one atomic group."""
+    columns = [*KEY_COLUMNS, *ALL_METRICS]
+    texts = {"metrics.csv": _csv_text(rows, columns)}
+    for name, by in (("summary", ("method",)), ("by_type", ("edit_type", "method"))):
+        entries = aggregate(rows, by)
+        printable = [{k: ("" if v is None else v) for k, v in e.items()} for e in entries]
+        texts[f"{name}.csv"] = _csv_text(printable, [*by, "n", *ALL_METRICS])
+        texts[f"{name}.md"] = markdown_table(entries, by)
+    write_atomically([(run_dir / name, lambda f, t=text: f.write(t.encode())) for name, text in texts.items()])
+

@@ -1,0 +1,218 @@
+"""`invedit report`: a run's results as people read them, written into the run folder.
+
+* ``report.md``: the paper's Table 1 layout (Ju et al., ICLR 2024, Table 1), each of our methods with the
+  published row of the same inversion + editor beside it, the per-edit-type table and the failures.
+* ``quality_vs_time.png``: background PSNR against seconds and against NFE per edit (matplotlib).
+* ``gallery.html``: per image the source, the edit mask and every method's edit with its metrics (static; the
+  images are the run's own files and small thumbnails in ``gallery/``).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InveditError
+from ..outputs import write_atomically
+from .data import EDIT_TYPES, read_benchmark
+from .evaluate import ALL_METRICS, LABELS, PIE_METRICS, _number, aggregate, edit_mask, format_value, read_run
+from .runner import EDITS_DIR
+
+#: Table 1 of the paper (PIE-Bench, SD 1.4; PnP rows SD 1.5), keyed by our inversion+editor names.
+PUBLISHED: dict[str, dict[str, float]] = {
+    name: dict(zip(PIE_METRICS, values)) for name, values in {
+        "ddim+p2p": (69.43, 17.87, 208.80, 219.88, 71.14, 25.01, 22.44),
+        "null-text+p2p": (13.44, 27.03, 60.67, 35.86, 84.11, 24.75, 21.86),
+        "negative-prompt+p2p": (16.17, 26.21, 69.01, 39.73, 83.40, 24.61, 21.87),
+        "style-diffusion+p2p": (11.65, 26.05, 66.10, 38.63, 83.42, 24.78, 21.72),
+        "direct+p2p": (11.65, 27.22, 54.55, 32.86, 84.76, 25.02, 22.10),
+        "ddim+masactrl": (28.38, 22.17, 106.62, 86.97, 79.67, 23.96, 21.16),
+        "direct+masactrl": (24.70, 22.64, 87.94, 81.09, 81.33, 24.38, 21.35),
+        "ddim+pix2pix-zero": (61.68, 20.44, 172.22, 144.12, 74.67, 22.80, 20.54),
+        "direct+pix2pix-zero": (49.22, 21.53, 138.98, 127.32, 77.05, 23.31, 21.05),
+        "ddim+pnp": (28.22, 22.28, 113.46, 83.64, 79.05, 25.41, 22.55),
+        "direct+pnp": (24.29, 22.46, 106.06, 80.45, 79.68, 25.41, 22.62),
+    }.items()
+}
+#: Seconds per edit the paper reports (A40, inversion + editing), for P2P.
+PUBLISHED_SECONDS = {"ddim+p2p": 10.9 + 12.8, "null-text+p2p": 132 + 12.9, "negative-prompt+p2p": 4.1 + 12.8,
+                     "style-diffusion+p2p": 810 + 28, "direct+p2p": 16.8 + 12.9}
+THUMBNAIL = 128
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        raise InveditError(f"{run_dir} has no metrics.csv; run `invedit evaluate {run_dir}` first")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def open_failures(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The last failure of every pair that has no edit since (from every process's failure log)."""
+    done = {(r["method"], r["id"]) for r in rows}
+    last: dict[tuple[str, str], dict[str, str]] = {}
+    for path in sorted(run_dir.glob("failures*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            last[(entry["method"], entry["id"])] = entry
+    return [e for k, e in sorted(last.items()) if k not in done]
+
+
+def _pair_name(method: str) -> str:
+    return method.split("@")[0]
+
+
+def table_one(summary: list[dict[str, Any]]) -> str:
+    """Our rows in the paper's layout, each followed by the paper's row of the same pair where it has one."""
+    head = ["method", "N", *(LABELS[m] for m in PIE_METRICS), "NFE", "s/edit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in summary:
+        cells = [f"**{e['method']}**", str(e["n"]), *(format_value(m, e[m]) for m in PIE_METRICS),
+                 format_value("nfe", e["nfe"]), format_value("seconds", e["seconds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+        published = PUBLISHED.get(_pair_name(e["method"]))
+        if published:
+            seconds = PUBLISHED_SECONDS.get(_pair_name(e["method"]))
+            model = "SD 1.5" if e["method"].split("+")[1].split("@")[0] == "pnp" else "SD 1.4"
+            cells = [f"↳ paper (PIE-Bench, {model})", "700", *(f"{published[m]:.2f}" for m in PIE_METRICS), "",
+                     "" if seconds is None else f"{seconds:.1f} (A40)"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def metric_table(entries: list[dict[str, Any]], by: tuple[str, ...], metrics: list[str]) -> str:
+    head = [*(("edit type",) if "edit_type" in by else ()), "method", "N", *(LABELS[m] for m in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [f"{e['edit_type']} {EDIT_TYPES.get(e['edit_type'], '')}"] if "edit_type" in by else []
+        cells += [e["method"], str(e["n"]), *(format_value(m, e[m]) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict[str, Any]]) -> bytes:
+    """PNG: background PSNR against seconds per edit and against NFE per edit, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for ax, cost, label in ((axes[0], "seconds", "seconds per edit (inversion + edit)"),
+                            (axes[1], "nfe", "UNet evaluations (NFE) per edit")):
+        points = [(e[cost], e["psnr"], e["method"]) for e in summary
+                  if e[cost] is not None and e["psnr"] is not None and not math.isnan(e[cost] + e["psnr"])]
+        for x, y, name in points:
+            ax.scatter([x], [y], s=30)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("background PSNR (dB)")
+        xs = [p[0] for p in points if p[0] > 0]
+        if xs and max(xs) > 8 * min(xs):  # a log axis only where costs span an order of magnitude
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle("quality vs cost")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gallery(run_dir: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, bytes]:
+    """``gallery.html`` and its thumbnails (source and mask per image); edits link to the run's own files."""
+    from ..images import load_image
+
+    items = {item.id: item for item in read_benchmark(settings["data"])[0]}
+    methods = sorted(settings["methods"])
+    by_pair = {(r["method"], r["id"]): r for r in rows}
+    files: dict[str, bytes] = {}
+    body = []
+    for item_id in sorted({r["id"] for r in rows}):
+        item = items.get(item_id)
+        if item is None:
+            continue
+        files[f"gallery/{item_id}.source.png"] = _png(load_image(item.image_path, THUMBNAIL))
+        mask = Image.fromarray(edit_mask(item, THUMBNAIL, force_border=False).astype(np.uint8) * 255)
+        files[f"gallery/{item_id}.mask.png"] = _png(mask)
+        cells = [f'<td><img src="gallery/{item_id}.source.png"><br>source</td>',
+                 f'<td><img src="gallery/{item_id}.mask.png"><br>edit region</td>']
+        for method in methods:
+            row = by_pair.get((method, item_id))
+            edit = next((p for p in (run_dir / EDITS_DIR / method).glob(f"{item_id}.*") if p.suffix != ".json"), None)
+            if row is None or edit is None:
+                cells.append(f"<td>{html.escape(method)}<br>—</td>")
+                continue
+            numbers = " · ".join(f"{LABELS[m].split()[0]} {format_value(m, _number(row.get(m)))}"
+                                 for m in ("psnr", "clip_edited", "target_psnr") if row.get(m))
+            cells.append(f'<td><img src="{EDITS_DIR}/{html.escape(method)}/{edit.name}" width="{THUMBNAIL}" '
+                         f'loading="lazy"><br><b>{html.escape(method)}</b><br><small>{numbers}</small></td>')
+        caption = (f"{item_id} · {html.escape(item.edit_type_name)}: “{html.escape(item.source_prompt)}” → "
+                   f"“{html.escape(item.target_prompt)}”")
+        body.append(f"<h3>{caption}</h3><table><tr>{''.join(cells)}</tr></table>")
+    page = ("<!doctype html><meta charset='utf-8'><title>invedit gallery</title><style>body{font-family:sans-serif}"
+            "td{text-align:center;vertical-align:top;padding:4px;font-size:12px}img{width:128px;height:128px;"
+            "image-rendering:pixelated}</style>"
+            f"<h1>Gallery: {html.escape(settings['model'])}, {settings['steps']} steps</h1>" + "\n".join(body))
+    files["gallery.html"] = page.encode()
+    return files
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Write report.md, quality_vs_time.png and gallery.html (+ thumbnails) into ``run_dir``; return the paths.
+
+    Raises:
+        InveditError: not a run folder, or not evaluated yet.
+    """
+    run_dir = Path(run_dir)
+    settings = read_run(run_dir)
+    rows = read_metrics(run_dir)
+    summary = aggregate(rows, ("method",))
+    by_type = aggregate(rows, ("edit_type", "method"))
+    toy = [m for m in ("target_psnr", "edit_success") if any(e[m] is not None for e in summary)]
+    failures = open_failures(run_dir, rows)
+    lines = [
+        f"# PIE-Bench report: {run_dir.name}", "",
+        f"Model `{settings['model']}` (fingerprint {settings['model_fingerprint']}), {settings['steps']} DDIM steps, "
+        f"guidance {settings['guidance_scale']}, seed {settings['seed']}, {settings['dtype']} on "
+        f"{settings['device_type']}, parity mode {'on' if settings['parity'] else 'off'}, invedit "
+        f"{settings['invedit']}. Dataset: `{settings['data']}`.", "",
+        "## Table 1 layout", "",
+        "Background metrics on the unedited region; struct = DINO structure distance; CLIP: similarity to the "
+        "target prompt of the whole edit / the edit region. The paper's rows (Ju et al., ICLR 2024, Table 1: the "
+        "700 PIE-Bench images on Stable Diffusion 1.4, PnP on 1.5) compare with ours only when this run is the "
+        "same benchmark on the same model. n/a: the metric's network was not available to `invedit evaluate`.", "",
+        table_one(summary),
+    ]
+    if toy:
+        lines += ["## Against the true targets (shapes world)", "",
+                  "PSNR to the true target image inside the true edit region; success: the edit did what its kind "
+                  "asks (colour / shape recognised, object added / removed; background edits have no criterion).",
+                  "", metric_table(summary, ("method",), toy)]
+    lines += ["## Per edit type", "", metric_table(by_type, ("edit_type", "method"),
+                                                   [m for m in ALL_METRICS if any(e[m] is not None for e in by_type)])]
+    lines += ["## Failures", ""]
+    lines += [f"- {f['method']} {f['id']}: {f['error']}" for f in failures] or ["None."]
+    lines += ["", "![quality vs cost](quality_vs_time.png)", "", "Gallery: [gallery.html](gallery.html)", ""]
+    files = {"report.md": "\n".join(lines).encode(), "quality_vs_time.png": plot(summary),
+             **gallery(run_dir, settings, rows)}
+    write_atomically([(run_dir / name, lambda f, d=data: f.write(d)) for name, data in files.items()])
+    return [run_dir / name for name in ("report.md", "quality_vs_time.png", "gallery.html")]

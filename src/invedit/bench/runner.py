@@ -1,0 +1,348 @@
+"""`invedit bench`: run methods over a PIE-Bench-format dataset, resumably, on one process or many.
+
+A run directory holds ``run.json`` (the settings it was started with), ``edits/<method>/<id>.png`` with a
+``<id>.json`` record beside each (prompts, settings, seed, NFE, seconds, versions, model fingerprint, the image's
+SHA-256), and ``failures*.jsonl`` (one line per failed edit or bad entry). Each image and its record are written
+as one atomic group (`invedit.outputs.write_atomically`), the record last: a pair counts as done when its record
+names the image's hash, so a kill at any moment loses at most the edits in flight.
+
+Methods that share an inversion (same method, options and source-branch prompt) invert each image once; through
+the on-disk `InversionCache`, later runs reuse it as well. Under ``accelerate launch`` the images are split by
+position in id order (``items[rank::world]``): no gaps, no duplicates, each process writing only its own files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InveditError
+from ..outputs import folder_lock, prepare_output_dir, write_atomically
+from .cache import InversionCache, file_sha256, inversion_key
+from .data import EDIT_TYPES, BenchItem, read_benchmark
+from .methods import MethodSpec
+
+RUN_FILE = "run.json"
+EDITS_DIR = "edits"
+RUN_FORMAT = 1
+#: Record fields that legitimately differ between two runs of the same edit (timings, where the inversion came
+#: from); everything else in a record is a deterministic function of the inputs.
+VOLATILE_RECORD_KEYS = ("seconds", "seconds_inversion", "seconds_edit", "inversion_source")
+
+
+@dataclass
+class BenchSummary:
+    """What one `run_bench` call did (this process's share)."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    nfe_edit: int = 0
+    nfe_inversion: int = 0
+    nfe_saved_in_run: int = 0
+    nfe_saved_from_cache: int = 0
+    seconds: float = 0.0
+    rank: int = 0
+    world: int = 1
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        saved = self.nfe_saved_in_run + self.nfe_saved_from_cache
+        where = f"[process {self.rank + 1}/{self.world}] " if self.world > 1 else ""
+        return (f"{where}{self.done} done, {self.skipped} already done, {self.failed} failed in {self.seconds:.1f} s; "
+                f"NFE {self.nfe_inversion} inversion + {self.nfe_edit} edit; shared inversions saved {saved} NFE "
+                f"({self.nfe_saved_in_run} within this run, {self.nfe_saved_from_cache} from the cache)")
+
+
+def edit_paths(run_dir: Path, method: str, item_id: str, parity: bool) -> tuple[Path, Path]:
+    """(image, record) of one edit; JPEG in parity mode, PNG otherwise."""
+    image = run_dir / EDITS_DIR / method / f"{item_id}.{'jpg' if parity else 'png'}"
+    return image, image.with_suffix(".json")
+
+
+def finished(image: Path, record: Path) -> bool:
+    """Whether an edit is complete: its record parses and names the SHA-256 of the image beside it."""
+    try:
+        files = json.loads(record.read_text())["files"]
+        return file_sha256(image) == files[image.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def clear_leftovers(run_dir: Path, methods: list[MethodSpec], item_id: str) -> None:
+    """Remove the temporary files a killed run left for these pairs (only this process writes them)."""
+    for m in methods:
+        for path in (run_dir / EDITS_DIR / m.name).glob(f".{item_id}.*.part"):
+            path.unlink(missing_ok=True)
+
+
+def process_share(device: str | None) -> tuple[int, int, str | None]:
+    """(rank, world size, device) of this process; one plain process when not launched by accelerate/torchrun."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1, device
+    from accelerate import PartialState
+
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    if device is None or device == "cuda":
+        device = str(state.device)
+    return state.process_index, state.num_processes, device
+
+
+def check_selection(edit_types: list[str] | None, limit: int | None) -> None:
+    for t in edit_types or []:
+        if t not in EDIT_TYPES:
+            raise InveditError(f"unknown edit type {t!r}; PIE-Bench's are 0–9 ({', '.join(EDIT_TYPES.values())})")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InveditError(f"--limit must be a positive integer, got {limit!r}")
+
+
+def remember_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Write ``run.json`` or check this run against it: the same global settings, and the same options for every
+    method it already has (new methods are added). Locked, so processes of one launch agree.
+
+    Raises:
+        InveditError: the folder was run with other settings (one line naming the first difference).
+    """
+    path = run_dir / RUN_FILE
+    with folder_lock(run_dir):
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise InveditError(f"cannot read {path}: {exc}") from None
+            for key, value in settings.items():
+                if key != "methods" and old.get(key) != value:
+                    raise InveditError(f"{run_dir} was run with {key}={old.get(key)!r}, not {value!r}; resume it "
+                                       "with the same settings or choose a new --out")
+            for name, spec in settings["methods"].items():
+                before = old["methods"].get(name, spec)
+                changed = [f"{k} {before.get(k)} → {v}" for k, v in spec.items() if before.get(k) != v]
+                if changed:
+                    raise InveditError(f"{run_dir} ran {name} with other settings ({'; '.join(changed)}); give the "
+                                       f"new ones another name, e.g. {name.split('@')[0]}@b")
+            merged = {**old, "methods": {**old["methods"], **settings["methods"]}}
+            if merged == old:
+                return
+        else:
+            merged = settings
+        text = json.dumps(merged, indent=2)
+    write_atomically([(path, lambda f: f.write(text.encode()))])
+
+
+def _failure(summary: BenchSummary, log_path: Path, item_id: str, method: str, message: str, say) -> None:
+    entry = {"id": item_id, "method": method, "error": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    summary.failed += 1
+    summary.failures.append(entry)
+    with open(log_path, "a") as f:  # one write per line: lines of concurrent writers never interleave
+        f.write(json.dumps(entry) + "\n")
+    say(f"failed {item_id} {method}: {message}")
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, InveditError):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"unexpected {type(exc).__name__}: {first[:200]}"
+
+
+def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: list[MethodSpec], *,
+              model: str | None = None, steps: int = 50, guidance: float = 7.5, seed: int = 0,
+              device: str | None = None, dtype: str | None = None, parity: bool = False,
+              edit_types: list[str] | None = None, limit: int | None = None,
+              cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print) -> BenchSummary:
+    """Edit every (image, method) pair of this process's share that is not done yet (see the module docstring).
+
+    Returns the summary; failures are in it, in the run's failure log, and were reported through ``say``.
+    Raises:
+        InveditError: settings that cannot run at all (bad options, a folder run with other settings, a model
+            that does not load, a dataset folder that is not one).
+    """
+    from .. import api
+    from ..models import load, model_fingerprint, model_name, native_resolution, resolve_device, resolve_dtype
+    from ..versions import versions
+
+    started = time.perf_counter()
+    api.check_steps(steps)
+    api.check_guidance(guidance)
+    api.check_seed(seed)
+    check_selection(edit_types, limit)
+    data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
+    items, problems = read_benchmark(data_dir, edit_types)
+    if limit is not None:
+        items = items[:limit]
+    if not items and not problems:
+        raise InveditError(f"{data_dir} has no entries" + (f" of types {','.join(edit_types)}" if edit_types else ""))
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_FILE).exists():
+        raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
+    prepare_output_dir(run_dir, "the run")
+    rank, world, device = process_share(device)
+    resolve_dtype(dtype, resolve_device(device))
+
+    pipe = load(model, device=device, dtype=dtype)
+    size = native_resolution(pipe)
+    dtype_name = str(pipe.unet.dtype).replace("torch.", "")
+    settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
+                "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
+                "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "parity": parity,
+                "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods}}
+    remember_settings(run_dir, settings)
+
+    summary = BenchSummary(rank=rank, world=world)
+    log_path = run_dir / ("failures.jsonl" if world == 1 else f"failures.rank{rank}.jsonl")
+    cache = InversionCache(cache_dir)
+    share = items[rank::world]
+    todo = [(item, [m for m in methods if not finished(*edit_paths(run_dir, m.name, item.id, parity))])
+            for item in share]
+    summary.skipped = sum(len(methods) - len(pending) for _, pending in todo)
+    for item, pending in todo:
+        clear_leftovers(run_dir, pending, item.id)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(share) * len(methods), initial=summary.skipped, desc="bench", unit="edit",
+               disable=not progress, dynamic_ncols=True)
+    say = bar.write if progress else say
+    if rank == 0:
+        for item_id, problem in problems:
+            _failure(summary, log_path, item_id, "*", problem, say)
+    context = _RunContext(pipe, size, steps, guidance, seed, dtype_name, parity, run_dir, data_dir, cache,
+                          summary, log_path, say, bar)
+    try:
+        for item, pending in todo:
+            if pending:
+                context.run_item(item, pending)
+    finally:
+        bar.close()
+    for message in dict.fromkeys(cache.unreadable):
+        say(f"note: recomputed an unreadable cached inversion ({message})")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class _RunContext:
+    """The loaded model and run settings while editing one process's share."""
+
+    pipe: Any
+    size: int
+    steps: int
+    guidance: float
+    seed: int
+    dtype: str
+    parity: bool
+    run_dir: Path
+    data_dir: Path
+    cache: InversionCache
+    summary: BenchSummary
+    log_path: Path
+    say: Any
+    bar: Any
+
+    def run_item(self, item: BenchItem, pending: list[MethodSpec]) -> None:
+        """Invert ``item`` once per distinct inversion its pending methods need, then run each method."""
+        from ..editing import get_editor
+        from ..images import load_image
+        from ..models import model_editor_defaults
+
+        try:
+            image = load_image(item.image_path, self.size)
+            image_sha = file_sha256(item.image_path)
+        except (InveditError, OSError) as exc:
+            for m in pending:
+                self._fail(item, m, _error_text(exc))
+            return
+        groups: dict[tuple[str, str, str], list[MethodSpec]] = {}
+        for m in pending:
+            try:  # the editor is built once before inverting: settings it refuses cost no inversion
+                prompt = self._branch_prompt(item, m)
+                get_editor(m.editor).create(self.pipe, prompt, item.target_prompt, self.steps,
+                                            **{**model_editor_defaults(self.pipe, m.editor),
+                                               **self._editor_options(item, m)})
+            except InveditError as exc:
+                self._fail(item, m, str(exc))
+                continue
+            key = (m.inversion, json.dumps(m.inversion_options, sort_keys=True, default=str), prompt)
+            groups.setdefault(key, []).append(m)
+        for (_, _, prompt), group in groups.items():
+            try:
+                inverted, source = self._inversion(image, image_sha, prompt, group[0])
+            except Exception as exc:  # noqa: BLE001 (recorded; the run goes on)
+                for m in group:
+                    self._fail(item, m, _error_text(exc))
+                continue
+            for m in group:
+                self._edit(item, m, inverted, source)
+                source = "run"  # the next method of the group shares it
+
+    def _branch_prompt(self, item: BenchItem, m: MethodSpec) -> str:
+        from ..editing import get_editor
+        from ..models import model_editor_defaults
+
+        options = {**model_editor_defaults(self.pipe, m.editor), **m.editor_options}
+        return get_editor(m.editor).source_branch_prompt(item.source_prompt, options)
+
+    def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec):
+        from .. import api
+        from ..models import model_fingerprint
+        from ..versions import versions
+
+        key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, m.inversion,
+                            m.inversion_options, self.guidance, self.seed, self.dtype, self.pipe.unet.device.type,
+                            self.size, versions()["invedit"])
+        cached = self.cache.get(key, self.pipe.unet.device)
+        if cached is not None:
+            return cached, "cache"
+        inverted = api.invert(self.pipe, image, prompt, m.inversion, self.steps, self.guidance, self.seed,
+                              **m.inversion_options)
+        self.cache.put(key, inverted)
+        self.summary.nfe_inversion += inverted.stats.nfe
+        return inverted, "computed"
+
+    def _editor_options(self, item: BenchItem, m: MethodSpec) -> dict[str, Any]:
+        """The method's editor options, with the entry's blend words for editors that take them (P2P)."""
+        from ..editing import get_editor
+        from ..editing.p2p import parse_blend_words
+
+        options = dict(m.editor_options)
+        if "blend_words" in get_editor(m.editor).defaults and "blend_words" not in options and item.blend_words:
+            options["blend_words"] = parse_blend_words(item.blend_words)
+        return options
+
+    def _edit(self, item: BenchItem, m: MethodSpec, inverted, source: str) -> None:
+        from .. import api
+
+        options = self._editor_options(item, m)
+        try:
+            result = api.edit(self.pipe, inverted, None, item.target_prompt, editor=m.editor,
+                              guidance_scale=self.guidance, seed=self.seed, **options)
+            result.settings.update({
+                "image": str(item.image_path.relative_to(self.data_dir)) if item.image_path.is_relative_to(
+                    self.data_dir) else str(item.image_path),
+                "inversion_source": source,
+                "bench": {"id": item.id, "method": m.name, "edit_type": item.edit_type,
+                          "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
+                          "blended_word": item.blend_words},
+            })
+            image_path, _ = edit_paths(self.run_dir, m.name, item.id, self.parity)
+            result.save(image_path)
+        except Exception as exc:  # noqa: BLE001 (recorded; the run goes on)
+            self._fail(item, m, _error_text(exc))
+            return
+        s = self.summary
+        s.done += 1
+        s.nfe_edit += result.nfe_edit
+        s.nfe_saved_in_run += result.nfe_inversion if source == "run" else 0
+        s.nfe_saved_from_cache += result.nfe_inversion if source == "cache" else 0
+        self.bar.update(1)
+
+    def _fail(self, item: BenchItem, m: MethodSpec, message: str) -> None:
+        _failure(self.summary, self.log_path, item.id, m.name, message, self.say)
+        self.bar.update(1)

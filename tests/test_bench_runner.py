@@ -1,0 +1,249 @@
+"""`invedit bench`: method specs, the inversion store and cache, resuming, failures and sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import invedit
+from invedit.bench.cache import InversionCache
+from invedit.bench.methods import parse_methods
+from invedit.bench.runner import EDITS_DIR, VOLATILE_RECORD_KEYS, run_bench
+from invedit.inversion.storage import load_inverted, save_inverted
+from invedit.testing import tiny_pipeline
+from invedit.toy.bench import write_toy_bench
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_pipeline(seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_toy_bench(tmp_path_factory.mktemp("data") / "toy", 1, seed=3, size=64)
+
+
+def bench(data, out, methods="direct+p2p,direct+pnp", model=None, cache=None, **kwargs):
+    specs = parse_methods(methods, kwargs.pop("options", None), kwargs.pop("inversion_options", None),
+                          kwargs.get("parity", False))
+    return run_bench(data, out, specs, model=str(model), steps=STEPS, cache_dir=cache, progress=False,
+                     say=lambda m: None, **kwargs)
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    return {str(p.relative_to(run_dir)): json.loads(p.read_text()) for p in sorted(run_dir.glob("edits/*/*.json"))}
+
+
+# ---- method specs --------------------------------------------------------------------------------------------
+def test_method_specs_take_labels_and_per_method_options():
+    specs = parse_methods("direct+p2p,direct+p2p@half,ddim+masactrl",
+                          ["direct+p2p@half:cross_replace_steps=0.5", "ddim+masactrl:start_step=2"],
+                          ["direct+p2p:offset_scale=0.8"])
+    by_name = {s.name: s for s in specs}
+    assert by_name["direct+p2p@half"].editor_options == {"cross_replace_steps": 0.5}
+    assert by_name["direct+p2p"].inversion_options["offset_scale"] == 0.8
+    assert by_name["direct+p2p@half"].inversion_options["offset_scale"] == 1.0
+    assert by_name["ddim+masactrl"].editor_options == {"start_step": 2}
+    parity = {s.name: s for s in parse_methods("direct+p2p,ddim+masactrl", parity=True)}
+    assert parity["direct+p2p"].inversion_options["layout"] == "reference"
+    assert parity["ddim+masactrl"].editor_options == {"layers": "reference"}
+
+
+@pytest.mark.parametrize("methods, options, message", [
+    ("", None, "--methods is empty"),
+    ("direct+p2p,direct+p2p", None, "names direct\\+p2p twice"),
+    ("direct", None, "must look like INVERSION\\+EDITOR"),
+    ("direct+nope", None, "unknown editor 'nope'"),
+    ("nope+p2p", None, "unknown inversion"),
+    ("direct+p2p", ["ddim+p2p:cross_replace_steps=0.5"], "not in --methods"),
+    ("direct+p2p", ["direct+p2p:nonsense=1"], "method direct\\+p2p: .*nonsense"),
+    ("direct+p2p,direct+masactrl", ["cross_replace_steps=0.5"], "method direct\\+masactrl"),
+])
+def test_bad_method_specs_are_refused_in_one_line(methods, options, message):
+    with pytest.raises(invedit.InveditError, match=message):
+        parse_methods(methods, options)
+
+
+# ---- storing inversions --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["direct", "null-text", "edict", "ddpm"])
+def test_a_stored_inversion_edits_bit_identically(pipe, image, tmp_path, method):
+    inverted = invedit.invert(pipe, image, "a red square on a striped background", method=method, steps=3)
+    back = load_inverted(save_inverted(inverted, tmp_path / "inv.pt"))
+    assert type(back) is type(inverted) and back.options == inverted.options and back.stats == inverted.stats
+    a = invedit.edit(pipe, inverted, None, "a blue square on a striped background")
+    b = invedit.edit(pipe, back, None, "a blue square on a striped background")
+    assert torch.equal(a.latents, b.latents)
+
+
+def test_foreign_or_broken_inversion_files_are_refused(tmp_path, pipe, image):
+    torch.save({"format": 1, "inverted": {"__dataclass__": "os:path", "fields": {}}}, tmp_path / "foreign.pt")
+    with pytest.raises(invedit.InveditError, match="outside invedit"):
+        load_inverted(tmp_path / "foreign.pt")
+    inverted = invedit.invert(pipe, image, "a red square", method="ddim", steps=2)
+    data = save_inverted(inverted, tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(invedit.InveditError, match="cannot read inversion file"):
+        load_inverted(tmp_path / "cut.pt")
+    cache = InversionCache(tmp_path / "cache")
+    cache.path("ab" * 20).parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "cut.pt", cache.path("ab" * 20))
+    assert cache.get("ab" * 20, "cpu") is None and cache.unreadable  # a miss, recomputed by the runner
+
+
+# ---- the runner ----------------------------------------------------------------------------------------------
+def test_methods_sharing_an_inversion_invert_once_and_the_cache_serves_later_runs(model_dir, dataset, tmp_path):
+    n = 5
+    first = bench(dataset, tmp_path / "a", model=model_dir, cache=tmp_path / "cache")
+    assert (first.done, first.failed) == (2 * n, 0)
+    assert first.nfe_inversion == n * STEPS and first.nfe_saved_in_run == n * STEPS  # pnp reused p2p's inversion
+    sources = {k.split("/")[1]: v["inversion_source"] for k, v in records(tmp_path / "a").items()
+               if k.endswith(".json") and "110000000000" in k}
+    assert sources == {"direct+p2p": "computed", "direct+pnp": "run"}
+    # MasaCtrl inverts under its empty source prompt: not the same inversion.
+    other = bench(dataset, tmp_path / "b", "direct+p2p,direct+masactrl", model=model_dir, cache=tmp_path / "cache",
+                  options=["direct+masactrl:start_step=1"])
+    assert other.nfe_inversion == n * STEPS and other.nfe_saved_from_cache == n * STEPS
+    # A changed option, and a changed prompt, miss the cache.
+    changed = bench(dataset, tmp_path / "c", "direct+p2p", model=model_dir, cache=tmp_path / "cache",
+                    inversion_options=["offset_scale=0.8"])
+    assert changed.nfe_inversion == n * STEPS and changed.nfe_saved_from_cache == 0
+    edited = tmp_path / "data2"
+    shutil.copytree(dataset, edited)
+    mapping = json.loads((edited / "mapping_file.json").read_text())
+    first_id = sorted(mapping)[0]
+    mapping[first_id]["original_prompt"] = mapping[first_id]["original_prompt"].replace("a ", "the ", 1)
+    (edited / "mapping_file.json").write_text(json.dumps(mapping))
+    again = bench(edited, tmp_path / "d", "direct+p2p", model=model_dir, cache=tmp_path / "cache")
+    assert again.nfe_inversion == STEPS and again.nfe_saved_from_cache == (n - 1) * STEPS
+
+
+def test_a_rerun_skips_finished_pairs_and_refuses_other_settings(model_dir, dataset, tmp_path):
+    bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    again = bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir)
+    assert (again.done, again.skipped) == (0, 5)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    grown = bench(dataset, tmp_path / "run", "direct+p2p,ddim+p2p", model=model_dir)  # a new method is added
+    assert (grown.done, grown.skipped) == (5, 5)
+    with pytest.raises(invedit.InveditError, match="was run with guidance_scale=7.5, not 5.0"):
+        bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, guidance=5.0)
+    with pytest.raises(invedit.InveditError, match="ran direct\\+p2p with other settings .*cross_replace_steps"):
+        bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, options=["cross_replace_steps=0.5"])
+    # A finished pair whose image no longer matches its record is redone.
+    image = next((tmp_path / "run" / EDITS_DIR / "direct+p2p").glob("*.png"))
+    image.write_bytes(b"not the image")
+    redo = bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir)
+    assert (redo.done, redo.skipped) == (1, 4)
+
+
+def test_bad_entries_are_logged_and_the_run_goes_on(model_dir, dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    mapping = json.loads((data / "mapping_file.json").read_text())
+    ids = sorted(mapping)
+    (data / "annotation_images" / mapping[ids[0]]["image_path"]).write_bytes(b"\x89PNG broken")
+    del mapping[ids[1]]["mask"]
+    mapping[ids[2]]["blended_word"] = "nowhere words"
+    (data / "mapping_file.json").write_text(json.dumps(mapping))
+    summary = bench(data, tmp_path / "run", "direct+p2p,direct+masactrl", model=model_dir,
+                    options=["direct+masactrl:start_step=1"])
+    failed = {(f["id"], f["method"]): f["error"] for f in summary.failures}
+    assert set(failed) == {(ids[0], "direct+p2p"), (ids[0], "direct+masactrl"), (ids[1], "*"),
+                           (ids[2], "direct+p2p")}
+    assert "lacks mask" in failed[(ids[1], "*")]
+    assert "nowhere" in failed[(ids[2], "direct+p2p")]
+    assert summary.done == 2 * 5 - 2 - 2 - 1  # the others, MasaCtrl of the third entry included
+    logged = [json.loads(line) for line in (tmp_path / "run" / "failures.jsonl").read_text().splitlines()]
+    assert {(e["id"], e["method"]) for e in logged} == set(failed)
+    for entry in logged:
+        assert "\n" not in entry["error"] and len(entry["error"]) < 300
+
+
+def test_cli_bench_summary_and_exit_codes(model_dir, dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+
+    args = ["bench", str(dataset), "--methods", "direct+p2p", "--out", str(tmp_path / "run"), "--model",
+            str(model_dir), "--steps", str(STEPS), "--no-cache", "-q"]
+    result = CliRunner().invoke(app, args + ["--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 done, 0 already done, 0 failed" in result.output
+    for extra, message in ((["--limit", "0"], "--limit must be a positive integer"),
+                           (["--types", "12"], "unknown edit type '12'"),
+                           (["--steps", "0"], "steps")):
+        bad = CliRunner().invoke(app, args + extra)
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+    missing = CliRunner().invoke(app, ["bench", str(tmp_path / "nowhere"), "--methods", "direct+p2p", "--out",
+                                       str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no mapping_file.json" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+
+
+def _bench_process(dataset, out, model_dir, cache) -> list[str]:
+    return [sys.executable, "-m", "invedit", "bench", str(dataset), "--methods", "direct+p2p,ddim+p2p", "--out",
+            str(out), "--model", str(model_dir), "--steps", "12", "--cache-dir", str(cache), "-q"]
+
+
+def _comparable(run_dir: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for path in sorted((run_dir / EDITS_DIR).rglob("*")):
+        if path.suffix == ".json":
+            out[str(path.relative_to(run_dir))] = {k: v for k, v in json.loads(path.read_text()).items()
+                                                   if k not in VOLATILE_RECORD_KEYS}
+        elif path.is_file():
+            out[str(path.relative_to(run_dir))] = path.read_bytes()
+    return out
+
+
+def test_a_run_killed_with_sigkill_resumes_to_byte_identical_outputs(model_dir, dataset, tmp_path):
+    env = {**os.environ, "INVEDIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(_bench_process(dataset, tmp_path / "whole", model_dir, tmp_path / "c1"), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(_bench_process(dataset, tmp_path / "killed", model_dir, tmp_path / "c2"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    edits = tmp_path / "killed" / EDITS_DIR
+    deadline = time.monotonic() + 300
+    while len(list(edits.glob("*/*.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(edits.glob("*/*.json")))
+    assert 3 <= done_at_kill < 10, f"the kill came at {done_at_kill} of 10 edits"
+    resumed = subprocess.run(_bench_process(dataset, tmp_path / "killed", model_dir, tmp_path / "c2"), env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done_at_kill} already done" in resumed.stdout
+    assert _comparable(tmp_path / "killed") == _comparable(tmp_path / "whole")
+    assert not list((tmp_path / "killed").rglob("*.part"))  # what the kill left half-written is gone
+
+
+def test_accelerate_launch_splits_the_images_with_no_gaps_and_no_duplicates(model_dir, dataset, tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m", "invedit", "bench", str(dataset), "--methods", "direct+p2p", "--out", str(tmp_path / "run"),
+           "--model", str(model_dir), "--steps", str(STEPS), "--no-cache", "--device", "cpu", "-q"]
+    proc = subprocess.run(cmd, env={**os.environ, "INVEDIT_THREADS": "1", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("[process"))
+    assert lines[0].startswith("[process 1/2] 3 done") and lines[1].startswith("[process 2/2] 2 done"), lines
+    written = sorted(p.stem for p in (tmp_path / "run" / EDITS_DIR / "direct+p2p").glob("*.json"))
+    ids = sorted(json.loads((dataset / "mapping_file.json").read_text()))
+    assert written == ids  # 3 + 2 edits done and every id present: no gaps, no duplicates
