@@ -247,3 +247,19 @@ def test_accelerate_launch_splits_the_images_with_no_gaps_and_no_duplicates(mode
     written = sorted(p.stem for p in (tmp_path / "run" / EDITS_DIR / "direct+p2p").glob("*.json"))
     ids = sorted(json.loads((dataset / "mapping_file.json").read_text()))
     assert written == ids  # 3 + 2 edits done and every id present: no gaps, no duplicates
+
+
+def test_parity_mode_writes_quality_75_jpegs_and_the_reference_layout(model_dir, dataset, tmp_path):
+    from PIL import Image
+
+    summary = bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, parity=True, limit=1)
+    assert summary.done == 1
+    (image,) = (tmp_path / "run" / EDITS_DIR / "direct+p2p").glob("*.jpg")
+    record = json.loads(image.with_suffix(".json").read_text())
+    assert record["inversion_options"]["layout"] == "reference" and image.name in record["files"]
+    reference = tmp_path / "q75.jpg"
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(reference, quality=75)
+    with Image.open(image) as ours, Image.open(reference) as q75:
+        assert ours.format == "JPEG" and ours.quantization == q75.quantization
+    with pytest.raises(invedit.InveditError, match="was run with parity=True, not False"):
+        bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, limit=1)

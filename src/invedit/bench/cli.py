@@ -69,6 +69,7 @@ def evaluate_command(
     device: Annotated[str | None, typer.Option(help="device of the metric networks (default: best)")] = None,
     parity: Annotated[bool | None, typer.Option(
         help="the reference's 0–255 DINO input (default: as the run's --parity)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Compute PIE-Bench's metrics for every edit of a run; writes metrics.csv and summaries (incremental)."""
     from ..models import resolve_device
@@ -78,7 +79,8 @@ def evaluate_command(
     models = MetricModels(dino_model=dino_model, clip_model=clip_model,
                           lpips_weights=str(lpips_weights) if lpips_weights else None,
                           device=str(resolve_device(device)))
-    summary = evaluate_run(run_dir, data, _types(metrics), models, parity, say=lambda m: typer.echo(m, err=True))
+    summary = evaluate_run(run_dir, data, _types(metrics), models, parity, progress=not quiet,
+                           say=lambda m: typer.echo(m, err=True))
     for metric, reason in summary.unavailable.items():
         typer.echo(f"{metric} unavailable: {reason}", err=True)
     typer.echo(f"evaluated {summary.evaluated} edits ({summary.reused} already evaluated, {len(summary.failed)} "

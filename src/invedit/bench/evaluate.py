@@ -239,7 +239,7 @@ class EvaluationSummary:
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  metrics: list[str] | None = None, models: MetricModels | None = None, parity: bool | None = None,
-                 say=print) -> EvaluationSummary:
+                 progress: bool = False, say=print) -> EvaluationSummary:
     """Evaluate every finished edit of ``run_dir`` not evaluated yet; write the per-image CSV and summaries.
 
     ``data_dir`` defaults to the run's dataset, ``parity`` (the DINO input quirk) to the run's ``--parity``.
@@ -259,10 +259,14 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     by_id = {item.id: item for item in items}
     old = _read_rows(run_dir / "metrics.csv")
     rows, summary = [], EvaluationSummary()
-    for method in sorted(settings["methods"]):
-        folder = run_dir / EDITS_DIR / method
-        for record_path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            row = _evaluate_edit(record_path, method, by_id, old, wanted, models, parity, data_dir, summary, say)
+    records = [(method, path) for method in sorted(settings["methods"])
+               for path in sorted((run_dir / EDITS_DIR / method).glob("*.json"))]
+    from tqdm.auto import tqdm
+
+    with tqdm(records, desc="evaluate", unit="edit", disable=not progress, dynamic_ncols=True) as bar:
+        for method, record_path in bar:
+            row = _evaluate_edit(record_path, method, by_id, old, wanted, models, parity, data_dir, summary,
+                                 bar.write if progress else say)
             if row is not None:
                 rows.append(row)
     summary.unavailable = {m: models.unavailable[NEEDS[m]] for m in wanted

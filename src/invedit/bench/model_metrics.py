@@ -73,7 +73,7 @@ def structure_distance(vit, source, edited, parity: bool = False) -> float:
 def clip_similarity(model, processor, image, prompt: str, keep_mask: np.ndarray | None = None) -> float:
     """100·max(cos(image, prompt), 0) with a `CLIPModel`; ``keep_mask`` (H, W) blacks out everything else first
     (the "edited" variant: keep the edit region). NaN when the kept region is empty."""
-    array = np.asarray(image)
+    array = np.array(image)  # a writable copy (the processor turns it into a tensor)
     if keep_mask is not None:
         keep = np.asarray(keep_mask, dtype=bool)
         if not keep.any():

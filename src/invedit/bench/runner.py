@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InveditError
-from ..outputs import folder_lock, prepare_output_dir, write_atomically
+from ..outputs import folder_lock, prepare_output_dir, remove_created, umask
 from .cache import InversionCache, file_sha256, inversion_key
 from .data import EDIT_TYPES, BenchItem, read_benchmark
 from .methods import MethodSpec
@@ -133,8 +134,15 @@ def remember_settings(run_dir: Path, settings: dict[str, Any]) -> None:
                 return
         else:
             merged = settings
-        text = json.dumps(merged, indent=2)
-    write_atomically([(path, lambda f: f.write(text.encode()))])
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RUN_FILE}.", suffix=".part")
+        try:  # replaced inside the lock (write_atomically would take the same lock again)
+            with os.fdopen(fd, "w") as f:
+                json.dump(merged, f, indent=2)
+            os.chmod(tmp, 0o666 & ~umask())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _failure(summary: BenchSummary, log_path: Path, item_id: str, method: str, message: str, say) -> None:
@@ -180,20 +188,28 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         items = items[:limit]
     if not items and not problems:
         raise InveditError(f"{data_dir} has no entries" + (f" of types {','.join(edit_types)}" if edit_types else ""))
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_FILE).exists():
-        raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
-    prepare_output_dir(run_dir, "the run")
     rank, world, device = process_share(device)
+    if rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_FILE).exists():
+        raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
     resolve_dtype(dtype, resolve_device(device))
+    if world > 1:  # the processes of one launch create the folder together
+        run_dir.mkdir(parents=True, exist_ok=True)
+        created: list[Path] = []
+    else:
+        created = prepare_output_dir(run_dir, "the run")  # removed again if the run cannot start
 
-    pipe = load(model, device=device, dtype=dtype)
-    size = native_resolution(pipe)
-    dtype_name = str(pipe.unet.dtype).replace("torch.", "")
-    settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
-                "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
-                "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "parity": parity,
-                "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods}}
-    remember_settings(run_dir, settings)
+    try:
+        pipe = load(model, device=device, dtype=dtype)
+        size = native_resolution(pipe)
+        dtype_name = str(pipe.unet.dtype).replace("torch.", "")
+        settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
+                    "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
+                    "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "parity": parity,
+                    "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods}}
+        remember_settings(run_dir, settings)
+    except BaseException:
+        remove_created(created)
+        raise
 
     summary = BenchSummary(rank=rank, world=world)
     log_path = run_dir / ("failures.jsonl" if world == 1 else f"failures.rank{rank}.jsonl")
