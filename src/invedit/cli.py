@@ -130,7 +130,7 @@ def edit_command(
     inversion_options = parse_options(inversion_option, "--inversion-option")
     inversion_options.update({k: v for k, v in flags.items() if v is not None})
     inversion_options = inversion_cls.validate_options(inversion_options)
-    editor_options = _editor_options(editor_cls, option, blend)
+    editor_options = collect_editor_options(editor_cls, option, blend)
     blend_words = editor_options.get("blend_words")
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     resolve_dtype(dtype, resolve_device(device))
@@ -164,7 +164,7 @@ def edit_command(
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
 
 
-def _editor_options(editor_cls, option: list[str] | None, blend: str | None) -> dict:
+def collect_editor_options(editor_cls, option: list[str] | None, blend: str | None) -> dict:
     """``-o`` options, with ``--blend`` as P2P's ``blend_words``, validated by the editor."""
     from .editing.p2p import parse_blend_words
 
@@ -280,6 +280,37 @@ def toy_bench_command(
 
     folder = write_toy_bench(out_dir, n, seed, size)
     typer.echo(f"wrote {5 * n} edits to {folder}")
+
+
+@app.command("ui")
+@cli_errors
+def ui_command(
+    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 exposes the page to your network")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="port (default 7860)")] = 7860,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
+    steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
+) -> None:
+    """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'") from None
+    from . import api
+    from .models import load
+    from .ui.app import build_app
+    from .ui.session import EditSession
+
+    api.check_steps(steps)
+    if not 1 <= port <= 65535:
+        raise InveditError(f"--port must be from 1 to 65535, got {port}")
+    _setup_threads()
+    session = EditSession(load(model, device=device, dtype=dtype))
+    typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)" if host != "127.0.0.1"
+                                                          else ""))
+    build_app(session, default_steps=steps).launch(server_name=host, server_port=port, quiet=True)
 
 
 from .bench import cli as _bench_cli  # noqa: E402, F401  (registers bench, evaluate, report)

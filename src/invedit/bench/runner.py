@@ -340,6 +340,7 @@ class _RunContext:
             result = api.edit(self.pipe, inverted, None, item.target_prompt, editor=m.editor,
                               guidance_scale=self.guidance, seed=self.seed, **options)
             result.settings.update({
+                "source_prompt": item.source_prompt,  # the entry's (the editor's own source branch is recorded too)
                 "image": str(item.image_path.relative_to(self.data_dir)) if item.image_path.is_relative_to(
                     self.data_dir) else str(item.image_path),
                 "inversion_source": source,

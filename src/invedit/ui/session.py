@@ -1,0 +1,158 @@
+"""What one press of "Edit" does in the web UI, without any UI: check, invert (or reuse), edit, save.
+
+`EditSession` holds the loaded pipeline and a small in-memory inversion cache keyed by (image pixels, the prompt
+the source branch is inverted under, model fingerprint, steps, guidance, seed, method and options), so trying
+another target prompt on the same image skips the inversion. Every bad input raises `InveditError` with the same
+one-line message the CLI prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..errors import InveditError
+
+
+@dataclass
+class EditRequest:
+    """The page's inputs for one edit."""
+
+    image: Image.Image | None
+    source_prompt: str
+    target_prompt: str
+    inversion: str = "direct"
+    editor: str = "p2p"
+    blend_words: str = ""
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    editor_options: str = ""  # "KEY=VALUE" per line (or comma-separated), as `-o` on the command line
+    inversion_options: str = ""
+
+
+@dataclass
+class EditOutcome:
+    """One finished edit: the result, whether the inversion came from the cache, the files written."""
+
+    result: Any  # an `invedit.api.EditResult`
+    cached_inversion: bool
+    image_path: Path
+    record_path: Path
+    seconds: float
+
+    def message(self) -> str:
+        r = self.result
+        inversion = (f"inversion reused from the cache ({r.nfe_inversion} NFE not spent again)"
+                     if self.cached_inversion else f"{r.nfe_inversion} NFE inversion")
+        return (f"{r.settings['inversion']}+{r.settings['editor']['editor']}: NFE {r.nfe} ({inversion}, "
+                f"{r.nfe_edit} edit), {self.seconds:.1f} s")
+
+
+def option_items(text: str) -> list[str]:
+    """``"a=1\\nb=2"`` or ``"a=1, b=2"`` → ``["a=1", "b=2"]`` (commas inside brackets or quotes stay)."""
+    items, depth, quote, current = [], 0, "", ""
+    for ch in text or "":
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch in ",\n" and depth == 0 and not quote:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    return [item.strip() for item in items if item.strip()]
+
+
+class EditSession:
+    """The loaded model and the inversions made so far (the ``cache_size`` most recent)."""
+
+    def __init__(self, pipe, cache_size: int = 8, out_dir: str | Path | None = None):
+        self.pipe = pipe
+        self.cache_size = cache_size
+        self.cache: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()  # the UNet's hooks are per edit: one edit at a time
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="invedit-ui-"))
+
+    def _inversion_key(self, image: Image.Image, prompt: str, request: EditRequest, options: dict) -> str:
+        from ..models import model_fingerprint
+
+        h = hashlib.sha256(image.tobytes())
+        h.update(json.dumps([image.size, prompt, model_fingerprint(self.pipe), request.steps, request.guidance,
+                             request.seed, request.inversion, options], sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str]:
+        """Everything that can be refused before any UNet call: (image, editor options, inversion options,
+        the source branch's prompt)."""
+        from .. import api
+        from ..cli import collect_editor_options, parse_options
+        from ..editing import get_editor
+        from ..images import load_image
+        from ..inversion import get_inversion
+        from ..models import model_editor_defaults, native_resolution
+        from ..prompts import check_prompt
+
+        if request.image is None:
+            raise InveditError("upload an image (or pick an example) first")
+        source = check_prompt(request.source_prompt, self.pipe.tokenizer, "source prompt")
+        target = check_prompt(request.target_prompt, self.pipe.tokenizer, "target prompt")
+        api.check_steps(request.steps, self.pipe.scheduler.config.num_train_timesteps)
+        api.check_guidance(request.guidance)
+        api.check_seed(request.seed)
+        inversion_cls, editor_cls = get_inversion(request.inversion), get_editor(request.editor)
+        inversion_options = inversion_cls.validate_options(
+            parse_options(option_items(request.inversion_options), "inversion option"))
+        editor_options = collect_editor_options(editor_cls, option_items(request.editor_options),
+                                                request.blend_words.strip() or None)
+        model_defaults = model_editor_defaults(self.pipe, request.editor)
+        branch_prompt = editor_cls.source_branch_prompt(source, {**model_defaults, **editor_options})
+        editor_cls.create(self.pipe, branch_prompt, target, request.steps, **{**model_defaults, **editor_options})
+        image = load_image(request.image, native_resolution(self.pipe))
+        return image, editor_options, inversion_options, branch_prompt
+
+    def edit(self, request: EditRequest) -> EditOutcome:
+        """Run one edit (see the module docstring); writes ``edit.png`` and ``edit.json`` in a fresh folder.
+
+        Raises:
+            InveditError: bad input (one line).
+        """
+        from .. import api
+
+        with self.lock:
+            started = time.perf_counter()
+            image, editor_options, inversion_options, branch_prompt = self.check(request)
+            key = self._inversion_key(image, branch_prompt, request, inversion_options)
+            inverted = self.cache.get(key)
+            cached = inverted is not None
+            if cached:
+                self.cache.move_to_end(key)
+            else:
+                inverted = api.invert(self.pipe, image, branch_prompt, request.inversion, request.steps,
+                                      request.guidance, request.seed, progress=True, **inversion_options)
+                self.cache[key] = inverted
+                while len(self.cache) > self.cache_size:
+                    self.cache.popitem(last=False)
+            result = api.edit(self.pipe, inverted, None, request.target_prompt, editor=request.editor,
+                              guidance_scale=request.guidance, seed=request.seed, progress=True, **editor_options)
+            result.settings["source_prompt"] = " ".join(request.source_prompt.split())
+            result.settings["inversion_cached"] = cached
+            folder = Path(tempfile.mkdtemp(dir=self.out_dir, prefix="edit-"))
+            image_path = result.save(folder / "edit.png")
+            return EditOutcome(result, cached, image_path, image_path.with_suffix(".json"),
+                               time.perf_counter() - started)

@@ -1,0 +1,147 @@
+"""The web UI in a real browser (Debian's chromium driven by Playwright) on the embedded model."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import invedit
+from invedit.errors import InveditError
+from invedit.toy.scenes import make_edit_example
+from invedit.ui.session import EditRequest, EditSession, option_items
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                   reason="chromium is not installed (CI installs it: apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def session():
+    return EditSession(invedit.load(dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    edit = make_edit_example(7, "color", size=64)
+    path = tmp_path_factory.mktemp("ui") / "scene.png"
+    Image.fromarray(np.asarray(edit.source_image, dtype=np.uint8)).save(path)
+    return path, edit
+
+
+def test_option_text_splits_like_the_command_line():
+    assert option_items("a=1\nb=2, c=[1, 2]\n d='x,y' ") == ["a=1", "b=2", "c=[1, 2]", "d='x,y'"]
+    assert option_items("") == []
+
+
+def test_session_reuses_the_inversion_for_a_new_target_and_refuses_bad_input(session, example):
+    path, edit = example
+    request = EditRequest(Image.open(path), edit.source_prompt, edit.target_prompt, blend_words=edit.blend_words,
+                          steps=6)
+    first = session.edit(request)
+    assert not first.cached_inversion and first.result.nfe_inversion == 6
+    other = edit.target_prompt.replace(edit.blend_words.split()[1], "green")
+    second = session.edit(EditRequest(Image.open(path), edit.source_prompt, other,
+                                      blend_words=f"{edit.blend_words.split()[0]} green", steps=6))
+    assert second.cached_inversion and "reused from the cache" in second.message()
+    direct = invedit.edit(session.pipe, Image.open(path), edit.source_prompt, other, steps=6,
+                          blend_words=f"{edit.blend_words.split()[0]} green")
+    assert np.array_equal(np.asarray(second.result.image), np.asarray(direct.image))  # same as a fresh edit
+    assert second.record_path.exists() and '"inversion_cached": true' in second.record_path.read_text()
+    for bad, message in ((dict(image=None), "upload an image"), (dict(target_prompt=""), "target prompt is empty"),
+                         (dict(blend_words="nowhere words"), "blend word 'nowhere'"),
+                         (dict(editor_options="cross_replace_steps=7"), "cross_replace_steps"),
+                         (dict(inversion="edict", editor="pix2pix-zero"), "pix2pix-zero"),
+                         (dict(steps=0), "steps")):
+        fields = {**request.__dict__, **bad}
+        with pytest.raises(InveditError, match=message):
+            session.edit(EditRequest(**fields))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page_session():
+    return EditSession(invedit.load(dtype="float32"))  # its own cache: the browser's first edit inverts
+
+
+@pytest.fixture(scope="module")
+def server(page_session):
+    from invedit.ui.app import build_app
+
+    steps = 50 if os.environ.get("INVEDIT_UI_SCREENSHOT") else 6  # the README's picture at the real step count
+    app = build_app(page_session, default_steps=steps)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    app.close()
+
+
+def _status_contains(page, text: str, timeout: float = 180_000) -> None:
+    page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)", arg=text,
+                           timeout=timeout)
+
+
+def _shown_image(page, element: str) -> np.ndarray:
+    src = page.locator(f"#{element} img").first.get_attribute("src")
+    body = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/")).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+@needs_browser
+def test_edit_in_the_browser(server, page_session, example, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from invedit.ui.app import display_image
+
+    path, edit = example
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            page.locator("#input-image input[type=file]").set_input_files(str(path))
+            page.locator("#source textarea").fill(edit.source_prompt)
+            page.locator("#target textarea").fill(edit.target_prompt)
+            page.locator("#blend textarea").fill(edit.blend_words)
+            page.locator("#edit").click()
+            _status_contains(page, "NFE")
+            assert "inversion reused" not in page.locator("#status").inner_text()
+            shown = _shown_image(page, "edit-out")
+            newest = max(page_session.out_dir.glob("edit-*/edit.png"), key=lambda p: p.stat().st_mtime)
+            saved = Image.open(newest).convert("RGB")
+            assert np.array_equal(shown, np.asarray(display_image(saved)))  # the page shows the result, enlarged
+            source = np.asarray(display_image(Image.open(path).convert("RGB")))
+            assert np.abs(shown.astype(int) - source.astype(int)).mean() > 1.0  # an edit, not the input
+            assert page.locator("#files a").count() == 2  # PNG and JSON to download
+
+            # Another target prompt: the inversion comes from the cache.
+            page.locator("#target textarea").fill(edit.target_prompt.replace(edit.blend_words.split()[1], "green"))
+            page.locator("#blend textarea").fill(f"{edit.blend_words.split()[0]} green")
+            page.locator("#edit").click()
+            _status_contains(page, "reused from the cache")
+
+            # Bad input: one readable message, and the page still works afterwards.
+            page.locator("#blend textarea").fill("nowhere words")
+            page.locator("#edit").click()
+            _status_contains(page, "error:")
+            assert "blend word 'nowhere'" in page.locator("#status").inner_text()
+            page.locator("#blend textarea").fill(edit.blend_words)
+            page.locator("#target textarea").fill(edit.target_prompt)
+            page.locator("#edit").click()
+            _status_contains(page, "NFE")
+            if os.environ.get("INVEDIT_UI_SCREENSHOT"):  # the README's picture
+                page.wait_for_timeout(1000)
+                page.screenshot(path=os.environ["INVEDIT_UI_SCREENSHOT"], full_page=True)
+        finally:
+            browser.close()
