@@ -222,7 +222,7 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
-def _number(value: Any) -> float | None:
+def cell_value(value: Any) -> float | None:
     """A cell as a float (NaN included), ``None`` when empty (not computed / unavailable)."""
     if value in (None, ""):
         return None
@@ -301,7 +301,7 @@ def _evaluate_edit(record_path: Path, method: str, by_id: dict[str, BenchItem], 
         row = dict(old.get((method, item_id), {}))
         if row.get("image_sha256") != sha:
             row = {}
-        todo = [m for m in wanted if _number(row.get(m)) is None]
+        todo = [m for m in wanted if cell_value(row.get(m)) is None]
         toy = "target_image_path" in item.extra
         todo = [m for m in todo if m not in TOY_METRICS or toy]
         if todo:
@@ -337,7 +337,7 @@ def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str,
         entry: dict[str, Any] = dict(zip(by, key))
         entry["n"] = len(members)
         for metric in ALL_METRICS:
-            entry[metric], _ = _mean([_number(r.get(metric)) for r in members])
+            entry[metric], _ = _mean([cell_value(r.get(metric)) for r in members])
         out.append(entry)
     return out
 
@@ -350,8 +350,9 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:.0f}" if metric == "nfe" else f"{value:.2f}"
 
 
-def markdown_table(entries: list[dict[str, Any]], by: tuple[str, ...]) -> str:
-    metrics = [m for m in ALL_METRICS if any(e[m] is not None for e in entries)]
+def markdown_table(entries: list[dict[str, Any]], by: tuple[str, ...], metrics: list[str] | None = None) -> str:
+    """Markdown table of `aggregate` entries: ``metrics`` (default: every metric some entry has a value of)."""
+    metrics = metrics or [m for m in ALL_METRICS if any(e[m] is not None for e in entries)]
     head = [*(("edit type",) if "edit_type" in by else ()), "method", "N", *(LABELS[m] for m in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:

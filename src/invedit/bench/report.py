@@ -22,8 +22,18 @@ from PIL import Image
 
 from ..errors import InveditError
 from ..outputs import write_atomically
-from .data import EDIT_TYPES, read_benchmark
-from .evaluate import ALL_METRICS, LABELS, PIE_METRICS, _number, aggregate, edit_mask, format_value, read_run
+from .data import read_benchmark
+from .evaluate import (
+    ALL_METRICS,
+    LABELS,
+    PIE_METRICS,
+    aggregate,
+    cell_value,
+    edit_mask,
+    format_value,
+    markdown_table,
+    read_run,
+)
 from .runner import EDITS_DIR
 
 #: Table 1 of the paper (PIE-Bench, SD 1.4; PnP rows SD 1.5), keyed by our inversion+editor names.
@@ -92,16 +102,6 @@ def table_one(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metric_table(entries: list[dict[str, Any]], by: tuple[str, ...], metrics: list[str]) -> str:
-    head = [*(("edit type",) if "edit_type" in by else ()), "method", "N", *(LABELS[m] for m in metrics)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in entries:
-        cells = [f"{e['edit_type']} {EDIT_TYPES.get(e['edit_type'], '')}"] if "edit_type" in by else []
-        cells += [e["method"], str(e["n"]), *(format_value(m, e[m]) for m in metrics)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def plot(summary: list[dict[str, Any]]) -> bytes:
     """PNG: background PSNR against seconds per edit and against NFE per edit, one point per method."""
     import matplotlib
@@ -161,7 +161,7 @@ def gallery(run_dir: Path, settings: dict[str, Any], rows: list[dict[str, Any]])
             if row is None or edit is None:
                 cells.append(f"<td>{html.escape(method)}<br>—</td>")
                 continue
-            numbers = " · ".join(f"{LABELS[m].split()[0]} {format_value(m, _number(row.get(m)))}"
+            numbers = " · ".join(f"{LABELS[m].split()[0]} {format_value(m, cell_value(row.get(m)))}"
                                  for m in ("psnr", "clip_edited", "target_psnr") if row.get(m))
             cells.append(f'<td><img src="{EDITS_DIR}/{html.escape(method)}/{edit.name}" width="{THUMBNAIL}" '
                          f'loading="lazy"><br><b>{html.escape(method)}</b><br><small>{numbers}</small></td>')
@@ -206,8 +206,8 @@ def write_report(run_dir: str | Path) -> list[Path]:
         lines += ["## Against the true targets (shapes world)", "",
                   "PSNR to the true target image inside the true edit region; success: the edit did what its kind "
                   "asks (colour / shape recognised, object added / removed; background edits have no criterion).",
-                  "", metric_table(summary, ("method",), toy)]
-    lines += ["## Per edit type", "", metric_table(by_type, ("edit_type", "method"),
+                  "", markdown_table(summary, ("method",), toy)]
+    lines += ["## Per edit type", "", markdown_table(by_type, ("edit_type", "method"),
                                                    [m for m in ALL_METRICS if any(e[m] is not None for e in by_type)])]
     lines += ["## Failures", ""]
     lines += [f"- {f['method']} {f['id']}: {f['error']}" for f in failures] or ["None."]
