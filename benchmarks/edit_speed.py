@@ -5,6 +5,7 @@
     python benchmarks/edit_speed.py --models tiny --repeats 5
     python benchmarks/edit_speed.py --models sd14 --sd-steps 50 --device cuda --dtype float16   # on a GPU
     python benchmarks/edit_speed.py --models sd14 --sd-methods all --device cuda   # every inversion, full size
+    python benchmarks/edit_speed.py --models sdxl --sd-steps 2          # SDXL-shaped UNet at 1024² (CPU: ~15 min)
 
 Methods are run interleaved (A B C A B C …) and the median is reported, so background load hits all alike.
 Results are merged into ``benchmarks/results.json`` (keyed by model and machine) and ``benchmarks/results.md``
@@ -26,6 +27,7 @@ import torch
 from PIL import Image
 
 import invedit
+import invedit.sampling
 from invedit.api import decode_latents, encode_image
 from invedit.images import psnr
 from invedit.models import prepare_pipeline, reference_editor_options
@@ -101,6 +103,44 @@ def sd14_shaped_pipeline(device: str, dtype: torch.dtype):
     pipe.to(dtype=dtype)
     pipe = prepare_pipeline(pipe, torch.device(device))
     pipe._invedit_name = "sd14-shaped-random"
+    return pipe
+
+
+def sdxl_shaped_pipeline(device: str, dtype: torch.dtype):
+    """SDXL base's architecture (UNet 2.6B, VAE, CLIP ViT-L + OpenCLIP bigG text encoders) with random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from invedit.testing import TINY_VOCABULARY
+    from invedit.word_tokenizer import build_word_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TINY_VOCABULARY)
+    unet = UNet2DConditionModel(
+        sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+    def text(width: int, layers: int, heads: int, projection: bool):
+        config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                                num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                                projection_dim=1280, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text(768, 12, 12, False),
+                                     text_encoder_2=text(1280, 32, 20, True), tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True)
+    pipe.to(dtype=dtype)
+    pipe = prepare_pipeline(pipe, torch.device(device))
+    pipe._invedit_name = "sdxl-shaped-random"
     return pipe
 
 
@@ -196,7 +236,7 @@ def benchmark(pipe, steps: int, repeats: int, methods: dict, case: tuple[Image.I
 
 def unit_costs(pipe, repeats: int = 2) -> dict[str, float]:
     """Seconds per UNet call at batch 1–4 (forward), per forward+backward row, and per VAE encode/decode."""
-    unet, vae = pipe.unet, pipe.vae
+    unet = pipe.unet
     h = w = int(unet.config.sample_size)
     dim = int(unet.config.cross_attention_dim)
     dtype = unet.dtype
@@ -210,18 +250,20 @@ def unit_costs(pipe, repeats: int = 2) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         return min(times)
 
+    tokens = 78 if invedit.models.model_kind(pipe) == "sdxl" else 77  # SDXL: + the pooled-embedding token
+    call = invedit.sampling.unet_output
+    stats = invedit.sampling.RunStats()
     with torch.no_grad():
         for b in (1, 2, 3, 4):
-            x, e = torch.randn(b, 4, h, w, dtype=dtype), torch.randn(b, 77, dim, dtype=dtype)
-            out[f"unet_forward_batch{b}"] = timed(lambda x=x, e=e: unet(x, 500, encoder_hidden_states=e))
-        size = invedit.models.native_resolution(pipe)
-        image = torch.randn(1, 3, size, size, dtype=vae.dtype)
-        out["vae_encode"] = timed(lambda: vae.encode(image))
-        z = torch.randn(2, 4, h, w, dtype=vae.dtype)
-        out["vae_decode_batch2"] = timed(lambda: vae.decode(z))
-    e = torch.randn(1, 77, dim, dtype=dtype, requires_grad=True)
+            x, e = torch.randn(b, 4, h, w, dtype=dtype), torch.randn(b, tokens, dim, dtype=dtype)
+            out[f"unet_forward_batch{b}"] = timed(lambda x=x, e=e: call(unet, x, 500, e, stats))
+        image = Image.new("RGB", (invedit.models.native_resolution(pipe),) * 2, (120, 60, 30))
+        out["vae_encode"] = timed(lambda: encode_image(pipe, image))
+        z = torch.randn(2, 4, h, w)
+        out["vae_decode_batch2"] = timed(lambda: decode_latents(pipe, z))
+    e = torch.randn(1, tokens, dim, dtype=dtype, requires_grad=True)
     x = torch.randn(1, 4, h, w, dtype=dtype)
-    out["unet_forward_backward_batch1"] = timed(lambda: unet(x, 500, encoder_hidden_states=e).sample.sum().backward())
+    out["unet_forward_backward_batch1"] = timed(lambda: call(unet, x, 500, e, stats).sum().backward())
     return out
 
 
@@ -296,7 +338,7 @@ def project(nfe_rows: dict, costs: dict) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,sd14", help="comma list of: tiny, sd14, embedded")
+    parser.add_argument("--models", default="tiny,sd14", help="comma list of: tiny, sd14, sdxl, embedded")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps for tiny/embedded models")
     parser.add_argument("--sd-steps", type=int, default=5, help="full-size model: measured at this and twice this")
     parser.add_argument("--repeats", type=int, default=3)
@@ -312,8 +354,8 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     methods = method_set(args.methods)
     for name in args.models.split(","):
-        chosen = args.sd_methods if name == "sd14" else args.methods
-        default = "core" if name == "sd14" else "all"
+        chosen = args.sd_methods if name in ("sd14", "sdxl") else args.methods
+        default = "core" if name in ("sd14", "sdxl") else "all"
         label = name if chosen == default else f"{name}, {chosen} methods"
         key = f"{label} on {machine(device)}"
         if name in ("tiny", "embedded"):
@@ -327,13 +369,16 @@ def main() -> None:
             sd14 = next((v for k, v in results.items() if k.startswith("sd14 on") and "unit_costs" in v), None)
             if name == "tiny" and args.steps == 50 and sd14 is not None:  # NFE do not depend on the weights
                 entry["projected_sd14"] = project(rows, sd14["unit_costs"])
-        elif name == "sd14":
+        elif name in ("sd14", "sdxl"):
             dtype = args.dtype or ("float16" if device.type == "cuda" else "bfloat16")
-            pipe = sd14_shaped_pipeline(args.device, invedit.models.DTYPES[dtype])
+            build = sd14_shaped_pipeline if name == "sd14" else sdxl_shaped_pipeline
+            pipe = build(args.device, invedit.models.DTYPES[dtype])
             sd_methods = method_set(args.sd_methods)
             short = benchmark(pipe, args.sd_steps, args.sd_repeats, sd_methods)
             long = benchmark(pipe, 2 * args.sd_steps, args.sd_repeats, sd_methods)
-            entry = {"description": "SD-1.4-shaped model (random weights), 512 px", "steps": args.sd_steps,
+            description = ("SD-1.4-shaped model (random weights), 512 px" if name == "sd14" else
+                           "SDXL-base-shaped model (random weights; UNet 2.6B, two text encoders), 1024 px")
+            entry = {"description": description, "steps": args.sd_steps,
                      "steps_long": 2 * args.sd_steps, "repeats": args.sd_repeats, "dtype": dtype, "rows": short,
                      "rows_long": long, "extrapolated": extrapolate(short, long, args.sd_steps, 2 * args.sd_steps, 50)}
             tiny = next((v for k, v in results.items() if k.startswith("tiny on")), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -21,7 +22,7 @@ from .editing.attention import ValueTransforms
 from .errors import InveditError
 from .images import load_image, pil_to_tensor, tensor_to_uint8
 from .inversion import InversionInputs, Inverted, get_inversion
-from .models import model_editor_defaults, model_fingerprint, model_name, native_resolution
+from .models import model_editor_defaults, model_fingerprint, model_kind, model_name, native_resolution
 from .outputs import write_atomically
 from .prompts import check_prompt, encode_prompts
 from .sampling import DDIMSchedule, GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
@@ -34,20 +35,46 @@ JPEG_QUALITY = 75
 
 
 # ---- VAE ---------------------------------------------------------------------------------------------------
+def vae_dtype(pipe) -> torch.dtype:
+    """The dtype the VAE runs in: its own, except float32 for SDXL's VAE in float16, which overflows there
+    (diffusers' ``force_upcast``); a VAE saved without that flag (an fp16-fixed one) stays in float16."""
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and getattr(pipe, "text_encoder_2", None) is not None \
+            and vae.config.get("force_upcast", False):
+        return torch.float32
+    return vae.dtype
+
+
 @torch.no_grad()
 def encode_image(pipe, image: Image.Image) -> torch.Tensor:
     """Latent z₀ = VAE posterior mean × scaling factor (reference-settings §1), float32 (1, C, h, w)."""
-    vae = pipe.vae
-    x = pil_to_tensor(image).to(vae.device, vae.dtype)
-    return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
+    vae, dtype = pipe.vae, vae_dtype(pipe)
+    x = pil_to_tensor(image).to(vae.device, dtype)
+    with _vae_in(vae, dtype):
+        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
 
 
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
     """Decode latents (N, C, h, w) to PIL images: clamp, ×255, truncate to uint8 (reference-settings §1)."""
-    vae = pipe.vae
-    images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+    vae, dtype = pipe.vae, vae_dtype(pipe)
+    with _vae_in(vae, dtype):
+        images = vae.decode((latents / vae.config.scaling_factor).to(dtype)).sample
     return [Image.fromarray(a) for a in tensor_to_uint8(images)]
+
+
+@contextlib.contextmanager
+def _vae_in(vae, dtype: torch.dtype):
+    """The VAE in ``dtype`` for the block, back in its own dtype after."""
+    own = vae.dtype
+    if own == dtype:
+        yield
+        return
+    vae.to(dtype)
+    try:
+        yield
+    finally:
+        vae.to(own)
 
 
 # ---- argument checks -----------------------------------------------------------------------------------------
@@ -264,6 +291,7 @@ def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any
         "inversion": inverted.method, "inversion_options": inverted.options, "editor": editor.settings(),
         "editor_model_defaults": model_defaults,
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
+        "model_kind": model_kind(pipe), "resolution": native_resolution(pipe),
         "model_fingerprint": model_fingerprint(pipe),
         "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
         "nfe_backward": inverted.stats.nfe_backward + stats.nfe_backward,

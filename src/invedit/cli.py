@@ -97,6 +97,8 @@ def edit_command(
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
+    resolution: Annotated[int | None, typer.Option(
+        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -145,7 +147,7 @@ def edit_command(
 
     try:
         _setup_threads()
-        pipe = load(model, device=device, dtype=dtype)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution)
         started = time.perf_counter()
         result = api.edit(
             pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
@@ -291,6 +293,8 @@ def ui_command(
     port: Annotated[int, typer.Option(help="port (default 7860)")] = 7860,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
+    resolution: Annotated[int | None, typer.Option(
+        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
@@ -307,7 +311,7 @@ def ui_command(
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
     _setup_threads()
-    session = EditSession(load(model, device=device, dtype=dtype))
+    session = EditSession(load(model, device=device, dtype=dtype, resolution=resolution))
     typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)" if host != "127.0.0.1"
                                                           else ""))
     build_app(session, default_steps=steps).launch(server_name=host, server_port=port, quiet=True)

@@ -1,4 +1,4 @@
-"""Load any diffusers Stable Diffusion 1.x/2.x checkpoint (hub id or folder), or the embedded default model."""
+"""Load any diffusers Stable Diffusion 1.x/2.x or SDXL (base) checkpoint (hub id or folder), or the embedded model."""
 
 from __future__ import annotations
 
@@ -76,16 +76,35 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith("/") or "\\" in model
 
 
+#: The pipelines invedit runs, by the ``_class_name`` of a checkpoint's model_index.json.
+PIPELINE_KINDS = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+
+
+def _pipeline_kind(index: dict[str, Any], where: str) -> str:
+    name = index.get("_class_name", "StableDiffusionPipeline")
+    if name in PIPELINE_KINDS:
+        return PIPELINE_KINDS[name]
+    if "transformer" in index:
+        raise InveditError(f"{where}: {name} is a transformer model; invedit runs Stable Diffusion 1.x/2.x and SDXL "
+                           "(UNet) checkpoints")
+    raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x) and "
+                       "StableDiffusionXLPipeline (SDXL base; the refiner is not used) checkpoints")
+
+
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
+    index = DiffusionPipeline.load_config(source, local_files_only=local_only)
+    kind = _pipeline_kind(index, source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the steps_offset deprecation; we set it ourselves
+        if kind == "sdxl":
+            return StableDiffusionXLPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only)
         return StableDiffusionPipeline.from_pretrained(
             source, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, local_files_only=local_only,
@@ -98,9 +117,16 @@ def _check_folder(folder: Path) -> None:
     index = folder / "model_index.json"
     if not index.exists():
         raise InveditError(f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
-    components = json.loads(index.read_text())
-    if "text_encoder_2" in components or "transformer" in components:
-        raise InveditError(f"{folder}: only Stable Diffusion 1.x/2.x (UNet + one CLIP text encoder) is supported")
+    _pipeline_kind(json.loads(index.read_text()), str(folder))
+
+
+def model_kind(pipe) -> str:
+    """``"sdxl"`` for an SDXL pipeline (two text encoders, pooled embedding and size conditioning), else ``"sd"``."""
+    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+
+
+def text_encoders(pipe) -> list:
+    return [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
 
 
 def make_ddim_scheduler(config: dict, steps_offset: int = 1):
@@ -122,17 +148,37 @@ def make_ddim_scheduler(config: dict, steps_offset: int = 1):
         )
 
 
-def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1):
-    """Put a loaded pipeline into invedit's state: the DDIM scheduler (reference-settings §1), eval mode, quiet."""
+def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None):
+    """Put a loaded pipeline into invedit's state: the DDIM scheduler (reference-settings §1), eval mode, quiet,
+    the image size it works at (``resolution``, default the model's native one) and, on SDXL, the size
+    conditioning that goes with it."""
     pipe.scheduler = make_ddim_scheduler(pipe.scheduler.config, steps_offset)
     if pipe.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise InveditError(f"unsupported prediction type {pipe.scheduler.config.prediction_type!r}")
     if device is not None:
         pipe.to(device)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for module in (pipe.unet, pipe.vae, *text_encoders(pipe)):
         module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
+    set_resolution(pipe, resolution)
     return pipe
+
+
+def set_resolution(pipe, resolution: int | None) -> None:
+    """Make the pipeline work at ``resolution``² pixels (``None``: the UNet's native size).
+
+    Raises:
+        InveditError: a size that is not a positive multiple of the VAE factor × 8 (what the UNet's down path needs).
+    """
+    step = vae_scale_factor(pipe) * 8
+    if resolution is None:
+        resolution = int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
+    elif isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
+        raise InveditError(f"resolution must be a multiple of {step} pixels (the VAE factor × 8), got {resolution!r}")
+    pipe._invedit_resolution = resolution
+    # SDXL's micro-conditioning: original size, crop top-left, target size (no crop, the size we work at).
+    pipe.unet._invedit_time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]],
+                                               dtype=torch.float32)
 
 
 def _hub_offline() -> bool:
@@ -201,7 +247,7 @@ def load_tokenizer(model: str | os.PathLike | None):
 
 
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, steps_offset: int = 1):
+         dtype: str | torch.dtype | None = None, steps_offset: int = 1, resolution: int | None = None):
     """Load a Stable Diffusion pipeline ready for inversion and editing.
 
     Args:
@@ -212,18 +258,21 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
             Latents and the DDIM arithmetic always stay float32; the dtype applies to the networks.
         steps_offset: 1 gives the paper's timesteps (981 … 1 for 50 steps); 0 gives Plug-and-Play's reference
             timesteps (980 … 0).
+        resolution: image side in pixels (default: the model's native size, 512 for SD 1.x, 1024 for SDXL); a
+            multiple of the VAE factor × 8.
     Returns:
-        A `diffusers.StableDiffusionPipeline` with the DDIM scheduler of the paper (reference-settings §1).
+        A `diffusers.StableDiffusionPipeline` or `diffusers.StableDiffusionXLPipeline` (detected from the
+        checkpoint) with the DDIM scheduler of the paper (reference-settings §1).
     Raises:
         ModelNotFoundError: the model is not available offline and the hub cannot be reached.
-        InveditError: the folder is not a Stable Diffusion 1.x/2.x pipeline.
+        InveditError: the folder is not a Stable Diffusion 1.x/2.x or SDXL base pipeline; a bad resolution.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     make_ddim_scheduler({}, steps_offset)  # checks steps_offset before the load
     source, name = resolve_model_source(model)
     pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only), source, "model")
-    pipe = prepare_pipeline(pipe, dev, steps_offset)
+    pipe = prepare_pipeline(pipe, dev, steps_offset, resolution)
     pipe._invedit_name = name
     pipe._invedit_editor_defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
     return pipe
@@ -270,7 +319,7 @@ def model_name(pipe) -> str:
 
 # Keys that name where or with which library version a model was saved, not what it computes.
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "dtype",
-                         "torch_dtype"}
+                         "torch_dtype", "_use_default_values"}
 
 
 def model_fingerprint(pipe) -> str:
@@ -279,7 +328,7 @@ def model_fingerprint(pipe) -> str:
     if cached is not None:
         return cached
     h = hashlib.sha256()
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for module in (pipe.unet, pipe.vae, *text_encoders(pipe)):
         config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
         stable = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
         h.update(json.dumps(stable, sort_keys=True, default=str).encode())
@@ -291,8 +340,8 @@ def model_fingerprint(pipe) -> str:
 
 
 def native_resolution(pipe) -> int:
-    """Image side the model works at: UNet sample size × the VAE's downsampling factor."""
-    return int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
+    """Image side the pipeline works at: what `load` was given, else UNet sample size × the VAE's factor."""
+    return getattr(pipe, "_invedit_resolution", None) or int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
 
 
 def vae_scale_factor(pipe) -> int:

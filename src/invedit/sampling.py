@@ -102,10 +102,31 @@ class RunStats:
     nfe_backward: int = 0
 
 
+def unet_conditioning(unet, embeddings: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``(encoder_hidden_states, extra UNet kwargs)`` from a conditioning tensor of `invedit.prompts.encode_prompts`.
+
+    On SDXL (``addition_embed_type == "text_time"``) the last token is the pooled embedding and the size
+    conditioning (``time_ids``) is the pipeline's (set by `invedit.models.set_resolution`); on SD 1.x/2.x the
+    tensor is the hidden states as they are.
+    """
+    if getattr(unet.config, "addition_embed_type", None) != "text_time":
+        return embeddings, {}
+    pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    time_ids = getattr(unet, "_invedit_time_ids", None)
+    if time_ids is None:
+        size = float(unet.config.sample_size * 8)
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]])
+    n = embeddings.shape[0]
+    return embeddings[:, :-1], {"added_cond_kwargs": {
+        "text_embeds": embeddings[:, -1, :pooled_dim],
+        "time_ids": time_ids.to(embeddings.device, embeddings.dtype).expand(n, -1)}}
+
+
 def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
     """One UNet call; runs in the UNet's dtype, returns float32 (float64 for float64 latents) and counts NFE."""
     dtype = unet.dtype
-    out = unet(latents.to(dtype), t, encoder_hidden_states=embeddings.to(dtype)).sample
+    hidden, extra = unet_conditioning(unet, embeddings.to(dtype))
+    out = unet(latents.to(dtype), t, encoder_hidden_states=hidden, **extra).sample
     stats.nfe += latents.shape[0]
     stats.unet_calls += 1
     return out.to(torch.float64 if latents.dtype == torch.float64 else torch.float32)

@@ -21,17 +21,24 @@ TINY_VOCABULARY = (
 
 
 def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.device = "cpu",
-                  cross_attention_dim: int = 32):
+                  cross_attention_dim: int = 32, kind: str = "sd"):
     """A tiny random-weight `StableDiffusionPipeline` (4× VAE, latent ``resolution // 4``) built offline.
 
     Args:
         seed: seed of every random weight (same seed → same pipeline, bit for bit).
         resolution: image side in pixels (a multiple of 16); the latent is ``resolution // 4`` wide.
         device: where to put it.
-        cross_attention_dim: text embedding width.
+        cross_attention_dim: text embedding width (per text encoder).
+        kind: ``"sd"``, or ``"sdxl"`` for an SDXL-shaped `StableDiffusionXLPipeline`: two text encoders (the
+            second with a projection: the pooled embedding), size conditioning, no attention in the first
+            block, two transformer layers in the last.
     Returns:
         A pipeline prepared as `invedit.load` prepares real checkpoints (DDIM scheduler of reference-settings §1).
     """
+    if kind == "sdxl":
+        return _tiny_sdxl_pipeline(seed, resolution, device, cross_attention_dim)
+    if kind != "sd":
+        raise ValueError(f"kind must be 'sd' or 'sdxl', got {kind!r}")
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -76,6 +83,60 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
                                    requires_safety_checker=False)
     pipe = prepare_pipeline(pipe, torch.device(device))
     pipe._invedit_name = f"tiny-{seed}-{resolution}"
+    return pipe
+
+
+def _tiny_text_encoder(tokenizer, width: int, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, projection_dim=width)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    with torch.no_grad():  # spread the random word embeddings (see tiny_pipeline)
+        model.get_input_embeddings().weight.mul_(25.0)
+    return model
+
+
+def _tiny_sdxl_pipeline(seed: int, resolution: int, device, width: int):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from .models import prepare_pipeline
+    from .word_tokenizer import build_word_tokenizer
+
+    if resolution % 32:
+        raise ValueError("an SDXL-shaped tiny pipeline needs a resolution that is a multiple of 32")
+    with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
+        tokenizer = build_word_tokenizer(TINY_VOCABULARY, folder)
+    with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
+        tokenizer_2 = build_word_tokenizer(TINY_VOCABULARY, folder)
+    time_dim = 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // 4, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(16, 32, 32), norm_num_groups=8, attention_head_dim=(2, 2, 4),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1, 2), cross_attention_dim=2 * width, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=6 * time_dim + width,
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            layers_per_block=1, norm_num_groups=8, sample_size=resolution, scaling_factor=4.0,
+        )
+        text_encoder = _tiny_text_encoder(tokenizer, width, projection=False)
+        text_encoder_2 = _tiny_text_encoder(tokenizer_2, width, projection=True)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True)
+    pipe = prepare_pipeline(pipe, torch.device(device))
+    pipe._invedit_name = f"tiny-sdxl-{seed}-{resolution}"
     return pipe
 
 

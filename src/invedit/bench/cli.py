@@ -29,6 +29,8 @@ def bench_command(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best; per process "
                                                     "under accelerate)")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
+    resolution: Annotated[int | None, typer.Option(
+        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
     option: Annotated[list[str] | None, typer.Option(
@@ -48,7 +50,8 @@ def bench_command(
     specs = parse_methods(methods, option, inversion_option, parity)
     _setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
-                        device=device, dtype=dtype, parity=parity, edit_types=_types(types), limit=limit,
+                        device=device, dtype=dtype, resolution=resolution, parity=parity, edit_types=_types(types),
+                        limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,
                         say=lambda m: typer.echo(m, err=True))
     typer.echo(summary.line())

@@ -163,7 +163,8 @@ def _error_text(exc: BaseException) -> str:
 
 def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: list[MethodSpec], *,
               model: str | None = None, steps: int = 50, guidance: float = 7.5, seed: int = 0,
-              device: str | None = None, dtype: str | None = None, parity: bool = False,
+              device: str | None = None, dtype: str | None = None, resolution: int | None = None,
+              parity: bool = False,
               edit_types: list[str] | None = None, limit: int | None = None,
               cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print) -> BenchSummary:
     """Edit every (image, method) pair of this process's share that is not done yet (see the module docstring).
@@ -199,12 +200,13 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         created = prepare_output_dir(run_dir, "the run")  # removed again if the run cannot start
 
     try:
-        pipe = load(model, device=device, dtype=dtype)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution)
         size = native_resolution(pipe)
         dtype_name = str(pipe.unet.dtype).replace("torch.", "")
         settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
                     "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
-                    "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "parity": parity,
+                    "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "resolution": size,
+                    "parity": parity,
                     "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods}}
         remember_settings(run_dir, settings)
     except BaseException:

@@ -70,6 +70,11 @@ class MutualSelfAttention(AttentionEditor):
         infos = [info for _, _, info in attention_layers(pipe.unet)]
         count = infos[0].count if infos else 0
         if opts["layers"] == "reference":
+            from ..models import model_kind
+
+            if model_kind(pipe) == "sdxl":
+                raise InveditError(f"masactrl layers='reference' counts Stable Diffusion 1.x's {SD_TRANSFORMER_BLOCKS} "
+                                   "transformer blocks; on SDXL use 'relative' (the default)")
             blocks = frozenset(range(start_layer, min(SD_TRANSFORMER_BLOCKS, count)))
         elif opts["layers"] == "relative":
             blocks = frozenset(o for o in range(count) if o * SD_TRANSFORMER_BLOCKS >= start_layer * count)

@@ -8,6 +8,14 @@ is the source branch's unconditional row, under the empty prompt; the target's u
 ``negative_prompt``. With Direct Inversion the source branch is z*_t itself; with DDIM it is re-sampled from z*_T
 without guidance (``source_guidance`` 1), as the reference does. ``source_lag=True`` reproduces the reference's
 DDIM layout, whose source row runs one step late (see `PlugAndPlay.guide`; a defect, off by default).
+
+Which layers (``layers``): ``"reference"`` names the reference's SD 1.x blocks (``up_blocks.1.resnets.1``; the
+self-attention of up blocks 1–3 but its first transformer module); ``"relative"`` says the same by position —
+the second ResNet of the first up block that has attention, and every up-path self-attention layer after the
+up path's first attention module — which picks exactly the reference's layers on SD 1.x/2.x and meaningful
+ones elsewhere (on SDXL: ``up_blocks.0.resnets.1`` at 32×32 for 1024 px, and the self-attention of
+``up_blocks.0.attentions.1–2`` and ``up_blocks.1.attentions.0–2``). ``"auto"`` (default): reference on SD 1.x/2.x,
+relative on SDXL, whose blocks the reference indices do not describe.
 """
 
 from __future__ import annotations
@@ -26,7 +34,23 @@ from .base import AttentionEditor, register
 FEATURE_ROW: Row = ("source", "uncond")
 #: The reference's self-attention layers: up block → its transformer blocks (``res_dict`` of pnp-diffusers).
 REFERENCE_ATTENTION: dict[int, tuple[int, ...]] = {1: (1, 2), 2: (0, 1, 2), 3: (0, 1, 2)}
+REFERENCE_FEATURE_LAYER = "up_blocks.1.resnets.1"
 NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
+
+
+def _first_up_attention(unet) -> str:
+    """Path of the up path's first attention module (``up_blocks.1.attentions.0`` on SD 1.x)."""
+    for i, block in enumerate(unet.up_blocks):
+        if getattr(block, "attentions", None):
+            return f"up_blocks.{i}.attentions.0"
+    raise InveditError("pnp: this UNet has no attention in its up path")
+
+
+def _relative_feature_layer(unet) -> str:
+    """The second ResNet of the first up block that has attention (``up_blocks.1.resnets.1`` on SD 1.x)."""
+    index = int(_first_up_attention(unet).split(".")[1])
+    resnets = unet.up_blocks[index].resnets
+    return f"up_blocks.{index}.resnets.{min(1, len(resnets) - 1)}"
 
 
 
@@ -36,8 +60,9 @@ class PlugAndPlay(AttentionEditor):
 
     name = "pnp"
     description = "Plug-and-Play: inject the source's ResNet features (80% of steps) and self-attention q/k (50%)"
-    defaults: dict[str, Any] = {"feature_steps": 0.8, "attention_steps": 0.5, "feature_layer": "up_blocks.1.resnets.1",
-                                "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0, "source_lag": False}
+    defaults: dict[str, Any] = {"feature_steps": 0.8, "attention_steps": 0.5, "layers": "auto",
+                                "feature_layer": "auto", "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0,
+                                "source_lag": False}
 
     def __init__(self, n_feature: int, n_attention: int, options: dict[str, Any]):
         super().__init__()
@@ -49,12 +74,18 @@ class PlugAndPlay(AttentionEditor):
         # the reference: int(50·0.8) = 40 and int(50·0.5) = 25 steps
         n_feature = int(steps * check_number("feature_steps", opts["feature_steps"], 0, 1))
         n_attention = int(steps * check_number("attention_steps", opts["attention_steps"], 0, 1))
+        opts["layers"] = cls._layer_rule(pipe, opts["layers"])
+        if opts["feature_layer"] == "auto":
+            opts["feature_layer"] = (REFERENCE_FEATURE_LAYER if opts["layers"] == "reference"
+                                     else _relative_feature_layer(pipe.unet))
         modules = dict(pipe.unet.named_modules())
         layer = modules.get(opts["feature_layer"])
         if layer is None or not hasattr(layer, "conv2"):
             raise InveditError(f"pnp feature_layer {opts['feature_layer']!r} is not a ResNet block of this UNet")
-        if not any(cls._reference_layer(info) for _, _, info in attention_layers(pipe.unet)):
-            raise InveditError("pnp: this UNet has none of the reference's up-path self-attention layers")
+        opts["attention_layers"] = [info.name for _, _, info in attention_layers(pipe.unet)
+                                    if cls._chosen(info, opts["layers"], pipe.unet)]
+        if not opts["attention_layers"]:
+            raise InveditError(f"pnp: this UNet has none of the {opts['layers']} up-path self-attention layers")
         if not isinstance(opts["negative_prompt"], str):
             raise InveditError("pnp negative_prompt must be a string")
         opts["source_guidance"] = check_number("source_guidance", opts["source_guidance"], 0, 50)
@@ -63,10 +94,28 @@ class PlugAndPlay(AttentionEditor):
         return cls(n_feature, n_attention, opts)
 
     @staticmethod
-    def _reference_layer(info: LayerInfo) -> bool:
+    def _layer_rule(pipe, rule: str) -> str:
+        from ..models import model_kind
+
+        if rule not in ("auto", "reference", "relative"):
+            raise InveditError(f"pnp layers must be 'auto', 'reference' or 'relative', got {rule!r}")
+        if rule == "reference" and model_kind(pipe) == "sdxl":
+            raise InveditError("pnp layers='reference' names Stable Diffusion 1.x blocks; on SDXL use 'relative' "
+                               "(the default picks it)")
+        if rule == "auto":
+            return "relative" if model_kind(pipe) == "sdxl" else "reference"
+        return rule
+
+    @staticmethod
+    def _chosen(info: LayerInfo, rule: str, unet) -> bool:
+        if info.is_cross or info.place != "up":
+            return False
         match = re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.", info.name)
-        return (not info.is_cross and match is not None
-                and int(match.group(2)) in REFERENCE_ATTENTION.get(int(match.group(1)), ()))
+        if match is None:
+            return False
+        if rule == "reference":
+            return int(match.group(2)) in REFERENCE_ATTENTION.get(int(match.group(1)), ())
+        return not info.name.startswith(_first_up_attention(unet) + ".")
 
     # ---- loop hooks ----------------------------------------------------------------------------------------
     def embeddings(self, encode, cond, null):
@@ -83,7 +132,11 @@ class PlugAndPlay(AttentionEditor):
         return source, [i for i, (branch, _) in enumerate(self.rows) if branch == "target"]
 
     def wants_layer(self, info: LayerInfo) -> bool:
-        return self._reference_layer(info)
+        return info.name in self._attention_layers
+
+    @property
+    def _attention_layers(self) -> frozenset[str]:
+        return frozenset(self.options["attention_layers"])
 
     def attend(self, info: LayerInfo, attn, query, key, value):
         if self.step >= self.n_attention:

@@ -50,7 +50,7 @@ from ..editing.attention import LayerInfo, ValueTransforms, attention_layers, at
 from ..editing.base import AttentionEditor
 from ..errors import InveditError, check_number
 from ..images import pil_to_tensor
-from ..sampling import Row, RunStats, ddim_invert, ddim_step, guided, unet_output
+from ..sampling import Row, RunStats, ddim_invert, ddim_step, guided, unet_conditioning, unet_output
 from .base import InversionInputs, Inverted, Sampler, StepInfo
 from .null_text import learning_rate_factor
 from .registry import register
@@ -174,7 +174,8 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        first = ValueMapping(tokens.shape[1], tokens.shape[2], cond.shape[1], cond.shape[2])
+        context = unet_conditioning(unet, cond)[0]  # what cross-attention sees (SDXL: without the pooled token)
+        first = ValueMapping(tokens.shape[1], tokens.shape[2], context.shape[1], context.shape[2])
     mappings: list[ValueMapping] = [first.to(tokens.device).train()]
     budget = inner_schedule(int(opts["inner_steps"]), float(opts["inner_decay"]), steps)
     weight = float(opts["attention_loss"])
