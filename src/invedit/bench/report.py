@@ -84,6 +84,17 @@ def _pair_name(method: str) -> str:
     return method.split("@")[0]
 
 
+#: Table 1's order: editors, then inversions within each (methods the paper lacks after its own).
+EDITOR_ORDER = ("p2p", "masactrl", "pix2pix-zero", "pnp")
+INVERSION_ORDER = ("ddim", "null-text", "negative-prompt", "style-diffusion", "direct")
+
+
+def paper_order(method: str) -> tuple:
+    inversion, _, rest = _pair_name(method).partition("+")
+    rank = lambda name, order: order.index(name) if name in order else len(order)  # noqa: E731
+    return rank(rest, EDITOR_ORDER), rest, rank(inversion, INVERSION_ORDER), inversion, method
+
+
 def table_one(summary: list[dict[str, Any]]) -> str:
     """Our rows in the paper's layout, each followed by the paper's row of the same pair where it has one."""
     head = ["method", "N", *(LABELS[m] for m in PIE_METRICS), "NFE", "s/edit"]
@@ -185,8 +196,9 @@ def write_report(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     settings = read_run(run_dir)
     rows = read_metrics(run_dir)
-    summary = aggregate(rows, ("method",))
-    by_type = aggregate(rows, ("edit_type", "method"))
+    summary = sorted(aggregate(rows, ("method",)), key=lambda e: paper_order(e["method"]))
+    by_type = sorted(aggregate(rows, ("edit_type", "method")),
+                     key=lambda e: (int(e["edit_type"]) if e["edit_type"].isdigit() else 99, paper_order(e["method"])))
     toy = [m for m in ("target_psnr", "edit_success") if any(e[m] is not None for e in summary)]
     failures = open_failures(run_dir, rows)
     lines = [
