@@ -52,8 +52,11 @@ def main() -> int:
         print(f"{metric} unavailable: {reason}")
     write_report(args.run)
     OUT.mkdir(exist_ok=True)
-    for name in ("report.md", "summary.csv", "summary.md", "by_type.md", "quality_vs_time.png"):
+    for name in ("summary.csv", "summary.md", "by_type.md", "quality_vs_time.png"):
         shutil.copy(args.run / name, OUT / name)
+    report = (args.run / "report.md").read_text()  # the gallery stays in the run folder (it links the edits)
+    (OUT / "report.md").write_text(report.replace("Gallery: [gallery.html](gallery.html)",
+                                                  f"Gallery: `{args.run}/gallery.html` of the run folder"))
     print(f"copied the report to {OUT}")
     return 1 if summary.failed or evaluation.failed else 0
 

@@ -191,3 +191,33 @@ def test_layer_choices_on_the_real_sdxl_architecture():
     assert len(pnp.options["attention_layers"]) == 2 * 10 + 3 * 2
     masa = MutualSelfAttention.create(pipe, "", TARGET, 50)
     assert masa.options["controlled_blocks"] == list(range(44, 70))  # from 10/16 of the depth: 43.75 → 44
+
+
+def test_sdxl_vae_runs_in_float32_when_the_networks_are_float16(xl):
+    from invedit.api import _vae_in, vae_dtype
+
+    assert vae_dtype(xl) == torch.float32  # a float32 pipeline: nothing to do
+    xl.vae.to(torch.float16)
+    try:
+        assert xl.vae.config.force_upcast and vae_dtype(xl) == torch.float32
+        with _vae_in(xl.vae, torch.float32):
+            assert xl.vae.dtype == torch.float32
+        assert xl.vae.dtype == torch.float16  # back to its own dtype
+        xl.vae.register_to_config(force_upcast=False)  # an fp16-fixed VAE stays in float16
+        assert vae_dtype(xl) == torch.float16
+    finally:
+        xl.vae.register_to_config(force_upcast=True)
+        xl.vae.to(torch.float32)
+
+
+def test_bench_runs_on_sdxl(xl_dir, tmp_path):
+    from invedit.bench.methods import parse_methods
+    from invedit.bench.runner import run_bench
+    from invedit.toy.bench import write_toy_bench
+
+    data = write_toy_bench(tmp_path / "data", 1, seed=4, size=64)
+    summary = run_bench(data, tmp_path / "run", parse_methods("direct+p2p,direct+pnp"), model=str(xl_dir), steps=3,
+                        limit=2, progress=False, say=lambda m: None)
+    assert (summary.done, summary.failed, summary.nfe_saved_in_run) == (4, 0, 2 * 3)
+    record = json.loads(next((tmp_path / "run" / "edits" / "direct+pnp").glob("*.json")).read_text())
+    assert record["model_kind"] == "sdxl" and record["editor"]["layers"] == "relative"
