@@ -111,17 +111,12 @@ def sdxl_shaped_pipeline(device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from invedit.testing import TINY_VOCABULARY
+    from invedit.testing import SDXL_BASE_UNET, TINY_VOCABULARY
     from invedit.word_tokenizer import build_word_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_word_tokenizer(TINY_VOCABULARY)
-    unet = UNet2DConditionModel(
-        sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    unet = UNet2DConditionModel(**SDXL_BASE_UNET)
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         sample_size=1024, scaling_factor=0.13025, force_upcast=True)

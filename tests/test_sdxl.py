@@ -19,7 +19,7 @@ from invedit.inversion import INVERSIONS
 from invedit.models import model_fingerprint, model_kind, native_resolution
 from invedit.prompts import encode_prompts
 from invedit.sampling import RunStats, unet_output
-from invedit.testing import tiny_image_encoder, tiny_pipeline
+from invedit.testing import SDXL_BASE_UNET, tiny_image_encoder, tiny_pipeline
 
 SOURCE = "a red circle on a striped background"
 TARGET = "a blue circle on a striped background"
@@ -173,12 +173,7 @@ def test_layer_choices_on_the_real_sdxl_architecture():
     from invedit.editing.p2p import PromptToPrompt
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+        unet = UNet2DConditionModel(**SDXL_BASE_UNET)
     pipe = SimpleNamespace(unet=unet, text_encoder_2=object())
     assert PromptToPrompt.default_blend_downsample(unet) == 4  # 128 / 4 = 32×32 maps at 1024 px
     infos = [info for _, _, info in attention_layers(unet)]

@@ -20,6 +20,16 @@ TINY_VOCABULARY = (
 )
 
 
+#: The UNet of SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), as `UNet2DConditionModel` arguments:
+#: for full-size benchmarks with random weights and for checking layer choices on the real shapes.
+SDXL_BASE_UNET: dict = dict(
+    sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+
+
 def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.device = "cpu",
                   cross_attention_dim: int = 32, kind: str = "sd"):
     """A tiny random-weight `StableDiffusionPipeline` (4× VAE, latent ``resolution // 4``) built offline.

@@ -189,7 +189,7 @@ def image_metrics(item: BenchItem, edited: np.ndarray, record: dict[str, Any], w
             out[name] = clip_similarity(*network, edited, item.target_prompt, keep_mask=mask)
         elif name in COST_METRICS:
             out[name] = float(record[name])
-        elif name in TOY_METRICS and "target_image_path" in item.extra:
+        elif name in TOY_METRICS and "target_image_path" in item.extra and "target_psnr" not in out:
             out.update(_toy_metrics(item, edited, source, data_dir, psnr))
     return {k: v for k, v in out.items() if k in wanted}
 

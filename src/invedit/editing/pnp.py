@@ -82,8 +82,9 @@ class PlugAndPlay(AttentionEditor):
         layer = modules.get(opts["feature_layer"])
         if layer is None or not hasattr(layer, "conv2"):
             raise InveditError(f"pnp feature_layer {opts['feature_layer']!r} is not a ResNet block of this UNet")
+        first = _first_up_attention(pipe.unet) + "."
         opts["attention_layers"] = [info.name for _, _, info in attention_layers(pipe.unet)
-                                    if cls._chosen(info, opts["layers"], pipe.unet)]
+                                    if cls._chosen(info, opts["layers"], first)]
         if not opts["attention_layers"]:
             raise InveditError(f"pnp: this UNet has none of the {opts['layers']} up-path self-attention layers")
         if not isinstance(opts["negative_prompt"], str):
@@ -107,7 +108,7 @@ class PlugAndPlay(AttentionEditor):
         return rule
 
     @staticmethod
-    def _chosen(info: LayerInfo, rule: str, unet) -> bool:
+    def _chosen(info: LayerInfo, rule: str, first_up_attention: str) -> bool:
         if info.is_cross or info.place != "up":
             return False
         match = re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.", info.name)
@@ -115,7 +116,7 @@ class PlugAndPlay(AttentionEditor):
             return False
         if rule == "reference":
             return int(match.group(2)) in REFERENCE_ATTENTION.get(int(match.group(1)), ())
-        return not info.name.startswith(_first_up_attention(unet) + ".")
+        return not info.name.startswith(first_up_attention)
 
     # ---- loop hooks ----------------------------------------------------------------------------------------
     def embeddings(self, encode, cond, null):
