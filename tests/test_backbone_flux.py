@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from invedit.backbones.base import backbone as backbone_of
 from invedit.backbones.flux import FluxBackbone, image_ids, pack_latents, unpack_latents
 from invedit.backbones.mmdit import unpack_pooled
 from invedit.flow import euler_sample
@@ -17,18 +18,20 @@ PROMPTS = ["a red circle on a gray background", ""]
 
 @pytest.fixture(scope="module")
 def dev():
-    return FluxBackbone(tiny_pipeline(kind="flux"))
+    return backbone_of(tiny_pipeline(kind="flux"))
 
 
 @pytest.fixture(scope="module")
 def schnell():
-    return FluxBackbone(tiny_pipeline(kind="flux-schnell"))
+    return backbone_of(tiny_pipeline(kind="flux-schnell"))
 
 
 def test_what_it_declares(dev, schnell):
     assert (dev.family, dev.pipeline_classes, dev.guidance_mode, schnell.guidance_mode) == (
         "flux", ("FluxPipeline",), "embedded", "none")
+    assert isinstance(dev, FluxBackbone) and isinstance(schnell, FluxBackbone)
     assert (dev.vae_factor, dev.resolution_multiple, dev.resolution, dev.image_seq_len()) == (4, 8, 64, 64)
+    assert dev.native_resolution == 512  # FluxPipeline's default: 128 latent cells
     assert dev.denoiser is dev.pipe.transformer
     layers = dev.attention_layers()
     assert [(name, info.place, info.order) for name, _, info in layers] == [
@@ -66,7 +69,7 @@ def test_denoise_is_one_transformer_call(dev, schnell):
         emb = backbone.encode_prompts(PROMPTS)
         t = backbone.schedule(10).timesteps[2]
         stats = RunStats()
-        out = backbone.denoise(x, t, emb, guidance, stats)
+        out = backbone.denoise(x, t, emb, stats, guidance=guidance)
         hidden, pooled = unpack_pooled(emb, 32)
         ref = backbone.pipe.transformer(
             hidden_states=backbone.pipe._pack_latents(x, 2, 4, 16, 16), timestep=torch.tensor([t, t]),
@@ -75,10 +78,11 @@ def test_denoise_is_one_transformer_call(dev, schnell):
             img_ids=backbone.pipe._prepare_latent_image_ids(2, 8, 8, "cpu", torch.float32), return_dict=False)[0]
         assert torch.equal(out, backbone.pipe._unpack_latents(ref, 64, 64, 4))
         assert (stats.nfe, stats.unet_calls) == (2, 1)
-    with pytest.raises(ValueError, match="a guidance scale is needed"):
-        dev.denoise(x, t, emb, None, stats)
+    # FLUX.1-dev without a scale gets FluxPipeline's default 3.5; schnell refuses one.
+    assert torch.equal(dev.denoise(x, t, emb, stats), dev.denoise(x, t, emb, stats, guidance=3.5))
+    assert not torch.equal(dev.denoise(x, t, emb, stats), dev.denoise(x, t, emb, stats, guidance=1.0))
     with pytest.raises(ValueError, match="no guidance input"):
-        schnell.denoise(x, t, emb, 3.5, stats)
+        schnell.denoise(x, t, emb, stats, guidance=3.5)
 
 
 @pytest.mark.parametrize("variant", ["dev", "schnell"])
@@ -94,7 +98,7 @@ def test_euler_sampling_equals_the_pipeline(variant, dev, schnell):
     assert torch.equal(schedule.sigmas, pipe.scheduler.sigmas)
     emb = backbone.encode_prompts(PROMPTS[:1])
     guidance = 3.5 if variant == "dev" else None
-    ours = euler_sample(lambda x, t: backbone.denoise(x, t, emb, guidance, RunStats()), schedule, start)
+    ours = euler_sample(lambda x, t: backbone.denoise(x, t, emb, RunStats(), guidance=guidance), schedule, start)
     assert torch.equal(pack_latents(ours[-1:]), ref)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from invedit.backbones.base import backbone as backbone_of
 from invedit.backbones.mmdit import unpack_pooled
 from invedit.backbones.sd3 import SD3Backbone
 from invedit.flow import euler_sample
@@ -16,17 +17,20 @@ PROMPTS = ["a red circle on a gray background", "a yellow star on a striped back
 
 @pytest.fixture(scope="module")
 def backbone():
-    return SD3Backbone(tiny_pipeline(kind="sd3"))
+    record = backbone_of(tiny_pipeline(kind="sd3"))
+    assert isinstance(record, SD3Backbone)
+    return record
 
 
 def test_what_it_declares(backbone):
     assert (backbone.family, backbone.guidance_mode, backbone.pipeline_classes) == (
         "sd3", "cfg", ("StableDiffusion3Pipeline",))
     assert (backbone.vae_factor, backbone.resolution_multiple, backbone.resolution) == (4, 8, 64)
+    assert (backbone.native_resolution, backbone.name) == (64, "tiny-sd3-0-64")
     assert backbone.denoiser is backbone.pipe.transformer
     assert backbone.tokenizer.model_max_length == 77
-    assert backbone.fingerprint() == SD3Backbone(tiny_pipeline(kind="sd3")).fingerprint()
-    assert backbone.fingerprint() != SD3Backbone(tiny_pipeline(kind="sd3", seed=1)).fingerprint()
+    assert backbone.fingerprint() == backbone_of(tiny_pipeline(kind="sd3")).fingerprint()
+    assert backbone.fingerprint() != backbone_of(tiny_pipeline(kind="sd3", seed=1)).fingerprint()
     layers = backbone.attention_layers()
     assert [name for name, _, _ in layers] == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
     assert [(info.order, info.count, info.place) for _, _, info in layers] == [(0, 2, "joint"), (1, 2, "joint")]
@@ -52,14 +56,14 @@ def test_denoise_is_one_transformer_call(backbone):
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     t = backbone.schedule(10).timesteps[3]
     stats = RunStats()
-    out = backbone.denoise(x, t, emb, None, stats)
+    out = backbone.denoise(x, t, emb, stats)
     hidden, pooled = unpack_pooled(emb, 64)
     ref = backbone.pipe.transformer(hidden_states=x, timestep=torch.tensor([t, t]), encoder_hidden_states=hidden,
                                     pooled_projections=pooled, return_dict=False)[0]
     assert torch.equal(out, ref)
     assert (stats.nfe, stats.unet_calls) == (2, 1)
     with pytest.raises(ValueError, match="no guidance input"):
-        backbone.denoise(x, t, emb, 3.5, stats)
+        backbone.denoise(x, t, emb, stats, guidance=3.5)
 
 
 def test_euler_sampling_equals_the_pipeline(backbone):
@@ -72,7 +76,7 @@ def test_euler_sampling_equals_the_pipeline(backbone):
     schedule = backbone.schedule(4)
     assert torch.equal(schedule.sigmas, pipe.scheduler.sigmas)
     emb = backbone.encode_prompts(PROMPTS[:1])
-    ours = euler_sample(lambda x, t: backbone.denoise(x, t, emb, None, RunStats()), schedule, start)
+    ours = euler_sample(lambda x, t: backbone.denoise(x, t, emb, RunStats()), schedule, start)
     assert torch.equal(ours[-1:], ref)
 
 

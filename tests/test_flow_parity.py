@@ -36,16 +36,18 @@ def one_thread():
 def test_euler_inversion_and_regeneration_match_the_pipeline(family, one_thread):
     backbone_class, folder, run, guidance = CASES[family]
     pipe = DiffusionPipeline.from_pretrained(str(FIXTURE / folder), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe._invedit_resolution = 128
-    backbone = backbone_class(pipe)
+    backbone_class.prepare(pipe)
+    backbone = backbone_class(pipe, resolution=128)
     ref = torch.load(FIXTURE / "runs" / run / "tensors.pt")
     schedule = backbone.schedule(10)
     assert torch.equal(schedule.sigmas, ref["scheduler_sigmas"])
     source, target = backbone.encode_prompts([SOURCE, TARGET]).split(1)
     stats = RunStats()
 
-    trajectory = euler_invert(lambda x, t: backbone.denoise(x, t, source, guidance, stats), schedule, ref["x_src"])
+    def velocity(embedding):
+        return lambda x, t: backbone.denoise(x, t, embedding, stats, guidance=guidance)
+
+    trajectory = euler_invert(velocity(source), schedule, ref["x_src"])
     assert stats.nfe == 10
     recorded = ref["inversion_trajectory"][:, 0]  # FLUX's is in the packed layout
     ours = pack_latents(trajectory) if family == "flux" else trajectory
@@ -54,8 +56,7 @@ def test_euler_inversion_and_regeneration_match_the_pipeline(family, one_thread)
 
     final = {}
     for embedding, key in ((source, "final_latents"), (target, "final_latents_target_prompt")):
-        regenerated = euler_sample(lambda x, t, e=embedding: backbone.denoise(x, t, e, guidance, stats), schedule,
-                                   trajectory[-1:])
+        regenerated = euler_sample(velocity(embedding), schedule, trajectory[-1:])
         final[key] = regenerated[-1:]
         assert (final[key] - ref[key]).abs().max() < ATOL
     assert stats.nfe == 30

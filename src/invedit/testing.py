@@ -289,7 +289,8 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
         device: where to put it.
         width: text-encoder width.
     Returns:
-        The diffusers pipeline, in eval mode, gradients off, progress bar off.
+        The diffusers pipeline, in eval mode, gradients off, progress bar off, its `invedit.backbones` record
+        attached (working at ``resolution``).
     """
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
@@ -342,11 +343,11 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
             max_image_seq_len=4096)
         pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                             text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer)
-    pipe.to(torch.device(device))
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe._invedit_resolution = resolution
-    pipe._invedit_name = f"tiny-{kind}-{seed}-{resolution}"
+    from .backbones.base import attach
+    from .backbones.flux import FluxBackbone
+    from .backbones.sd3 import SD3Backbone
+
+    family = SD3Backbone if kind == "sd3" else FluxBackbone
+    family.prepare(pipe, torch.device(device))
+    attach(pipe, family(pipe, name=f"tiny-{kind}-{seed}-{resolution}", resolution=resolution))
     return pipe

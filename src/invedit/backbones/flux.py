@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .base import register_family
 from .mmdit import FlowTransformerBackbone, clip_tokens, pack_pooled, unpack_pooled
 
 #: T5 tokens FluxPipeline reads by default (``max_sequence_length``).
@@ -34,18 +35,21 @@ def image_ids(height: int, width: int) -> torch.Tensor:
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
 
 
+@register_family
 class FluxBackbone(FlowTransformerBackbone):
     """FLUX.1-dev / -schnell: T5 states as the token sequence and CLIP's pooled output (packed as the last token)."""
 
     family = "flux"
     pipeline_classes = ("FluxPipeline",)
     convention = "flux"
-    patch = 2
+    #: The guidance scale FLUX.1-dev's transformer is given when a call names none (FluxPipeline's default).
+    embedded_guidance: float = 3.5
 
     @property
     def guidance_mode(self) -> str:
         return "embedded" if self.denoiser.config.guidance_embeds else "none"
 
+    @property
     def native_resolution(self) -> int:
         return DEFAULT_SAMPLE_SIZE * self.vae_factor
 
@@ -61,27 +65,32 @@ class FluxBackbone(FlowTransformerBackbone):
         hidden = pipe.text_encoder_2(t5_ids.to(pipe.text_encoder_2.device), output_hidden_states=False)[0]
         return pack_pooled(hidden.float(), pooled.float().to(hidden.device))
 
-    def denoise(self, latents: torch.Tensor, t: float, embeddings: torch.Tensor, guidance: float | None,
-                stats) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, t: float, embeddings: torch.Tensor, stats, *,
+                guidance: float | torch.Tensor | None = None) -> torch.Tensor:
         """One transformer call on (N, C, h, w) latents at timestep ``t`` (σ): packs, calls with the position ids
-        (and, on FLUX.1-dev, the guidance scale), unpacks; the velocity, float32."""
+        and, on FLUX.1-dev, the guidance scale (``guidance``: one value or one per row; default
+        `embedded_guidance`), unpacks; the velocity, float32 (float64 for float64 latents); counts NFE.
+
+        Raises:
+            ValueError: a guidance scale given to a model without a guidance input (FLUX.1-schnell).
+        """
         transformer = self.denoiser
-        if (guidance is None) != (self.guidance_mode == "none"):
-            raise ValueError(f"FLUX guidance mode {self.guidance_mode!r}: "
-                             + ("a guidance scale is needed" if guidance is None else "no guidance input"))
+        if guidance is not None and self.guidance_mode == "none":
+            raise ValueError("this FLUX model has no guidance input (guidance mode 'none')")
         device, dtype = transformer.device, transformer.dtype
         n, _, h, w = latents.shape
         hidden, pooled = unpack_pooled(embeddings.to(device, dtype), transformer.config.pooled_projection_dim)
         kwargs = {}
-        if guidance is not None:
-            kwargs["guidance"] = torch.full((n,), float(guidance), dtype=torch.float32, device=device)
+        if self.guidance_mode == "embedded":
+            scale = self.embedded_guidance if guidance is None else guidance
+            kwargs["guidance"] = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(n)
         out = transformer(hidden_states=pack_latents(latents.to(device, dtype)),
                           timestep=torch.full((n,), t, dtype=torch.float32, device=device),
                           pooled_projections=pooled, encoder_hidden_states=hidden,
                           txt_ids=torch.zeros(hidden.shape[1], 3, device=device, dtype=dtype),
                           img_ids=image_ids(h, w).to(device, dtype), return_dict=False, **kwargs)[0]
         self._count(stats, n)
-        return unpack_latents(out, h, w).to(self._call_dtype(latents))
+        return unpack_latents(out, h, w).to(self._output_dtype(latents))
 
     def _layer_groups(self) -> list[tuple[str, str]]:
         return [("transformer_blocks", "joint"), ("single_transformer_blocks", "single")]

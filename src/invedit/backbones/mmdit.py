@@ -1,23 +1,15 @@
-"""What SD3 and FLUX share: a rectified-flow transformer (MM-DiT) over the VAE latents of an 8× (tiny: 4×) VAE with
-a shift factor, CLIP + T5 text encoders whose pooled CLIP embedding rides along as the conditioning's last token."""
+"""What SD3 and FLUX share: a rectified-flow transformer (MM-DiT) over the latents of a VAE with a shift factor,
+CLIP + T5 text encoders whose pooled CLIP embedding rides along as the conditioning's last token."""
 
 from __future__ import annotations
-
-import hashlib
-import json
 
 import torch
 from PIL import Image
 
-from ..editing.attention import LayerInfo
 from ..errors import InveditError
 from ..flow import FlowSchedule
 from ..images import pil_to_tensor, tensor_to_uint8
-from .base import Backbone
-
-#: Config keys that say how a model was saved, not what it computes (left out of the fingerprint).
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "_use_default_values",
-                         "_commit_hash", "architectures", "dtype", "torch_dtype"}
+from .base import Backbone, LayerInfo
 
 
 def pack_pooled(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -42,51 +34,26 @@ def clip_tokens(tokenizer, prompts: list[str], max_length: int) -> torch.Tensor:
 
 
 class FlowTransformerBackbone(Backbone):
-    """Shared parts of the SD3 and FLUX backbones (subclasses define the text encoding and the transformer call)."""
+    """Shared parts of the SD3 and FLUX backbones (subclasses define the text encoding and the transformer call).
+
+    The pipeline keeps its own `FlowMatchEulerDiscreteScheduler`: `schedule` reads its config.
+    """
 
     #: `invedit.flow.CONVENTIONS` key of the family.
     convention: str = ""
-    #: The transformer's token grid per latent cell: 2×2 patches (SD3) or 2×2 packing (FLUX).
-    patch: int = 2
+
+    @classmethod
+    def denoiser_of(cls, pipe) -> torch.nn.Module:
+        return pipe.transformer
 
     @property
-    def vae(self):
-        return self.pipe.vae
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def tokenizer(self):
-        """The CLIP tokenizer (77 tokens), the shortest reader of the prompt."""
-        return self.pipe.tokenizer
-
-    @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+    def patch(self) -> int:
+        """Latent cells per transformer token side: 2×2 patches (SD3) or 2×2 packing (FLUX)."""
+        return 2
 
     @property
     def resolution_multiple(self) -> int:
         return self.vae_factor * self.patch
-
-    def fingerprint(self) -> str:
-        """Short hash of the configs and a sample of the weights of every model of the pipeline."""
-        cached = getattr(self.pipe, "_invedit_fingerprint", None)
-        if cached is not None:
-            return cached
-        h = hashlib.sha256()
-        for _, module in sorted(self.pipe.components.items()):
-            if not isinstance(module, torch.nn.Module):
-                continue
-            config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
-            h.update(json.dumps({k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS},
-                                sort_keys=True, default=str).encode())
-            params = list(module.parameters())
-            for p in params[:: max(1, len(params) // 16)]:
-                h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
-        self.pipe._invedit_fingerprint = h.hexdigest()[:16]
-        return self.pipe._invedit_fingerprint
 
     def image_seq_len(self) -> int:
         """Image tokens the transformer sees at the working resolution (what FLUX's shift μ depends on)."""
@@ -101,17 +68,17 @@ class FlowTransformerBackbone(Backbone):
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """z₀ = (VAE posterior mode − shift_factor) × scaling_factor, float32 (1, C, h, w), as the SD3/FLUX
         pipelines normalize latents."""
-        config = self.vae.config
-        x = pil_to_tensor(image).to(self.vae.device, self.vae.dtype)
-        mode = self.vae.encode(x).latent_dist.mode()
-        return ((mode - (config.shift_factor or 0.0)) * config.scaling_factor).float()
+        vae = self.pipe.vae
+        x = pil_to_tensor(image).to(vae.device, vae.dtype)
+        mode = vae.encode(x).latent_dist.mode()
+        return ((mode - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Latents (N, C, h, w) → PIL: ÷ scaling_factor + shift_factor, VAE decode, clamp, ×255, truncate."""
-        config = self.vae.config
-        raw = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        images = self.vae.decode(raw.to(self.vae.device, self.vae.dtype)).sample
+        vae = self.pipe.vae
+        raw = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        images = vae.decode(raw.to(vae.device, vae.dtype)).sample
         return [Image.fromarray(a) for a in tensor_to_uint8(images)]
 
     def _layer_groups(self) -> list[tuple[str, str]]:
@@ -119,7 +86,8 @@ class FlowTransformerBackbone(Backbone):
         return [("transformer_blocks", "joint")]
 
     def attention_layers(self) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
-        """Every block's attention (joint image–text attention; FLUX's single blocks too), in forward order."""
+        """Every block's attention (joint image–text attention; SD3.5's second one, FLUX's single blocks), in forward
+        order; ``downsample`` is the token grid's (the patch size)."""
         blocks = [(f"{attr}.{i}", place, block) for attr, place in self._layer_groups()
                   for i, block in enumerate(getattr(self.denoiser, attr))]
         found = []
@@ -131,7 +99,8 @@ class FlowTransformerBackbone(Backbone):
                     found.append((info.name, module, info))
         return found
 
-    def _call_dtype(self, latents: torch.Tensor) -> torch.dtype:
+    @staticmethod
+    def _output_dtype(latents: torch.Tensor) -> torch.dtype:
         return torch.float64 if latents.dtype == torch.float64 else torch.float32
 
     @staticmethod

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from .base import register_family
 from .mmdit import FlowTransformerBackbone, clip_tokens, pack_pooled, unpack_pooled
 
 #: T5 tokens StableDiffusion3Pipeline reads by default (``max_sequence_length``).
 T5_TOKENS = 256
 
 
+@register_family
 class SD3Backbone(FlowTransformerBackbone):
     """SD3 / SD3.5: CLIP-L + CLIP-G penultimate states (zero-padded to T5's width) followed by T5 states, and both
     CLIPs' pooled projections concatenated (packed as the last token)."""
@@ -23,9 +25,6 @@ class SD3Backbone(FlowTransformerBackbone):
     @property
     def patch(self) -> int:
         return int(self.denoiser.config.patch_size)
-
-    def native_resolution(self) -> int:
-        return int(self.denoiser.config.sample_size) * self.vae_factor
 
     def _clip(self, tokenizer, encoder, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = clip_tokens(tokenizer, prompts, self.pipe.tokenizer_max_length)
@@ -50,9 +49,10 @@ class SD3Backbone(FlowTransformerBackbone):
         hidden = torch.cat([clip, t5.to(clip.device)], dim=-2)
         return pack_pooled(hidden, torch.cat([pooled_1, pooled_2], dim=-1).float())
 
-    def denoise(self, latents: torch.Tensor, t: float, embeddings: torch.Tensor, guidance: float | None,
-                stats) -> torch.Tensor:
-        """One transformer call on (N, C, h, w) latents at timestep ``t`` (σ·1000): the velocity, float32."""
+    def denoise(self, latents: torch.Tensor, t: float, embeddings: torch.Tensor, stats, *,
+                guidance: float | None = None) -> torch.Tensor:
+        """One transformer call on (N, C, h, w) latents at timestep ``t`` (σ·1000): the velocity, float32 (float64
+        for float64 latents); counts ``stats.nfe += N``. SD3 has no guidance input (``guidance`` must be None)."""
         if guidance is not None:
             raise ValueError("SD3 takes no guidance input; classifier-free guidance combines two rows")
         transformer = self.denoiser
@@ -64,4 +64,4 @@ class SD3Backbone(FlowTransformerBackbone):
         out = transformer(hidden_states=latents.to(transformer.device, dtype), timestep=timestep,
                           encoder_hidden_states=hidden, pooled_projections=pooled, return_dict=False)[0]
         self._count(stats, n)
-        return out.to(self._call_dtype(latents))
+        return out.to(self._output_dtype(latents))
