@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import invedit
-from invedit.models import load, make_ddim_scheduler, native_resolution, reference_editor_options
+from invedit.backbones import backbone
+from invedit.editing.base import reference_editor_options
+from invedit.models import load, make_ddim_scheduler, native_resolution
 from invedit.testing import tiny_pipeline
 
 
@@ -64,7 +66,7 @@ def test_fingerprint_identifies_weights_not_names(tmp_path):
     from invedit.models import model_fingerprint
 
     a, b, c = tiny_pipeline(seed=3), tiny_pipeline(seed=3), tiny_pipeline(seed=4)
-    b._invedit_name = "another name"
+    backbone(b).name = "another name"
     assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(c)
 
 

@@ -10,15 +10,16 @@ import torch
 from typer.testing import CliRunner
 
 import invedit
+from invedit.backbones import backbone
+from invedit.backbones.unet import unet_attention_layers as attention_layers
 from invedit.cli import app
-from invedit.editing.attention import attention_layers
 from invedit.editing.masactrl import MutualSelfAttention
 from invedit.editing.pnp import PlugAndPlay
 from invedit.errors import InveditError
 from invedit.inversion import INVERSIONS
 from invedit.models import model_fingerprint, model_kind, native_resolution
 from invedit.prompts import encode_prompts
-from invedit.sampling import RunStats, unet_output
+from invedit.sampling import RunStats
 from invedit.testing import SDXL_BASE_UNET, tiny_image_encoder, tiny_pipeline
 
 SOURCE = "a red circle on a striped background"
@@ -56,7 +57,7 @@ def test_conditioning_is_both_encoders_plus_the_pooled_embedding(xl):
     assert emb[0, 77, 32:].abs().sum() == 0 and emb[1].abs().sum() == 0  # padding; "" is zeros on SDXL
     # The UNet call equals diffusers' SDXL call with the pooled embedding and the size ids passed explicitly.
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    ours = unet_output(xl.unet, latents, 501, emb[:1], RunStats())
+    ours = backbone(xl).denoise(latents, 501, emb[:1], RunStats())
     with torch.no_grad():
         direct = xl.unet(latents, 501, encoder_hidden_states=emb[:1, :77], added_cond_kwargs={
             "text_embeds": out.text_embeds, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}).sample
@@ -74,7 +75,8 @@ def test_direct_inversion_source_branch_is_exact_and_cheaper_than_ddim(xl, image
 
 def test_resolution_is_any_multiple_of_the_vae_factor_times_8(xl_dir, image):
     pipe = invedit.load(xl_dir, resolution=96)
-    assert native_resolution(pipe) == 96 and pipe.unet._invedit_time_ids.tolist() == [[96, 96, 0, 0, 96, 96]]
+    time_ids = backbone(pipe).conditioning(encode_prompts(pipe, [""]))[1]["added_cond_kwargs"]["time_ids"]
+    assert native_resolution(pipe) == 96 and time_ids.tolist() == [[96, 96, 0, 0, 96, 96]]
     result = invedit.edit(pipe, image, SOURCE, TARGET, steps=3)
     assert result.image.size == (96, 96)
     with pytest.raises(InveditError, match="multiple of 32"):

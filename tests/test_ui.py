@@ -14,8 +14,9 @@ from PIL import Image
 
 import invedit
 from invedit.errors import InveditError
+from invedit.options import split_items as option_items
 from invedit.toy.scenes import make_edit_example
-from invedit.ui.session import EditRequest, EditSession, option_items
+from invedit.ui.session import EditRequest, EditSession
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),

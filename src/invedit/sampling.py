@@ -1,4 +1,4 @@
-"""DDIM arithmetic, the UNet call that counts NFE, DDIM inversion and the one two-branch denoising loop.
+"""DDIM arithmetic, DDIM inversion and the one two-branch denoising loop over a model's `denoise` call.
 
 Notation: ᾱ_t = ``alphas_cumprod[t]``; a sample at noise level t is z_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (DDIM, Song et
 al. 2021, eq. 12). A forward step maps level ``t_cur`` to the next lower level ``t_next``; an inversion step runs
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,6 +55,18 @@ class DDIMSchedule:
         """Level reached by forward step ``i`` (−1 after the last step: the final ᾱ)."""
         return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
 
+    def step(self, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """Forward step ``i`` (`ddim_step`)."""
+        return ddim_step(self, model_output, i, sample)
+
+    def inverse_step(self, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """The inverse of forward step ``i`` (`ddim_inverse_step`)."""
+        return ddim_inverse_step(self, model_output, i, sample)
+
+    def inversion_timestep(self, i: int) -> int:
+        """Where the model is evaluated for `inverse_step` ``i``: the upper level t_i, as in the reference."""
+        return self.timesteps[i]
+
 
 def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor,
                prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,41 +108,32 @@ def ddim_inverse_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int
 
 @dataclass
 class RunStats:
-    """Work counters of a run: NFE = UNet sample evaluations (batch rows), calls, backward passes."""
+    """Work counters of a run: NFE = network sample evaluations (batch rows), calls, backward passes."""
 
     nfe: int = 0
     unet_calls: int = 0
     nfe_backward: int = 0
 
 
-def unet_conditioning(unet, embeddings: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """``(encoder_hidden_states, extra UNet kwargs)`` from a conditioning tensor of `invedit.prompts.encode_prompts`.
+#: A model's one network call (a backbone's ``denoise``): (latents, timestep, embeddings, stats) -> output.
+Denoise = Callable[[torch.Tensor, Any, torch.Tensor, RunStats], torch.Tensor]
 
-    On SDXL (``addition_embed_type == "text_time"``) the last token is the pooled embedding and the size
-    conditioning (``time_ids``) is the pipeline's (set by `invedit.models.set_resolution`); on SD 1.x/2.x the
-    tensor is the hidden states as they are.
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the loop is: what every sampler hook gets instead of re-deriving indices.
+
+    ``index``: forward step of the schedule (0 = the noisiest); ``edit_index``: steps since the edit's first
+    step (what editors count); ``t``: the timestep the model is evaluated at.
     """
-    if getattr(unet.config, "addition_embed_type", None) != "text_time":
-        return embeddings, {}
-    pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-    time_ids = getattr(unet, "_invedit_time_ids", None)
-    if time_ids is None:
-        size = float(unet.config.sample_size * 8)
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]])
-    n = embeddings.shape[0]
-    return embeddings[:, :-1], {"added_cond_kwargs": {
-        "text_embeds": embeddings[:, -1, :pooled_dim],
-        "time_ids": time_ids.to(embeddings.device, embeddings.dtype).expand(n, -1)}}
 
+    index: int
+    edit_index: int
+    t: Any
 
-def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
-    """One UNet call; runs in the UNet's dtype, returns float32 (float64 for float64 latents) and counts NFE."""
-    dtype = unet.dtype
-    hidden, extra = unet_conditioning(unet, embeddings.to(dtype))
-    out = unet(latents.to(dtype), t, encoder_hidden_states=hidden, **extra).sample
-    stats.nfe += latents.shape[0]
-    stats.unet_calls += 1
-    return out.to(torch.float64 if latents.dtype == torch.float64 else torch.float32)
+    @classmethod
+    def at(cls, schedule, i: int, first_step: int = 0) -> StepInfo:
+        return cls(i, i - first_step, schedule.timesteps[i])
 
 
 def guided(outputs: dict[str, torch.Tensor], scale: float | torch.Tensor) -> torch.Tensor:
@@ -157,13 +161,15 @@ def halves_needed(scale: float) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def ddim_invert(unet, schedule: DDIMSchedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+def ddim_invert(model: Denoise, schedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                 guidance_scale: float, stats: RunStats,
                 callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """DDIM inversion (reference-settings §2): the trajectory z*_0 … z*_T, (T+1, C, h, w), index = steps taken.
+    """Deterministic inversion (reference-settings §2): the trajectory z*_0 … z*_T, (T+1, C, h, w), index = steps
+    taken, by the schedule's `inverse_step` (DDIM; an Euler step on a flow schedule).
 
     ``guidance_scale`` 1 is the paper's conditional-only inversion; other values are the inversion-guidance
-    ablation. The UNet is evaluated at the upper timestep of each interval, as in the reference code.
+    ablation. The model is evaluated where the schedule says (`inversion_timestep`: DDIM's upper timestep of each
+    interval, as in the reference code). ``model``: a backbone's ``denoise``.
     """
     trajectory = [z0[0].float()]
     z = z0.float()
@@ -171,8 +177,8 @@ def ddim_invert(unet, schedule: DDIMSchedule, z0: torch.Tensor, cond: torch.Tens
     emb = torch.cat([null if h == "uncond" else cond for h in halves])
     for k in range(schedule.steps):
         i = schedule.steps - 1 - k  # forward step index this inversion step undoes
-        out = unet_output(unet, z.expand(len(halves), -1, -1, -1), schedule.timesteps[i], emb, stats)
-        z = ddim_inverse_step(schedule, guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale), i, z)
+        out = model(z.expand(len(halves), -1, -1, -1), schedule.inversion_timestep(i), emb, stats)
+        z = schedule.inverse_step(guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale), i, z)
         trajectory.append(z[0])
         if callback is not None:
             callback(k)
@@ -210,7 +216,7 @@ class GuidedDenoiser:
     reads are skipped, which is where Direct Inversion saves UNet work.
     """
 
-    unet: torch.nn.Module
+    model: Any  # invedit.backbones.Backbone: its ``denoise`` is the network call
     cond: dict[str, torch.Tensor]  # branch -> (1, 77, D)
     null: dict[str, torch.Tensor]  # branch -> (1, 77, D), the default unconditional embedding
     guidance: dict[str, float]  # branch -> CFG scale
@@ -243,7 +249,7 @@ class GuidedDenoiser:
         self.editor.begin_step(step - self.first_step, rows)
         if self.values is not None:
             self.values.set(rows, values or {})
-        out = unet_output(self.unet, x, t, emb, self.stats)
+        out = self.model.denoise(x, t, emb, self.stats)
         if values and (self.values is None or self.values.calls == 0):
             raise InveditError("value transforms were set but no attention layer applied them (no value hooks)")
         return dict(zip(rows, out.split(1)))
@@ -261,7 +267,7 @@ class GuidedDenoiser:
         if self.values is not None:
             self.values.set([], {})
         with self.editor.paused():
-            return unet_output(self.unet, latents, t, embeddings, self.stats)
+            return self.model.denoise(latents, t, embeddings, self.stats)
 
 
 @dataclass
@@ -310,8 +316,6 @@ def denoise_two_branches(sampler, ctx: LoopContext, editor,
     autograd. Editors count steps from the sampler's ``first_step``. The sampler's ``running`` context is held
     around it all (EDICT: the UNet in float64).
     """
-    from .inversion.base import StepInfo
-
     with sampler.running():
         with torch.no_grad():
             sampler.prepare()

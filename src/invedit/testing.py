@@ -96,8 +96,7 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe = prepare_pipeline(pipe, torch.device(device))
-    pipe._invedit_name = f"tiny-{seed}-{resolution}"
+    pipe = prepare_pipeline(pipe, torch.device(device), name=f"tiny-{seed}-{resolution}")
     return pipe
 
 
@@ -150,8 +149,7 @@ def _tiny_sdxl_pipeline(seed: int, resolution: int, device, width: int):
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True)
-    pipe = prepare_pipeline(pipe, torch.device(device))
-    pipe._invedit_name = f"tiny-sdxl-{seed}-{resolution}"
+    pipe = prepare_pipeline(pipe, torch.device(device), name=f"tiny-sdxl-{seed}-{resolution}")
     return pipe
 
 

@@ -266,9 +266,8 @@ class _RunContext:
 
     def run_item(self, item: BenchItem, pending: list[MethodSpec]) -> None:
         """Invert ``item`` once per distinct inversion its pending methods need, then run each method."""
-        from ..editing import get_editor
         from ..images import load_image
-        from ..models import model_editor_defaults
+        from ..prepare import EditSettings, prepare_edit
 
         try:
             image = load_image(item.image_path, self.size)
@@ -279,11 +278,10 @@ class _RunContext:
             return
         groups: dict[tuple[str, str, str], list[MethodSpec]] = {}
         for m in pending:
-            try:  # the editor is built once before inverting: settings it refuses cost no inversion
-                prompt = self._branch_prompt(item, m)
-                get_editor(m.editor).create(self.pipe, prompt, item.target_prompt, self.steps,
-                                            **{**model_editor_defaults(self.pipe, m.editor),
-                                               **self._editor_options(item, m)})
+            try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
+                settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
+                                        m.inversion_options, self._editor_options(item, m))
+                prompt = prepare_edit(self.pipe, item.source_prompt, item.target_prompt, settings).branch_prompt
             except InveditError as exc:
                 self._fail(item, m, str(exc))
                 continue
@@ -299,13 +297,6 @@ class _RunContext:
             for m in group:
                 self._edit(item, m, inverted, source)
                 source = "run"  # the next method of the group shares it
-
-    def _branch_prompt(self, item: BenchItem, m: MethodSpec) -> str:
-        from ..editing import get_editor
-        from ..models import model_editor_defaults
-
-        options = {**model_editor_defaults(self.pipe, m.editor), **m.editor_options}
-        return get_editor(m.editor).source_branch_prompt(item.source_prompt, options)
 
     def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec):
         from .. import api

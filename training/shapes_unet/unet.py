@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from invedit.sampling import DDIMSchedule, RunStats, ddim_move, ddim_step, guided, unet_output
-from invedit.toy.training.common import (
+from invedit.sampling import DDIMSchedule, RunStats, ddim_move, ddim_step, guided
+from training.shapes_unet.common import (
     ThreadGovernor,
     _autocast,
     _log,
@@ -24,9 +24,9 @@ from invedit.toy.training.common import (
     _progress,
     _save_atomic,
 )
-from invedit.toy.training.config import TrainConfig
-from invedit.toy.training.data import save_grid, scene_cache, to_uint8
-from invedit.toy.training.models import (
+from training.shapes_unet.config import TrainConfig
+from training.shapes_unet.data import save_grid, scene_cache, to_uint8
+from training.shapes_unet.models import (
     _classic_attention,
     build_scheduler,
     build_text_encoder,
@@ -34,7 +34,7 @@ from invedit.toy.training.models import (
     build_unet,
     encode_prompts,
 )
-from invedit.toy.training.vae import latent_stats
+from training.shapes_unet.vae import latent_stats
 
 PREVIEW_PROMPTS = (
     "a red circle on a gray background", "a blue square on a striped background",
@@ -45,6 +45,14 @@ PREVIEW_PROMPTS = (
 
 
 @torch.no_grad()
+
+def unet_eps(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
+    """One call of a bare UNet (in its dtype, float32 out), counted in ``stats``."""
+    out = unet(latents.to(unet.dtype), t, encoder_hidden_states=embeddings.to(unet.dtype)).sample
+    stats.nfe += latents.shape[0]
+    stats.unet_calls += 1
+    return out.float()
+
 def sample(unet, text_encoder, vae, tokenizer, prompts: list[str], steps: int = 25, guidance: float = 7.5,
            seed: int = 0) -> np.ndarray:
     """DDIM + classifier-free guidance (`invedit.sampling`'s math, batched, under `_autocast`) -> uint8 images."""
@@ -57,7 +65,7 @@ def sample(unet, text_encoder, vae, tokenizer, prompts: list[str], steps: int = 
     with _autocast():
         emb = text_encoder(ids)[0]
         for i, t in enumerate(schedule.timesteps):
-            cond, uncond = unet_output(unet, torch.cat([lat, lat]), t, emb, stats).chunk(2)
+            cond, uncond = unet_eps(unet, torch.cat([lat, lat]), t, emb, stats).chunk(2)
             lat = ddim_step(schedule, guided({"cond": cond, "uncond": uncond}, guidance), i, lat)
         img = vae.decode(lat / vae.config.scaling_factor).sample
     return to_uint8(img)

@@ -13,7 +13,7 @@ import torch
 
 from invedit.sampling import ddim_move
 from invedit.toy import scenes
-from invedit.toy.training.common import (
+from training.shapes_unet.common import (
     ThreadGovernor,
     _autocast,
     _log,
@@ -23,9 +23,9 @@ from invedit.toy.training.common import (
     _progress,
     _save_atomic,
 )
-from invedit.toy.training.config import TrainConfig
-from invedit.toy.training.data import to_tensor
-from invedit.toy.training.models import build_scheduler, build_text_encoder, build_tokenizer, build_unet, encode_prompts
+from training.shapes_unet.config import TrainConfig
+from training.shapes_unet.data import to_tensor
+from training.shapes_unet.models import build_scheduler, build_text_encoder, build_tokenizer, build_unet, encode_prompts
 
 
 class _CrossAttentionRecorder:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from invedit.toy import scenes
-from invedit.toy.training.config import TrainConfig
+from training.shapes_unet.config import TrainConfig
 
 
 def scene_cache(cfg: TrainConfig, run_dir: Path) -> tuple[np.ndarray, list[str]]:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from invedit.toy.training.common import ThreadGovernor, _autocast, _log, _lr, _progress, _save_atomic
-from invedit.toy.training.config import TrainConfig
-from invedit.toy.training.data import eval_scenes, save_grid, scene_cache, to_tensor, to_uint8
-from invedit.toy.training.models import _classic_attention, build_vae
+from training.shapes_unet.common import ThreadGovernor, _autocast, _log, _lr, _progress, _save_atomic
+from training.shapes_unet.config import TrainConfig
+from training.shapes_unet.data import eval_scenes, save_grid, scene_cache, to_tensor, to_uint8
+from training.shapes_unet.models import _classic_attention, build_vae
 
 
 def _vae_batch(images: np.ndarray, rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:

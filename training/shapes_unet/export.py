@@ -11,8 +11,8 @@ import torch
 
 from invedit.models import MODEL_SETTINGS_FILE
 from invedit.toy import scenes
-from invedit.toy.training.config import DEFAULT_RUN_DIR, EDITOR_DEFAULTS, WEIGHTS_DIR, TrainConfig
-from invedit.toy.training.models import build_scheduler, build_text_encoder, build_unet
+from training.shapes_unet.config import DEFAULT_RUN_DIR, EDITOR_DEFAULTS, WEIGHTS_DIR, TrainConfig
+from training.shapes_unet.models import build_scheduler, build_text_encoder, build_unet
 
 
 def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_DIR) -> Path:

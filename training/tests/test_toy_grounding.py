@@ -1,4 +1,4 @@
-"""The grounding fine-tune's targets and loss (invedit.toy.train), which give the embedded model localised
+"""The grounding fine-tune's targets and loss (training.shapes_unet.train), which give the embedded model localised
 cross-attention for P2P and LocalBlend."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from invedit.toy import scenes
-from invedit.toy.train import grounding_loss, grounding_targets
 from invedit.word_tokenizer import build_word_tokenizer
+from training.shapes_unet.train import grounding_loss, grounding_targets
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -58,7 +58,14 @@ def test_loss_weights_each_sample_by_its_signal_fraction():
 
 @pytest.mark.parametrize("which", ["all", "cross_attention"])
 def test_grounding_fine_tune_moves_only_the_selected_weights(tmp_path, which):
-    from invedit.toy.train import SMOKE, TrainConfig, _grounding_selector, _optimisation, build_text_encoder, build_unet
+    from training.shapes_unet.train import (
+        SMOKE,
+        TrainConfig,
+        _grounding_selector,
+        _optimisation,
+        build_text_encoder,
+        build_unet,
+    )
 
     cfg = TrainConfig(**SMOKE)
     tok = build_word_tokenizer(scenes.VOCABULARY, tmp_path)
@@ -80,7 +87,7 @@ def test_grounding_fine_tune_moves_only_the_selected_weights(tmp_path, which):
 
 
 def test_unknown_grounding_selection_is_refused():
-    from invedit.toy.train import _grounding_selector
+    from training.shapes_unet.train import _grounding_selector
 
     with pytest.raises(ValueError, match="ground_params"):
         _grounding_selector("everything")

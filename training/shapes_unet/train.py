@@ -1,6 +1,6 @@
 """Train the embedded shapes model: a small Stable-Diffusion-shaped pipeline on the procedural shapes world.
 
-``python -m invedit.toy.train [--out DIR] [--stage vae|decoder|unet|ground|all|none] [--minutes M]
+``python -m training.shapes_unet [--out DIR] [--stage vae|decoder|unet|ground|all|none] [--minutes M]
 [--resume] [--export]``
 
 Stage ``vae`` trains an `AutoencoderKL` (4x down, 4 latent channels) on random crops and sets its
@@ -14,7 +14,7 @@ checkpoint to the run dir every few minutes and continue with ``--resume``; ``--
 weights as a fp16 `StableDiffusionPipeline` folder (with the editor settings recommended for it in
 ``invedit.json``).
 Everything is driven by `TrainConfig` and its seed (the shipped weights record their config and step).
-The code lives in `invedit.toy.training`, one module per stage; this module is its command line.
+The code lives in `training.shapes_unet`, one module per stage; this module is its command line.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ from pathlib import Path
 import torch
 
 from invedit.models import cpu_has_fast_bf16
-from invedit.toy.training.common import PRECISION, ThreadGovernor, _optimisation
-from invedit.toy.training.config import DEFAULT_RUN_DIR, EDITOR_DEFAULTS, SMOKE, WEIGHTS_DIR, TrainConfig
-from invedit.toy.training.export import export
-from invedit.toy.training.grounding import (
+from training.shapes_unet.common import PRECISION, ThreadGovernor, _optimisation
+from training.shapes_unet.config import DEFAULT_RUN_DIR, EDITOR_DEFAULTS, SMOKE, WEIGHTS_DIR, TrainConfig
+from training.shapes_unet.export import export
+from training.shapes_unet.grounding import (
     _grounding_selector,
     grounding_loss,
     grounding_targets,
     record_cross_attention,
     train_grounding,
 )
-from invedit.toy.training.models import build_text_encoder, build_unet
-from invedit.toy.training.unet import train_unet
-from invedit.toy.training.vae import train_decoder, train_vae
+from training.shapes_unet.models import build_text_encoder, build_unet
+from training.shapes_unet.unet import train_unet
+from training.shapes_unet.vae import train_decoder, train_vae
 
 # the CLI's names, and those tests and benchmarks import from here
 __all__ = ["DEFAULT_RUN_DIR", "EDITOR_DEFAULTS", "PRECISION", "SMOKE", "WEIGHTS_DIR", "TrainConfig",
@@ -51,7 +51,7 @@ __all__ = ["DEFAULT_RUN_DIR", "EDITOR_DEFAULTS", "PRECISION", "SMOKE", "WEIGHTS_
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m invedit.toy.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m training.shapes_unet", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run directory (checkpoints, logs)")
     ap.add_argument("--stage", choices=("vae", "decoder", "unet", "ground", "all", "none"), default="all")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock bound for this invocation")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from invedit.toy import scenes
-from invedit.toy.training.config import TrainConfig
+from training.shapes_unet.config import TrainConfig
 
 
 def build_vae(cfg: TrainConfig):

@@ -1,4 +1,4 @@
-"""The VAE stages of invedit.toy.train: the decoder fine-tune must leave the latent space (encoder, quant_conv,
+"""The VAE stages of training.shapes_unet.train: the decoder fine-tune must leave the latent space (encoder, quant_conv,
 scaling factor) exactly as the UNet was trained on it, export must ship the tuned decoder, and a run is a function of
 its seed (initial weights included)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from invedit.toy import train
+from training.shapes_unet import train
 
 
 def test_decoder_stage_keeps_the_latent_space_and_export_ships_it(tmp_path):

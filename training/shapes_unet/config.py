@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # training/shapes_unet/config.py → the repository
 DEFAULT_RUN_DIR = REPO_ROOT / "toy_runs" / "shapes-64"
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "shapes-64"
+WEIGHTS_DIR = REPO_ROOT / "src" / "invedit" / "toy" / "weights" / "shapes-64"  # what the package ships
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,12 @@ class TrainConfig:
     ground_lr: float = 5e-5
     ground_weight: float = 0.05
     # weight the grounding loss by the signal fraction ᾱ_t; off for the shipped weights, as it did not improve
-    # DDIM inversion fidelity (29.9 dB vs 31.2 dB after 1 500 steps at weight 0.1, see the README)
+    # DDIM inversion fidelity (29.9 dB vs 31.2 dB after 1 500 steps at weight 0.1, see
+    # docs/embedded-model.md "DDIM inversion and the grounding fine-tune")
     ground_signal_weighted: bool = False
     # which weights the grounding fine-tune moves: "cross_attention" (the text encoder and the UNet's cross-attention
     # query/key projections: the shipped weights) or "all" (UNet + text encoder: 2.9 dB worse at DDIM inversion,
-    # see the README)
+    # see docs/embedded-model.md "DDIM inversion and the grounding fine-tune")
     ground_params: str = "cross_attention"
     # bookkeeping
     eval_scenes: int = 128  # fixed evaluation scenes (VAE PSNR at each checkpoint)
@@ -84,7 +85,8 @@ SMOKE = dict(n_scenes=64, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, 
              vae_channels=(32, 32, 32), unet_channels=(32, 32, 64), text_hidden=32, text_intermediate=64,
              eval_scenes=8, preview_steps=2, max_threads=1)  # one thread: bit-reproducible whatever else runs
 
-#: P2P settings recommended with the shipped model (written to its invedit.json; see the README). P2P's own
+#: P2P settings recommended with the shipped model (written to its invedit.json; see docs/embedded-model.md
+#: "The P2P settings it recommends"). P2P's own
 #: defaults are tuned for SD at 512 px (64×64 latent), where the layout is settled in the first 40% of the steps;
 #: on this 16×16 latent it is still moving later, so the cross-attention maps are injected for all steps.
 #: Chosen on toy-bench edits with seed 2 (the quality benchmark uses seed 1).
