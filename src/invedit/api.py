@@ -27,6 +27,7 @@ from .prepare import (
     DEFAULT_INVERSION,
     DEFAULT_STEPS,
     check_guidance,
+    check_model_kind,
     check_seed,
     check_settings,
     check_steps,
@@ -85,6 +86,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     guidance_scale = check_guidance(guidance_scale)
     seed = check_seed(seed)
     model = backbone(pipe)
+    check_model_kind(model, inversion=method)
     prompt = check_prompt(prompt, model.tokenizer, "source prompt", allow_empty=True)
     image = load_image(image, model.resolution)
     start = time.perf_counter()

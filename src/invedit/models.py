@@ -85,11 +85,9 @@ def _pipeline_family(index: dict[str, Any], where: str) -> type[Backbone]:
     family = family_of_class(name)
     if family is not None:
         return family
-    if "transformer" in index:
-        raise InveditError(f"{where}: {name} is a transformer model; invedit runs Stable Diffusion 1.x/2.x and SDXL "
-                           "(UNet) checkpoints")
-    raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x) and "
-                       "StableDiffusionXLPipeline (SDXL base; the refiner is not used) checkpoints")
+    raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x), "
+                       "StableDiffusionXLPipeline (SDXL base; the refiner is not used), StableDiffusion3Pipeline "
+                       "(SD3/3.5) and FluxPipeline (FLUX.1) checkpoints")
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
@@ -102,6 +100,9 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
 
     index = DiffusionPipeline.load_config(source, local_files_only=local_only)
     family = _pipeline_family(index, source)
+    loader = getattr(family, "load_pipeline", None)
+    if loader is not None:  # families that load their own pipeline class (SD3, FLUX)
+        return loader(source, dtype, local_only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the steps_offset deprecation; we set it ourselves
         if family.family == "sdxl":

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backbones import backbone
-from .editing import get_editor
+from .editing import EDITORS, get_editor
 from .errors import InveditError
-from .inversion import get_inversion
+from .inversion import INVERSIONS, get_inversion
 from .prompts import blend_word_tokens, check_prompt
 
 MAX_SEED = 2**63 - 1
@@ -93,6 +93,22 @@ def check_settings(inversion: str = DEFAULT_INVERSION, editor: str = "p2p", step
     return EditSettings(inversion, editor, steps, guidance_scale, seed, inversion_options, editor_options)
 
 
+def check_model_kind(model, inversion: str | None = None, editor: str | None = None) -> None:
+    """Refuse an inversion or editor that does not run on the model's kind of schedule (`Backbone.schedule_kind`:
+    DDIM on a UNet, or rectified flow on SD3/FLUX).
+
+    Raises:
+        InveditError: naming the methods that do run on the model.
+    """
+    kind = model.schedule_kind
+    for what, name, registry, get in (("inversion", inversion, INVERSIONS, get_inversion),
+                                      ("editor", editor, EDITORS, get_editor)):
+        if name is not None and kind not in get(name).schedule_kinds:
+            usable = sorted(n for n, cls in registry.items() if kind in cls.schedule_kinds)
+            raise InveditError(f"{what} {name!r} does not run on {model.family} models ({kind} schedule); "
+                               f"use one of: {', '.join(usable)}")
+
+
 def check_prompts(tokenizer, source_prompt: str, target_prompt: str,
                   blend_words: tuple[str, str] | None = None) -> tuple[str, str]:
     """Both prompts checked against the model's tokenizer (non-empty, not too long, known words) and the blend
@@ -131,6 +147,7 @@ def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSet
         InveditError: the first problem, in one line.
     """
     model = backbone(pipe)
+    check_model_kind(model, settings.inversion, settings.editor)
     check_steps(settings.steps, pipe.scheduler.config.num_train_timesteps)
     if inverted_prompt is None:
         source = check_prompt(source_prompt or "", model.tokenizer, "source prompt")

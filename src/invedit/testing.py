@@ -341,11 +341,6 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
             max_image_seq_len=4096)
         pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                             text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer)
-    from .backbones.base import attach
-    from .backbones.flux import FluxBackbone
-    from .backbones.sd3 import SD3Backbone
+    from .models import prepare_pipeline
 
-    family = SD3Backbone if kind == "sd3" else FluxBackbone
-    family.prepare(pipe, torch.device(device))
-    attach(pipe, family(pipe, name=f"tiny-{kind}-{seed}-{resolution}", resolution=resolution))
-    return pipe
+    return prepare_pipeline(pipe, torch.device(device), resolution=resolution, name=f"tiny-{kind}-{seed}-{resolution}")

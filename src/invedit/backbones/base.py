@@ -59,6 +59,9 @@ class Backbone(ABC):
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
     #: How guidance reaches the network: "cfg" (an unconditional and a conditional row per branch).
     guidance_mode: ClassVar[str] = "cfg"
+    #: The kind of schedule the family samples with: "ddim" (UNet, ε/v prediction) or "flow" (rectified flow);
+    #: inversions and editors declare the kinds they run on (``schedule_kinds``).
+    schedule_kind: ClassVar[str] = "ddim"
 
     def __init__(self, pipe, name: str | None = None, resolution: int | None = None,
                  editor_defaults: dict[str, dict[str, Any]] | None = None):

@@ -41,10 +41,19 @@ class FlowTransformerBackbone(Backbone):
 
     #: `invedit.flow.CONVENTIONS` key of the family.
     convention: str = ""
+    schedule_kind = "flow"
 
     @classmethod
     def denoiser_of(cls, pipe) -> torch.nn.Module:
         return pipe.transformer
+
+    @classmethod
+    def load_pipeline(cls, source: str, dtype: torch.dtype, local_only: bool):
+        """The family's diffusers pipeline (the class model_index.json names) from a folder or hub id (what
+        `invedit.load` calls)."""
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only)
 
     @property
     def patch(self) -> int:

@@ -56,6 +56,9 @@ class Editor:
     requires_hooks: ClassVar[bool] = False
     #: Whether ``guide`` changes the latents (the loop then gives it a gradient-capable model).
     guides: ClassVar[bool] = False
+    #: The kinds of schedule (`Backbone.schedule_kind`) whose models the editor runs on: its hooks know the UNet's
+    #: attention and DDIM's arithmetic unless it names "flow" too.
+    schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
 
     def __init__(self) -> None:
         self.active = True
@@ -163,6 +166,7 @@ class NoEditor(Editor):
 
     name = "none"
     description = "no editing control: target branch sampled from z*_T with the target prompt alone"
+    schedule_kinds = ("ddim", "flow")
 
     @classmethod
     def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> NoEditor:

@@ -54,6 +54,9 @@ class Inverted(ABC):
     #: What the inversion fitted to its guidance (methods that optimise or couple against the edit's CFG scale
     #: name it here, e.g. "null embeddings"); such an inversion refuses to edit at another guidance.
     fitted_to_guidance: ClassVar[str | None] = None
+    #: The kinds of schedule the method runs on (`Backbone.schedule_kind`): its arithmetic is DDIM's unless it
+    #: steps only through the schedule's ``step`` / ``inverse_step``.
+    schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
     #: The per-edit step policy (set below to `Sampler`; methods that step differently name their own).
     sampler_class: ClassVar[type[Sampler]]
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InveditError, check_number
-from ..sampling import Branches, StepInfo, ddim_invert, ddim_step, guided
+from ..sampling import Branches, StepInfo, ddim_invert, guided
 from .base import InversionInputs, Inverted, Sampler
 from .registry import register
 
@@ -56,7 +56,7 @@ class DirectSampler(Sampler):
         for i, t in enumerate(schedule.timesteps):
             u, c = den.plain(t, torch.cat([z, z]), emb).chunk(2)
             g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
-            z_prev = ddim_step(schedule, guided({"uncond": u, "cond": c}, g), i, z)
+            z_prev = schedule.step(guided({"uncond": u, "cond": c}, g), i, z)
             if self.corrects_at(StepInfo.at(schedule, i)):
                 offset = (inv.z_star_after(i).expand_as(z_prev) - z_prev) * scale
             else:
@@ -103,6 +103,7 @@ class DirectInverted(Inverted):
     defaults = {"offset_scale": 1.0, "offset_interval": 1, "correct_target": False, "inversion_guidance": 1.0,
                 "layout": "fused"}
     sampler_class = DirectSampler
+    schedule_kinds = ("ddim", "flow")  # DDIM inversion on a UNet, Euler inversion on a rectified flow
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:

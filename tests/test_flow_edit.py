@@ -1,0 +1,133 @@
+"""SD3 and FLUX through invedit's own path: `load` detects them, `invert(..., "euler")` is the plain Euler inversion,
+and `edit(..., inversion="direct")` pins the source branch to z* while the target follows the model's Euler steps."""
+
+import json
+
+import pytest
+import torch
+
+import invedit
+from invedit.backbones import backbone
+from invedit.errors import InveditError
+from invedit.flow import FlowSchedule, euler_invert
+from invedit.inversion.storage import load_inverted, save_inverted
+from invedit.sampling import RunStats
+from invedit.testing import tiny_pipeline
+
+from .conftest import scene_image
+
+SOURCE, TARGET = "a red square on a striped background", "a blue star on a striped background"
+STEPS = 4
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux", "flux-schnell"])
+def flow_pipe(request):
+    return tiny_pipeline(kind=request.param)
+
+
+def test_load_detects_sd3_and_flux(tmp_path):
+    """A saved SD3 / FLUX folder loads through `invedit.load` as its family, with its flow scheduler kept."""
+    for kind, family in (("sd3", "sd3"), ("flux", "flux")):
+        pipe = tiny_pipeline(kind=kind)
+        pipe.save_pretrained(tmp_path / kind)
+        loaded = invedit.load(str(tmp_path / kind), device="cpu", resolution=64)
+        record = backbone(loaded)
+        assert (record.family, record.resolution, record.schedule_kind) == (family, 64, "flow")
+        assert record.fingerprint() == backbone(pipe).fingerprint()
+        assert isinstance(record.schedule(STEPS), FlowSchedule)
+
+
+def test_euler_inversion_is_the_plain_euler_inversion(flow_pipe):
+    """invert(..., "euler") is `invedit.flow.euler_invert` over the backbone's denoise, bit for bit (one network
+    row per step: no CFG at inversion guidance 1)."""
+    image = scene_image()
+    inverted = invedit.invert(flow_pipe, image, SOURCE, "euler", steps=STEPS)
+    model = backbone(flow_pipe)
+    cond = model.encode_prompts([SOURCE, ""])[:1]  # batched as invert() encodes (batch size changes the bits)
+    expected = euler_invert(lambda x, t: model.denoise(x, t, cond, RunStats()), model.schedule(STEPS),
+                            model.encode_image(image))
+    assert torch.equal(inverted.latents, expected)
+    assert inverted.stats.nfe == STEPS
+
+
+def test_euler_edit_regenerates_with_the_models_euler_sampler(flow_pipe):
+    """With Euler inversion and no editor, each branch is plain Euler sampling from z*_T under its prompt."""
+    image = scene_image()
+    inverted = invedit.invert(flow_pipe, image, SOURCE, "euler", steps=STEPS)
+    result = invedit.edit(flow_pipe, inverted, SOURCE, TARGET, inversion="euler", editor="none", steps=STEPS,
+                          guidance_scale=1.0)
+    model = backbone(flow_pipe)
+    both = model.encode_prompts([SOURCE, TARGET])  # both rows in one call per step, as the loop batches them
+    schedule = inverted.schedule
+    z = inverted.latents[-1:].expand(2, -1, -1, -1)
+    for i in range(STEPS):
+        z = schedule.step(model.denoise(z, schedule.timesteps[i], both, RunStats()), i, z)
+    assert torch.equal(result.latents, z)
+    assert result.nfe_edit == 2 * STEPS
+    assert not torch.equal(result.latents[0:1], inverted.latents[:1])  # 4 Euler steps do not reconstruct
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_direct_inversion_pins_the_source_to_z_star(flow_pipe, guidance):
+    """Direct Inversion on a rectified flow: the source branch ends exactly at z*_0 (the image's latent), the target
+    moves away from it, and the source costs no network rows."""
+    result = invedit.edit(flow_pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="none", steps=STEPS,
+                          guidance_scale=guidance)
+    z0 = backbone(flow_pipe).encode_image(scene_image())
+    assert torch.equal(result.latents[0:1], z0)
+    assert (result.latents[1:] - z0).abs().max() > 1e-2
+    assert result.nfe_inversion == STEPS
+    assert result.nfe_edit == STEPS * (1 if guidance == 1.0 else 2)  # the target's rows only
+
+
+def test_flow_inversion_round_trips_through_storage(tmp_path):
+    """A flow inversion (its FlowSchedule included) saves and loads exactly, as the bench cache needs."""
+    pipe = tiny_pipeline(kind="sd3")
+    inverted = invedit.invert(pipe, scene_image(), SOURCE, "direct", steps=STEPS)
+    loaded = load_inverted(save_inverted(inverted, tmp_path / "inv"))
+    assert torch.equal(loaded.latents, inverted.latents)
+    assert torch.equal(loaded.schedule.sigmas, inverted.schedule.sigmas)
+    assert loaded.schedule.level_timesteps == inverted.schedule.level_timesteps
+
+
+def test_methods_refuse_the_model_kind_they_do_not_run_on():
+    """DDIM-arithmetic inversions and UNet-attention editors refuse flow models, and Euler inversion refuses UNet
+    models, in one line that names what does run."""
+    flow, sd = tiny_pipeline(kind="sd3"), tiny_pipeline()
+    with pytest.raises(InveditError, match=r"inversion 'null-text' does not run on sd3 models \(flow schedule\); "
+                                           r"use one of: direct, euler$"):
+        invedit.invert(flow, scene_image(), SOURCE, "null-text", steps=STEPS)
+    with pytest.raises(InveditError, match=r"editor 'p2p' does not run on sd3 models \(flow schedule\); use one of: "
+                                           r"none$"):
+        invedit.edit(flow, scene_image(), SOURCE, TARGET, inversion="direct", editor="p2p", steps=STEPS)
+    with pytest.raises(InveditError, match=r"inversion 'euler' does not run on sd models \(ddim schedule\); use one "
+                                           r"of: ddim, .*direct"):
+        invedit.invert(sd, scene_image(), SOURCE, "euler", steps=STEPS)
+
+
+def test_cli_edits_a_flow_model_folder(tmp_path):
+    """`invedit edit --model <SD3 folder> --inversion direct --editor none` writes the edit and its record; the
+    default editor (P2P) is refused in one line (exit 2)."""
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+
+    tiny_pipeline(kind="sd3").save_pretrained(tmp_path / "sd3")
+    scene_image().save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    base = ["edit", str(tmp_path / "in.png"), "-s", SOURCE, "-t", TARGET, "--model", str(tmp_path / "sd3"),
+            "--resolution", "64", "--steps", str(STEPS), "--out", str(out), "-q"]
+    result = CliRunner().invoke(app, [*base, "--inversion", "direct", "--editor", "none"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert (record["inversion"], record["editor"]["editor"], record["steps"]) == ("direct", "none", STEPS)
+    refused = CliRunner().invoke(app, [*base, "--inversion", "direct"])
+    assert refused.exit_code == 2
+    assert "editor 'p2p' does not run on sd3 models (flow schedule); use one of: none" in refused.output
+
+
+def test_unsupported_pipelines_name_what_runs(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxImg2ImgPipeline"}))
+    with pytest.raises(InveditError, match="FluxImg2ImgPipeline is not supported; invedit runs .*"
+                                           r"StableDiffusion3Pipeline \(SD3/3.5\) and FluxPipeline \(FLUX.1\)"):
+        invedit.load(str(tmp_path), device="cpu")
