@@ -37,15 +37,20 @@ def test_load_detects_sd3_and_flux(tmp_path):
         assert isinstance(record.schedule(STEPS), FlowSchedule)
 
 
+def unit_guidance(model) -> dict:
+    """What the loop passes at guidance 1: nothing, or the embedded scale 1.0 (FLUX.1-dev)."""
+    return {"guidance": 1.0} if model.guidance_mode == "embedded" else {}
+
+
 def test_euler_inversion_is_the_plain_euler_inversion(flow_pipe):
     """invert(..., "euler") is `invedit.flow.euler_invert` over the backbone's denoise, bit for bit (one network
-    row per step: no CFG at inversion guidance 1)."""
+    row per step: no CFG at inversion guidance 1; FLUX.1-dev is given the scale 1 as its guidance input)."""
     image = scene_image()
     inverted = invedit.invert(flow_pipe, image, SOURCE, "euler", steps=STEPS)
     model = backbone(flow_pipe)
     cond = model.encode_prompts([SOURCE, ""])[:1]  # batched as invert() encodes (batch size changes the bits)
-    expected = euler_invert(lambda x, t: model.denoise(x, t, cond, RunStats()), model.schedule(STEPS),
-                            model.encode_image(image))
+    expected = euler_invert(lambda x, t: model.denoise(x, t, cond, RunStats(), **unit_guidance(model)),
+                            model.schedule(STEPS), model.encode_image(image))
     assert torch.equal(inverted.latents, expected)
     assert inverted.stats.nfe == STEPS
 
@@ -61,7 +66,7 @@ def test_euler_edit_regenerates_with_the_models_euler_sampler(flow_pipe):
     schedule = inverted.schedule
     z = inverted.latents[-1:].expand(2, -1, -1, -1)
     for i in range(STEPS):
-        z = schedule.step(model.denoise(z, schedule.timesteps[i], both, RunStats()), i, z)
+        z = schedule.step(model.denoise(z, schedule.timesteps[i], both, RunStats(), **unit_guidance(model)), i, z)
     assert torch.equal(result.latents, z)
     assert result.nfe_edit == 2 * STEPS
     assert not torch.equal(result.latents[0:1], inverted.latents[:1])  # 4 Euler steps do not reconstruct
@@ -77,7 +82,31 @@ def test_direct_inversion_pins_the_source_to_z_star(flow_pipe, guidance):
     assert torch.equal(result.latents[0:1], z0)
     assert (result.latents[1:] - z0).abs().max() > 1e-2
     assert result.nfe_inversion == STEPS
-    assert result.nfe_edit == STEPS * (1 if guidance == 1.0 else 2)  # the target's rows only
+    rows = 1 if guidance == 1.0 or backbone(flow_pipe).guidance_mode == "embedded" else 2
+    assert result.nfe_edit == STEPS * rows  # the target's rows only
+
+
+def test_flux_dev_takes_the_guidance_scale_as_its_input():
+    """On FLUX.1-dev (guidance embedded) the edit's guidance scale is the transformer's guidance input, one row per
+    branch and no CFG; the inversion's ``inversion_guidance`` likewise."""
+    pipe = tiny_pipeline(kind="flux")
+    model = backbone(pipe)
+    assert model.guidance_mode == "embedded"
+    inverted = invedit.invert(pipe, scene_image(), SOURCE, "direct", steps=STEPS, inversion_guidance=2.5)
+    cond = model.encode_prompts([SOURCE, ""])[:1]
+    expected = euler_invert(lambda x, t: model.denoise(x, t, cond, RunStats(), guidance=2.5), model.schedule(STEPS),
+                            model.encode_image(scene_image()))
+    assert torch.equal(inverted.latents, expected)
+    result = invedit.edit(pipe, inverted, SOURCE, TARGET, inversion="direct", editor="none", steps=STEPS,
+                          guidance_scale=4.0)
+    target = model.encode_prompts([SOURCE, TARGET])[1:]
+    z = inverted.latents[-1:]
+    for i in range(STEPS):
+        z = inverted.schedule.step(model.denoise(z, inverted.schedule.timesteps[i], target, RunStats(), guidance=4.0),
+                                   i, z)
+    assert torch.equal(result.latents[1:], z)
+    assert torch.equal(result.latents[:1], inverted.latents[:1])
+    assert result.nfe_edit == STEPS
 
 
 def test_flow_inversion_round_trips_through_storage(tmp_path):

@@ -282,7 +282,8 @@ def loop_context(pipe, inverted: Inverted, editor, source_prompt: str, target_pr
     cond, null = editor.embeddings(encode, cond, {"source": null, "target": null})
     values = ValueTransforms() if inverted.transforms_values else None
     guidance = editor.branch_guidance(inverted.branch_guidance(guidance_scale))
-    denoiser = GuidedDenoiser(model, cond, null, guidance, editor, values=values)
+    denoiser = GuidedDenoiser(model, cond, null, guidance, editor, values=values,
+                              embedded=model.guidance_mode == "embedded")
     return LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
 
 

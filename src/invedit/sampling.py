@@ -163,22 +163,26 @@ def halves_needed(scale: float) -> tuple[str, ...]:
 @torch.no_grad()
 def ddim_invert(model: Denoise, schedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                 guidance_scale: float, stats: RunStats,
-                callback: Callable[[int], None] | None = None) -> torch.Tensor:
+                callback: Callable[[int], None] | None = None, embedded: bool = False) -> torch.Tensor:
     """Deterministic inversion (reference-settings §2): the trajectory z*_0 … z*_T, (T+1, C, h, w), index = steps
     taken, by the schedule's `inverse_step` (DDIM; an Euler step on a flow schedule).
 
     ``guidance_scale`` 1 is the paper's conditional-only inversion; other values are the inversion-guidance
     ablation. The model is evaluated where the schedule says (`inversion_timestep`: DDIM's upper timestep of each
-    interval, as in the reference code). ``model``: a backbone's ``denoise``.
+    interval, as in the reference code). ``model``: a backbone's ``denoise``. ``embedded``: the model takes the
+    guidance scale as an input (FLUX.1-dev): one conditional row per step, called with ``guidance=guidance_scale``.
     """
     trajectory = [z0[0].float()]
     z = z0.float()
-    halves = halves_needed(guidance_scale)
+    halves = ("cond",) if embedded else halves_needed(guidance_scale)
     emb = torch.cat([null if h == "uncond" else cond for h in halves])
+    extra = {"guidance": guidance_scale} if embedded else {}
     for k in range(schedule.steps):
         i = schedule.steps - 1 - k  # forward step index this inversion step undoes
-        out = model(z.expand(len(halves), -1, -1, -1), schedule.inversion_timestep(i), emb, stats)
-        z = schedule.inverse_step(guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale), i, z)
+        out = model(z.expand(len(halves), -1, -1, -1), schedule.inversion_timestep(i), emb, stats, **extra)
+        if not embedded:
+            out = guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale)
+        z = schedule.inverse_step(out, i, z)
         trajectory.append(z[0])
         if callback is not None:
             callback(k)
@@ -226,9 +230,16 @@ class GuidedDenoiser:
     values: object | None = None  # invedit.editing.attention.ValueTransforms
 
     first_step: int = 0  # loop step the edit starts at (editors count their steps from here)
+    #: The model takes the guidance scale as an input (FLUX.1-dev, `Backbone.guidance_mode` "embedded"): one
+    #: conditional row per branch, each called with its branch's scale, and no CFG combination.
+    embedded: bool = False
+
+    def halves(self, branch: str) -> tuple[str, ...]:
+        """The rows (CFG halves) a branch's update reads."""
+        return ("cond",) if self.embedded else halves_needed(self.guidance[branch])
 
     def rows_for(self, step: int, branches: set[str]) -> list[Row]:
-        wanted = {(b, h) for b in branches for h in halves_needed(self.guidance[b])}
+        wanted = {(b, h) for b in branches for h in self.halves(b)}
         wanted |= set(self.editor.rows_read(step - self.first_step))
         return [row for row in ROW_ORDER if row in wanted]
 
@@ -249,7 +260,10 @@ class GuidedDenoiser:
         self.editor.begin_step(step - self.first_step, rows)
         if self.values is not None:
             self.values.set(rows, values or {})
-        out = self.model.denoise(x, t, emb, self.stats)
+        extra = {}
+        if self.embedded:
+            extra["guidance"] = torch.tensor([float(self.guidance[b]) for b, _ in rows])
+        out = self.model.denoise(x, t, emb, self.stats, **extra)
         if values and (self.values is None or self.values.calls == 0):
             raise InveditError("value transforms were set but no attention layer applied them (no value hooks)")
         return dict(zip(rows, out.split(1)))
@@ -259,15 +273,18 @@ class GuidedDenoiser:
                  values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """CFG-combined model outputs for ``branches`` at step ``step`` (timestep ``t``)."""
         by_row = self.raw(step, t, latents, branches, null, values)
+        if self.embedded:
+            return {b: by_row[(b, "cond")] for b in branches}
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
-    def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
+    def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE. ``extra``:
+        more arguments of the model's ``denoise`` (an embedded-guidance model's per-row ``guidance``)."""
         if self.values is not None:
             self.values.set([], {})
         with self.editor.paused():
-            return self.model.denoise(latents, t, embeddings, self.stats)
+            return self.model.denoise(latents, t, embeddings, self.stats, **extra)
 
 
 @dataclass

@@ -23,5 +23,6 @@ class DDIMInverted(Inverted):
     def run(cls, inputs: InversionInputs, **options: Any) -> DDIMInverted:
         opts = options
         latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
-                              float(opts["inversion_guidance"]), inputs.stats, inputs.callback)
+                              float(opts["inversion_guidance"]), inputs.stats, inputs.callback,
+                              embedded=inputs.model.guidance_mode == "embedded")
         return cls.result(inputs, latents, opts)

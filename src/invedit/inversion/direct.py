@@ -53,10 +53,14 @@ class DirectSampler(Sampler):
         scale = self.options["offset_scale"]
         z = inv.latents[-1:].expand(n, -1, -1, -1).clone()
         offsets = []
+        scales = torch.tensor([float(den.guidance[b]) for b in branches])
         for i, t in enumerate(schedule.timesteps):
-            u, c = den.plain(t, torch.cat([z, z]), emb).chunk(2)
-            g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
-            z_prev = schedule.step(guided({"uncond": u, "cond": c}, g), i, z)
+            if den.embedded:  # the scale is the model's input: conditional rows only
+                out = den.plain(t, z, emb[n:], guidance=scales)
+            else:
+                u, c = den.plain(t, torch.cat([z, z]), emb).chunk(2)
+                out = guided({"uncond": u, "cond": c}, scales.to(u.device).view(-1, 1, 1, 1))
+            z_prev = schedule.step(out, i, z)
             if self.corrects_at(StepInfo.at(schedule, i)):
                 offset = (inv.z_star_after(i).expand_as(z_prev) - z_prev) * scale
             else:
@@ -120,5 +124,6 @@ class DirectInverted(Inverted):
     def run(cls, inputs: InversionInputs, **options: Any) -> DirectInverted:
         opts = options
         latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
-                              opts["inversion_guidance"], inputs.stats, inputs.callback)
+                              opts["inversion_guidance"], inputs.stats, inputs.callback,
+                              embedded=inputs.model.guidance_mode == "embedded")
         return cls.result(inputs, latents, opts)
