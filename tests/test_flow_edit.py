@@ -160,3 +160,29 @@ def test_unsupported_pipelines_name_what_runs(tmp_path):
     with pytest.raises(InveditError, match="FluxImg2ImgPipeline is not supported; invedit runs .*"
                                            r"StableDiffusion3Pipeline \(SD3/3.5\) and FluxPipeline \(FLUX.1\)"):
         invedit.load(str(tmp_path), device="cpu")
+
+
+def test_flow_resolution_is_a_multiple_of_the_token_grid():
+    """SD3/FLUX tokens are 2×2 latent cells: the working side is a multiple of the VAE factor × 2 (8 px here)."""
+    from invedit.models import prepare_pipeline
+
+    pipe = tiny_pipeline(kind="sd3")
+    assert backbone(prepare_pipeline(pipe, resolution=72)).resolution == 72
+    with pytest.raises(InveditError, match=r"^resolution must be a multiple of 8 pixels \(the VAE factor × 2\), "
+                                           r"got 36$"):
+        prepare_pipeline(pipe, resolution=36)
+
+
+@pytest.mark.parametrize("options", [{"layout": "reference"}, {"correct_target": True}])
+def test_direct_inversion_ablations_run_on_flow_models(flow_pipe, options):
+    """Direct Inversion's offset pass (the reference layout's precomputed source offsets, correct_target's target
+    offsets) steps with the flow schedule: the source still ends at z*_0."""
+    result = invedit.edit(flow_pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="none", steps=STEPS,
+                          guidance_scale=4.0, inversion_options=options)
+    z0 = backbone(flow_pipe).encode_image(scene_image())
+    if options.get("layout") == "reference":
+        # z'' + (z* − z'') computed in separate calls: measured max|diff| 3.0e-7 (SD3), 1.5e-8 (FLUX)
+        assert (result.latents[:1] - z0).abs().max() < 1e-5
+    else:
+        assert torch.equal(result.latents[:1], z0)
+    assert (result.latents[1:] - z0).abs().max() > 1e-2

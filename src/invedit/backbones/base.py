@@ -145,8 +145,8 @@ class Backbone(ABC):
             return self.native_resolution
         step = self.resolution_multiple
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
-            raise InveditError(f"resolution must be a multiple of {step} pixels (the VAE factor × 8), got "
-                               f"{resolution!r}")
+            raise InveditError(f"resolution must be a multiple of {step} pixels (the VAE factor × "
+                               f"{step // self.vae_factor}), got {resolution!r}")
         return resolution
 
     def model_editor_defaults(self, editor: str) -> dict[str, Any]:
