@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 import invedit
-from invedit.backbones import backbone
+from invedit.backbones import attach, backbone
+from invedit.backbones.unet import StableDiffusionXL
 from invedit.backbones.unet import unet_attention_layers as attention_layers
 from invedit.cli import app
 from invedit.editing.masactrl import MutualSelfAttention
@@ -176,7 +177,13 @@ def test_layer_choices_on_the_real_sdxl_architecture():
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SDXL_BASE_UNET)
-    pipe = SimpleNamespace(unet=unet, text_encoder_2=object())
+    class MetaPipe:  # what the editors read of an SDXL pipeline: its UNet and the VAE's factor
+        config: dict = {}
+        vae = SimpleNamespace(config=SimpleNamespace(block_out_channels=(128, 256, 512, 512)))
+
+    pipe = MetaPipe()
+    pipe.unet = unet
+    attach(pipe, StableDiffusionXL(pipe, name="sdxl-base-meta"))
     assert PromptToPrompt.default_blend_downsample(unet) == 4  # 128 / 4 = 32×32 maps at 1024 px
     infos = [info for _, _, info in attention_layers(unet)]
     assert infos[0].count == 70  # transformer blocks: 2·2·1 + 2·2·10 down, 10 mid, 3·2 + 3·10 up
@@ -191,17 +198,18 @@ def test_layer_choices_on_the_real_sdxl_architecture():
 
 
 def test_sdxl_vae_runs_in_float32_when_the_networks_are_float16(xl):
-    from invedit.api import _vae_in, vae_dtype
+    from invedit.backbones.unet import _vae_in
 
-    assert vae_dtype(xl) == torch.float32  # a float32 pipeline: nothing to do
+    vae_dtype = type(backbone(xl)).vae_dtype
+    assert vae_dtype(backbone(xl)) == torch.float32  # a float32 pipeline: nothing to do
     xl.vae.to(torch.float16)
     try:
-        assert xl.vae.config.force_upcast and vae_dtype(xl) == torch.float32
+        assert xl.vae.config.force_upcast and vae_dtype(backbone(xl)) == torch.float32
         with _vae_in(xl.vae, torch.float32):
             assert xl.vae.dtype == torch.float32
         assert xl.vae.dtype == torch.float16  # back to its own dtype
         xl.vae.register_to_config(force_upcast=False)  # an fp16-fixed VAE stays in float16
-        assert vae_dtype(xl) == torch.float16
+        assert vae_dtype(backbone(xl)) == torch.float16
     finally:
         xl.vae.register_to_config(force_upcast=True)
         xl.vae.to(torch.float32)
