@@ -57,7 +57,9 @@ class Backbone(ABC):
     family: ClassVar[str] = "base"
     #: ``_class_name`` values of model_index.json this family runs.
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
-    #: How guidance reaches the network: "cfg" (an unconditional and a conditional row per branch).
+    #: How guidance reaches the network: "cfg" (an unconditional and a conditional row per branch), "embedded"
+    #: (one conditional row, the scale given to ``denoise(..., guidance=...)``: FLUX.1-dev) or "none" (FLUX.1-schnell:
+    #: no guidance input; CFG rows still work).
     guidance_mode: ClassVar[str] = "cfg"
     #: The kind of schedule the family samples with: "ddim" (UNet, ε/v prediction) or "flow" (rectified flow);
     #: inversions and editors declare the kinds they run on (``schedule_kinds``).
@@ -185,7 +187,8 @@ class Backbone(ABC):
     @abstractmethod
     def denoise(self, latents: torch.Tensor, t, embeddings: torch.Tensor, stats) -> torch.Tensor:
         """One network call on ``latents`` (N, C, h, w) at timestep ``t``; counts ``stats.nfe += N``; returns
-        float32 (float64 for float64 latents) in the latent layout."""
+        float32 (float64 for float64 latents) in the latent layout. Families whose `guidance_mode` is "embedded"
+        also take a keyword ``guidance`` (one scale, or one per row)."""
 
     @abstractmethod
     def encode_image(self, image: Image.Image) -> torch.Tensor:
