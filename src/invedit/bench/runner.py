@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backbones import backbone
 from ..errors import InveditError
 from ..outputs import folder_lock, prepare_output_dir, remove_created, umask
 from .cache import InversionCache, file_sha256, inversion_key
@@ -202,10 +203,11 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
     try:
         pipe = load(model, device=device, dtype=dtype, resolution=resolution)
         size = native_resolution(pipe)
-        dtype_name = str(pipe.unet.dtype).replace("torch.", "")
+        model_record = backbone(pipe)
+        dtype_name = str(model_record.dtype).replace("torch.", "")
         settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
                     "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
-                    "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "resolution": size,
+                    "seed": seed, "dtype": dtype_name, "device_type": model_record.device.type, "resolution": size,
                     "parity": parity,
                     "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods}}
         remember_settings(run_dir, settings)
@@ -304,9 +306,9 @@ class _RunContext:
         from ..versions import versions
 
         key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, m.inversion,
-                            m.inversion_options, self.guidance, self.seed, self.dtype, self.pipe.unet.device.type,
+                            m.inversion_options, self.guidance, self.seed, self.dtype, backbone(self.pipe).device.type,
                             self.size, versions()["invedit"])
-        cached = self.cache.get(key, self.pipe.unet.device)
+        cached = self.cache.get(key, backbone(self.pipe).device)
         if cached is not None:
             return cached, "cache"
         inverted = api.invert(self.pipe, image, prompt, m.inversion, self.steps, self.guidance, self.seed,
