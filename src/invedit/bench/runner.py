@@ -165,7 +165,7 @@ def _error_text(exc: BaseException) -> str:
 def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: list[MethodSpec], *,
               model: str | None = None, steps: int = 50, guidance: float = 7.5, seed: int = 0,
               device: str | None = None, dtype: str | None = None, resolution: int | None = None,
-              parity: bool = False,
+              offload: str | None = None, parity: bool = False,
               edit_types: list[str] | None = None, limit: int | None = None,
               cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print) -> BenchSummary:
     """Edit every (image, method) pair of this process's share that is not done yet (see the module docstring).
@@ -176,7 +176,15 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
             that does not load, a dataset folder that is not one).
     """
     from .. import api
-    from ..models import load, model_fingerprint, model_name, native_resolution, resolve_device, resolve_dtype
+    from ..models import (
+        check_offload,
+        load,
+        model_fingerprint,
+        model_name,
+        native_resolution,
+        resolve_device,
+        resolve_dtype,
+    )
     from ..versions import versions
 
     started = time.perf_counter()
@@ -194,6 +202,7 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
     if rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_FILE).exists():
         raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
     resolve_dtype(dtype, resolve_device(device))
+    check_offload(offload, resolve_device(device))
     if world > 1:  # the processes of one launch create the folder together
         run_dir.mkdir(parents=True, exist_ok=True)
         created: list[Path] = []
@@ -201,7 +210,7 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         created = prepare_output_dir(run_dir, "the run")  # removed again if the run cannot start
 
     try:
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
         size = native_resolution(pipe)
         model_record = backbone(pipe)
         dtype_name = str(model_record.dtype).replace("torch.", "")
