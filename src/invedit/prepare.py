@@ -90,7 +90,24 @@ def check_settings(inversion: str = DEFAULT_INVERSION, editor: str = "p2p", step
     seed = check_seed(seed)
     inversion_options = get_inversion(inversion).validate_options(dict(inversion_options or {}))
     editor_options = editor_options_with_blend(editor, editor_options, blend)
+    check_pairing(inversion, editor)
     return EditSettings(inversion, editor, steps, guidance_scale, seed, inversion_options, editor_options)
+
+
+def check_pairing(inversion: str, editor: str) -> None:
+    """Refuse a pairing that means nothing: an inversion-free editor (FlowEdit) with an inversion, or an editor that
+    steps a trajectory with the "none" inversion, which keeps none.
+
+    Raises:
+        InveditError: naming what pairs with each.
+    """
+    inversion_free = get_inversion(inversion).inversion_free
+    if get_editor(editor).inversion_free and not inversion_free:
+        raise InveditError(f"editor {editor!r} needs no inversion; use it with inversion 'none', not {inversion!r}")
+    if inversion_free and not get_editor(editor).inversion_free:
+        free = sorted(n for n, cls in EDITORS.items() if cls.inversion_free)
+        raise InveditError(f"inversion {inversion!r} keeps no trajectory for editor {editor!r}; pair it with an "
+                           f"inversion-free editor ({', '.join(free)}) or choose an inversion")
 
 
 def check_model_kind(model, inversion: str | None = None, editor: str | None = None) -> None:
@@ -107,6 +124,8 @@ def check_model_kind(model, inversion: str | None = None, editor: str | None = N
             usable = sorted(n for n, cls in registry.items() if kind in cls.schedule_kinds)
             raise InveditError(f"{what} {name!r} does not run on {model.family} models ({kind} schedule); "
                                f"use one of: {', '.join(usable)}")
+    if inversion is not None:
+        get_inversion(inversion).check_model(model)
 
 
 def check_prompts(tokenizer, source_prompt: str, target_prompt: str,

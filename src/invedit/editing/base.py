@@ -59,6 +59,9 @@ class Editor:
     #: The kinds of schedule (`Backbone.schedule_kind`) whose models the editor runs on: its hooks know the UNet's
     #: attention and DDIM's arithmetic unless it names "flow" too.
     schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
+    #: The editor needs no inversion (FlowEdit): it runs with inversion "none" and `sampler` supplies the edit's
+    #: step policy; every other editor steps an inversion's trajectory (`prepare.check_pairing`).
+    inversion_free: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.active = True
@@ -105,6 +108,11 @@ class Editor:
         (`attention.installed`; ``model``: an `invedit.backbones.Backbone`)."""
         self.layer_calls = 0
         return installed(model, self, values)
+
+    def sampler(self, inverted, ctx):
+        """The per-edit step policy of an inversion-free editor (an `invedit.inversion.Sampler` over the "none"
+        inversion's z₀ and the loop context ``ctx``)."""
+        raise InveditError(f"editor {self.name!r} steps an inversion's trajectory; it supplies no sampler")
 
     # ---- loop hooks -------------------------------------------------------------------------------------
     def embeddings(self, encode: Callable[[list[str]], torch.Tensor], cond: dict[str, torch.Tensor],

@@ -57,6 +57,9 @@ class Inverted(ABC):
     #: The kinds of schedule the method runs on (`Backbone.schedule_kind`): its arithmetic is DDIM's unless it
     #: steps only through the schedule's ``step`` / ``inverse_step``.
     schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
+    #: The method keeps no trajectory ("none"): only inversion-free editors, which step the edit themselves, pair
+    #: with it (`invedit.prepare.check_pairing`).
+    inversion_free: ClassVar[bool] = False
     #: The per-edit step policy (set below to `Sampler`; methods that step differently name their own).
     sampler_class: ClassVar[type[Sampler]]
 
@@ -76,6 +79,11 @@ class Inverted(ABC):
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Options merged over the defaults; unknown names raise."""
         return merge_options("inversion", cls.method, cls.defaults, options)
+
+    @classmethod  # noqa: B027 (optional hook)
+    def check_model(cls, model) -> None:
+        """Refuse a model (`invedit.backbones.Backbone`) the method cannot run on beyond its schedule kind (e.g. a
+        method written for one family); called with the other checks, before any network call. Default: none."""
 
     @classmethod
     @abstractmethod
