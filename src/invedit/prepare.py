@@ -112,7 +112,8 @@ def check_pairing(inversion: str, editor: str) -> None:
 
 def check_model_kind(model, inversion: str | None = None, editor: str | None = None) -> None:
     """Refuse an inversion or editor that does not run on the model's kind of schedule (`Backbone.schedule_kind`:
-    DDIM on a UNet, or rectified flow on SD3/FLUX).
+    DDIM on a UNet, or rectified flow on SD3/FLUX), and a model the inversion's own `Inverted.check_model` refuses
+    (RF-Inversion: FLUX only).
 
     Raises:
         InveditError: naming the methods that do run on the model.

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InveditError
 from ..sampling import LoopContext
 from .base import InversionInputs, Inverted, Sampler
 from .registry import register
@@ -38,4 +39,6 @@ class NoInversion(Inverted):
 
     def sampler(self, ctx: LoopContext | None = None) -> Sampler:
         """The edit's editor's step policy (`Editor.sampler`; ``ctx.denoiser.editor`` is the edit's editor)."""
+        if ctx is None:
+            raise InveditError("inversion 'none' steps no edit itself; its editor's sampler needs the loop context")
         return ctx.denoiser.editor.sampler(self, ctx)
