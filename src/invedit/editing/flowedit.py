@@ -135,7 +135,8 @@ class FlowEditEditor(Editor):
     """
 
     name = "flowedit"
-    description = "FlowEdit (ICCV'25): inversion-free ODE from source to target; use with inversion none (SD3/FLUX)"
+    description = ("FlowEdit (ICCV'25): inversion-free source-to-target ODE, with inversion none (SD3/FLUX); null "
+                   "options: the family's official defaults")
     defaults: ClassVar[dict[str, Any]] = {"n_max": None, "n_min": 0, "n_avg": 1, "source_guidance": None,
                                           "target_guidance": None}
     schedule_kinds = ("flow",)
