@@ -73,6 +73,8 @@ def evaluate_command(
     parity: Annotated[bool | None, typer.Option(
         help="the reference's 0–255 DINO input (default: as the run's --parity)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    allow_other_data: Annotated[bool, typer.Option(
+        "--allow-other-data", help="evaluate against a dataset whose images differ from those the run edited")] = False,
 ) -> None:
     """Compute PIE-Bench's metrics for every edit of a run; writes metrics.csv and summaries (incremental)."""
     from ..models import resolve_device
@@ -83,7 +85,7 @@ def evaluate_command(
                           lpips_weights=str(lpips_weights) if lpips_weights else None,
                           device=str(resolve_device(device)))
     summary = evaluate_run(run_dir, data, _types(metrics), models, parity, progress=not quiet,
-                           say=lambda m: typer.echo(m, err=True))
+                           say=lambda m: typer.echo(m, err=True), allow_other_data=allow_other_data)
     for metric, reason in summary.unavailable.items():
         typer.echo(f"{metric} unavailable: {reason}", err=True)
     typer.echo(f"evaluated {summary.evaluated} edits ({summary.reused} already evaluated, {len(summary.failed)} "
