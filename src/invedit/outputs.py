@@ -160,9 +160,12 @@ class PathLock:
             import fcntl
         except ImportError:  # Windows
             return True
-        while True:
+        for _ in range(100):
             try:
+                self.path.parent.mkdir(exist_ok=True)  # another process may have removed its empty folder
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+            except FileNotFoundError:  # the folder went between the two calls: again
+                continue
             except OSError:
                 return True  # cannot create a lock file (read-only folder?): no locking
             try:
@@ -181,6 +184,7 @@ class PathLock:
                 self._fd = fd
                 return True
             os.close(fd)
+        return True  # the file keeps vanishing: best effort, no locking
 
     def release(self) -> None:
         if self._fd is None:

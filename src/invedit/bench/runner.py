@@ -9,6 +9,14 @@ names the image's hash, so a kill at any moment loses at most the edits in fligh
 Methods that share an inversion (same method, options and source-branch prompt) invert each image once; through
 the on-disk `InversionCache`, later runs reuse it as well. Under ``accelerate launch`` the images are split by
 position in id order (``items[rank::world]``): no gaps, no duplicates, each process writing only its own files.
+Processes that were not split that way (the same command started twice, a stray process beside a launch) share
+the work through a lock per image (``.locks/<id>.lock``, `run_share`): an image another live process holds is
+left for the end, when it is usually done.
+
+``run.json`` also records what changes an edit's bits besides the settings (`run_environment`: library versions,
+device, on CPU the thread count and vector instructions); a resume in another environment is refused unless mixing
+is allowed. A method's options may still change while it has no finished edit (a typo does not lock the folder).
+Entry ids name files, so they are checked (`invedit.bench.data.check_id`) and every path is built inside the run.
 """
 
 from __future__ import annotations
@@ -312,8 +320,6 @@ def run_share(context: _RunContext, todo: list[tuple[BenchItem, list[MethodSpec]
     """Edit each image's pending methods while holding the image's lock, so that processes sharing a run folder
     (the same command started twice, accelerate workers plus a stray process) share the work: an image a live
     process holds is skipped and come back to at the end, when it is usually done already."""
-    locks = context.run_dir / LOCKS_DIR
-    locks.mkdir(exist_ok=True)
     waiting = [(item, pending) for item, pending in todo if pending and not context.run_locked(item, pending)]
     for item, pending in waiting:
         context.run_locked(item, pending, blocking=True)
