@@ -319,7 +319,7 @@ LOCKS_DIR = ".locks"
 def run_share(context: _RunContext, todo: list[tuple[BenchItem, list[MethodSpec]]]) -> None:
     """Edit each image's pending methods while holding the image's lock, so that processes sharing a run folder
     (the same command started twice, accelerate workers plus a stray process) share the work: an image a live
-    process holds is skipped and come back to at the end, when it is usually done already."""
+    process holds is skipped and taken up again at the end, when it is usually done already."""
     waiting = [(item, pending) for item, pending in todo if pending and not context.run_locked(item, pending)]
     for item, pending in waiting:
         context.run_locked(item, pending, blocking=True)
