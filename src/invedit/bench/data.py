@@ -37,8 +37,8 @@ def check_id(item_id: str) -> str:
         InveditError: anything else (a path, a separator, a control character, too long).
     """
     if not isinstance(item_id, str) or not SAFE_ID.fullmatch(item_id) or ".." in item_id:
-        raise InveditError(f"id {shown_id(item_id)} is not a plain name (letters, digits, '_', '.', '-'; at most "
-                           "128; no '..'); ids name the run's files")
+        raise InveditError(f"entry id {shown_id(item_id)} is not a plain name (letters, digits, '_', '.', '-'; at most "
+                           "128 characters; no '..'): ids name the run's files")
     return item_id
 
 
@@ -140,11 +140,15 @@ def read_benchmark(root: str | Path, edit_types: list[str] | None = None) -> tup
     for key in sorted(mapping):
         try:
             check_id(key)
+        except InveditError as exc:  # reported under its escaped form: the id is no name to print or write
+            problems.append((shown_id(key), str(exc)))
+            continue
+        try:
             if key in mapping.duplicated:
-                raise InveditError(f"id {key} appears {mapping.duplicated[key]} times in {MAPPING_FILE}; keep one")
-            item = _item(root, str(key), mapping[key])
+                raise InveditError(f"appears {mapping.duplicated[key]} times in {MAPPING_FILE}; keep one")
+            item = _item(root, key, mapping[key])
         except InveditError as exc:
-            problems.append((shown_id(key) if not SAFE_ID.fullmatch(key) else key, f"entry {shown_id(key)}: {exc}"))
+            problems.append((key, f"entry {key}: {exc}"))
             continue
         if edit_types is None or item.edit_type in edit_types:
             items.append(item)
