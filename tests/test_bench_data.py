@@ -93,6 +93,8 @@ def test_entries_the_reference_would_misread_are_refused_per_entry(tmp_path):
         "000000000006": _entry(tmp_path, editing_type_id=9, mask=[0, 16]),  # a style edit: the whole image
     }
     text = json.dumps(entries)[:-1] + ', "000000000001": ' + json.dumps(_entry(tmp_path)) + "}"  # a duplicate id
+    twice = json.dumps(_entry(tmp_path))[:-1] + ', "image_path": "y.png"}'  # a field given twice
+    text = text[:-1] + ', "000000000007": ' + twice + "}"
     (tmp_path / "mapping_file.json").write_text(text)
     items, problems = read_benchmark(tmp_path)
     assert [i.id for i in items] == ["000000000006"] and items[0].edit_type == "9" and items[0].mask((4, 4)).all()
@@ -102,6 +104,7 @@ def test_entries_the_reference_would_misread_are_refused_per_entry(tmp_path):
     assert "runs past" in reasons["000000000003"]
     assert "editing_type_id '12' is not one of PIE-Bench's 0–9" in reasons["000000000004"]
     assert "editing_type_id True" in reasons["000000000005"]
+    assert "has field image_path more than once" in reasons["000000000007"]
 
 
 def test_real_pie_bench_quirks_are_read_as_meant(tmp_path):

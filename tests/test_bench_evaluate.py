@@ -264,6 +264,11 @@ def test_other_data_is_refused_and_rows_follow_what_they_were_computed_from(fini
     assert {(r["method"], r["id"]): r["psnr"] for r in read_csv(run_dir / "metrics.csv")} == right
     # Another DINO input mode is another key as well.
     assert evaluate_run(run_dir, metrics=["psnr"], models=offline, parity=True).evaluated == 10
+    # An earlier table that cannot be read is computed again, and said so.
+    (run_dir / "metrics.csv").write_text("\x00garbage\n")
+    said: list[str] = []
+    assert evaluate_run(run_dir, metrics=["psnr"], models=offline, say=said.append).evaluated == 10
+    assert said == ["note: cannot read the earlier metrics.csv (other columns); computing every row again"]
 
 
 @pytest.mark.parametrize("content, message", [

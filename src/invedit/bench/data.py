@@ -215,6 +215,9 @@ def _item(root: Path, key: str, entry: Any) -> BenchItem:
     """One checked entry (prompts are strings, the mask a flat list of non-negative integer pairs)."""
     if not isinstance(entry, dict):
         raise InveditError("is not a JSON object")
+    duplicated = sorted(getattr(entry, "duplicated", {}))
+    if duplicated:
+        raise InveditError(f"has field {duplicated[0]} more than once")
     missing = [f for f in REQUIRED if f not in entry]
     if missing:
         raise InveditError(f"lacks {', '.join(missing)}")

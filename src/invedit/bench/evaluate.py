@@ -249,9 +249,10 @@ def _read_rows(path: Path, say=print) -> dict[tuple[str, str], dict[str, str]]:
         return {}
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and not set(KEY_COLUMNS) <= set(rows[0]):
-            raise ValueError("other columns")
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        if reader.fieldnames and not {"method", "id"} <= set(reader.fieldnames):  # (older tables lack some key
+            raise ValueError("other columns")  # columns: their rows are simply computed again)
         return {(r["method"], r["id"]): r for r in rows}
     except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         say(f"note: cannot read the earlier {path.name} ({exc}); computing every row again")
