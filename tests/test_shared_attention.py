@@ -173,7 +173,7 @@ def test_on_a_unet_it_is_masactrl_without_the_mask(pipe, image):
 
 
 BAD_OPTIONS = [
-    ({"share": "q"}, r"^shared-attention share must be one of 'kv', 'v', got 'q'$"),
+    ({"share": "q"}, r"^shared-attention share must be one of 'auto', 'kv', 'v', got 'q'$"),
     ({"blocks": "single"}, r"^shared-attention blocks='single': sd3 models have no such blocks; use one of: joint, "
                            r"all$"),
     ({"start_layer": 0.6, "end_layer": 0.5}, r"^shared-attention start_layer 0.6 must be below end_layer 0.5$"),

@@ -15,7 +15,7 @@ copying the normalised, rotated keys. FLUX's single-stream blocks project [text 
 only the last ``n_image`` tokens are copied, ``n_image`` being read each call from the first double-stream block's
 ``to_k`` (image tokens only).
 
-Options (fractions, so one rule fits a tiny and a real model; None = the model's default below):
+Options (fractions, so one rule fits a tiny and a real model; "auto" / None = the model's default below):
 
 - ``share``: "kv" (keys and values) or "v" (values only);
 - ``blocks``: "single" (FLUX's single-stream blocks), "joint" (SD3's / FLUX's double-stream blocks) or "all"
@@ -73,8 +73,9 @@ class SharedAttention(AttentionEditor):
 
     name = "shared-attention"
     description = ("target image tokens attend over the source's keys/values in chosen layers and steps "
-                   "(RF-Solver-Edit / FireFlow / Stable Flow on SD3/FLUX, MasaCtrl without mask on a UNet)")
-    defaults: dict[str, Any] = {"share": None, "blocks": None, "start_layer": None, "end_layer": 1.0,
+                   "(RF-Solver-Edit / FireFlow / Stable Flow on SD3/FLUX, MasaCtrl without mask on a UNet); "
+                   "auto / null options take the model's defaults")
+    defaults: dict[str, Any] = {"share": "auto", "blocks": "auto", "start_layer": None, "end_layer": 1.0,
                                 "start_step": None, "end_step": None}
     schedule_kinds = ("ddim", "flow")
 
@@ -94,8 +95,10 @@ class SharedAttention(AttentionEditor):
             if opts[key] is not None:
                 opts[key] = check_number(key, opts[key], low, high, low_open=key in ("end_step", "end_layer"))
         for key, allowed in (("share", SHARES), ("blocks", BLOCKS)):
-            if opts[key] is not None and opts[key] not in allowed:
-                raise InveditError(f"shared-attention {key} must be one of {', '.join(map(repr, allowed))}, "
+            if opts[key] in (None, "auto"):
+                opts[key] = None
+            elif opts[key] not in allowed:
+                raise InveditError(f"shared-attention {key} must be one of {', '.join(map(repr, ('auto', *allowed)))}, "
                                    f"got {opts[key]!r}")
         return opts
 
