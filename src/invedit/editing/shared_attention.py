@@ -27,12 +27,16 @@ Options (fractions, so one rule fits a tiny and a real model; "auto" / None = th
 
 Defaults, by what the model has:
 
-- single-stream blocks (FLUX): values only, single-stream blocks from half their depth on, the first 12% of the
-  steps — RF-Solver-Edit injects V in single blocks 20–37 of 38 for 3 of 25 steps (``run_art_mari.sh``), FireFlow
-  for 1 of 8;
+- single-stream blocks (FLUX): values only, single-stream blocks from half their depth on (FLUX.1: 19–37 of 38),
+  the first 12% of the steps — RF-Solver-Edit injects V in single blocks 20–37 (``info['id'] > 19``) for 3 of 25
+  steps (``run_art_mari.sh``), FireFlow for 1 of 8 (the half-depth rule keeps a block on small models);
 - other flow transformers (SD3): the same rule over the joint blocks (no reference code edits SD3 this way);
 - a UNet: keys and values in self-attention from 10/16 of the depth on, from step 4/50 to the end — MasaCtrl's
   ``start_layer=10``, ``start_step=4``, without its mask (`invedit.editing.masactrl`).
+
+Unlike RF-Solver-Edit and FireFlow, which store V (text and image tokens) during the inversion and read it back
+while editing, the keys/values come from the source branch computed beside the target in the same batch (with
+Direct Inversion that branch is z* itself), and the target's text tokens stay its own.
 
 `rows_read` asks for the source rows of the target's CFG halves at injected steps only, so Direct Inversion (which
 otherwise skips the source rows) computes them while injecting and saves them afterwards. The source branch keeps
