@@ -8,6 +8,7 @@ import torch
 import invedit
 from invedit.backbones import backbone
 from invedit.editing.base import reference_editor_options
+from invedit.errors import InveditError
 from invedit.models import load, make_ddim_scheduler, native_resolution
 from invedit.testing import tiny_pipeline
 
@@ -91,3 +92,11 @@ def test_a_model_folder_can_recommend_editor_settings(tmp_path, image):
     (tmp_path / "invedit.json").write_text('{"editor_defaults": {"p2p": 3}}')
     with pytest.raises(invedit.InveditError, match=r"cannot read .*invedit\.json"):
         load(tmp_path, device="cpu")
+
+
+def test_offload_is_checked_before_the_model_loads():
+    """CPU offload needs a GPU to offload to; an unknown mode is refused; both before any weights are read."""
+    with pytest.raises(InveditError, match="offload must be 'model' or 'sequential', got 'disk'"):
+        load("/nonexistent/model", device="cpu", offload="disk")
+    with pytest.raises(InveditError, match="it needs a CUDA device, not cpu"):
+        load("/nonexistent/model", device="cpu", offload="model")

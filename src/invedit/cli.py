@@ -42,6 +42,8 @@ def edit_command(
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
     resolution: Annotated[int | None, typer.Option(
         help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
+    offload: Annotated[str | None, typer.Option(
+        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -56,7 +58,7 @@ def edit_command(
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
     from . import api
     from .images import load_image
-    from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
     from .prepare import check_prompts, check_settings
@@ -73,6 +75,7 @@ def edit_command(
                               parse_options(option, "--option"), blend)
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     resolve_dtype(dtype, resolve_device(device))
+    check_offload(offload, resolve_device(device))
     out = _output_path(out, image, inversion, editor)
     tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
     if tokenizer is not None:
@@ -81,7 +84,7 @@ def edit_command(
 
     try:
         setup_threads()
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
         started = time.perf_counter()
         result = api.edit(
             pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,

@@ -207,7 +207,8 @@ def load_tokenizer(model: str | os.PathLike | None):
 
 
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, steps_offset: int = 1, resolution: int | None = None):
+         dtype: str | torch.dtype | None = None, steps_offset: int = 1, resolution: int | None = None,
+         offload: str | None = None):
     """Load a Stable Diffusion pipeline ready for inversion and editing.
 
     Args:
@@ -218,8 +219,10 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
             Latents and the DDIM arithmetic always stay float32; the dtype applies to the networks.
         steps_offset: 1 gives the paper's timesteps (981 … 1 for 50 steps); 0 gives Plug-and-Play's reference
             timesteps (980 … 0).
-        resolution: image side in pixels (default: the model's native size, 512 for SD 1.x, 1024 for SDXL); a
-            multiple of the VAE factor × 8.
+        resolution: image side in pixels (default: the model's native size, 512 for SD 1.x, 1024 for SDXL, SD3
+            and FLUX); a multiple of the VAE factor × 8 (× 2 on SD3/FLUX).
+        offload: ``"model"`` or ``"sequential"``: keep the networks in CPU memory and move each (or each layer) to
+            the GPU while it runs (diffusers' CPU-offload hooks; for FLUX on a 24 GB or 16 GB GPU).
     Returns:
         A `diffusers.StableDiffusionPipeline` or `diffusers.StableDiffusionXLPipeline` (detected from the
         checkpoint) with the DDIM scheduler of the paper (reference-settings §1).
@@ -230,10 +233,32 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     make_ddim_scheduler({}, steps_offset)  # checks steps_offset before the load
+    check_offload(offload, dev)
     source, name = resolve_model_source(model)
     pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only), source, "model")
     defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
-    return prepare_pipeline(pipe, dev, steps_offset, resolution, name=name, editor_defaults=defaults)
+    pipe = prepare_pipeline(pipe, None if offload else dev, steps_offset, resolution, name=name,
+                            editor_defaults=defaults)
+    if offload == "model":  # each network moves to the GPU while it runs (text encoders, then the denoiser, VAE)
+        pipe.enable_model_cpu_offload(device=dev)
+    elif offload == "sequential":  # each layer moves to the GPU while it runs: least memory, slowest
+        pipe.enable_sequential_cpu_offload(device=dev)
+    return pipe
+
+
+#: What ``offload`` takes: diffusers' CPU-offload hooks (accelerate), whole networks or layer by layer.
+OFFLOAD_MODES = ("model", "sequential")
+
+
+def check_offload(offload: str | None, device: torch.device) -> None:
+    """Refuse an unknown offload mode, or offloading when there is no GPU to offload to."""
+    if offload is None:
+        return
+    if offload not in OFFLOAD_MODES:
+        raise InveditError(f"offload must be 'model' or 'sequential', got {offload!r}")
+    if device.type != "cuda":
+        raise InveditError(f"offload keeps the networks in CPU memory and moves each to the GPU while it runs; it "
+                           f"needs a CUDA device, not {device.type}")
 
 
 #: Optional file in a model folder: editor settings recommended for that model, e.g.

@@ -131,7 +131,9 @@ class Backbone(ABC):
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        """Where the networks run (the GPU they are moved to under CPU offload)."""
+        execution = getattr(self.pipe, "_execution_device", None)
+        return torch.device(execution) if execution is not None else self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:

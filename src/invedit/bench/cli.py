@@ -32,6 +32,8 @@ def bench_command(
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
     resolution: Annotated[int | None, typer.Option(
         help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
+    offload: Annotated[str | None, typer.Option(
+        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
     option: Annotated[list[str] | None, typer.Option(
@@ -51,7 +53,8 @@ def bench_command(
     specs = parse_methods(methods, option, inversion_option, parity)
     setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
-                        device=device, dtype=dtype, resolution=resolution, parity=parity, edit_types=_types(types),
+                        device=device, dtype=dtype, resolution=resolution, offload=offload, parity=parity,
+                        edit_types=_types(types),
                         limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,
                         say=lambda m: typer.echo(m, err=True))
