@@ -27,7 +27,7 @@ from ..errors import InveditError
 class EditRequest:
     """The page's inputs for one edit."""
 
-    image: Image.Image | None
+    image: Image.Image | str | Path | None  # a path is checked like the CLI's input (load_image)
     source_prompt: str
     target_prompt: str
     inversion: str = "direct"
@@ -38,6 +38,7 @@ class EditRequest:
     seed: int = 0
     editor_options: str = ""  # "KEY=VALUE" per line (or comma-separated), as `-o` on the command line
     inversion_options: str = ""
+    image_name: str | None = None  # how messages name an image given as a path (the upload's own file name)
 
 
 @dataclass
@@ -123,7 +124,12 @@ class EditSession:
         model_defaults = model_editor_defaults(self.pipe, request.editor)
         branch_prompt = editor_cls.source_branch_prompt(source, {**model_defaults, **editor_options})
         editor_cls.create(self.pipe, branch_prompt, target, request.steps, **{**model_defaults, **editor_options})
-        image = load_image(request.image, native_resolution(self.pipe))
+        try:
+            image = load_image(request.image, native_resolution(self.pipe))
+        except InveditError as exc:
+            if request.image_name and isinstance(request.image, (str, Path)):  # not the server's upload path
+                raise InveditError(str(exc).replace(str(request.image), request.image_name)) from None
+            raise
         return image, editor_options, inversion_options, branch_prompt
 
     def edit(self, request: EditRequest) -> EditOutcome:
