@@ -454,3 +454,16 @@ def test_ui_on_a_host_that_is_not_this_machine_is_one_line(monkeypatch, host, me
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
     assert err.strip().endswith("use 127.0.0.1 (this machine only) or 0.0.0.0 (every network this machine is on)")
+
+
+def test_a_too_long_prompt_is_one_line_without_a_transformers_warning(monkeypatch, capfd, image_path, tmp_path):
+    from invedit.cli import main
+
+    long_prompt = " ".join(["a red circle"] * 40)  # 120 tokens on the embedded model
+    monkeypatch.setattr(sys, "argv", ["invedit", "edit", str(image_path), "-s", long_prompt, "-t", "a blue circle",
+                                      "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capfd.readouterr()
+    assert info.value.code == 2 and out == ""
+    assert err.splitlines() == ["error: the source prompt is too long (120 tokens; the model reads at most 75)"]
