@@ -95,6 +95,7 @@ def serve(pipe, host: str, port: int, default_steps: int = 50, on_ready: Callabl
         on_ready: called once the server listens (the CLI prints the URL).
     """
     with temporary_folder() as root:
+        (root / "results").mkdir()
         app = build_app(EditSession(pipe, out_dir=root / "results"), default_steps, work_dir=root)
         try:
             app.launch(server_name=host, server_port=port, quiet=True, prevent_thread_lock=True)
