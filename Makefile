@@ -31,7 +31,7 @@ MIN_TESTS := tests/test_sampling.py tests/test_direct_inversion.py tests/test_in
 	tests/test_models.py tests/test_images.py tests/test_cli.py tests/test_cli_inversions.py \
 	tests/test_embedded_model.py tests/test_sdxl.py tests/test_parity.py tests/test_editors_parity.py
 MIN_SKIP := not (every_inversion_with_every_editor_from_the_cli and not direct and not ddim) \
-	and not bench_runs_on_sdxl and not options1 and not options2 and not null_text_edit_reproduces \
+	and not bench_runs_on_sdxl and not options0 and not options2 and not null_text_edit_reproduces \
 	and not (masactrl_reproduces_reference and ddim) and not pnp_with_ddim \
 	and not editing_half_reproduces and not keeps_the_background_better_than_ddim
 
