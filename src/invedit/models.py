@@ -119,7 +119,14 @@ def _check_folder(folder: Path) -> None:
     index = folder / "model_index.json"
     if not index.exists():
         raise InveditError(f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
-    _pipeline_family(json.loads(index.read_text()), str(folder))
+    try:
+        config = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8 text
+        raise InveditError(f"cannot load model folder {folder}: model_index.json is unreadable or not valid JSON "
+                           f"({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(config, dict):
+        raise InveditError(f"cannot load model folder {folder}: model_index.json does not hold a JSON object")
+    _pipeline_family(config, str(folder))
 
 
 def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None,
