@@ -100,6 +100,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
 
     index = DiffusionPipeline.load_config(source, local_files_only=local_only)
     family = _pipeline_family(index, source)
+    family.check_requirements()
     loader = getattr(family, "load_pipeline", None)
     if loader is not None:  # families that load their own pipeline class (SD3, FLUX)
         return loader(source, dtype, local_only)
@@ -165,6 +166,8 @@ def load_pretrained(loader: Callable[[str, bool], T], name: str, what: str) -> T
     if path.exists():
         try:
             return loader(str(path), True)
+        except InveditError:
+            raise
         except (OSError, ValueError) as exc:
             raise InveditError(f"cannot load {what} folder {name}: {str(exc).splitlines()[0][:200]}") from None
     if _looks_like_path(name):
