@@ -27,10 +27,12 @@ import torch
 from PIL import Image
 
 import invedit
+import invedit.backbones
 import invedit.sampling
 from invedit.api import decode_latents, encode_image
+from invedit.editing.base import reference_editor_options
 from invedit.images import psnr
-from invedit.models import prepare_pipeline, reference_editor_options
+from invedit.models import prepare_pipeline
 from invedit.versions import versions
 
 HERE = Path(__file__).parent
@@ -101,8 +103,7 @@ def sd14_shaped_pipeline(device: str, dtype: torch.dtype):
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(dtype=dtype)
-    pipe = prepare_pipeline(pipe, torch.device(device))
-    pipe._invedit_name = "sd14-shaped-random"
+    pipe = prepare_pipeline(pipe, torch.device(device), name="sd14-shaped-random")
     return pipe
 
 
@@ -134,8 +135,7 @@ def sdxl_shaped_pipeline(device: str, dtype: torch.dtype):
                                      tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True)
     pipe.to(dtype=dtype)
-    pipe = prepare_pipeline(pipe, torch.device(device))
-    pipe._invedit_name = "sdxl-shaped-random"
+    pipe = prepare_pipeline(pipe, torch.device(device), name="sdxl-shaped-random")
     return pipe
 
 
@@ -246,19 +246,19 @@ def unit_costs(pipe, repeats: int = 2) -> dict[str, float]:
         return min(times)
 
     tokens = 78 if invedit.models.model_kind(pipe) == "sdxl" else 77  # SDXL: + the pooled-embedding token
-    call = invedit.sampling.unet_output
+    call = invedit.backbones.backbone(pipe).denoise
     stats = invedit.sampling.RunStats()
     with torch.no_grad():
         for b in (1, 2, 3, 4):
             x, e = torch.randn(b, 4, h, w, dtype=dtype), torch.randn(b, tokens, dim, dtype=dtype)
-            out[f"unet_forward_batch{b}"] = timed(lambda x=x, e=e: call(unet, x, 500, e, stats))
+            out[f"unet_forward_batch{b}"] = timed(lambda x=x, e=e: call(x, 500, e, stats))
         image = Image.new("RGB", (invedit.models.native_resolution(pipe),) * 2, (120, 60, 30))
         out["vae_encode"] = timed(lambda: encode_image(pipe, image))
         z = torch.randn(2, 4, h, w)
         out["vae_decode_batch2"] = timed(lambda: decode_latents(pipe, z))
     e = torch.randn(1, tokens, dim, dtype=dtype, requires_grad=True)
     x = torch.randn(1, 4, h, w, dtype=dtype)
-    out["unet_forward_backward_batch1"] = timed(lambda: call(unet, x, 500, e, stats).sum().backward())
+    out["unet_forward_backward_batch1"] = timed(lambda: call(x, 500, e, stats).sum().backward())
     return out
 
 

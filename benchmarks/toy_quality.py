@@ -32,11 +32,13 @@ from PIL import Image
 
 import invedit
 from invedit.api import decode_latents, encode_image
+from invedit.backbones import backbone
 from invedit.bench.data import load_benchmark
+from invedit.editing.base import reference_editor_options
 from invedit.images import psnr
-from invedit.models import model_editor_defaults, reference_editor_options
+from invedit.models import model_editor_defaults
 from invedit.prompts import encode_prompts
-from invedit.sampling import DDIMSchedule, RunStats, ddim_step, guided, unet_output
+from invedit.sampling import DDIMSchedule, RunStats, ddim_step, guided
 from invedit.toy.bench import write_toy_bench
 from invedit.toy.metrics import (
     background_psnr,
@@ -91,7 +93,7 @@ def generate(pipe, prompts: list[str], seed: int, steps: int = 50, guidance: flo
         null = encode_prompts(pipe, [""]).expand(len(chunk), -1, -1)
         z = torch.randn(len(chunk), 4, h, w, generator=gen).to(unet.device)
         for i, t in enumerate(schedule.timesteps):
-            u, c = unet_output(unet, torch.cat([z, z]), t, torch.cat([null, cond]), RunStats()).chunk(2)
+            u, c = backbone(pipe).denoise(torch.cat([z, z]), t, torch.cat([null, cond]), RunStats()).chunk(2)
             z = ddim_step(schedule, guided({"uncond": u, "cond": c}, guidance), i, z)
         out += [np.asarray(im) for im in decode_latents(pipe, z)]
     return out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from invedit.testing import tiny_pipeline
@@ -43,3 +44,8 @@ def noise_image() -> Image.Image:
 
 SOURCE = "a red square on a striped background"
 TARGET = "a blue square on a striped background"
+
+
+def qkv(rows: int = 4, tokens: int = 16):
+    """Seeded query, key and value tensors (rows, 2 heads, tokens, 8) for an editor's ``attend``."""
+    return (torch.randn(rows, 2, tokens, 8, generator=torch.Generator().manual_seed(n)) for n in range(3))

@@ -90,7 +90,7 @@ def test_direct_inversion_keeps_the_background_better_than_ddim(embedded):
 
 
 def test_the_shipped_model_recommends_its_p2p_settings_and_edits_use_them(embedded):
-    from invedit.toy.train import EDITOR_DEFAULTS
+    from training.shapes_unet.train import EDITOR_DEFAULTS
 
     edit = make_edit_example(0, "color")
     result = invedit.edit(embedded, Image.fromarray(edit.source_image), edit.source_prompt, edit.target_prompt,
@@ -112,7 +112,7 @@ def test_colour_and_shape_words_attend_to_their_object(embedded):
     from invedit.api import encode_image
     from invedit.prompts import encode_prompts
     from invedit.toy.scenes import make_scene
-    from invedit.toy.train import record_cross_attention
+    from training.shapes_unet.train import record_cross_attention
 
     scenes = [make_scene(7_100_000 + k, size=64, n_objects=1) for k in range(16)]
     unet = embedded.unet

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import invedit
 import invedit.inversion.null_text as null_text_module
 from invedit.api import encode_image
+from invedit.backbones import backbone
 from invedit.inversion.proximal import proximal_direction
 from invedit.prompts import encode_prompts
 
@@ -172,6 +173,6 @@ def test_null_text_learning_rate_schedule_holds_past_the_reference_length(pipe):
 
     cond, null = encode_prompts(pipe, [SOURCE, ""]).split(1)
     z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    uncond, done = optimise_null_step(pipe.unet, DDIMSchedule.from_pipe(pipe, 120), 119, z, z, cond, null, 7.5, 1,
+    uncond, done = optimise_null_step(backbone(pipe), DDIMSchedule.from_pipe(pipe, 120), 119, z, z, cond, null, 7.5, 1,
                                       0.0, 1e-2, RunStats())  # step 119 of 120: Adam refused lr < 0 here before
     assert done == 1 and not torch.equal(uncond, null)

@@ -16,6 +16,7 @@ from PIL import Image
 
 import invedit
 from invedit.api import decode_latents, encode_image, loop_context
+from invedit.backbones import backbone
 from invedit.editing.p2p import PromptToPrompt
 from invedit.images import psnr
 
@@ -153,7 +154,7 @@ def test_null_text_optimisation_step_matches_reference(parity_pipe):
     cond, null = encode_prompts(parity_pipe, [SOURCE, ""]).split(1)
     stats = RunStats()
     uncond, iterations = optimise_null_step(
-        parity_pipe.unet, DDIMSchedule.from_pipe(parity_pipe, 50), 0, ref["xT_latent"],
+        backbone(parity_pipe), DDIMSchedule.from_pipe(parity_pipe, 50), 0, ref["xT_latent"],
         ddim_ref["ddim_inversion_latents_subset"][index], cond, null, 7.5, 10, 1e-5, 1e-2, stats)
     moved = (ref["uncond_embeddings"][0] - null).abs().max().item()
     error = (uncond - ref["uncond_embeddings"][0]).abs().max().item()

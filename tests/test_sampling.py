@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from invedit.backbones import backbone
 from invedit.models import make_ddim_scheduler
 from invedit.sampling import (
     DDIMSchedule,
@@ -97,7 +98,7 @@ def test_ddim_invert_counts_nfe_and_follows_the_reference_recipe(pipe):
     z0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     emb = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(4))
     stats = RunStats()
-    traj = ddim_invert(pipe.unet, schedule, z0, emb[:1], emb[1:], 1.0, stats)
+    traj = ddim_invert(backbone(pipe).denoise, schedule, z0, emb[:1], emb[1:], 1.0, stats)
     assert traj.shape == (11, 4, 16, 16) and stats.nfe == 10 and stats.unet_calls == 10
     # Reference recipe, step by step: UNet at t_next on the current sample, alphas of (t - 20) and t.
     z = z0.clone()
@@ -110,5 +111,5 @@ def test_ddim_invert_counts_nfe_and_follows_the_reference_recipe(pipe):
         # worst 1.3e-06 over CPU kernels and thread counts (docs/test-bounds.md)
         assert measured("ddim_invert vs reference recipe, max", max_abs(traj[k + 1], z[0])) <= 1e-5
     stats2 = RunStats()
-    ddim_invert(pipe.unet, schedule, z0, emb[:1], emb[1:], 2.5, stats2)
+    ddim_invert(backbone(pipe).denoise, schedule, z0, emb[:1], emb[1:], 2.5, stats2)
     assert stats2.nfe == 20  # inversion guidance ≠ 1 needs both halves

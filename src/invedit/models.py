@@ -1,8 +1,10 @@
-"""Load any diffusers Stable Diffusion 1.x/2.x or SDXL (base) checkpoint (hub id or folder), or the embedded model."""
+"""Load any diffusers checkpoint of a family invedit runs (hub id or folder), or the embedded model.
+
+What invedit knows about a loaded pipeline, and does with it, is its `invedit.backbones.Backbone`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -12,6 +14,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .backbones import Backbone, attach, backbone, family_of_class
+from .backbones.unet import make_ddim_scheduler
 from .errors import InveditError, ModelNotFoundError
 
 EMBEDDED_MODEL_NAME = "shapes-64"
@@ -76,19 +80,14 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith("/") or "\\" in model
 
 
-#: The pipelines invedit runs, by the ``_class_name`` of a checkpoint's model_index.json.
-PIPELINE_KINDS = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
-
-
-def _pipeline_kind(index: dict[str, Any], where: str) -> str:
+def _pipeline_family(index: dict[str, Any], where: str) -> type[Backbone]:
     name = index.get("_class_name", "StableDiffusionPipeline")
-    if name in PIPELINE_KINDS:
-        return PIPELINE_KINDS[name]
-    if "transformer" in index:
-        raise InveditError(f"{where}: {name} is a transformer model; invedit runs Stable Diffusion 1.x/2.x and SDXL "
-                           "(UNet) checkpoints")
-    raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x) and "
-                       "StableDiffusionXLPipeline (SDXL base; the refiner is not used) checkpoints")
+    family = family_of_class(name)
+    if family is not None:
+        return family
+    raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x), "
+                       "StableDiffusionXLPipeline (SDXL base; the refiner is not used), StableDiffusion3Pipeline "
+                       "(SD3/3.5) and FluxPipeline (FLUX.1) checkpoints")
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
@@ -100,10 +99,14 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
     transformers_logging.disable_progress_bar()
 
     index = DiffusionPipeline.load_config(source, local_files_only=local_only)
-    kind = _pipeline_kind(index, source)
+    family = _pipeline_family(index, source)
+    family.check_requirements()
+    loader = getattr(family, "load_pipeline", None)
+    if loader is not None:  # families that load their own pipeline class (SD3, FLUX)
+        return loader(source, dtype, local_only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the steps_offset deprecation; we set it ourselves
-        if kind == "sdxl":
+        if family.family == "sdxl":
             return StableDiffusionXLPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only)
         return StableDiffusionPipeline.from_pretrained(
             source, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
@@ -117,68 +120,33 @@ def _check_folder(folder: Path) -> None:
     index = folder / "model_index.json"
     if not index.exists():
         raise InveditError(f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
-    _pipeline_kind(json.loads(index.read_text()), str(folder))
+    try:
+        config = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8 text
+        raise InveditError(f"cannot load model folder {folder}: model_index.json is unreadable or not valid JSON "
+                           f"({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(config, dict):
+        raise InveditError(f"cannot load model folder {folder}: model_index.json does not hold a JSON object")
+    _pipeline_family(config, str(folder))
 
 
-def model_kind(pipe) -> str:
-    """``"sdxl"`` for an SDXL pipeline (two text encoders, pooled embedding and size conditioning), else ``"sd"``."""
-    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
-
-
-def text_encoders(pipe) -> list:
-    return [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
-
-
-def make_ddim_scheduler(config: dict, steps_offset: int = 1):
-    """The DDIM scheduler of reference-settings §1 on the checkpoint's betas and prediction type.
-
-    clip_sample off, final alpha = ᾱ[0] (set_alpha_to_one False), "leading" spacing with steps_offset 1, so
-    50 steps give t = 981, 961, …, 1 — what every reference run actually used, except Plug-and-Play's, which
-    builds its scheduler without the pipeline and so runs 980, 960, …, 0 (``steps_offset=0``).
-    """
-    if steps_offset not in (0, 1):
-        raise InveditError(f"steps_offset must be 0 or 1, got {steps_offset!r}")
-    from diffusers import DDIMScheduler
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return DDIMScheduler.from_config(
-            dict(config), clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset,
-            timestep_spacing="leading", thresholding=False, rescale_betas_zero_snr=False,
-        )
-
-
-def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None):
-    """Put a loaded pipeline into invedit's state: the DDIM scheduler (reference-settings §1), eval mode, quiet,
-    the image size it works at (``resolution``, default the model's native one) and, on SDXL, the size
-    conditioning that goes with it."""
-    pipe.scheduler = make_ddim_scheduler(pipe.scheduler.config, steps_offset)
-    if pipe.scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-        raise InveditError(f"unsupported prediction type {pipe.scheduler.config.prediction_type!r}")
-    if device is not None:
-        pipe.to(device)
-    for module in (pipe.unet, pipe.vae, *text_encoders(pipe)):
-        module.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    set_resolution(pipe, resolution)
+def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None,
+                     name: str | None = None, editor_defaults: dict[str, dict[str, Any]] | None = None):
+    """Put a loaded pipeline into invedit's state (its family's scheduler, eval mode, quiet) and record what invedit
+    knows about it (`invedit.backbones.backbone(pipe)`: ``name``, the ``resolution`` it works at, default the
+    model's native one, and the ``editor_defaults`` its folder recommends)."""
+    family = backbone_class(pipe)
+    family.prepare(pipe, device, steps_offset=steps_offset)
+    attach(pipe, family(pipe, name=name, resolution=resolution, editor_defaults=editor_defaults))
     return pipe
 
 
-def set_resolution(pipe, resolution: int | None) -> None:
-    """Make the pipeline work at ``resolution``² pixels (``None``: the UNet's native size).
-
-    Raises:
-        InveditError: a size that is not a positive multiple of the VAE factor × 8 (what the UNet's down path needs).
-    """
-    step = vae_scale_factor(pipe) * 8
-    if resolution is None:
-        resolution = int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
-    elif isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
-        raise InveditError(f"resolution must be a multiple of {step} pixels (the VAE factor × 8), got {resolution!r}")
-    pipe._invedit_resolution = resolution
-    # SDXL's micro-conditioning: original size, crop top-left, target size (no crop, the size we work at).
-    pipe.unet._invedit_time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]],
-                                               dtype=torch.float32)
+def backbone_class(pipe) -> type[Backbone]:
+    """The family that runs ``pipe``."""
+    family = family_of_class(type(pipe).__name__)
+    if family is None:
+        raise InveditError(f"{type(pipe).__name__} is not a pipeline invedit runs")
+    return family
 
 
 def _hub_offline() -> bool:
@@ -198,6 +166,8 @@ def load_pretrained(loader: Callable[[str, bool], T], name: str, what: str) -> T
     if path.exists():
         try:
             return loader(str(path), True)
+        except InveditError:
+            raise
         except (OSError, ValueError) as exc:
             raise InveditError(f"cannot load {what} folder {name}: {str(exc).splitlines()[0][:200]}") from None
     if _looks_like_path(name):
@@ -247,7 +217,8 @@ def load_tokenizer(model: str | os.PathLike | None):
 
 
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, steps_offset: int = 1, resolution: int | None = None):
+         dtype: str | torch.dtype | None = None, steps_offset: int = 1, resolution: int | None = None,
+         offload: str | None = None):
     """Load a Stable Diffusion pipeline ready for inversion and editing.
 
     Args:
@@ -258,8 +229,10 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
             Latents and the DDIM arithmetic always stay float32; the dtype applies to the networks.
         steps_offset: 1 gives the paper's timesteps (981 … 1 for 50 steps); 0 gives Plug-and-Play's reference
             timesteps (980 … 0).
-        resolution: image side in pixels (default: the model's native size, 512 for SD 1.x, 1024 for SDXL); a
-            multiple of the VAE factor × 8.
+        resolution: image side in pixels (default: the model's native size, 512 for SD 1.x, 1024 for SDXL, SD3
+            and FLUX); a multiple of the VAE factor × 8 (× 2 on SD3/FLUX).
+        offload: ``"model"`` or ``"sequential"``: keep the networks in CPU memory and move each (or each layer) to
+            the GPU while it runs (diffusers' CPU-offload hooks; for FLUX on a 24 GB or 16 GB GPU).
     Returns:
         A `diffusers.StableDiffusionPipeline` or `diffusers.StableDiffusionXLPipeline` (detected from the
         checkpoint) with the DDIM scheduler of the paper (reference-settings §1).
@@ -270,12 +243,32 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     make_ddim_scheduler({}, steps_offset)  # checks steps_offset before the load
+    check_offload(offload, dev)
     source, name = resolve_model_source(model)
     pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only), source, "model")
-    pipe = prepare_pipeline(pipe, dev, steps_offset, resolution)
-    pipe._invedit_name = name
-    pipe._invedit_editor_defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
+    defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
+    pipe = prepare_pipeline(pipe, None if offload else dev, steps_offset, resolution, name=name,
+                            editor_defaults=defaults)
+    if offload == "model":  # each network moves to the GPU while it runs (text encoders, then the denoiser, VAE)
+        pipe.enable_model_cpu_offload(device=dev)
+    elif offload == "sequential":  # each layer moves to the GPU while it runs: least memory, slowest
+        pipe.enable_sequential_cpu_offload(device=dev)
     return pipe
+
+
+#: What ``offload`` takes: diffusers' CPU-offload hooks (accelerate), whole networks or layer by layer.
+OFFLOAD_MODES = ("model", "sequential")
+
+
+def check_offload(offload: str | None, device: torch.device) -> None:
+    """Refuse an unknown offload mode, or offloading when there is no GPU to offload to."""
+    if offload is None:
+        return
+    if offload not in OFFLOAD_MODES:
+        raise InveditError(f"offload must be 'model' or 'sequential', got {offload!r}")
+    if device.type != "cuda":
+        raise InveditError(f"offload keeps the networks in CPU memory and moves each to the GPU while it runs; it "
+                           f"needs a CUDA device, not {device.type}")
 
 
 #: Optional file in a model folder: editor settings recommended for that model, e.g.
@@ -298,52 +291,27 @@ def read_editor_defaults(folder: Path) -> dict[str, dict[str, Any]]:
     return defaults
 
 
+# Read-outs of a pipeline's record (`invedit.backbones.backbone(pipe)`), for callers that hold only the pipeline.
 def model_editor_defaults(pipe, editor: str) -> dict[str, Any]:
     """Options the model recommends for ``editor`` (explicit options and an inversion's pairing win)."""
-    return dict(getattr(pipe, "_invedit_editor_defaults", {}).get(editor, {}))
-
-
-def reference_editor_options(pipe, editor: str) -> dict[str, Any]:
-    """The editor's own defaults for every option the model recommends otherwise: pass them to `edit` to run
-    the reference settings on a model that ships its own (benchmarks compare models this way)."""
-    from .editing import get_editor
-
-    defaults = get_editor(editor).defaults
-    return {k: defaults[k] for k in model_editor_defaults(pipe, editor) if k in defaults}
+    return backbone(pipe).model_editor_defaults(editor)
 
 
 def model_name(pipe) -> str:
     """A readable name of the pipeline's model (hub id, folder or the embedded model's name)."""
-    return getattr(pipe, "_invedit_name", None) or str(pipe.config.get("_name_or_path", "unknown"))
+    return backbone(pipe).name
 
 
-# Keys that name where or with which library version a model was saved, not what it computes.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "dtype",
-                         "torch_dtype", "_use_default_values"}
+def model_kind(pipe) -> str:
+    """The model family: ``"sd"`` (1.x/2.x) or ``"sdxl"``."""
+    return backbone(pipe).family
 
 
 def model_fingerprint(pipe) -> str:
-    """Short hash of the model's identity (configs and a sample of UNet weights), recorded with every result."""
-    cached = getattr(pipe, "_invedit_fingerprint", None)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256()
-    for module in (pipe.unet, pipe.vae, *text_encoders(pipe)):
-        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
-        stable = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
-        h.update(json.dumps(stable, sort_keys=True, default=str).encode())
-        params = list(module.parameters())
-        for p in params[:: max(1, len(params) // 16)]:
-            h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
-    pipe._invedit_fingerprint = h.hexdigest()[:16]
-    return pipe._invedit_fingerprint
+    """Short hash of the model's identity (configs and a sample of weights), recorded with every result."""
+    return backbone(pipe).fingerprint()
 
 
 def native_resolution(pipe) -> int:
-    """Image side the pipeline works at: what `load` was given, else UNet sample size × the VAE's factor."""
-    return getattr(pipe, "_invedit_resolution", None) or int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
-
-
-def vae_scale_factor(pipe) -> int:
-    """Pixels per latent cell (8 for Stable Diffusion)."""
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    """Image side the pipeline works at: what `load` was given, else the model's native size."""
+    return backbone(pipe).resolution

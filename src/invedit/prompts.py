@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 import torch
 
+from .backbones import backbone
 from .errors import InveditError
 
 
@@ -17,7 +19,7 @@ def check_prompt(prompt: str, tokenizer, what: str = "prompt", allow_empty: bool
     if not isinstance(prompt, str) or not prompt.strip():
         raise InveditError(f"the {what} is empty")
     prompt = " ".join(prompt.split())
-    n = len(tokenizer.tokenize(prompt)) + 2  # BOS/EOS; tokenize() does not warn about the length as __call__ does
+    n = len(tokenizer(prompt, verbose=False).input_ids)  # with BOS/EOS; verbose=False: no transformers length warning
     if n > tokenizer.model_max_length:
         raise InveditError(f"the {what} is too long ({n - 2} tokens; the model reads at most "
                            f"{tokenizer.model_max_length - 2})")
@@ -34,6 +36,8 @@ def check_prompt(prompt: str, tokenizer, what: str = "prompt", allow_empty: bool
     return prompt
 
 
+#: Whole-word vocabularies already read, by tokenizer.
+_WORD_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: A tokenizer with fewer tokens than this is a word-level vocabulary (real CLIP BPE has 49 408).
 WORD_LEVEL_MAX_TOKENS = 5000
 
@@ -46,47 +50,19 @@ def word_vocabulary(tokenizer) -> frozenset[str] | None:
     """
     if len(tokenizer) >= WORD_LEVEL_MAX_TOKENS:
         return None
-    cached = getattr(tokenizer, "_invedit_word_vocabulary", None)
+    cached = _WORD_VOCABULARIES.get(tokenizer)
     if cached is None:
         words = {t[: -len("</w>")] for t in tokenizer.get_vocab() if t.endswith("</w>")}
         cached = frozenset(w for w in words if len(w) > 1 and w.isascii() and w.isalpha())
-        tokenizer._invedit_word_vocabulary = cached
+        _WORD_VOCABULARIES[tokenizer] = cached
     return cached or None  # no whole words at all: not a word-level vocabulary (or an empty tokenizer)
 
 
-@torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """The UNet conditioning of each prompt as one tensor per prompt, padded to the max length (reference-settings §1).
-
-    Stable Diffusion 1.x/2.x: the text encoder's hidden states, (len(prompts), 77, D). SDXL: both encoders'
-    penultimate hidden states side by side (77, 768 + 1280) plus one more token holding the pooled embedding of
-    the second encoder (zero-padded), (len(prompts), 78, 2048); the empty prompt is all zeros when the checkpoint
-    says so (``force_zeros_for_empty_prompt``), as diffusers' SDXL pipeline makes it. Every method and editor
-    handles this tensor as one embedding; the UNet call (`invedit.sampling.unet_output`) splits it again.
-    """
-    if getattr(pipe, "text_encoder_2", None) is None:
-        return _hidden_states(pipe.tokenizer, pipe.text_encoder, prompts, penultimate=False)
-    hidden = torch.cat([_hidden_states(pipe.tokenizer, pipe.text_encoder, prompts, penultimate=True),
-                        _hidden_states(pipe.tokenizer_2, pipe.text_encoder_2, prompts, penultimate=True)], dim=-1)
-    tok = pipe.tokenizer_2(prompts, padding="max_length", max_length=pipe.tokenizer_2.model_max_length,
-                           truncation=True, return_tensors="pt")
-    pooled = pipe.text_encoder_2(tok.input_ids.to(pipe.text_encoder_2.device)).text_embeds.to(hidden.dtype)
-    if pooled.shape[-1] > hidden.shape[-1]:
-        raise InveditError(f"pooled embedding ({pooled.shape[-1]}) wider than the token embeddings "
-                           f"({hidden.shape[-1]}); this SDXL variant is not supported")
-    packed = torch.cat([hidden, torch.nn.functional.pad(pooled, (0, hidden.shape[-1] - pooled.shape[-1]))[:, None]],
-                       dim=1)
-    if pipe.config.get("force_zeros_for_empty_prompt", False):
-        empty = torch.tensor([not p.strip() for p in prompts], device=packed.device)
-        packed = torch.where(empty[:, None, None], torch.zeros_like(packed), packed)
-    return packed
-
-
-def _hidden_states(tokenizer, text_encoder, prompts: list[str], penultimate: bool) -> torch.Tensor:
-    tok = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt")
-    out = text_encoder(tok.input_ids.to(text_encoder.device), output_hidden_states=penultimate)
-    return out.hidden_states[-2] if penultimate else out[0]
+    """The conditioning of each prompt as one tensor per prompt (the model family's
+    `invedit.backbones.Backbone.encode_prompts`): SD 1.x/2.x (N, 77, D); SDXL (N, 78, 2048) with the pooled
+    embedding as the last token."""
+    return backbone(pipe).encode_prompts(prompts)
 
 
 def _normalise(word: str) -> str:

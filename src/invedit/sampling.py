@@ -1,4 +1,4 @@
-"""DDIM arithmetic, the UNet call that counts NFE, DDIM inversion and the one two-branch denoising loop.
+"""DDIM arithmetic, DDIM inversion and the one two-branch denoising loop over a model's `denoise` call.
 
 Notation: ᾱ_t = ``alphas_cumprod[t]``; a sample at noise level t is z_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (DDIM, Song et
 al. 2021, eq. 12). A forward step maps level ``t_cur`` to the next lower level ``t_next``; an inversion step runs
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,6 +55,18 @@ class DDIMSchedule:
         """Level reached by forward step ``i`` (−1 after the last step: the final ᾱ)."""
         return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
 
+    def step(self, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """Forward step ``i`` (`ddim_step`)."""
+        return ddim_step(self, model_output, i, sample)
+
+    def inverse_step(self, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
+        """The inverse of forward step ``i`` (`ddim_inverse_step`)."""
+        return ddim_inverse_step(self, model_output, i, sample)
+
+    def inversion_timestep(self, i: int) -> int:
+        """Where the model is evaluated for `inverse_step` ``i``: the upper level t_i, as in the reference."""
+        return self.timesteps[i]
+
 
 def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor,
                prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,41 +108,32 @@ def ddim_inverse_step(schedule: DDIMSchedule, model_output: torch.Tensor, i: int
 
 @dataclass
 class RunStats:
-    """Work counters of a run: NFE = UNet sample evaluations (batch rows), calls, backward passes."""
+    """Work counters of a run: NFE = network sample evaluations (batch rows), calls, backward passes."""
 
     nfe: int = 0
     unet_calls: int = 0
     nfe_backward: int = 0
 
 
-def unet_conditioning(unet, embeddings: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """``(encoder_hidden_states, extra UNet kwargs)`` from a conditioning tensor of `invedit.prompts.encode_prompts`.
+#: A model's one network call (a backbone's ``denoise``): (latents, timestep, embeddings, stats) -> output.
+Denoise = Callable[[torch.Tensor, Any, torch.Tensor, RunStats], torch.Tensor]
 
-    On SDXL (``addition_embed_type == "text_time"``) the last token is the pooled embedding and the size
-    conditioning (``time_ids``) is the pipeline's (set by `invedit.models.set_resolution`); on SD 1.x/2.x the
-    tensor is the hidden states as they are.
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the loop is: what every sampler hook gets instead of re-deriving indices.
+
+    ``index``: forward step of the schedule (0 = the noisiest); ``edit_index``: steps since the edit's first
+    step (what editors count); ``t``: the timestep the model is evaluated at.
     """
-    if getattr(unet.config, "addition_embed_type", None) != "text_time":
-        return embeddings, {}
-    pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-    time_ids = getattr(unet, "_invedit_time_ids", None)
-    if time_ids is None:
-        size = float(unet.config.sample_size * 8)
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]])
-    n = embeddings.shape[0]
-    return embeddings[:, :-1], {"added_cond_kwargs": {
-        "text_embeds": embeddings[:, -1, :pooled_dim],
-        "time_ids": time_ids.to(embeddings.device, embeddings.dtype).expand(n, -1)}}
 
+    index: int
+    edit_index: int
+    t: Any
 
-def unet_output(unet, latents: torch.Tensor, t: int, embeddings: torch.Tensor, stats: RunStats) -> torch.Tensor:
-    """One UNet call; runs in the UNet's dtype, returns float32 (float64 for float64 latents) and counts NFE."""
-    dtype = unet.dtype
-    hidden, extra = unet_conditioning(unet, embeddings.to(dtype))
-    out = unet(latents.to(dtype), t, encoder_hidden_states=hidden, **extra).sample
-    stats.nfe += latents.shape[0]
-    stats.unet_calls += 1
-    return out.to(torch.float64 if latents.dtype == torch.float64 else torch.float32)
+    @classmethod
+    def at(cls, schedule, i: int, first_step: int = 0) -> StepInfo:
+        return cls(i, i - first_step, schedule.timesteps[i])
 
 
 def guided(outputs: dict[str, torch.Tensor], scale: float | torch.Tensor) -> torch.Tensor:
@@ -157,22 +161,28 @@ def halves_needed(scale: float) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def ddim_invert(unet, schedule: DDIMSchedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+def ddim_invert(model: Denoise, schedule, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                 guidance_scale: float, stats: RunStats,
-                callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """DDIM inversion (reference-settings §2): the trajectory z*_0 … z*_T, (T+1, C, h, w), index = steps taken.
+                callback: Callable[[int], None] | None = None, embedded: bool = False) -> torch.Tensor:
+    """Deterministic inversion (reference-settings §2): the trajectory z*_0 … z*_T, (T+1, C, h, w), index = steps
+    taken, by the schedule's `inverse_step` (DDIM; an Euler step on a flow schedule).
 
     ``guidance_scale`` 1 is the paper's conditional-only inversion; other values are the inversion-guidance
-    ablation. The UNet is evaluated at the upper timestep of each interval, as in the reference code.
+    ablation. The model is evaluated where the schedule says (`inversion_timestep`: DDIM's upper timestep of each
+    interval, as in the reference code). ``model``: a backbone's ``denoise``. ``embedded``: the model takes the
+    guidance scale as an input (FLUX.1-dev): one conditional row per step, called with ``guidance=guidance_scale``.
     """
     trajectory = [z0[0].float()]
     z = z0.float()
-    halves = halves_needed(guidance_scale)
+    halves = ("cond",) if embedded else halves_needed(guidance_scale)
     emb = torch.cat([null if h == "uncond" else cond for h in halves])
+    extra = {"guidance": guidance_scale} if embedded else {}
     for k in range(schedule.steps):
         i = schedule.steps - 1 - k  # forward step index this inversion step undoes
-        out = unet_output(unet, z.expand(len(halves), -1, -1, -1), schedule.timesteps[i], emb, stats)
-        z = ddim_inverse_step(schedule, guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale), i, z)
+        out = model(z.expand(len(halves), -1, -1, -1), schedule.inversion_timestep(i), emb, stats, **extra)
+        if not embedded:
+            out = guided(dict(zip(halves, out.chunk(len(halves)))), guidance_scale)
+        z = schedule.inverse_step(out, i, z)
         trajectory.append(z[0])
         if callback is not None:
             callback(k)
@@ -210,7 +220,7 @@ class GuidedDenoiser:
     reads are skipped, which is where Direct Inversion saves UNet work.
     """
 
-    unet: torch.nn.Module
+    model: Any  # invedit.backbones.Backbone: its ``denoise`` is the network call
     cond: dict[str, torch.Tensor]  # branch -> (1, 77, D)
     null: dict[str, torch.Tensor]  # branch -> (1, 77, D), the default unconditional embedding
     guidance: dict[str, float]  # branch -> CFG scale
@@ -220,9 +230,16 @@ class GuidedDenoiser:
     values: object | None = None  # invedit.editing.attention.ValueTransforms
 
     first_step: int = 0  # loop step the edit starts at (editors count their steps from here)
+    #: The model takes the guidance scale as an input (FLUX.1-dev, `Backbone.guidance_mode` "embedded"): one
+    #: conditional row per branch, each called with its branch's scale, and no CFG combination.
+    embedded: bool = False
+
+    def halves(self, branch: str) -> tuple[str, ...]:
+        """The rows (CFG halves) a branch's update reads."""
+        return ("cond",) if self.embedded else halves_needed(self.guidance[branch])
 
     def rows_for(self, step: int, branches: set[str]) -> list[Row]:
-        wanted = {(b, h) for b in branches for h in halves_needed(self.guidance[b])}
+        wanted = {(b, h) for b in branches for h in self.halves(b)}
         wanted |= set(self.editor.rows_read(step - self.first_step))
         return [row for row in ROW_ORDER if row in wanted]
 
@@ -243,7 +260,10 @@ class GuidedDenoiser:
         self.editor.begin_step(step - self.first_step, rows)
         if self.values is not None:
             self.values.set(rows, values or {})
-        out = unet_output(self.unet, x, t, emb, self.stats)
+        extra = {}
+        if self.embedded:
+            extra["guidance"] = torch.tensor([float(self.guidance[b]) for b, _ in rows])
+        out = self.model.denoise(x, t, emb, self.stats, **extra)
         if values and (self.values is None or self.values.calls == 0):
             raise InveditError("value transforms were set but no attention layer applied them (no value hooks)")
         return dict(zip(rows, out.split(1)))
@@ -253,15 +273,18 @@ class GuidedDenoiser:
                  values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """CFG-combined model outputs for ``branches`` at step ``step`` (timestep ``t``)."""
         by_row = self.raw(step, t, latents, branches, null, values)
+        if self.embedded:
+            return {b: by_row[(b, "cond")] for b in branches}
         return {b: guided({h: by_row[(b, h)] for h in halves_needed(self.guidance[b])}, self.guidance[b])
                 for b in branches}
 
-    def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE."""
+    def plain(self, t: int, latents: torch.Tensor, embeddings: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """A UNet call outside the edit (editor inactive), e.g. for precomputed offsets; counted in NFE. ``extra``:
+        more arguments of the model's ``denoise`` (an embedded-guidance model's per-row ``guidance``)."""
         if self.values is not None:
             self.values.set([], {})
         with self.editor.paused():
-            return unet_output(self.unet, latents, t, embeddings, self.stats)
+            return self.model.denoise(latents, t, embeddings, self.stats, **extra)
 
 
 @dataclass
@@ -310,8 +333,6 @@ def denoise_two_branches(sampler, ctx: LoopContext, editor,
     autograd. Editors count steps from the sampler's ``first_step``. The sampler's ``running`` context is held
     around it all (EDICT: the UNet in float64).
     """
-    from .inversion.base import StepInfo
-
     with sampler.running():
         with torch.no_grad():
             sampler.prepare()

@@ -41,14 +41,19 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
         cross_attention_dim: text embedding width (per text encoder).
         kind: ``"sd"``, or ``"sdxl"`` for an SDXL-shaped `StableDiffusionXLPipeline`: two text encoders (the
             second with a projection: the pooled embedding), size conditioning, no attention in the first
-            block, two transformer layers in the last.
+            block, two transformer layers in the last; ``"sd3"`` for a `StableDiffusion3Pipeline` and ``"flux"``
+            (guidance embedded, like FLUX.1-dev) or ``"flux-schnell"`` (no guidance input) for a `FluxPipeline`:
+            rectified-flow transformers with CLIP and T5 text encoders (see `tiny_flow_pipeline`).
     Returns:
-        A pipeline prepared as `invedit.load` prepares real checkpoints (DDIM scheduler of reference-settings §1).
+        A pipeline prepared as `invedit.load` prepares real checkpoints (DDIM scheduler of reference-settings §1;
+        the flow models keep their `FlowMatchEulerDiscreteScheduler`).
     """
     if kind == "sdxl":
         return _tiny_sdxl_pipeline(seed, resolution, device, cross_attention_dim)
+    if kind in FLOW_KINDS:
+        return tiny_flow_pipeline(kind, seed, resolution, device, cross_attention_dim)
     if kind != "sd":
-        raise ValueError(f"kind must be 'sd' or 'sdxl', got {kind!r}")
+        raise ValueError(f"kind must be one of 'sd', 'sdxl', {', '.join(map(repr, FLOW_KINDS))}; got {kind!r}")
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -91,8 +96,7 @@ def tiny_pipeline(seed: int = 0, resolution: int = 64, device: str | torch.devic
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe = prepare_pipeline(pipe, torch.device(device))
-    pipe._invedit_name = f"tiny-{seed}-{resolution}"
+    pipe = prepare_pipeline(pipe, torch.device(device), name=f"tiny-{seed}-{resolution}")
     return pipe
 
 
@@ -145,8 +149,7 @@ def _tiny_sdxl_pipeline(seed: int, resolution: int, device, width: int):
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True)
-    pipe = prepare_pipeline(pipe, torch.device(device))
-    pipe._invedit_name = f"tiny-sdxl-{seed}-{resolution}"
+    pipe = prepare_pipeline(pipe, torch.device(device), name=f"tiny-sdxl-{seed}-{resolution}")
     return pipe
 
 
@@ -219,3 +222,130 @@ def random_lpips_backbone(path, seed: int = 0) -> str:
         model = torchvision.models.squeezenet1_1(weights=None)
     torch.save(model.state_dict(), path)
     return str(path)
+
+
+# ---- tiny rectified-flow pipelines (SD3, FLUX) ---------------------------------------------------------------
+#: `tiny_pipeline` kinds built by `tiny_flow_pipeline`.
+FLOW_KINDS = ("sd3", "flux", "flux-schnell")
+
+
+def tiny_t5_tokenizer(words=TINY_VOCABULARY, model_max_length: int = 512):
+    """A `transformers.T5Tokenizer` (Unigram) in which each of ``words`` is one piece, built offline.
+
+    Pieces: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, the word-start marker, the letters (so unknown words still
+    tokenize), then one piece per word scored above any split into letters. No sentinel tokens.
+    """
+    from transformers import T5Tokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -10.0) for c in letters] + [("\u2581" + c, -10.0) for c in letters]
+    vocab += [("\u2581" + w, -1.0) for w in words if len(w) > 1]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+    for w in words:
+        ids = tokenizer(w).input_ids
+        if len(ids) != 2:
+            raise RuntimeError(f"T5 tokenizer check failed: {w!r} -> {ids}")
+    return tokenizer
+
+
+def _tiny_t5(tokenizer, width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", relative_attention_num_buckets=8, relative_attention_max_distance=32,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0))
+
+
+def _tiny_flow_vae(resolution: int, shift_factor: float, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=8, sample_size=resolution, shift_factor=shift_factor,
+        scaling_factor=scaling_factor, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, device: str | torch.device = "cpu",
+                       width: int = 32):
+    """A tiny random-weight `StableDiffusion3Pipeline` (``kind="sd3"``) or `FluxPipeline` (``"flux"``: guidance
+    embedded like FLUX.1-dev; ``"flux-schnell"``: none), built offline in about a second.
+
+    Both have a 4× VAE with 4 latent channels (latent ``resolution // 4``, so 64 px give 64 image tokens after
+    SD3's 2×2 patches or FLUX's 2×2 packing), word-level CLIP tokenizers and a word-level T5 tokenizer over
+    `TINY_VOCABULARY`, and the real checkpoints' `FlowMatchEulerDiscreteScheduler` configurations (SD3-medium:
+    static shift 3; FLUX.1: dynamic shift). SD3: two CLIP encoders with projection (``width`` each; pooled
+    2·width), T5 ``3·width`` wide so that the CLIP states are zero-padded as on the real model. FLUX: CLIP
+    (pooled ``width``) and T5 ``width`` wide.
+
+    Args:
+        kind: ``"sd3"``, ``"flux"`` or ``"flux-schnell"``.
+        seed: seed of every random weight (same seed → same pipeline, bit for bit).
+        resolution: image side in pixels (a multiple of 16).
+        device: where to put it.
+        width: text-encoder width.
+    Returns:
+        The diffusers pipeline, in eval mode, gradients off, progress bar off, its `invedit.backbones` record
+        attached (working at ``resolution``).
+    Raises:
+        InveditError: library versions below those the flow families are tested with.
+    """
+    from .backbones.mmdit import FlowTransformerBackbone
+
+    FlowTransformerBackbone.check_requirements()
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    from .word_tokenizer import build_word_tokenizer
+
+    if kind not in FLOW_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, FLOW_KINDS))}; got {kind!r}")
+    if resolution % 16:
+        raise ValueError("resolution must be a multiple of 16")
+    with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
+        tokenizer = build_word_tokenizer(TINY_VOCABULARY, folder)
+    with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
+        tokenizer_2 = build_word_tokenizer(TINY_VOCABULARY, folder)
+    t5_tokenizer = tiny_t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "sd3":
+            transformer = SD3Transformer2DModel(
+                sample_size=resolution // 4, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+                attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=3 * width,
+                pooled_projection_dim=2 * width, pos_embed_max_size=96)
+            vae = _tiny_flow_vae(resolution, shift_factor=0.0609, scaling_factor=1.5035)
+            text_encoder = _tiny_text_encoder(tokenizer, width, projection=True)
+            text_encoder_2 = _tiny_text_encoder(tokenizer_2, width, projection=True)
+            text_encoder_3 = _tiny_t5(t5_tokenizer, 3 * width)
+        else:
+            transformer = FluxTransformer2DModel(
+                patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=width, pooled_projection_dim=width,
+                guidance_embeds=kind == "flux", axes_dims_rope=[4, 4, 8])
+            vae = _tiny_flow_vae(resolution, shift_factor=0.1159, scaling_factor=0.3611)
+            text_encoder = _tiny_text_encoder(tokenizer, width, projection=False)
+            text_encoder_2 = _tiny_t5(t5_tokenizer, width)
+    if kind == "sd3":
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3,
+            tokenizer_3=t5_tokenizer)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=1.0 if kind == "flux-schnell" else 3.0,
+            use_dynamic_shifting=kind == "flux", base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            max_image_seq_len=4096)
+        pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                            text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer)
+    from .models import prepare_pipeline
+
+    return prepare_pipeline(pipe, torch.device(device), resolution=resolution, name=f"tiny-{kind}-{seed}-{resolution}")

@@ -1,4 +1,5 @@
-"""``invedit bench``, ``invedit evaluate`` and ``invedit report`` (registered on the main typer app)."""
+"""``invedit bench``, ``invedit evaluate`` and ``invedit report``: the commands' functions (`invedit.cli` registers
+them on its app)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from ..cli import _setup_threads, app, cli_errors
+from ..cli_errors import cli_errors
+from ..runtime import setup_threads
 
 
 def _types(types: str | None) -> list[str] | None:
     return [t.strip() for t in types.split(",") if t.strip()] if types else None
 
 
-@app.command("bench")
 @cli_errors
 def bench_command(
     data_dir: Annotated[Path, typer.Argument(help="PIE-Bench-format folder (mapping_file.json, annotation_images/)")],
@@ -31,6 +32,8 @@ def bench_command(
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
     resolution: Annotated[int | None, typer.Option(
         help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
+    offload: Annotated[str | None, typer.Option(
+        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
     option: Annotated[list[str] | None, typer.Option(
@@ -48,9 +51,10 @@ def bench_command(
     from .runner import run_bench
 
     specs = parse_methods(methods, option, inversion_option, parity)
-    _setup_threads()
+    setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
-                        device=device, dtype=dtype, resolution=resolution, parity=parity, edit_types=_types(types),
+                        device=device, dtype=dtype, resolution=resolution, offload=offload, parity=parity,
+                        edit_types=_types(types),
                         limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,
                         say=lambda m: typer.echo(m, err=True))
@@ -59,7 +63,6 @@ def bench_command(
         raise typer.Exit(1)
 
 
-@app.command("evaluate")
 @cli_errors
 def evaluate_command(
     run_dir: Annotated[Path, typer.Argument(help="a folder written by `invedit bench`")],
@@ -80,7 +83,7 @@ def evaluate_command(
     from ..models import resolve_device
     from .evaluate import MetricModels, evaluate_run
 
-    _setup_threads()
+    setup_threads()
     models = MetricModels(dino_model=dino_model, clip_model=clip_model,
                           lpips_weights=str(lpips_weights) if lpips_weights else None,
                           device=str(resolve_device(device)))
@@ -95,7 +98,6 @@ def evaluate_command(
         raise typer.Exit(1)
 
 
-@app.command("report")
 @cli_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="an evaluated `invedit bench` folder")],

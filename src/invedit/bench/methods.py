@@ -8,15 +8,16 @@ method. Everything is checked here, before any model loads.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InveditError
+from ..options import parse_method_options
 
 _NAME = re.compile(r"^([a-z0-9-]+)\+([a-z0-9-]+)(@[A-Za-z0-9_.-]+)?$")
-#: Reference quirks `--parity` switches on where the user did not choose (reference-settings; README "Parity").
+#: Reference quirks `--parity` switches on where the user did not choose (docs/reference-settings.md; README
+#: "PIE-Bench: run, evaluate, report", `--parity`).
 PARITY_INVERSION_OPTIONS = {"direct": {"layout": "reference"}}
 PARITY_EDITOR_OPTIONS = {"masactrl": {"layers": "reference"}}
 
@@ -37,31 +38,6 @@ class MethodSpec:
                 "inversion_options": self.inversion_options, "editor_options": self.editor_options}
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _split_options(items: list[str] | None, names: list[str], flag: str) -> dict[str | None, dict[str, Any]]:
-    """``["NAME:k=v", "k=v"]`` → {NAME or None (every method): {k: v}}."""
-    out: dict[str | None, dict[str, Any]] = {}
-    for item in items or []:
-        target: str | None = None
-        head, sep, rest = item.partition(":")
-        if sep and "=" not in head:
-            if head not in names:
-                raise InveditError(f"{flag} {item!r} names method {head!r}, which is not in --methods "
-                                   f"({', '.join(names)})")
-            target, item = head, rest
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InveditError(f"{flag} must look like [METHOD:]KEY=VALUE, got {item!r}")
-        out.setdefault(target, {})[key.strip().replace("-", "_")] = _parse_value(value)
-    return out
-
-
 def parse_methods(methods: str, editor_options: list[str] | None = None,
                   inversion_options: list[str] | None = None, parity: bool = False) -> list[MethodSpec]:
     """The run's methods from ``--methods`` and the ``-o``/``-i`` lists (see the module docstring).
@@ -71,6 +47,7 @@ def parse_methods(methods: str, editor_options: list[str] | None = None,
     """
     from ..editing import get_editor
     from ..inversion import get_inversion
+    from ..prepare import check_settings
 
     names = [n.strip() for n in methods.split(",") if n.strip()]
     if not names:
@@ -79,22 +56,21 @@ def parse_methods(methods: str, editor_options: list[str] | None = None,
     if duplicated:
         raise InveditError(f"--methods names {duplicated[0]} twice; tell settings apart with a label, e.g. "
                            f"{duplicated[0]}@b")
-    editor_opts = _split_options(editor_options, names, "--option")
-    inversion_opts = _split_options(inversion_options, names, "--inversion-option")
+    editor_opts = parse_method_options(editor_options, names, "--option")
+    inversion_opts = parse_method_options(inversion_options, names, "--inversion-option")
     specs = []
     for name in names:
         match = _NAME.match(name)
         if not match:
             raise InveditError(f"method {name!r} must look like INVERSION+EDITOR[@LABEL], e.g. direct+p2p")
         inversion, editor = match.group(1), match.group(2)
-        inversion_cls, editor_cls = get_inversion(inversion), get_editor(editor)
+        get_inversion(inversion), get_editor(editor)  # unknown names: the registries' own messages
         inv = {**(PARITY_INVERSION_OPTIONS.get(inversion, {}) if parity else {}),
                **inversion_opts.get(None, {}), **inversion_opts.get(name, {})}
         ed = {**(PARITY_EDITOR_OPTIONS.get(editor, {}) if parity else {}),
               **editor_opts.get(None, {}), **editor_opts.get(name, {})}
         try:
-            inv = inversion_cls.validate_options(inv)
-            editor_cls.validate_options(dict(ed))
+            inv = check_settings(inversion, editor, inversion_options=inv, editor_options=ed).inversion_options
         except InveditError as exc:
             raise InveditError(f"method {name}: {exc}") from None
         specs.append(MethodSpec(name, inversion, editor, inv, ed))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backbones import backbone
 from ..errors import InveditError
 from ..outputs import PathLock, folder_lock, path_inside, prepare_output_dir, remove_created, umask
 from .cache import InversionCache, file_sha256, inversion_key, open_cache
@@ -234,7 +235,7 @@ def _error_text(exc: BaseException) -> str:
 def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: list[MethodSpec], *,
               model: str | None = None, steps: int = 50, guidance: float = 7.5, seed: int = 0,
               device: str | None = None, dtype: str | None = None, resolution: int | None = None,
-              parity: bool = False,
+              offload: str | None = None, parity: bool = False,
               edit_types: list[str] | None = None, limit: int | None = None,
               cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print,
               allow_mixed: bool = False) -> BenchSummary:
@@ -246,7 +247,15 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
             that does not load, a dataset folder that is not one).
     """
     from .. import api
-    from ..models import load, model_fingerprint, model_name, native_resolution, resolve_device, resolve_dtype
+    from ..models import (
+        check_offload,
+        load,
+        model_fingerprint,
+        model_name,
+        native_resolution,
+        resolve_device,
+        resolve_dtype,
+    )
     from ..versions import versions
 
     started = time.perf_counter()
@@ -264,6 +273,7 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
     if rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_FILE).exists():
         raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
     resolve_dtype(dtype, resolve_device(device))
+    check_offload(offload, resolve_device(device))
     if world > 1:  # the processes of one launch create the folder together
         run_dir.mkdir(parents=True, exist_ok=True)
         created: list[Path] = []
@@ -271,12 +281,13 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         created = prepare_output_dir(run_dir, "the run")  # removed again if the run cannot start
 
     try:
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
         size = native_resolution(pipe)
-        dtype_name = str(pipe.unet.dtype).replace("torch.", "")
+        model_record = backbone(pipe)
+        dtype_name = str(model_record.dtype).replace("torch.", "")
         settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
                     "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
-                    "seed": seed, "dtype": dtype_name, "device_type": pipe.unet.device.type, "resolution": size,
+                    "seed": seed, "dtype": dtype_name, "device_type": model_record.device.type, "resolution": size,
                     "parity": parity,
                     "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods},
                     ENVIRONMENT_KEY: run_environment(pipe.unet.device)}
@@ -375,9 +386,8 @@ class _RunContext:
 
     def run_item(self, item: BenchItem, pending: list[MethodSpec]) -> None:
         """Invert ``item`` once per distinct inversion its pending methods need, then run each method."""
-        from ..editing import get_editor
         from ..images import load_image
-        from ..models import model_editor_defaults
+        from ..prepare import EditSettings, prepare_edit
 
         try:
             image = load_image(item.image_path, self.size)
@@ -388,11 +398,10 @@ class _RunContext:
             return
         groups: dict[tuple[str, str, str], list[MethodSpec]] = {}
         for m in pending:
-            try:  # the editor is built once before inverting: settings it refuses cost no inversion
-                prompt = self._branch_prompt(item, m)
-                get_editor(m.editor).create(self.pipe, prompt, item.target_prompt, self.steps,
-                                            **{**model_editor_defaults(self.pipe, m.editor),
-                                               **self._editor_options(item, m)})
+            try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
+                settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
+                                        m.inversion_options, self._editor_options(item, m))
+                prompt = prepare_edit(self.pipe, item.source_prompt, item.target_prompt, settings).branch_prompt
             except InveditError as exc:
                 self._fail(item, m, str(exc))
                 continue
@@ -409,22 +418,15 @@ class _RunContext:
                 self._edit(item, m, inverted, source, image_sha)
                 source = "run"  # the next method of the group shares it
 
-    def _branch_prompt(self, item: BenchItem, m: MethodSpec) -> str:
-        from ..editing import get_editor
-        from ..models import model_editor_defaults
-
-        options = {**model_editor_defaults(self.pipe, m.editor), **m.editor_options}
-        return get_editor(m.editor).source_branch_prompt(item.source_prompt, options)
-
     def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec):
         from .. import api
         from ..models import model_fingerprint
         from ..versions import versions
 
         key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, m.inversion,
-                            m.inversion_options, self.guidance, self.seed, self.dtype, self.pipe.unet.device.type,
+                            m.inversion_options, self.guidance, self.seed, self.dtype, backbone(self.pipe).device.type,
                             self.size, versions()["invedit"])
-        cached = self.cache.get(key, self.pipe.unet.device)
+        cached = self.cache.get(key, backbone(self.pipe).device)
         if cached is not None:
             return cached, "cache"
         inverted = api.invert(self.pipe, image, prompt, m.inversion, self.steps, self.guidance, self.seed,

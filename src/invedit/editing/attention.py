@@ -11,65 +11,16 @@ Installing hooks onto zero layers, or a UNet that never calls them, is an error 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..backbones.base import LayerInfo
 from ..errors import InveditError
 
 Row = tuple[str, str]  # (branch, half), as in `invedit.sampling`
-
-
-PARTS = ("down", "mid", "up")  # forward order of a UNet's parts (registration order puts up before mid)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """Where an attention layer sits.
-
-    ``name``: module path; ``place``: U-Net part; ``is_cross``: cross- or self-attention; ``downsample``: the
-    layer's token grid is the latent grid divided by this; ``block``: its transformer block's path; ``order``:
-    that block's index in forward order (down → mid → up, as the reference editors count layers); ``count``:
-    transformer blocks in the UNet. Editors choose layers by these, never by counting calls.
-    """
-
-    name: str
-    place: str  # "down" | "mid" | "up"
-    is_cross: bool
-    downsample: int
-    block: str = ""
-    order: int = -1
-    count: int = 0
-
-
-def attention_layers(unet) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
-    """Every attention module of a `UNet2DConditionModel` with its `LayerInfo`, in forward order."""
-    n_down = len(unet.down_blocks)
-    n_up = len(unet.up_blocks)
-    found = []
-    for name, module in unet.named_modules():
-        if not hasattr(module, "set_processor") or not hasattr(module, "to_q"):
-            continue
-        match = re.match(r"(down_blocks|up_blocks|mid_block)(?:\.(\d+))?\.", name)
-        if match is None:
-            continue
-        part, index = match.group(1), int(match.group(2) or 0)
-        if part == "down_blocks":
-            place, downsample = "down", 2**index
-        elif part == "up_blocks":
-            place, downsample = "up", 2 ** (n_up - 1 - index)
-        else:
-            place, downsample = "mid", 2 ** (n_down - 1)
-        found.append((name, module, place, downsample, name.rpartition(".")[0]))
-    found.sort(key=lambda f: PARTS.index(f[2]))  # stable: module order within a part is forward order
-    order = {block: k for k, block in enumerate(dict.fromkeys(f[4] for f in found))}
-    return [(name, module, LayerInfo(name, place, bool(module.is_cross_attention), downsample, block, order[block],
-                                     len(order)))
-            for name, module, place, downsample, block in found]
 
 
 def attention_inputs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
@@ -178,8 +129,8 @@ class EditorAttnProcessor:
 
 
 @contextmanager
-def installed(unet, editor=None, values: ValueTransforms | None = None) -> Iterator[int]:
-    """Install an editor's hooks (and an inversion's value transforms) on ``unet`` for the duration of a run.
+def installed(model, editor=None, values: ValueTransforms | None = None) -> Iterator[int]:
+    """Install an editor's hooks (and an inversion's value transforms) on a model's denoiser for a run.
 
     The one place hooks are put on a UNet: attention processors on the layers ``editor.wants_layer`` picks
     (one processor per layer, also applying ``values`` in cross-attention), pass-through processors on the
@@ -188,10 +139,11 @@ def installed(unet, editor=None, values: ValueTransforms | None = None) -> Itera
     ``requires_hooks`` but hooks nothing raises, as does ``values`` on a UNet without cross-attention.
     Yields the number of hooked places (attention layers the editor attends in, plus modules).
     """
+    unet = model.denoiser
     originals = dict(unet.attn_processors)
     processors = dict(originals)
     attending, value_layers = 0, 0
-    for name, _module, info in attention_layers(unet):
+    for name, _module, info in model.attention_layers():
         key = f"{name}.processor"
         if key not in processors:
             continue

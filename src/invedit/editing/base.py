@@ -38,7 +38,7 @@ class Editor:
 
     - ``embeddings(encode, cond, null)`` and ``branch_guidance(scales)`` once: the branches' embeddings and CFG
       scales (default unchanged; Plug-and-Play's negative prompt and unguided source change them);
-    - ``attach(unet, values)`` around the run: installs ``wants_layer``/``attend`` attention processors and
+    - ``attach(model, values)`` around the run: installs ``wants_layer``/``attend`` attention processors and
       ``forward_hooks`` through `attention.installed`, restored in a ``finally``;
     - per step: ``rows_read(step)`` (UNet rows read besides those the latent updates need), then
       ``begin_step(step, rows)`` before each UNet call, ``guide(step, t, latents, model)`` before the update
@@ -56,6 +56,11 @@ class Editor:
     requires_hooks: ClassVar[bool] = False
     #: Whether ``guide`` changes the latents (the loop then gives it a gradient-capable model).
     guides: ClassVar[bool] = False
+    #: The kinds of schedule (`Backbone.schedule_kind`) whose models the editor runs on: its hooks know the UNet's
+    #: attention and DDIM's arithmetic unless it names "flow" too.
+    schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
+    #: Why it does not run on the other kinds, in a few words (the refusal message says it).
+    refusal: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.active = True
@@ -75,7 +80,12 @@ class Editor:
 
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> Editor:
-        """Build the editor for one edit, validating prompts and options."""
+        """Build the editor for one edit, validating prompts and options.
+
+        It may read the pipeline (its tokenizer, its layers through `invedit.backbones.backbone`) and compute from
+        it, but must not change it or anything else: callers build an editor before inverting, only to check the
+        settings (a dry run), and build it again for the edit. Hooks go on in `attach`, never here.
+        """
         raise InveditError(f"editor {cls.name!r} cannot be created")
 
     # ---- what the editor hooks --------------------------------------------------------------------------
@@ -92,10 +102,11 @@ class Editor:
         """Module forward hooks ``hook(module, args, output) -> output | None`` to install for the run."""
         return []
 
-    def attach(self, unet, values: ValueTransforms | None = None):
-        """Context manager: the editor's hooks (and ``values``) on ``unet`` for the run (`attention.installed`)."""
+    def attach(self, model, values: ValueTransforms | None = None):
+        """Context manager: the editor's hooks (and ``values``) on the model's denoiser for the run
+        (`attention.installed`; ``model``: an `invedit.backbones.Backbone`)."""
         self.layer_calls = 0
-        return installed(unet, self, values)
+        return installed(model, self, values)
 
     # ---- loop hooks -------------------------------------------------------------------------------------
     def embeddings(self, encode: Callable[[list[str]], torch.Tensor], cond: dict[str, torch.Tensor],
@@ -142,12 +153,22 @@ class Editor:
         return {"editor": self.name}
 
 
+def reference_editor_options(pipe, editor: str) -> dict[str, Any]:
+    """The editor's own defaults for every option the model recommends otherwise: pass them to `edit` to run
+    the reference settings on a model that ships its own (benchmarks compare models this way)."""
+    from ..backbones import backbone
+
+    defaults = get_editor(editor).defaults
+    return {k: defaults[k] for k in backbone(pipe).model_editor_defaults(editor) if k in defaults}
+
+
 @register
 class NoEditor(Editor):
     """No attention control: each branch follows its own prompt (the target ignores the source)."""
 
     name = "none"
     description = "no editing control: target branch sampled from z*_T with the target prompt alone"
+    schedule_kinds = ("ddim", "flow")
 
     @classmethod
     def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> NoEditor:

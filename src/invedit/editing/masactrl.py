@@ -26,10 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..backbones import backbone
 from ..errors import InveditError, check_number
 from ..prompts import blend_word_tokens
 from ..sampling import HALVES, Branches, Row
-from .attention import LayerInfo, attention_layers, attention_probs, grid_shape
+from .attention import LayerInfo, attention_probs, grid_shape
 from .base import AttentionEditor, register
 
 SD_TRANSFORMER_BLOCKS = 16  # the reference's hard-coded layer count (Stable Diffusion 1.x)
@@ -42,6 +43,7 @@ class MutualSelfAttention(AttentionEditor):
     """MasaCtrl's mutual self-attention: the target queries the source's keys and values."""
 
     name = "masactrl"
+    refusal = "it hooks a UNet's self-attention (shared-attention is its core on SD3/FLUX)"
     description = "MasaCtrl: target self-attention queries the source's keys/values (from step 4, layer 10)"
     defaults: dict[str, Any] = {"start_step": 4, "start_layer": 10, "layers": "relative", "source_branch": "empty",
                                 "mask_words": None, "mask_threshold": 0.1, "mask_downsample": None}
@@ -67,12 +69,10 @@ class MutualSelfAttention(AttentionEditor):
         start_layer = opts["start_layer"] = check_number("start_layer", opts["start_layer"], 0, integer=True)
         if start_step >= steps:
             raise InveditError(f"masactrl start_step {start_step} leaves none of the {steps} steps under control")
-        infos = [info for _, _, info in attention_layers(pipe.unet)]
+        infos = [info for _, _, info in backbone(pipe).attention_layers()]
         count = infos[0].count if infos else 0
         if opts["layers"] == "reference":
-            from ..models import model_kind
-
-            if model_kind(pipe) == "sdxl":
+            if backbone(pipe).family == "sdxl":
                 raise InveditError(f"masactrl layers='reference' counts Stable Diffusion 1.x's {SD_TRANSFORMER_BLOCKS} "
                                    "transformer blocks; on SDXL use 'relative' (the default)")
             blocks = frozenset(range(start_layer, min(SD_TRANSFORMER_BLOCKS, count)))

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..backbones import backbone
+from ..backbones.unet import unet_attention_layers
 from ..errors import InveditError
 from ..prompts import blend_word_tokens, require_word
 from ..sampling import Branches, Row
-from .attention import LayerInfo, attention_layers, attention_probs, grid_shape
+from .attention import LayerInfo, attention_probs, grid_shape
 from .base import AttentionEditor, register
 from .token_alignment import refinement_mapper, replacement_mapper
 
@@ -134,6 +136,7 @@ class PromptToPrompt(AttentionEditor):
     """Prompt-to-Prompt attention control between the source and target branches."""
 
     name = "p2p"
+    refusal = "it rewrites a UNet's cross-attention maps (SD3/FLUX attend to text and image jointly)"
     description = "Prompt-to-Prompt: Refine/Replace cross-attention, self-attention injection, LocalBlend"
     defaults: dict[str, Any] = {
         "mode": "refine", "cross_replace_steps": 0.4, "self_replace_steps": 0.6, "self_replace_max_tokens": 32**2,
@@ -171,7 +174,7 @@ class PromptToPrompt(AttentionEditor):
             downsample = opts["blend_downsample"] or cls.default_blend_downsample(pipe.unet)
             opts["blend_downsample"] = downsample  # recorded: the grid actually used
             if not any(info.is_cross and info.place != "mid" and info.downsample == downsample
-                       for _, _, info in attention_layers(pipe.unet)):
+                       for _, _, info in backbone(pipe).attention_layers()):
                 raise InveditError(f"no cross-attention layers at downsample {downsample} for LocalBlend")
             threshold = _fraction("blend_threshold", opts["blend_threshold"])
             start = int(_fraction("blend_start", opts["blend_start"]) * steps)
@@ -196,7 +199,7 @@ class PromptToPrompt(AttentionEditor):
         Downsample 4 where the UNet has cross-attention there; otherwise the grid nearest 16×16 (a 16×16 latent
         blends at downsample 1: an 8×8 grid would make every mask cell an eighth of the image).
         """
-        found = {info.downsample for _, _, info in attention_layers(unet) if info.is_cross and info.place != "mid"}
+        found = {info.downsample for _, _, info in unet_attention_layers(unet) if info.is_cross and info.place != "mid"}
         if not found:
             return 4
         if 4 in found:

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..backbones import backbone
 from ..errors import InveditError, check_number
 from ..sampling import Branches, Row, ddim_step
-from .attention import LayerInfo, attention_layers
+from .attention import LayerInfo
 from .base import AttentionEditor, register
 
 FEATURE_ROW: Row = ("source", "uncond")
@@ -59,6 +60,7 @@ class PlugAndPlay(AttentionEditor):
     """Plug-and-Play feature and self-attention injection from the source row into the target rows."""
 
     name = "pnp"
+    refusal = "it injects the ResNet features of a UNet's decoder"
     description = "Plug-and-Play: inject the source's ResNet features (80% of steps) and self-attention q/k (50%)"
     defaults: dict[str, Any] = {"feature_steps": 0.8, "attention_steps": 0.5, "layers": "auto",
                                 "feature_layer": "auto", "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0,
@@ -83,7 +85,7 @@ class PlugAndPlay(AttentionEditor):
         if layer is None or not hasattr(layer, "conv2"):
             raise InveditError(f"pnp feature_layer {opts['feature_layer']!r} is not a ResNet block of this UNet")
         first = _first_up_attention(pipe.unet) + "."
-        opts["attention_layers"] = [info.name for _, _, info in attention_layers(pipe.unet)
+        opts["attention_layers"] = [info.name for _, _, info in backbone(pipe).attention_layers()
                                     if cls._chosen(info, opts["layers"], first)]
         if not opts["attention_layers"]:
             raise InveditError(f"pnp: this UNet has none of the {opts['layers']} up-path self-attention layers")
@@ -96,15 +98,14 @@ class PlugAndPlay(AttentionEditor):
 
     @staticmethod
     def _layer_rule(pipe, rule: str) -> str:
-        from ..models import model_kind
-
+        family = backbone(pipe).family
         if rule not in ("auto", "reference", "relative"):
             raise InveditError(f"pnp layers must be 'auto', 'reference' or 'relative', got {rule!r}")
-        if rule == "reference" and model_kind(pipe) == "sdxl":
+        if rule == "reference" and family == "sdxl":
             raise InveditError("pnp layers='reference' names Stable Diffusion 1.x blocks; on SDXL use 'relative' "
                                "(the default picks it)")
         if rule == "auto":
-            return "relative" if model_kind(pipe) == "sdxl" else "reference"
+            return "relative" if family == "sdxl" else "reference"
         return rule
 
     @staticmethod

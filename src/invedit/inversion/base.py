@@ -1,4 +1,9 @@
-"""The inversion contract: a frozen `Inverted` result per method, and a fresh `Sampler` per edit that steps it."""
+"""The inversion contract: a frozen `Inverted` result per method, and a fresh `Sampler` per edit that steps it.
+
+A method is one subclass of `Inverted`, registered by name: ``defaults`` (its options), ``run`` (invert, given
+validated options; `invedit.api.invert` validates them and times the run, once for every method) and, where it
+steps differently from guided DDIM, its own `Sampler`.
+"""
 
 from __future__ import annotations
 
@@ -12,45 +17,24 @@ import torch
 from PIL import Image
 
 from ..errors import InveditError, merge_options
-from ..sampling import Branches, DDIMSchedule, LoopContext, Row, RunStats, ddim_step
+from ..sampling import Branches, DDIMSchedule, LoopContext, Row, RunStats, StepInfo
 
 
 @dataclass
 class InversionInputs:
-    """Everything a method needs to invert one image: encoded image, prompt embeddings, schedule, UNet."""
+    """Everything a method needs to invert one image: encoded image, prompt embeddings, schedule, the model."""
 
-    pipe: Any
+    model: Any  # invedit.backbones.Backbone: ``model.denoise`` is the network call, ``model.pipe`` the pipeline
     z0: torch.Tensor  # (1, C, h, w) float32, VAE mean × scaling factor
     prompt: str
     cond: torch.Tensor  # (1, 77, D) source-prompt embedding
     null: torch.Tensor  # (1, 77, D) empty-prompt embedding
-    schedule: DDIMSchedule
+    schedule: Any  # the model's schedule (a DDIMSchedule on a UNet)
     guidance_scale: float  # the guidance the edit will use (methods that optimise against it read it)
     stats: RunStats
     generator: torch.Generator
     callback: Any = None  # progress callback(k)
     image: Image.Image | None = None  # the input image as the model sees it (methods that encode it read it)
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Where the loop is: what every sampler hook gets instead of re-deriving indices.
-
-    ``index``: forward step of the schedule (0 = the noisiest); ``edit_index``: steps since the edit's first
-    step (what editors count); ``t``: the timestep; ``alpha`` / ``alpha_next``: ᾱ at t and at the level the
-    step lands on.
-    """
-
-    index: int
-    edit_index: int
-    t: int
-    alpha: torch.Tensor
-    alpha_next: torch.Tensor
-
-    @classmethod
-    def at(cls, schedule: DDIMSchedule, i: int, first_step: int = 0) -> StepInfo:
-        t = schedule.timesteps[i]
-        return cls(i, i - first_step, t, schedule.alpha(t), schedule.alpha(schedule.next_timestep(i)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +54,9 @@ class Inverted(ABC):
     #: What the inversion fitted to its guidance (methods that optimise or couple against the edit's CFG scale
     #: name it here, e.g. "null embeddings"); such an inversion refuses to edit at another guidance.
     fitted_to_guidance: ClassVar[str | None] = None
+    #: The kinds of schedule the method runs on (`Backbone.schedule_kind`): its arithmetic is DDIM's unless it
+    #: steps only through the schedule's ``step`` / ``inverse_step``.
+    schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
     #: The per-edit step policy (set below to `Sampler`; methods that step differently name their own).
     sampler_class: ClassVar[type[Sampler]]
 
@@ -93,7 +80,14 @@ class Inverted(ABC):
     @classmethod
     @abstractmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> Inverted:
-        """Invert ``inputs.z0`` under ``inputs.prompt`` (each method implements it)."""
+        """Invert ``inputs.z0`` under ``inputs.prompt``; ``options`` are validated (each method implements it)."""
+
+    @classmethod
+    def result(cls, inputs: InversionInputs, latents: torch.Tensor, options: dict[str, Any], **fields: Any) -> Inverted:
+        """The frozen result of a run: the trajectory, the inputs' prompt, schedule, cost counters and guidance,
+        and the method's own ``fields``."""
+        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=options,
+                   stats=inputs.stats, guidance_scale=inputs.guidance_scale, **fields)
 
     # ---- trajectory helpers -------------------------------------------------------------------------------
     @property
@@ -135,13 +129,6 @@ class Inverted(ABC):
         if self.fitted_to_guidance and guidance_scale != self.guidance_scale:
             raise InveditError(f"the {self.fitted_to_guidance} were made for guidance {self.guidance_scale}; "
                                f"invert again with guidance_scale={guidance_scale}")
-
-    # ---- reporting ----------------------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        """JSON-friendly description (method, options, cost)."""
-        return {"method": self.method, "prompt": self.prompt, "steps": self.steps, "options": self.options,
-                "nfe": self.stats.nfe, "nfe_backward": self.stats.nfe_backward, "seconds": round(self.seconds, 4),
-                "model": self.model, "first_step": self.first_step}
 
 
 class Sampler:
@@ -188,17 +175,17 @@ class Sampler:
         return True
 
     def step(self, info: StepInfo, latents: Branches) -> Branches:
-        """Guided DDIM step of both branches, then `correct`."""
+        """Guided step of both branches (the schedule's `step`), then `correct`."""
         branches = {"target", "source"} if self.needs_source(info) else {"target"}
         out = self.ctx.denoiser(info.index, info.t, latents, branches, self.null_embeddings(info),
                                 self.value_transforms(info))
         schedule = self.ctx.schedule
-        source = ddim_step(schedule, out["source"], info.index, latents.source) if "source" in out else None
-        target = ddim_step(schedule, out["target"], info.index, latents.target)
+        source = schedule.step(out["source"], info.index, latents.source) if "source" in out else None
+        target = schedule.step(out["target"], info.index, latents.target)
         return self.correct(info, source, target)
 
     def correct(self, info: StepInfo, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
-        """Per-step correction after the DDIM update (identity: plain DDIM)."""
+        """Per-step correction after the update (identity: plain DDIM)."""
         if source is None:
             raise RuntimeError(f"{self.inverted.method}: source output skipped but no correction sets it")
         return Branches(source, target)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +21,8 @@ class DDIMInverted(Inverted):
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DDIMInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
-        latents = ddim_invert(inputs.pipe.unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
-                              float(opts["inversion_guidance"]), inputs.stats, inputs.callback)
-        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
-                   stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
+        opts = options
+        latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
+                              float(opts["inversion_guidance"]), inputs.stats, inputs.callback,
+                              embedded=inputs.model.guidance_mode == "embedded")
+        return cls.result(inputs, latents, opts)

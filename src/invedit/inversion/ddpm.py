@@ -17,24 +17,23 @@ also inverts the ``skip`` noisiest steps it never uses). The direction term uses
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import InveditError
+from ..errors import InveditError, check_number
 from ..sampling import (
     BRANCHES,
     Branches,
     DDIMSchedule,
+    StepInfo,
     ddim_sigma,
     guided,
     halves_needed,
-    unet_output,
     x0_and_eps,
 )
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from .base import InversionInputs, Inverted, Sampler
 from .registry import register
 
 
@@ -86,15 +85,10 @@ class DDPMInverted(Inverted):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         opts = super().validate_options(options)
-        try:
-            opts["eta"], opts["source_guidance"] = float(opts["eta"]), float(opts["source_guidance"])
-        except (TypeError, ValueError):
-            raise InveditError(f"eta and source_guidance must be numbers, got {opts['eta']!r}, "
-                               f"{opts['source_guidance']!r}") from None
-        if not 0.0 < opts["eta"] <= 1.0:
-            raise InveditError(f"eta must be in (0, 1] (0 has no noise maps: use 'ddim'), got {opts['eta']}")
-        if opts["source_guidance"] < 0:
-            raise InveditError(f"source_guidance must be ≥ 0, got {opts['source_guidance']}")
+        if opts["eta"] == 0:
+            raise InveditError("eta 0 has no noise maps: use the 'ddim' inversion")
+        opts["eta"] = check_number("eta", opts["eta"], 0, 1, low_open=True)
+        opts["source_guidance"] = check_number("source_guidance", opts["source_guidance"], 0)
         skip = opts["skip"]
         if isinstance(skip, bool) or not isinstance(skip, int | float) or not (
                 0 <= skip < 1 or (skip >= 1 and skip == int(skip))):
@@ -105,9 +99,8 @@ class DDPMInverted(Inverted):
     @classmethod
     @torch.no_grad()
     def run(cls, inputs: InversionInputs, **options: Any) -> DDPMInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
-        schedule, steps, unet = inputs.schedule, inputs.schedule.steps, inputs.pipe.unet
+        opts = options
+        schedule, steps, denoise = inputs.schedule, inputs.schedule.steps, inputs.model.denoise
         first = skipped_steps(opts["skip"], steps)
         z0 = inputs.z0.float()
         # x_t ~ q(x_t | x₀) for every level, least noisy first (as the reference draws them); index = steps taken.
@@ -124,7 +117,7 @@ class DDPMInverted(Inverted):
         maps = []
         for i in range(first, steps):  # noisiest first, so each step starts where the edit's source will be
             x_t = xs[steps - i].unsqueeze(0)
-            out = unet_output(unet, x_t.expand(len(halves), -1, -1, -1), schedule.timesteps[i], emb, inputs.stats)
+            out = denoise(x_t.expand(len(halves), -1, -1, -1), schedule.timesteps[i], emb, inputs.stats)
             sigma = ddim_sigma(schedule, i, opts["eta"]).to(x_t.device)
             mean = eta_mean(schedule, guided(dict(zip(halves, out.chunk(len(halves)))), scale), i, x_t, sigma)
             z = (xs[steps - 1 - i] - mean[0]) / sigma
@@ -133,9 +126,7 @@ class DDPMInverted(Inverted):
                 xs[steps - 1 - i] = (mean + sigma * z)[0]
             if inputs.callback is not None:
                 inputs.callback(i - first)
-        return cls(prompt=inputs.prompt, latents=xs, schedule=schedule, options=opts, stats=inputs.stats,
-                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, first_step=first,
-                   noise_maps=torch.stack(maps))
+        return cls.result(inputs, xs, opts, first_step=first, noise_maps=torch.stack(maps))
 
     def branch_guidance(self, guidance_scale: float) -> dict[str, float]:
         """The source keeps the guidance its noise maps were computed with; the target uses the edit's."""

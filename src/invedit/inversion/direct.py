@@ -11,15 +11,14 @@ code's separate offset pass at batch 4 (50 extra UNet calls), for parity checks 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import InveditError
-from ..sampling import Branches, ddim_invert, ddim_step, guided
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from ..errors import InveditError, check_number
+from ..sampling import Branches, StepInfo, ddim_invert, guided
+from .base import InversionInputs, Inverted, Sampler
 from .registry import register
 
 
@@ -54,10 +53,14 @@ class DirectSampler(Sampler):
         scale = self.options["offset_scale"]
         z = inv.latents[-1:].expand(n, -1, -1, -1).clone()
         offsets = []
+        scales = torch.tensor([float(den.guidance[b]) for b in branches])
         for i, t in enumerate(schedule.timesteps):
-            u, c = den.plain(t, torch.cat([z, z]), emb).chunk(2)
-            g = torch.tensor([den.guidance[b] for b in branches], device=u.device).view(-1, 1, 1, 1)
-            z_prev = ddim_step(schedule, guided({"uncond": u, "cond": c}, g), i, z)
+            if den.embedded:  # the scale is the model's input: conditional rows only
+                out = den.plain(t, z, emb[n:], guidance=scales)
+            else:
+                u, c = den.plain(t, torch.cat([z, z]), emb).chunk(2)
+                out = guided({"uncond": u, "cond": c}, scales.to(u.device).view(-1, 1, 1, 1))
+            z_prev = schedule.step(out, i, z)
             if self.corrects_at(StepInfo.at(schedule, i)):
                 offset = (inv.z_star_after(i).expand_as(z_prev) - z_prev) * scale
             else:
@@ -104,19 +107,14 @@ class DirectInverted(Inverted):
     defaults = {"offset_scale": 1.0, "offset_interval": 1, "correct_target": False, "inversion_guidance": 1.0,
                 "layout": "fused"}
     sampler_class = DirectSampler
+    schedule_kinds = ("ddim", "flow")  # DDIM inversion on a UNet, Euler inversion on a rectified flow
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         opts = super().validate_options(options)
-        opts["offset_scale"] = float(opts["offset_scale"])
-        if not 0.0 <= opts["offset_scale"] <= 2.0:
-            raise InveditError(f"offset_scale must be in [0, 2], got {opts['offset_scale']}")
-        if int(opts["offset_interval"]) != opts["offset_interval"] or int(opts["offset_interval"]) < 1:
-            raise InveditError(f"offset_interval must be a positive integer, got {opts['offset_interval']}")
-        opts["offset_interval"] = int(opts["offset_interval"])
-        opts["inversion_guidance"] = float(opts["inversion_guidance"])
-        if opts["inversion_guidance"] < 0:
-            raise InveditError(f"inversion_guidance must be ≥ 0, got {opts['inversion_guidance']}")
+        opts["offset_scale"] = check_number("offset_scale", opts["offset_scale"], 0, 2)
+        opts["offset_interval"] = check_number("offset_interval", opts["offset_interval"], 1, integer=True)
+        opts["inversion_guidance"] = check_number("inversion_guidance", opts["inversion_guidance"], 0)
         if opts["layout"] not in ("fused", "reference"):
             raise InveditError(f"layout must be 'fused' or 'reference', got {opts['layout']!r}")
         opts["correct_target"] = bool(opts["correct_target"])
@@ -124,9 +122,8 @@ class DirectInverted(Inverted):
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DirectInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
-        latents = ddim_invert(inputs.pipe.unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
-                              opts["inversion_guidance"], inputs.stats, inputs.callback)
-        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts,
-                   stats=inputs.stats, seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale)
+        opts = options
+        latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
+                              opts["inversion_guidance"], inputs.stats, inputs.callback,
+                              embedded=inputs.model.guidance_mode == "embedded")
+        return cls.result(inputs, latents, opts)

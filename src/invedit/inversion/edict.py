@@ -27,7 +27,6 @@ it only to record attention (no source branch); here the source branch is a real
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -36,9 +35,9 @@ from typing import Any
 
 import torch
 
-from ..errors import InveditError
-from ..sampling import BRANCHES, Branches, DDIMSchedule, guided, halves_needed, unet_output, x0_and_eps
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from ..errors import InveditError, check_number
+from ..sampling import BRANCHES, Branches, DDIMSchedule, StepInfo, guided, halves_needed, x0_and_eps
+from .base import InversionInputs, Inverted, Sampler
 from .registry import register
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
@@ -93,7 +92,7 @@ class EdictSampler(Sampler):
     """Both branches' (x, y) pairs stepped by EDICT, the UNet in the working precision."""
 
     def running(self) -> AbstractContextManager[object]:
-        return EdictInverted.precision_context(self.ctx.denoiser.unet, self.options["precision"])
+        return EdictInverted.precision_context(self.ctx.denoiser.model.denoiser, self.options["precision"])
 
     def start_latents(self) -> Branches:
         """Each branch carries the inverted (x, y) pair as two rows, in the working precision."""
@@ -101,7 +100,8 @@ class EdictSampler(Sampler):
 
     def step(self, info: StepInfo, latents: Branches) -> Branches:
         """EDICT step of both branches' pairs: two batched UNet calls (ε of the y chains, then of the x chains)."""
-        schedule, i, t, alpha = self.ctx.schedule, info.index, info.t, info.alpha
+        schedule, i, t = self.ctx.schedule, info.index, info.t
+        alpha = schedule.alpha(t)
 
         def eps(v: torch.Tensor) -> torch.Tensor:  # v: (2, C, h, w), rows = source, target
             rows = dict(zip(BRANCHES, v.split(1)))
@@ -136,15 +136,8 @@ class EdictInverted(Inverted):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         opts = super().validate_options(options)
-        try:
-            opts["mix_weight"], opts["strength"] = float(opts["mix_weight"]), float(opts["strength"])
-        except (TypeError, ValueError):
-            raise InveditError(f"mix_weight and strength must be numbers, got {opts['mix_weight']!r}, "
-                               f"{opts['strength']!r}") from None
-        if not 0.0 < opts["mix_weight"] <= 1.0:
-            raise InveditError(f"mix_weight must be in (0, 1], got {opts['mix_weight']}")
-        if not 0.0 < opts["strength"] <= 1.0:
-            raise InveditError(f"strength must be in (0, 1], got {opts['strength']}")
+        opts["mix_weight"] = check_number("mix_weight", opts["mix_weight"], 0, 1, low_open=True)
+        opts["strength"] = check_number("strength", opts["strength"], 0, 1, low_open=True)
         if opts["precision"] not in PRECISIONS:
             raise InveditError(f"precision must be 'float64' or 'float32', got {opts['precision']!r}")
         return opts
@@ -170,9 +163,8 @@ class EdictInverted(Inverted):
     @classmethod
     @torch.no_grad()
     def run(cls, inputs: InversionInputs, **options: Any) -> EdictInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
-        schedule, steps, unet = inputs.schedule, inputs.schedule.steps, inputs.pipe.unet
+        opts = options
+        schedule, steps, denoise = inputs.schedule, inputs.schedule.steps, inputs.model.denoise
         first = cls.start_step(opts["strength"], steps)
         p, scale = opts["mix_weight"], inputs.guidance_scale
         halves = halves_needed(scale)
@@ -182,13 +174,13 @@ class EdictInverted(Inverted):
         xs = torch.full((steps + 1, *x.shape[1:]), float("nan"), device=x.device)
         ys = xs.clone()
         xs[0], ys[0] = x[0], y[0]
-        with cls.precision_context(unet, opts["precision"]):
+        with cls.precision_context(inputs.model.denoiser, opts["precision"]):
             for k in range(steps - first):
                 i = steps - 1 - k  # the forward step this inversion step undoes
                 t, alpha = schedule.timesteps[i], schedule.alpha(schedule.timesteps[i])
 
                 def eps(v: torch.Tensor, t: int = t, alpha: torch.Tensor = alpha) -> torch.Tensor:
-                    out = unet_output(unet, v.expand(len(halves), -1, -1, -1), t, emb, inputs.stats)
+                    out = denoise(v.expand(len(halves), -1, -1, -1), t, emb, inputs.stats)
                     guided_out = guided(dict(zip(halves, out.chunk(len(halves)))), scale)
                     return x0_and_eps(guided_out, v, alpha, schedule.prediction_type)[1]
 
@@ -197,6 +189,4 @@ class EdictInverted(Inverted):
                 xs[k + 1], ys[k + 1] = x[0], y[0]
                 if inputs.callback is not None:
                     inputs.callback(k)
-        return cls(prompt=inputs.prompt, latents=xs, schedule=schedule, options=opts, stats=inputs.stats,
-                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, first_step=first,
-                   y_latents=ys, start_pair=torch.cat([x, y]))
+        return cls.result(inputs, xs, opts, first_step=first, y_latents=ys, start_pair=torch.cat([x, y]))

@@ -6,14 +6,13 @@ embedding of both branches: no optimisation, so the source branch's guided outpu
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..sampling import ddim_invert
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from ..sampling import StepInfo, ddim_invert
+from .base import InversionInputs, Inverted, Sampler
 from .proximal import PROXIMAL_DEFAULTS, ProximalOptions, ProximalSampler
 from .registry import register
 
@@ -39,13 +38,10 @@ class NegativePromptInverted(ProximalOptions, Inverted):
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NegativePromptInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
-        latents = ddim_invert(inputs.pipe.unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0,
+        opts = options
+        latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0,
                               inputs.stats, inputs.callback)
-        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
-                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale,
-                   source_embedding=inputs.cond)
+        return cls.result(inputs, latents, opts, source_embedding=inputs.cond)
 
     def branch_guidance(self, guidance_scale: float) -> dict[str, float]:
         """The source branch's null and conditional embeddings coincide, so its guided output is its conditional

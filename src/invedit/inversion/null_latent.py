@@ -8,14 +8,13 @@ reconstruction; the target branch is untouched, as in Direct Inversion.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..sampling import Branches
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from ..sampling import Branches, StepInfo
+from .base import InversionInputs, Inverted, Sampler
 from .null_text import invert_and_optimise
 from .registry import register
 
@@ -43,13 +42,7 @@ class NullLatentInverted(Inverted):
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NullLatentInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
+        opts = options
         offsets: list[torch.Tensor] = []
         latents, _, iterations = invert_and_optimise(inputs, opts, offsets)
-        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
-                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale,
-                   offsets=tuple(offsets), iterations=tuple(iterations))
-
-    def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "iterations": list(self.iterations)}
+        return cls.result(inputs, latents, opts, offsets=tuple(offsets), iterations=tuple(iterations))

@@ -9,16 +9,15 @@ null-text only in the source branch).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import InveditError
-from ..sampling import RunStats, ddim_invert, ddim_step, guided, unet_output
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from ..errors import InveditError, check_number
+from ..sampling import RunStats, StepInfo, ddim_invert, ddim_step, guided
+from .base import InversionInputs, Inverted, Sampler
 from .proximal import PROXIMAL_DEFAULTS, ProximalOptions, ProximalSampler
 from .registry import register
 
@@ -32,7 +31,7 @@ def learning_rate_factor(i: int) -> float:
     return max(1.0 - i / 100.0, LR_FACTOR_FLOOR)
 
 
-def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: torch.Tensor, cond: torch.Tensor,
+def optimise_null_step(model, schedule, i: int, latent: torch.Tensor, target: torch.Tensor, cond: torch.Tensor,
                        uncond: torch.Tensor, guidance_scale: float, inner_steps: int, early_stop: float,
                        learning_rate: float, stats: RunStats) -> tuple[torch.Tensor, int]:
     """Optimise the null embedding at step ``i`` so that the guided DDIM step from ``latent`` lands on ``target``.
@@ -41,7 +40,7 @@ def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: tor
     ``early_stop + i·2e-5`` (NTI, Alg. 1). Returns the embedding and the iterations taken.
     """
     with torch.no_grad():
-        eps_cond = unet_output(unet, latent, schedule.timesteps[i], cond, stats)
+        eps_cond = model.denoise(latent, schedule.timesteps[i], cond, stats)
     uncond = uncond.detach().clone()
     if inner_steps <= 0:
         return uncond, 0
@@ -50,7 +49,7 @@ def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: tor
     done = 0
     for _ in range(inner_steps):
         with torch.enable_grad():
-            eps_uncond = unet_output(unet, latent, schedule.timesteps[i], uncond, stats)
+            eps_uncond = model.denoise(latent, schedule.timesteps[i], uncond, stats)
             eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
             loss = F.mse_loss(ddim_step(schedule, eps, i, latent), target)
             optimiser.zero_grad()
@@ -63,7 +62,7 @@ def optimise_null_step(unet, schedule, i: int, latent: torch.Tensor, target: tor
     return uncond.detach(), done
 
 
-def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+def optimise_null_embeddings(model, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                              guidance_scale: float, inner_steps: int, early_stop: float, learning_rate: float,
                              stats: RunStats, callback=None, offsets: list[torch.Tensor] | None = None,
                              ) -> tuple[list[torch.Tensor], list[int]]:
@@ -73,20 +72,20 @@ def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: tor
     ``offsets`` (a list to fill), also records per step the latent difference the optimised embedding makes
     against the default one: step(z, ∅_opt) − step(z, ∅) (the null-latent ablation, reference-settings §3).
     """
-    if unet.dtype != torch.float32:
+    if model.dtype != torch.float32:
         raise InveditError("null-text optimisation runs in float32; load the model with dtype float32")
     steps = schedule.steps
     latent = trajectory[-1:].clone()
     uncond = null.detach()
     nulls, iterations = [], []
     for i, t in enumerate(schedule.timesteps):
-        uncond, done = optimise_null_step(unet, schedule, i, latent, trajectory[steps - 1 - i].unsqueeze(0), cond,
+        uncond, done = optimise_null_step(model, schedule, i, latent, trajectory[steps - 1 - i].unsqueeze(0), cond,
                                           uncond, guidance_scale, inner_steps, early_stop, learning_rate, stats)
         nulls.append(uncond)
         iterations.append(done)
         with torch.no_grad():  # advance along the reconstruction this embedding gives
             rows = [uncond, cond] + ([null] if offsets is not None else [])
-            out = unet_output(unet, latent.expand(len(rows), -1, -1, -1), t, torch.cat(rows), stats).split(1)
+            out = model.denoise(latent.expand(len(rows), -1, -1, -1), t, torch.cat(rows), stats).split(1)
             eps_uncond, eps_cond = out[0], out[1]
             z_next = ddim_step(schedule, guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale), i, latent)
             if offsets is not None:
@@ -101,10 +100,10 @@ def optimise_null_embeddings(unet, schedule, trajectory: torch.Tensor, cond: tor
 def invert_and_optimise(inputs: InversionInputs, opts: dict[str, Any], offsets: list[torch.Tensor] | None = None
                         ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
     """DDIM inversion (guidance 1), then the per-step null-embedding optimisation: (z*, nulls, iterations)."""
-    unet = inputs.pipe.unet
-    latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
+    model = inputs.model
+    latents = ddim_invert(model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats)
     nulls, iterations = optimise_null_embeddings(
-        unet, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale, int(opts["inner_steps"]),
+        model, inputs.schedule, latents, inputs.cond, inputs.null, inputs.guidance_scale, int(opts["inner_steps"]),
         float(opts["early_stop"]), float(opts["learning_rate"]), inputs.stats, inputs.callback, offsets=offsets)
     return latents, nulls, iterations
 
@@ -134,20 +133,13 @@ class NullTextInverted(ProximalOptions, Inverted):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         opts = super().validate_options(options)
-        if int(opts["inner_steps"]) < 0:
-            raise InveditError(f"inner_steps must be ≥ 0, got {opts['inner_steps']}")
+        opts["inner_steps"] = check_number("inner_steps", opts["inner_steps"], 0, integer=True)
         if opts["branches"] not in ("both", "source"):
             raise InveditError(f"branches must be 'both' or 'source' (NT-S), got {opts['branches']!r}")
         return opts
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> NullTextInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
+        opts = options
         latents, nulls, iterations = invert_and_optimise(inputs, opts)
-        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
-                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, nulls=tuple(nulls),
-                   iterations=tuple(iterations))
-
-    def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "iterations": list(self.iterations), "total_iterations": sum(self.iterations)}
+        return cls.result(inputs, latents, opts, nulls=tuple(nulls), iterations=tuple(iterations))

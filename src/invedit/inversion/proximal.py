@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import InveditError
+from ..errors import InveditError, check_number
 from ..sampling import Branches, ddim_step
 
 PROXIMAL_DEFAULTS: dict[str, Any] = {"proximal": None, "quantile": 0.75, "recon_t": 400, "recon_lr": 1.0,
@@ -26,8 +26,7 @@ def check_proximal_options(opts: dict[str, Any]) -> dict[str, Any]:
         raise InveditError(f"proximal must be 'l0', 'l1' or null, got {opts['proximal']!r}")
     if not -1e9 < float(opts["quantile"]) < 1:
         raise InveditError(f"quantile must be < 1 (a negative value is a fixed threshold), got {opts['quantile']}")
-    if int(opts["dilate"]) < 0:
-        raise InveditError(f"dilate must be ≥ 0, got {opts['dilate']}")
+    opts["dilate"] = check_number("dilate", opts["dilate"], 0, integer=True)
     return opts
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -46,12 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..editing.attention import LayerInfo, ValueTransforms, attention_layers, attention_probs
+from ..editing.attention import LayerInfo, ValueTransforms, attention_probs
 from ..editing.base import AttentionEditor
 from ..errors import InveditError, check_number
 from ..images import pil_to_tensor
-from ..sampling import Row, RunStats, ddim_invert, ddim_step, guided, unet_conditioning, unet_output
-from .base import InversionInputs, Inverted, Sampler, StepInfo
+from ..sampling import Row, RunStats, StepInfo, ddim_invert, ddim_step, guided
+from .base import InversionInputs, Inverted, Sampler
 from .null_text import learning_rate_factor
 from .registry import register
 
@@ -151,9 +150,9 @@ class _MapRecorder(AttentionEditor):
         return maps
 
 
-def loss_downsample(unet) -> int:
+def loss_downsample(model) -> int:
     """Grid of the attention-loss layers: latent/4 (16×16 on SD at 512 px) when present, else the coarsest."""
-    found = {info.downsample for _, _, info in attention_layers(unet) if info.is_cross and info.place != "mid"}
+    found = {info.downsample for _, _, info in model.attention_layers() if info.is_cross and info.place != "mid"}
     return 4 if 4 in found or not found else max(found)
 
 
@@ -162,7 +161,7 @@ def inner_schedule(inner_steps: int, decay: float, steps: int) -> list[int]:
     return [math.ceil(inner_steps * math.exp(-decay * i)) for i in range(steps)]
 
 
-def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+def optimise_value_mappings(model, schedule, trajectory: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                             tokens: torch.Tensor, gt_maps: list[list[torch.Tensor]], recorder: _MapRecorder,
                             guidance_scale: float, opts: dict[str, Any], generator: torch.Generator,
                             stats: RunStats, callback=None) -> tuple[list[ScaleShift], list[int]]:
@@ -174,7 +173,7 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        context = unet_conditioning(unet, cond)[0]  # what cross-attention sees (SDXL: without the pooled token)
+        context = model.conditioning(cond)[0]  # what cross-attention sees (SDXL: without the pooled token)
         first = ValueMapping(tokens.shape[1], tokens.shape[2], context.shape[1], context.shape[2])
     mappings: list[ValueMapping] = [first.to(tokens.device).train()]
     budget = inner_schedule(int(opts["inner_steps"]), float(opts["inner_decay"]), steps)
@@ -189,7 +188,7 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
             recorder.map_values({})
             recorder.recording = False
             with torch.no_grad():
-                eps_uncond = unet_output(unet, latent, t, null, stats)
+                eps_uncond = model.denoise(latent, t, null, stats)
             lr = float(opts["learning_rate"]) * learning_rate_factor(i)
             optimiser = torch.optim.Adam(mapping.parameters(), lr=lr)
             done = 0
@@ -197,7 +196,7 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
                 with torch.enable_grad():
                     recorder.map_values({SOURCE_COND: ScaleShift(*mapping(tokens))})
                     recorder.recording = weight > 0
-                    eps_cond = unet_output(unet, latent, t, cond, stats)
+                    eps_cond = model.denoise(latent, t, cond, stats)
                     eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
                     loss = F.mse_loss(ddim_step(schedule, eps, i, latent), target)
                     reference = gt_maps[min(steps - i, steps - 1)] if weight > 0 else []
@@ -214,7 +213,7 @@ def optimise_value_mappings(unet, schedule, trajectory: torch.Tensor, cond: torc
                 mapped.append(ScaleShift(*(x.detach() for x in mapping(tokens))))
                 recorder.map_values({SOURCE_COND: mapped[i]})
                 recorder.recording = False
-                eps_cond = unet_output(unet, latent, t, cond, stats)
+                eps_cond = model.denoise(latent, t, cond, stats)
                 eps = guided({"uncond": eps_uncond, "cond": eps_cond}, guidance_scale)
                 latent = ddim_step(schedule, eps, i, latent)
             iterations[i] += done
@@ -273,29 +272,26 @@ class StyleDiffusionInverted(Inverted):
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> StyleDiffusionInverted:
-        opts = cls.validate_options(options)
-        start = time.perf_counter()
-        unet = inputs.pipe.unet
-        if unet.dtype != torch.float32:
+        opts = options
+        model = inputs.model
+        if model.dtype != torch.float32:
             raise InveditError("style-diffusion optimisation runs in float32; load the model with dtype float32")
-        encoder = load_image_encoder(opts["image_encoder"], str(unet.device))
-        tokens = image_tokens(encoder, cls._input_image(inputs).to(unet.device))
-        recorder = _MapRecorder(loss_downsample(unet))
+        encoder = load_image_encoder(opts["image_encoder"], str(model.device))
+        tokens = image_tokens(encoder, cls._input_image(inputs).to(model.device))
+        recorder = _MapRecorder(loss_downsample(model))
         gt_maps: list[list[torch.Tensor]] = []
 
         def record(_k: int) -> None:
             gt_maps.append([m.detach() for m in recorder.take()])
 
-        with recorder.attach(unet, recorder.values):
+        with recorder.attach(model, recorder.values):
             recorder.recording = float(opts["attention_loss"]) > 0
-            latents = ddim_invert(unet, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0, inputs.stats,
-                                  record)
+            latents = ddim_invert(model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null, 1.0,
+                                  inputs.stats, record)
             mapped, iterations = optimise_value_mappings(
-                unet, inputs.schedule, latents, inputs.cond, inputs.null, tokens, gt_maps, recorder,
+                model, inputs.schedule, latents, inputs.cond, inputs.null, tokens, gt_maps, recorder,
                 inputs.guidance_scale, opts, inputs.generator, inputs.stats, inputs.callback)
-        return cls(prompt=inputs.prompt, latents=latents, schedule=inputs.schedule, options=opts, stats=inputs.stats,
-                   seconds=time.perf_counter() - start, guidance_scale=inputs.guidance_scale, mapped=tuple(mapped),
-                   iterations=tuple(iterations))
+        return cls.result(inputs, latents, opts, mapped=tuple(mapped), iterations=tuple(iterations))
 
     @staticmethod
     def _input_image(inputs: InversionInputs) -> torch.Tensor:
@@ -316,6 +312,3 @@ class StyleDiffusionInverted(Inverted):
     def maps_target(self, i: int) -> bool:
         """Whether the target's conditional row uses the mapping at step ``i`` (i < τ_v·steps)."""
         return i < self.options["tau_v"] * self.steps
-
-    def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "iterations": list(self.iterations), "total_iterations": sum(self.iterations)}

@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..backbones import backbone
 from ..errors import InveditError
 
 
@@ -27,7 +28,7 @@ from ..errors import InveditError
 class EditRequest:
     """The page's inputs for one edit."""
 
-    image: Image.Image | None
+    image: Image.Image | str | Path | None  # a path is checked like the CLI's input (load_image)
     source_prompt: str
     target_prompt: str
     inversion: str = "direct"
@@ -38,6 +39,7 @@ class EditRequest:
     seed: int = 0
     editor_options: str = ""  # "KEY=VALUE" per line (or comma-separated), as `-o` on the command line
     inversion_options: str = ""
+    image_name: str | None = None  # how messages name an image given as a path (the upload's own file name)
 
 
 @dataclass
@@ -58,27 +60,6 @@ class EditOutcome:
                 f"{r.nfe_edit} edit), {self.seconds:.1f} s")
 
 
-def option_items(text: str) -> list[str]:
-    """``"a=1\\nb=2"`` or ``"a=1, b=2"`` → ``["a=1", "b=2"]`` (commas inside brackets or quotes stay)."""
-    items, depth, quote, current = [], 0, "", ""
-    for ch in text or "":
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        if ch in ",\n" and depth == 0 and not quote:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    items.append(current)
-    return [item.strip() for item in items if item.strip()]
-
-
 class EditSession:
     """The loaded model and the inversions made so far (the ``cache_size`` most recent)."""
 
@@ -90,41 +71,33 @@ class EditSession:
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="invedit-ui-"))
 
     def _inversion_key(self, image: Image.Image, prompt: str, request: EditRequest, options: dict) -> str:
-        from ..models import model_fingerprint
-
         h = hashlib.sha256(image.tobytes())
-        h.update(json.dumps([image.size, prompt, model_fingerprint(self.pipe), request.steps, request.guidance,
+        h.update(json.dumps([image.size, prompt, backbone(self.pipe).fingerprint(), request.steps, request.guidance,
                              request.seed, request.inversion, options], sort_keys=True, default=str).encode())
         return h.hexdigest()
 
     def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str]:
-        """Everything that can be refused before any UNet call: (image, editor options, inversion options,
+        """Everything that can be refused before any network call: (image, editor options, inversion options,
         the source branch's prompt)."""
-        from .. import api
-        from ..cli import collect_editor_options, parse_options
-        from ..editing import get_editor
         from ..images import load_image
-        from ..inversion import get_inversion
-        from ..models import model_editor_defaults, native_resolution
-        from ..prompts import check_prompt
+        from ..options import parse_options, split_items
+        from ..prepare import check_settings, prepare_edit
 
         if request.image is None:
             raise InveditError("upload an image (or pick an example) first")
-        source = check_prompt(request.source_prompt, self.pipe.tokenizer, "source prompt")
-        target = check_prompt(request.target_prompt, self.pipe.tokenizer, "target prompt")
-        api.check_steps(request.steps, self.pipe.scheduler.config.num_train_timesteps)
-        api.check_guidance(request.guidance)
-        api.check_seed(request.seed)
-        inversion_cls, editor_cls = get_inversion(request.inversion), get_editor(request.editor)
-        inversion_options = inversion_cls.validate_options(
-            parse_options(option_items(request.inversion_options), "inversion option"))
-        editor_options = collect_editor_options(editor_cls, option_items(request.editor_options),
-                                                request.blend_words.strip() or None)
-        model_defaults = model_editor_defaults(self.pipe, request.editor)
-        branch_prompt = editor_cls.source_branch_prompt(source, {**model_defaults, **editor_options})
-        editor_cls.create(self.pipe, branch_prompt, target, request.steps, **{**model_defaults, **editor_options})
-        image = load_image(request.image, native_resolution(self.pipe))
-        return image, editor_options, inversion_options, branch_prompt
+        settings = check_settings(
+            request.inversion, request.editor, request.steps, request.guidance, request.seed,
+            parse_options(split_items(request.inversion_options), "inversion option"),
+            parse_options(split_items(request.editor_options), "--option"), request.blend_words.strip() or None,
+            steps_limit=self.pipe.scheduler.config.num_train_timesteps)
+        prepared = prepare_edit(self.pipe, request.source_prompt, request.target_prompt, settings)
+        try:
+            image = load_image(request.image, backbone(self.pipe).resolution)
+        except InveditError as exc:
+            if request.image_name and isinstance(request.image, (str, Path)):  # not the server's upload path
+                raise InveditError(str(exc).replace(str(request.image), request.image_name)) from None
+            raise
+        return image, settings.editor_options, settings.inversion_options, prepared.branch_prompt
 
     def edit(self, request: EditRequest) -> EditOutcome:
         """Run one edit (see the module docstring); writes ``edit.png`` and ``edit.json`` in a fresh folder.

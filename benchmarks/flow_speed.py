@@ -1,0 +1,229 @@
+"""NFE, time and memory per edit on SD 3 / 3.5 and FLUX.1: euler+X against direct+X.
+
+    python benchmarks/flow_speed.py                 # everything below (CPU: about 5 minutes)
+    python benchmarks/flow_speed.py --parts nfe     # NFE per edit only (tiny models: seconds)
+
+Parts:
+- ``nfe``: NFE per edit (inversion + edit) of euler+none and direct+none at 28 and 50 steps on the tiny SD3 and
+  FLUX.1-dev pipelines. NFE depends only on the model family's row layout (SD3: two CFG rows per branch; FLUX.1-dev:
+  one row, guidance as an input), not on its size, so these are the real models' counts too.
+- ``sd35``: an SD3.5-medium-shaped transformer (random weights, float32) at 1024² on this machine. Its 24 blocks
+  (13 with SD3.5's second attention) are timed as three shallow copies at full width and token count — (2 blocks,
+  1 dual), (3, 1 dual), (3, 2 dual) — from which the full depth follows linearly (blocks are identical apart from
+  the dual attention); at batch 1 and 2, so a call's cost is a line in its rows. Projected to a 28-step edit.
+- ``memory``: parameters of the real SD3.5-medium/large and FLUX.1-dev networks (built on the meta device from
+  their published configs: no weights) and what fits in 16 and 24 GB of GPU memory in bfloat16, without offload,
+  with ``--offload model`` (the largest network at a time) and ``--offload sequential`` (one layer at a time).
+Results go to ``benchmarks/flow_speed.json`` and ``benchmarks/flow_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+SOURCE, TARGET = "a red square on a striped background", "a blue star on a striped background"
+
+#: SD3.5-medium's transformer (stabilityai/stable-diffusion-3.5-medium, transformer/config.json).
+SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                   dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm")
+#: FLUX.1-dev's transformer (black-forest-labs/FLUX.1-dev, transformer/config.json).
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64, vocab_size=32128,
+              feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              projection_dim=768, vocab_size=49408)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              projection_dim=1280, vocab_size=49408)
+VAE_16CH = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def nfe_part(steps_list: tuple[int, ...] = (28, 50)) -> dict:
+    """NFE (inversion, edit) per method on the tiny SD3 and FLUX.1-dev pipelines."""
+    from PIL import Image
+
+    import invedit
+    from invedit.testing import tiny_pipeline
+
+    image = Image.new("RGB", (64, 64), (120, 60, 30))
+    out: dict = {}
+    for kind in ("sd3", "flux"):
+        pipe = tiny_pipeline(kind=kind)
+        invedit.backbone(pipe).resolution = 64
+        for steps in steps_list:
+            for inversion in ("euler", "direct"):
+                result = invedit.edit(pipe, image, SOURCE, TARGET, inversion=inversion, editor="none",
+                                      steps=steps, guidance_scale=3.5)
+                out[f"{kind}/{steps}/{inversion}+none"] = {"nfe_inversion": result.nfe_inversion,
+                                                           "nfe_edit": result.nfe_edit}
+    return out
+
+
+def _call_seconds(config: dict, rows: int, tokens_side: int, repeats: int) -> float:
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(**config).eval()
+    x = torch.randn(rows, 16, tokens_side * 2, tokens_side * 2)
+    text = torch.randn(rows, 77 + 256, 4096)
+    pooled = torch.randn(rows, 2048)
+    t = torch.full((rows,), 500.0)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=t)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def sd35_part(repeats: int = 1) -> dict:
+    """Seconds per SD3.5-medium transformer call at 1024² (batch 1 and 2), from three shallow copies."""
+    out: dict = {"threads": torch.get_num_threads()}
+    side = 64  # 1024 px / VAE 8 / patch 2
+    for rows in (1, 2):
+        shallow = {
+            (n, dual): _call_seconds({**SD35_MEDIUM, "num_layers": n, "dual_attention_layers": tuple(range(dual))},
+                                     rows, side, repeats)
+            for n, dual in ((2, 1), (6, 1), (6, 5))}
+        plain = (shallow[(6, 1)] - shallow[(2, 1)]) / 4
+        dual_extra = (shallow[(6, 5)] - shallow[(6, 1)]) / 4
+        n_dual, n_layers = len(SD35_MEDIUM["dual_attention_layers"]), SD35_MEDIUM["num_layers"]
+        full = shallow[(2, 1)] + (n_layers - 2) * plain + (n_dual - 1) * dual_extra
+        out[f"batch{rows}"] = {"shallow": {f"{n}x{d}": s for (n, d), s in shallow.items()},
+                               "plain_block": plain, "dual_extra": dual_extra, "full_call": full}
+    return out
+
+
+def project(nfe: dict, sd35: dict, steps: int = 28) -> dict:
+    """Seconds per SD3.5-medium edit at 1024²: each step's call costs a + b·rows (the batch-1/2 line)."""
+    b1, b2 = sd35["batch1"]["full_call"], sd35["batch2"]["full_call"]
+    per_row, fixed = b2 - b1, 2 * b1 - b2
+    out = {}
+    for method in ("euler+none", "direct+none"):
+        n = nfe[f"sd3/{steps}/{method}"]
+        calls = steps + steps  # one inversion call and one edit call per step
+        out[method] = {"nfe": n["nfe_inversion"] + n["nfe_edit"],
+                       "seconds": calls * fixed + (n["nfe_inversion"] + n["nfe_edit"]) * per_row}
+    return out
+
+
+def _params(build) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
+
+
+def memory_part() -> dict:
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    counts = {
+        "sd35-medium transformer": _params(lambda: SD3Transformer2DModel(**SD35_MEDIUM)),
+        "sd35-large transformer": _params(lambda: SD3Transformer2DModel(**SD35_LARGE)),
+        "flux-dev transformer": _params(lambda: FluxTransformer2DModel(**FLUX_DEV)),
+        "t5-xxl encoder": _params(lambda: T5EncoderModel(T5Config(**T5_XXL))),
+        "clip-l text": _params(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L))),
+        "clip-g text": _params(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G))),
+        "vae (16 ch)": _params(lambda: AutoencoderKL(**VAE_16CH)),
+    }
+    gb = {k: v * 2 / 1e9 for k, v in counts.items()}  # bfloat16
+    models = {
+        "SD3.5 medium": ["sd35-medium transformer", "t5-xxl encoder", "clip-l text", "clip-g text", "vae (16 ch)"],
+        "SD3.5 large": ["sd35-large transformer", "t5-xxl encoder", "clip-l text", "clip-g text", "vae (16 ch)"],
+        "FLUX.1-dev": ["flux-dev transformer", "t5-xxl encoder", "clip-l text", "vae (16 ch)"],
+    }
+    table = {}
+    for name, parts in models.items():
+        table[name] = {"all weights GB": sum(gb[p] for p in parts), "largest network GB": max(gb[p] for p in parts),
+                       "largest network": max(parts, key=lambda p: gb[p])}
+    return {"parameters": counts, "bf16_GB": gb, "models": table}
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = ["# Flow models: NFE, time and memory per edit", "",
+             f"Machine: {results['machine']}; torch {results['torch']}. Written by `benchmarks/flow_speed.py`.", ""]
+    if "nfe" in results:
+        lines += ["## NFE per edit (inversion + edit), none editor, guidance 3.5", "",
+                  "| family | steps | euler+none | direct+none |", "|---|---|---|---|"]
+        for kind in ("sd3", "flux"):
+            for steps in (28, 50):
+                cells = []
+                for m in ("euler+none", "direct+none"):
+                    n = results["nfe"][f"{kind}/{steps}/{m}"]
+                    cells.append(f"{n['nfe_inversion'] + n['nfe_edit']} ({n['nfe_inversion']} + {n['nfe_edit']})")
+                lines.append(f"| {'SD3/3.5' if kind == 'sd3' else 'FLUX.1-dev'} | {steps} | {' | '.join(cells)} |")
+        lines.append("")
+    if "sd35" in results:
+        s = results["sd35"]
+        lines += ["## SD3.5-medium-shaped transformer at 1024² on this CPU (float32, random weights)", "",
+                  f"Torch threads: {s['threads']}. One call (4096 image + 333 text tokens):", "",
+                  "| batch | plain block | dual-attention extra | full call (24 blocks) |", "|---|---|---|---|"]
+        for rows in (1, 2):
+            b = s[f"batch{rows}"]
+            lines.append(f"| {rows} | {b['plain_block']:.2f} s | {b['dual_extra']:.2f} s | {b['full_call']:.1f} s |")
+        if "projection" in results:
+            lines += ["", "Projected per edit at 28 steps (transformer calls only):", "",
+                      "| method | NFE | seconds |", "|---|---|---|"]
+            for m, p in results["projection"].items():
+                lines.append(f"| {m} | {p['nfe']} | {p['seconds']:.0f} |")
+        lines.append("")
+    if "memory" in results:
+        m = results["memory"]
+        lines += ["## Weights in bfloat16 (parameters from the published configs, counted on the meta device)", "",
+                  "| network | parameters | GB (bf16) |", "|---|---|---|"]
+        for k, v in m["parameters"].items():
+            lines.append(f"| {k} | {v / 1e9:.2f} B | {m['bf16_GB'][k]:.1f} |")
+        lines += ["", "| model | all weights | no offload: fits 24 / 16 GB | `--offload model`: largest network | "
+                      "fits 24 / 16 GB |", "|---|---|---|---|---|"]
+        for name, row in m["models"].items():
+            total, largest = row["all weights GB"], row["largest network GB"]
+            fits = " / ".join("yes" if total + 2 < cap else "no" for cap in (24, 16))
+            fits_model = " / ".join("yes" if largest + 2 < cap else "no" for cap in (24, 16))
+            lines.append(f"| {name} | {total:.1f} GB | {fits} | {largest:.1f} GB ({row['largest network']}) | "
+                         f"{fits_model} |")
+        lines += ["", "\"Fits\" leaves 2 GB for activations at 1024² and the CUDA context (an estimate, not a "
+                      "measurement); `--offload sequential` holds one layer at a time and fits all three in 16 GB, "
+                      "at several times the run time."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="nfe,sd35,memory")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE / "flow_speed.json")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.update(machine=f"{platform.machine()} {platform.processor() or ''} cpu={torch.get_num_threads()}",
+                   torch=torch.__version__)
+    if "nfe" in parts:
+        results["nfe"] = nfe_part()
+    if "sd35" in parts:
+        results["sd35"] = sd35_part(args.repeats)
+    if "nfe" in results and "sd35" in results:
+        results["projection"] = project(results["nfe"], results["sd35"])
+    if "memory" in parts:
+        results["memory"] = memory_part()
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_markdown(results, args.out.with_suffix(".md"))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The backbone contract: what invedit knows about a loaded pipeline and does with it, one class per family.
+
+A `Backbone` wraps one diffusers pipeline and is the one visible record of invedit's state for it (its name, the
+resolution it works at, the editor settings its folder recommends, its fingerprint), beside what differs between
+model families: the prompt conditioning, the schedule and its steps, the denoiser call, the VAE, and where
+attention can be hooked. The loop, the inversions and the editors call only this contract and never name a family;
+a new family is one subclass registered with `register_family`. ``invedit.load`` still returns the plain diffusers
+pipeline; `backbone(pipe)` finds its record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from ..errors import InveditError
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Where an attention layer sits.
+
+    ``name``: module path; ``place``: part of the network ("down" | "mid" | "up" on a U-Net); ``is_cross``: cross-
+    or self-attention; ``downsample``: the layer's token grid is the latent grid divided by this; ``block``: its
+    transformer block's path; ``order``: that block's index in forward order (down → mid → up, as the reference
+    editors count layers); ``count``: transformer blocks in the network. Editors choose layers by these, never by
+    counting calls.
+    """
+
+    name: str
+    place: str
+    is_cross: bool
+    downsample: int
+    block: str = ""
+    order: int = -1
+    count: int = 0
+
+
+class Backbone(ABC):
+    """One loaded pipeline of one model family (see the module docstring).
+
+    Attributes:
+        pipe: the diffusers pipeline.
+        name: a readable model name (hub id, folder or the embedded model's name).
+        resolution: the image side in pixels the pipeline works at.
+        editor_defaults: editor options the model recommends, by editor name (its folder's ``invedit.json``).
+    """
+
+    #: Short family name recorded with every result ("sd", "sdxl", …).
+    family: ClassVar[str] = "base"
+    #: ``_class_name`` values of model_index.json this family runs.
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: How guidance reaches the network: "cfg" (an unconditional and a conditional row per branch), "embedded"
+    #: (one conditional row, the scale given to ``denoise(..., guidance=...)``: FLUX.1-dev) or "none" (FLUX.1-schnell:
+    #: no guidance input; CFG rows still work).
+    guidance_mode: ClassVar[str] = "cfg"
+    #: The kind of schedule the family samples with: "ddim" (UNet, ε/v prediction) or "flow" (rectified flow);
+    #: inversions and editors declare the kinds they run on (``schedule_kinds``).
+    schedule_kind: ClassVar[str] = "ddim"
+    #: Lowest versions of libraries this family is tested with, beyond the package's own requirements.
+    requires: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, pipe, name: str | None = None, resolution: int | None = None,
+                 editor_defaults: dict[str, dict[str, Any]] | None = None):
+        self.pipe = pipe
+        self.name = name or str(pipe.config.get("_name_or_path", "") or "unknown")
+        self.resolution = self.check_resolution(resolution)
+        self.editor_defaults = dict(editor_defaults or {})
+        self._fingerprint: str | None = None
+
+    # ---- setup --------------------------------------------------------------------------------------------
+    @classmethod
+    def check_requirements(cls) -> None:
+        """Refuse, in one line, library versions below what this family is tested with (`requires`)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.version import Version
+
+        for package, lowest in cls.requires.items():
+            try:
+                found = version(package)
+            except PackageNotFoundError:
+                found = "none"
+            if found == "none" or Version(found) < Version(lowest):
+                raise InveditError(f"{cls.family} models need {package} >= {lowest} (tested with it; found {found}): "
+                                   f"pip install -U '{package}>={lowest}'")
+
+    @classmethod
+    def prepare(cls, pipe, device: torch.device | None = None, **options: Any):
+        """Put a freshly loaded pipeline into invedit's state (scheduler, eval mode, quiet); returns it."""
+        if device is not None:
+            pipe.to(device)
+        for module in cls.modules_of(pipe):
+            module.eval().requires_grad_(False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def modules_of(cls, pipe) -> list[torch.nn.Module]:
+        """The networks of the pipeline: denoiser, VAE, text encoders."""
+        return [m for m in (cls.denoiser_of(pipe), pipe.vae, *cls.text_encoders_of(pipe)) if m is not None]
+
+    @classmethod
+    @abstractmethod
+    def denoiser_of(cls, pipe) -> torch.nn.Module:
+        """The denoising network (the UNet or transformer) of a pipeline of this family."""
+
+    @classmethod
+    def text_encoders_of(cls, pipe) -> list[torch.nn.Module]:
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        return [m for m in (getattr(pipe, n, None) for n in names) if m is not None]
+
+    # ---- what every family has ----------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """What editors hook and the loop calls: the UNet or the transformer."""
+        return self.denoiser_of(self.pipe)
+
+    @property
+    def tokenizer(self):
+        """The tokenizer prompts are checked with (the first CLIP one)."""
+        return self.pipe.tokenizer
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return self.text_encoders_of(self.pipe)
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell (8 for Stable Diffusion)."""
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution_multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE factor × what the denoiser's grid needs)."""
+        return self.vae_factor * 8
+
+    @property
+    def native_resolution(self) -> int:
+        """The side the checkpoint was made for."""
+        return int(self.denoiser.config.sample_size) * self.vae_factor
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run (the GPU they are moved to under CPU offload)."""
+        execution = getattr(self.pipe, "_execution_device", None)
+        return torch.device(execution) if execution is not None else self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def check_resolution(self, resolution: int | None) -> int:
+        """``resolution`` (``None``: the native one) as a valid image side.
+
+        Raises:
+            InveditError: not a positive multiple of `resolution_multiple`.
+        """
+        if resolution is None:
+            return self.native_resolution
+        step = self.resolution_multiple
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
+            raise InveditError(f"resolution must be a multiple of {step} pixels (the VAE factor × "
+                               f"{step // self.vae_factor}), got {resolution!r}")
+        return resolution
+
+    def model_editor_defaults(self, editor: str) -> dict[str, Any]:
+        """Options the model recommends for ``editor`` (explicit options and an inversion's pairing win)."""
+        return dict(self.editor_defaults.get(editor, {}))
+
+    #: Config keys that name where or with which library version a model was saved, not what it computes.
+    VOLATILE_CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset({
+        "_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "dtype", "torch_dtype",
+        "_use_default_values"})
+
+    def fingerprint(self) -> str:
+        """Short hash of the model's identity (configs and a sample of weights), recorded with every result."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for module in self.modules_of(self.pipe):
+                config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+                stable = {k: v for k, v in config.items() if k not in self.VOLATILE_CONFIG_KEYS}
+                h.update(json.dumps(stable, sort_keys=True, default=str).encode())
+                params = list(module.parameters())
+                for p in params[:: max(1, len(params) // 16)]:
+                    h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    # ---- what differs between families --------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """The conditioning of each prompt as one tensor per prompt, (N, L, D) float32; methods treat it as one
+        embedding (null-text optimises it), `denoise` splits it again."""
+
+    @abstractmethod
+    def schedule(self, steps: int):
+        """The schedule of a run of ``steps`` steps: ``steps``, ``timesteps``, ``step``, ``inverse_step``."""
+
+    @abstractmethod
+    def denoise(self, latents: torch.Tensor, t, embeddings: torch.Tensor, stats) -> torch.Tensor:
+        """One network call on ``latents`` (N, C, h, w) at timestep ``t``; counts ``stats.nfe += N``; returns
+        float32 (float64 for float64 latents) in the latent layout. Families whose `guidance_mode` is "embedded"
+        also take a keyword ``guidance`` (one scale, or one per row)."""
+
+    @abstractmethod
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """Latent z₀ of an image at the working resolution, float32 (1, C, h, w)."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Images of latents (N, C, h, w)."""
+
+    @abstractmethod
+    def attention_layers(self) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
+        """Every attention module editors may hook, with its `LayerInfo`, in forward order."""
+
+
+FAMILIES: dict[str, type[Backbone]] = {}
+_RECORDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def register_family(cls: type[Backbone]) -> type[Backbone]:
+    """Class decorator: run pipelines whose model_index.json names one of ``cls.pipeline_classes``."""
+    for name in cls.pipeline_classes:
+        FAMILIES[name] = cls
+    return cls
+
+
+def family_of_class(class_name: str) -> type[Backbone] | None:
+    """The backbone class that runs pipelines of ``class_name`` (model_index.json's ``_class_name``), if any."""
+    return FAMILIES.get(class_name)
+
+
+def attach(pipe, record: Backbone) -> Backbone:
+    """Make ``record`` the pipeline's backbone (what `invedit.load` does after loading)."""
+    _RECORDS[pipe] = record
+    return record
+
+
+def backbone(pipe) -> Backbone:
+    """The pipeline's `Backbone` (made with default settings for a pipeline not loaded by invedit).
+
+    Raises:
+        InveditError: a pipeline of no registered family.
+    """
+    record = _RECORDS.get(pipe)
+    if record is None:
+        cls = family_of_class(type(pipe).__name__)
+        if cls is None:
+            raise InveditError(f"{type(pipe).__name__} is not a pipeline invedit runs")
+        record = attach(pipe, cls(pipe))
+    return record

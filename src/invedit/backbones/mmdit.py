@@ -1,0 +1,121 @@
+"""What SD3 and FLUX share: a rectified-flow transformer (MM-DiT) over the latents of a VAE with a shift factor,
+CLIP + T5 text encoders whose pooled CLIP embedding rides along as the conditioning's last token."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from ..errors import InveditError
+from ..flow import FlowSchedule
+from ..images import pil_to_tensor, tensor_to_uint8
+from .base import Backbone, LayerInfo
+
+
+def pack_pooled(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Token states (N, L, D) and a pooled embedding (N, P ≤ D) as one tensor (N, L + 1, D): the pooled one is the
+    last token, zero-padded to D (as invedit packs SDXL's)."""
+    if pooled.shape[-1] > hidden.shape[-1]:
+        raise InveditError(f"pooled embedding ({pooled.shape[-1]}) wider than the token embeddings "
+                           f"({hidden.shape[-1]}); this model variant is not supported")
+    pad = torch.nn.functional.pad(pooled.to(hidden.dtype), (0, hidden.shape[-1] - pooled.shape[-1]))
+    return torch.cat([hidden, pad[:, None]], dim=1)
+
+
+def unpack_pooled(embeddings: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `pack_pooled`: ``(token states (N, L, D), pooled (N, pooled_dim))``."""
+    return embeddings[:, :-1], embeddings[:, -1, :pooled_dim]
+
+
+def clip_tokens(tokenizer, prompts: list[str], max_length: int) -> torch.Tensor:
+    """Token ids padded/truncated to ``max_length``, as the diffusers SD3/FLUX pipelines tokenize."""
+    return tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+class FlowTransformerBackbone(Backbone):
+    """Shared parts of the SD3 and FLUX backbones (subclasses define the text encoding and the transformer call).
+
+    The pipeline keeps its own `FlowMatchEulerDiscreteScheduler`: `schedule` reads its config.
+    """
+
+    #: SD 3 / FLUX are tested with these (earlier transformers 4.x read the T5 tokenizers differently; the lowest
+    #: versions that work are not established, so invedit asks for the ones it tests).
+    requires = {"diffusers": "0.42.1", "transformers": "5.25.0"}
+    #: `invedit.flow.CONVENTIONS` key of the family.
+    convention: str = ""
+    schedule_kind = "flow"
+
+    @classmethod
+    def denoiser_of(cls, pipe) -> torch.nn.Module:
+        return pipe.transformer
+
+    @classmethod
+    def load_pipeline(cls, source: str, dtype: torch.dtype, local_only: bool):
+        """The family's diffusers pipeline (the class model_index.json names) from a folder or hub id (what
+        `invedit.load` calls)."""
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+
+    @property
+    def patch(self) -> int:
+        """Latent cells per transformer token side: 2×2 patches (SD3) or 2×2 packing (FLUX)."""
+        return 2
+
+    @property
+    def resolution_multiple(self) -> int:
+        return self.vae_factor * self.patch
+
+    def image_seq_len(self) -> int:
+        """Image tokens the transformer sees at the working resolution (what FLUX's shift μ depends on)."""
+        side = self.resolution // self.vae_factor // self.patch
+        return side * side
+
+    def schedule(self, steps: int) -> FlowSchedule:
+        """The pipeline's own sigmas for ``steps`` steps at the working resolution (`invedit.flow.FlowSchedule`)."""
+        return FlowSchedule.from_config(self.pipe.scheduler.config, steps, self.convention, self.image_seq_len())
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """z₀ = (VAE posterior mode − shift_factor) × scaling_factor, float32 (1, C, h, w), as the SD3/FLUX
+        pipelines normalize latents."""
+        vae = self.pipe.vae
+        x = pil_to_tensor(image).to(vae.device, vae.dtype)
+        mode = vae.encode(x).latent_dist.mode()
+        return ((mode - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents (N, C, h, w) → PIL: ÷ scaling_factor + shift_factor, VAE decode, clamp, ×255, truncate."""
+        vae = self.pipe.vae
+        raw = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        images = vae.decode(raw.to(vae.device, vae.dtype)).sample
+        return [Image.fromarray(a) for a in tensor_to_uint8(images)]
+
+    def _layer_groups(self) -> list[tuple[str, str]]:
+        """``(ModuleList attribute, place)`` of the transformer's block lists, in forward order."""
+        return [("transformer_blocks", "joint")]
+
+    def attention_layers(self) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
+        """Every block's attention (joint image–text attention; SD3.5's second one, FLUX's single blocks), in forward
+        order; ``downsample`` is the token grid's (the patch size)."""
+        blocks = [(f"{attr}.{i}", place, block) for attr, place in self._layer_groups()
+                  for i, block in enumerate(getattr(self.denoiser, attr))]
+        found = []
+        for order, (block_name, place, block) in enumerate(blocks):
+            for name, module in block.named_children():
+                if name.startswith("attn") and hasattr(module, "to_q"):
+                    info = LayerInfo(name=f"{block_name}.{name}", place=place, is_cross=False, downsample=self.patch,
+                                     block=block_name, order=order, count=len(blocks))
+                    found.append((info.name, module, info))
+        return found
+
+    @staticmethod
+    def _output_dtype(latents: torch.Tensor) -> torch.dtype:
+        return torch.float64 if latents.dtype == torch.float64 else torch.float32
+
+    @staticmethod
+    def _count(stats, rows: int) -> None:
+        stats.nfe += rows
+        stats.unet_calls += 1

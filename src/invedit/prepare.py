@@ -1,0 +1,166 @@
+"""Every check of an edit, in one place, before any network call: `check_settings` (no model needed) and
+`prepare_edit` (with the model: prompts, the model's recommended editor settings, the editor's dry run).
+
+`invedit edit`, the web page's session, `invedit bench` and `invedit.edit` all go through here, so they refuse
+the same inputs with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backbones import backbone
+from .editing import EDITORS, get_editor
+from .errors import InveditError
+from .inversion import INVERSIONS, get_inversion
+from .prompts import blend_word_tokens, check_prompt
+
+MAX_SEED = 2**63 - 1
+DEFAULT_STEPS = 50
+DEFAULT_INVERSION = "direct"
+
+
+def check_steps(steps: Any, limit: int = 1000) -> int:
+    """``steps`` as an int in [1, limit] (limit: the model's training timesteps)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise InveditError(f"steps must be an integer from 1 to {limit}, got {steps!r}")
+    return steps
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in [0, 2⁶³ − 1] (what `torch.Generator.manual_seed` takes)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InveditError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
+
+
+def check_guidance(guidance_scale: Any) -> float:
+    """``guidance_scale`` as a float in [0, 50]."""
+    try:
+        g = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise InveditError(f"guidance scale must be a number, got {guidance_scale!r}") from None
+    if not 0 <= g <= 50 or g != g:
+        raise InveditError(f"guidance scale must be in [0, 50], got {g}")
+    return g
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """An edit's method choice and numbers, checked: names known, numbers in range, option names and types
+    known (inversion options complete with the method's defaults; editor options as given)."""
+
+    inversion: str = DEFAULT_INVERSION
+    editor: str = "p2p"
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = 7.5
+    seed: int = 0
+    inversion_options: dict[str, Any] = field(default_factory=dict)
+    editor_options: dict[str, Any] = field(default_factory=dict)
+
+
+def editor_options_with_blend(editor: str, options: dict[str, Any] | None, blend: str | None) -> dict[str, Any]:
+    """The editor's options with ``blend`` ("SRC TGT", the CLI's ``--blend``) as P2P's ``blend_words``,
+    validated by the editor."""
+    from .editing.p2p import parse_blend_words
+
+    editor_cls = get_editor(editor)
+    options = dict(options or {})
+    if blend:
+        if "blend_words" not in editor_cls.defaults:
+            raise InveditError(f"--blend is Prompt-to-Prompt's LocalBlend; editor {editor_cls.name!r} has no blend "
+                               "words")
+        options["blend_words"] = parse_blend_words(blend)
+    editor_cls.validate_options(options)
+    return options
+
+
+def check_settings(inversion: str = DEFAULT_INVERSION, editor: str = "p2p", steps: Any = DEFAULT_STEPS,
+                   guidance_scale: Any = 7.5, seed: Any = 0, inversion_options: dict[str, Any] | None = None,
+                   editor_options: dict[str, Any] | None = None, blend: str | None = None,
+                   steps_limit: int = 1000) -> EditSettings:
+    """Check everything of an edit that needs no model (see `EditSettings`).
+
+    Raises:
+        InveditError: the first problem, in one line.
+    """
+    steps = check_steps(steps, steps_limit)
+    guidance_scale = check_guidance(guidance_scale)
+    seed = check_seed(seed)
+    inversion_options = get_inversion(inversion).validate_options(dict(inversion_options or {}))
+    editor_options = editor_options_with_blend(editor, editor_options, blend)
+    return EditSettings(inversion, editor, steps, guidance_scale, seed, inversion_options, editor_options)
+
+
+def check_model_kind(model, inversion: str | None = None, editor: str | None = None) -> None:
+    """Refuse an inversion or editor that does not run on the model's kind of schedule (`Backbone.schedule_kind`:
+    DDIM on a UNet, or rectified flow on SD3/FLUX).
+
+    Raises:
+        InveditError: saying why (the method's ``refusal``, when it has one) and naming the methods that do run.
+    """
+    kind = model.schedule_kind
+    for what, name, registry, get in (("inversion", inversion, INVERSIONS, get_inversion),
+                                      ("editor", editor, EDITORS, get_editor)):
+        if name is not None and kind not in get(name).schedule_kinds:
+            usable = sorted(n for n, cls in registry.items() if kind in cls.schedule_kinds)
+            why = getattr(get(name), "refusal", "")
+            raise InveditError(f"{what} {name!r} does not run on {model.family} models ({kind} schedule)"
+                               f"{': ' + why if why else ''}; use one of: {', '.join(usable)}")
+
+
+def check_prompts(tokenizer, source_prompt: str, target_prompt: str,
+                  blend_words: tuple[str, str] | None = None) -> tuple[str, str]:
+    """Both prompts checked against the model's tokenizer (non-empty, not too long, known words) and the blend
+    words against the prompts; returns the normalised prompts."""
+    source = check_prompt(source_prompt, tokenizer, "source prompt")
+    target = check_prompt(target_prompt, tokenizer, "target prompt")
+    if blend_words:
+        blend_word_tokens(source, target, tuple(blend_words), tokenizer)
+    return source, target
+
+
+@dataclass(frozen=True)
+class PreparedEdit:
+    """An edit that passed every check: its settings, prompts, the prompt its source branch is inverted and
+    denoised under, and the editor options the model recommends (under the given ones)."""
+
+    settings: EditSettings
+    source_prompt: str
+    branch_prompt: str
+    target_prompt: str
+    model_defaults: dict[str, Any]
+
+    @property
+    def editor_options(self) -> dict[str, Any]:
+        """The editor's options: the model's recommendation, then what was given."""
+        return {**self.model_defaults, **self.settings.editor_options}
+
+
+def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSettings,
+                 inverted_prompt: str | None = None) -> PreparedEdit:
+    """The model-side checks of an edit: prompts, the model's editor defaults, the source branch's prompt (which
+    a given inversion, made under ``inverted_prompt``, must match) and a dry run of the editor (`Editor.create`
+    builds it without side effects), so bad settings fail before any inversion.
+
+    Raises:
+        InveditError: the first problem, in one line.
+    """
+    model = backbone(pipe)
+    check_model_kind(model, settings.inversion, settings.editor)
+    check_steps(settings.steps, pipe.scheduler.config.num_train_timesteps)
+    if inverted_prompt is None:
+        source = check_prompt(source_prompt or "", model.tokenizer, "source prompt")
+    else:
+        source = source_prompt
+    target = check_prompt(target_prompt, model.tokenizer, "target prompt")
+    editor_cls = get_editor(settings.editor)
+    model_defaults = model.model_editor_defaults(settings.editor)
+    options = {**model_defaults, **settings.editor_options}
+    branch_prompt = editor_cls.source_branch_prompt(source, options)
+    if inverted_prompt is not None and branch_prompt != inverted_prompt:
+        raise InveditError(f"editor {editor_cls.name!r} denoises the source under {branch_prompt!r}, but the image "
+                           f"was inverted under {inverted_prompt!r}; invert under {branch_prompt!r}")
+    editor_cls.create(pipe, branch_prompt, target, settings.steps, **options)
+    return PreparedEdit(settings, source, branch_prompt, target, model_defaults)

@@ -1,0 +1,1 @@
+"""Training code of the models invedit ships (not installed with the package): run from the repository root."""
