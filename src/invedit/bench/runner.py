@@ -290,7 +290,7 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
                     "seed": seed, "dtype": dtype_name, "device_type": model_record.device.type, "resolution": size,
                     "parity": parity,
                     "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods},
-                    ENVIRONMENT_KEY: run_environment(pipe.unet.device)}
+                    ENVIRONMENT_KEY: run_environment(model_record.device)}
         remember_settings(run_dir, settings, allow_mixed)
     except BaseException:
         remove_created(created)
