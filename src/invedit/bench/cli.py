@@ -36,6 +36,9 @@ def bench_command(
         help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="resume in another environment (threads, versions, device): its edits may differ in "
+                              "their bits; recorded in run.json")] = False,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="editor option [METHOD:]KEY=VALUE (no METHOD: every method)")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -54,7 +57,7 @@ def bench_command(
     setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
                         device=device, dtype=dtype, resolution=resolution, offload=offload, parity=parity,
-                        edit_types=_types(types),
+                        edit_types=_types(types), allow_mixed=allow_mixed,
                         limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,
                         say=lambda m: typer.echo(m, err=True))
