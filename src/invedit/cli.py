@@ -13,6 +13,7 @@ import typer
 
 from .bench.cli import bench_command, evaluate_command, report_command
 from .cli_errors import cli_errors, raise_terminated
+from .cli_options import DeviceOption, DtypeOption, ModelOption, OffloadOption, ResolutionOption
 from .errors import InveditError
 from .runtime import setup_threads
 
@@ -35,16 +36,14 @@ def edit_command(
     blend: Annotated[str | None, typer.Option(
         help='LocalBlend words "SRC_WORD TGT_WORD" (an added or removed object: its word twice, "star star")',
     )] = None,
-    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    model: ModelOption = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
-    offload: Annotated[str | None, typer.Option(
-        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    resolution: ResolutionOption = None,
+    offload: OffloadOption = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -217,16 +216,14 @@ def toy_bench_command(
 @app.command("ui")
 @cli_errors
 def ui_command(
-    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    model: ModelOption = None,
     host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 exposes the page to your network")] = (
         "127.0.0.1"),
     port: Annotated[int, typer.Option(help="port (default 7860)")] = 7860,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
-    offload: Annotated[str | None, typer.Option(
-        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    resolution: ResolutionOption = None,
+    offload: OffloadOption = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""

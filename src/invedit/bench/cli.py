@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..cli_errors import cli_errors
+from ..cli_options import DtypeOption, ModelOption, OffloadOption, ResolutionOption
 from ..runtime import setup_threads
 
 
@@ -23,17 +24,15 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="run folder (created; an existing run resumes)")],
     types: Annotated[str | None, typer.Option(help="edit types to run, e.g. 0,1,6 (default: all)")] = None,
     limit: Annotated[int | None, typer.Option(help="only the first N entries (by id)")] = None,
-    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    model: ModelOption = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best; per process "
                                                     "under accelerate)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
-    offload: Annotated[str | None, typer.Option(
-        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
+    dtype: DtypeOption = None,
+    resolution: ResolutionOption = None,
+    offload: OffloadOption = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
     allow_mixed: Annotated[bool, typer.Option(
