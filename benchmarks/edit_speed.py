@@ -335,7 +335,7 @@ def project(nfe_rows: dict, costs: dict) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,sd14",
-                        help="comma list of: tiny, sd14, sdxl, embedded, sd3, flux (sd3/flux: benchmarks/flow_speed.py)")
+                        help="comma list of: tiny, sd14, sdxl, embedded, sd3, flux (sd3/flux: flow_speed.py)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps for tiny/embedded models")
     parser.add_argument("--sd-steps", type=int, default=5, help="full-size model: measured at this and twice this")
     parser.add_argument("--repeats", type=int, default=3)
