@@ -40,8 +40,6 @@ class UniInvInverted(Inverted):
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         opts = super().validate_options(options)
         opts["alpha"] = check_number("alpha", opts["alpha"], 0, 1, low_open=True)
-        if not isinstance(opts["zero_init"], bool):
-            raise InveditError(f"zero_init must be true or false, got {opts['zero_init']!r}")
         opts["inversion_guidance"] = check_number("inversion_guidance", opts["inversion_guidance"], 0)
         return opts
 
