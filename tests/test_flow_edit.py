@@ -124,7 +124,7 @@ def test_methods_refuse_the_model_kind_they_do_not_run_on():
     models, in one line that names what does run."""
     flow, sd = tiny_pipeline(kind="sd3"), tiny_pipeline()
     with pytest.raises(InveditError, match=r"inversion 'null-text' does not run on sd3 models \(flow schedule\); "
-                                           r"use one of: direct, euler$"):
+                                           r"use one of: direct, euler, fireflow, rf-solver, uniedit$"):
         invedit.invert(flow, scene_image(), SOURCE, "null-text", steps=STEPS)
     with pytest.raises(InveditError, match=r"editor 'p2p' does not run on sd3 models \(flow schedule\); use one of: "
                                            r"none$"):
