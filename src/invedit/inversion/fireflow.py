@@ -46,8 +46,7 @@ class FireFlowInverted(RFSolverInverted):
     """FireFlow inversion under the source prompt; its edits step both branches with the same solver."""
 
     method = "fireflow"
-    description = ("FireFlow (ICML'25): midpoint inversion and sampling reusing the last midpoint velocity "
-                   "(SD3/FLUX), N + 1 NFE per pass and branch")
+    description = "FireFlow (ICML'25): midpoint steps reusing the last midpoint velocity, N + 1 NFE per pass"
     sampler_class = FireFlowSampler
 
     @classmethod

@@ -62,8 +62,7 @@ class RFSolverInverted(Inverted):
     """RF-Solver inversion under the source prompt; its edits step both branches with the same solver."""
 
     method = "rf-solver"
-    description = ("RF-Solver (ICML'25): 2nd-order Taylor inversion and sampling of a rectified flow (SD3/FLUX), "
-                   "2 NFE per step and branch")
+    description = "RF-Solver (ICML'25): 2nd-order Taylor steps to invert and sample a rectified flow, 2 NFE/step"
     defaults = {"inversion_guidance": 1.0}
     sampler_class = RFSolverSampler
     schedule_kinds = ("flow",)

@@ -31,8 +31,7 @@ class UniInvInverted(Inverted):
     edit starts at ``first_step`` = N − ⌊α·N⌋ with plain Euler steps on both branches."""
 
     method = "uniedit"
-    description = ("Uni-Inv (UniEdit-Flow, ICLR'26): predictor-corrector inversion of a rectified flow (SD3/FLUX), "
-                   "edit from step (1 - alpha)·N, 1 NFE per step")
+    description = "Uni-Inv (UniEdit-Flow, ICLR'26): predictor-corrector inversion; edits the last alpha·N steps"
     defaults = {"alpha": 0.6, "zero_init": False, "inversion_guidance": 1.0}
     schedule_kinds = ("flow",)
 
