@@ -1,7 +1,9 @@
-"""Uni-Inv (UniEdit-Flow, ICLR 2026): the predictor–corrector inversion — the reference scheduler's arithmetic on
-a hand-computed case, the exact inverse of Euler sampling on any velocity independent of x, the delay rate α (the
-edit starts at N − ⌊α·N⌋), its NFE against the published 28 at 15 steps, its options, storage and reconstruction."""
+"""Uni-Inv and Uni-Edit (UniEdit-Flow, ICLR 2026). The predictor–corrector inversion: the reference scheduler's
+arithmetic on a hand-computed case, the exact inverse of Euler sampling on any velocity independent of x, the delay
+rate α (the edit starts at N − ⌊α·N⌋), its NFE against the published 28 at 15 steps, options, storage,
+reconstruction. The velocity-fusion editor: its formula, the reference's step over the backbone, NFE, options."""
 
+import json
 import math
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import invedit
 from invedit.backbones import backbone
+from invedit.editing.uniedit import uni_edit_velocity
 from invedit.errors import InveditError
 from invedit.flow import euler_invert, euler_sample, uni_inv, uni_inv_steps
 from invedit.inversion.storage import load_inverted, save_inverted
@@ -136,3 +139,91 @@ def test_uni_inv_reconstructs_closer_than_euler(flow_pipe):
     family = backbone(flow_pipe).family
     # measured rms at 4 steps: SD3 0.041 vs 0.203 (ratio 0.20), FLUX 0.072 vs 0.192 (ratio 0.37)
     assert measured(f"uni-inv vs euler reconstruction ratio {family}", errors["uniedit"] / errors["euler"]) < 0.6
+
+
+# ---- the Uni-Edit editor -----------------------------------------------------------------------------------------
+def test_fusion_on_a_hand_computed_case():
+    """v_src = 0, v_trg over 2 channels at 2 pixels: channel means 2 and 4, so m = 0 at the first pixel and ≈ 1 at
+    the second (÷ (2 + 1e-7)). ω = 0 blends (source there, target here), ω = 2 adds 2·(1 + m)·g; each sample is
+    normalised on its own; FLUX's packed layout (N, L, D) takes the mean over its last dim."""
+    v_trg = torch.tensor([[[[1.0, 3.0]], [[3.0, 5.0]]]])  # (1, C=2, H=1, W=2)
+    v_src = torch.zeros_like(v_trg)
+    assert torch.allclose(uni_edit_velocity(v_src, v_trg, 0.0, 1), torch.tensor([[[[0.0, 3.0]], [[0.0, 5.0]]]]),
+                          atol=1e-6, rtol=0)
+    assert torch.allclose(uni_edit_velocity(v_src, v_trg, 2.0, 1), torch.tensor([[[[2.0, 15.0]], [[6.0, 25.0]]]]),
+                          atol=1e-5, rtol=0)
+    batch = uni_edit_velocity(torch.cat([v_src, v_src]), torch.cat([v_trg, 10 * v_trg]), 0.0, 1)
+    assert torch.allclose(batch[1], 10 * batch[0], atol=1e-5, rtol=0)
+    packed = uni_edit_velocity(v_src.flatten(2).transpose(1, 2), v_trg.flatten(2).transpose(1, 2), 2.0, 2)
+    assert torch.allclose(packed.transpose(1, 2).reshape(v_trg.shape), uni_edit_velocity(v_src, v_trg, 2.0, 1))
+
+
+def test_identical_prompts_are_plain_euler_sampling():
+    """g = 0: the fused velocity is v_src itself at any ω, so the edit is the model's Euler sampling, bit for bit."""
+    pipe = tiny_pipeline(kind="flux")
+    model = backbone(pipe)
+    inverted = invedit.invert(pipe, scene_image(), SOURCE, "euler", steps=4)
+    result = invedit.edit(pipe, inverted, None, SOURCE, editor="uniedit", omega=5.0)
+    both = model.encode_prompts([SOURCE, SOURCE])
+    z = inverted.latents[-1:].expand(2, -1, -1, -1)
+    for i in range(4):
+        z = inverted.schedule.step(model.denoise(z, inverted.schedule.timesteps[i], both, RunStats(), guidance=1.0),
+                                   i, z)
+    assert torch.equal(result.latents, z)
+
+
+def test_uni_edit_over_the_backbone_as_the_reference_steps(flow_pipe):
+    """Uni-Inv (α = 0.6, 5 steps) + Uni-Edit (ω = 3): from z*_3 one shared latent, each step one call of the source
+    and target rows at guidance 1, the fusion in the network's layout (FLUX: 2×2-patch tokens), an Euler step; both
+    branches end equal; 3 + 1 + 2 × 3 NFE. The edit's guidance_scale (7.5) is not used."""
+    from invedit.backbones.flux import pack_latents, unpack_latents
+
+    model = backbone(flow_pipe)
+    guidance = {"guidance": 1.0} if model.guidance_mode == "embedded" else {}
+    inverted = invedit.invert(flow_pipe, scene_image(), SOURCE, "uniedit", steps=5)
+    result = invedit.edit(flow_pipe, inverted, None, TARGET, editor="uniedit", omega=3.0, guidance_scale=7.5)
+    both = model.encode_prompts([SOURCE, TARGET])
+    z = inverted.latents[3:4].expand(2, -1, -1, -1)
+    for i in range(2, 5):
+        v = model.denoise(z, inverted.schedule.timesteps[i], both, RunStats(), **guidance)
+        if model.family == "flux":
+            h, w = v.shape[-2:]
+            tokens = pack_latents(v)
+            fused = unpack_latents(uni_edit_velocity(tokens[:1], tokens[1:], 3.0, 2), h, w)
+        else:
+            fused = uni_edit_velocity(v[:1], v[1:], 3.0, 1)
+        z = inverted.schedule.step(fused.expand(2, -1, -1, -1), i, z)
+    assert torch.equal(result.latents, z) and torch.equal(result.latents[0], result.latents[1])
+    assert (result.nfe_inversion, result.nfe_edit) == (4, 6)
+    assert result.settings["editor"] == {"editor": "uniedit", "omega": 3.0, "velocity_guidance": 1.0}
+
+
+def test_uniedit_pair_costs_the_published_28_nfe_at_15_steps():
+    result = invedit.edit(tiny_pipeline(kind="flux"), scene_image(), SOURCE, TARGET, inversion="uniedit",
+                          editor="uniedit", steps=15)
+    assert (result.nfe_inversion, result.nfe_edit) == (10, 18)
+
+
+def test_editor_options_and_model_kind_are_checked(tmp_path):
+    """ω < 0 and SD 1.x models are refused in one line; the CLI runs the pair with -o omega=…"""
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+
+    with pytest.raises(InveditError, match=r"^omega must be a number in \[0, inf\], got -1$"):
+        invedit.edit(tiny_pipeline(kind="sd3"), scene_image(), SOURCE, TARGET, inversion="uniedit", editor="uniedit",
+                     steps=4, omega=-1)
+    with pytest.raises(InveditError, match=r"^editor 'uniedit' does not run on sd models \(ddim schedule\); use one "
+                                           r"of: [a-z0-9, -]+$"):
+        invedit.edit(tiny_pipeline(), scene_image(), SOURCE, TARGET, inversion="ddim", editor="uniedit", steps=4)
+    tiny_pipeline(kind="sd3").save_pretrained(tmp_path / "sd3")
+    scene_image().save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(app, [
+        "edit", str(tmp_path / "in.png"), "-s", SOURCE, "-t", TARGET, "--model", str(tmp_path / "sd3"),
+        "--resolution", "64", "--steps", "5", "--out", str(out), "-q", "--inversion", "uniedit",
+        "--editor", "uniedit", "-o", "omega=2.5"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["editor"] == {"editor": "uniedit", "omega": 2.5, "velocity_guidance": 1.0}
+    assert record["nfe"] == 4 + 2 * 3
