@@ -206,12 +206,13 @@ def interval(schedule: FlowSchedule, i: int, inverse: bool = False) -> tuple[flo
 
 
 def half_step(x: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """The midpoint's sample x + (h/2)·v (RF-Solver, Wang et al. ICML 2025, Alg. 1; FireFlow, Deng et al. 2025)."""
+    """The midpoint's sample x + (h/2)·v (RF-Solver, Wang et al. ICML 2025; FireFlow, Deng et al. ICML 2025)."""
     return x + (h / 2).to(x.device) * v
 
 
 def taylor_step(x: torch.Tensor, v: torch.Tensor, v_mid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """RF-Solver's second-order step x + h·v + ½h²·v′, with v′ = (v_mid − v)/(h/2) (Wang et al. 2025, eq. 8).
+    """RF-Solver's second-order step x + h·v + ½h²·v′, with v′ = (v_mid − v)/(h/2) (Wang et al. 2025;
+    RF-Solver-Edit's ``denoise``).
 
     Algebraically x + h·v_mid (the explicit midpoint rule): exact for a velocity linear in t, local error O(h³).
     """
@@ -221,7 +222,7 @@ def taylor_step(x: torch.Tensor, v: torch.Tensor, v_mid: torch.Tensor, h: torch.
 
 
 def midpoint_update(x: torch.Tensor, v_mid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """FireFlow's update x + h·v_mid (Deng et al. 2025, eq. 10): the midpoint rule with the midpoint velocity."""
+    """FireFlow's update x + h·v_mid, the midpoint rule (Deng et al. 2025; its reference's ``denoise_fireflow``)."""
     return x + h.to(x.device) * v_mid
 
 
@@ -236,7 +237,7 @@ def _walk(schedule: FlowSchedule, inverse: bool, first: int = 0, count: int | No
 @torch.no_grad()
 def rf_solver_path(model: VelocityModel, schedule: FlowSchedule, z: torch.Tensor, inverse: bool,
                    callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """RF-Solver (Wang et al. 2025, Alg. 1): two velocities per step (at the start and at the midpoint) and the
+    """RF-Solver (Wang et al. 2025): two velocities per step (at the start and at the midpoint) and the
     `taylor_step`; the trajectory (N + 1, C, h, w), index = steps taken. ``inverse``: from z₀ up to the noisiest
     level (inversion), else from level 0 down to σ = 0 (sampling). ``z`` is (1, C, h, w)."""
     trajectory = [z[0]]
@@ -254,7 +255,7 @@ def rf_solver_path(model: VelocityModel, schedule: FlowSchedule, z: torch.Tensor
 @torch.no_grad()
 def fireflow_path(model: VelocityModel, schedule: FlowSchedule, z: torch.Tensor, inverse: bool,
                   callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """FireFlow (Deng et al. 2025, Alg. 1): the midpoint rule whose start velocity is the previous step's midpoint
+    """FireFlow (Deng et al. 2025): the midpoint rule whose start velocity is the previous step's midpoint
     velocity, so only the first step evaluates the model at its start: N + 1 calls for N steps. Same layout as
     `rf_solver_path`."""
     trajectory = [z[0]]
@@ -279,10 +280,10 @@ def uni_inv_steps(steps: int, alpha: float) -> int:
 @torch.no_grad()
 def uni_inv(model: VelocityModel, schedule: FlowSchedule, z0: torch.Tensor, count: int, zero_init: bool = False,
             callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Uni-Inv (Jiao et al., UniEdit-Flow, ICLR 2026, Alg. 1), a predictor–corrector inversion over the ``count``
-    least noisy steps: predict x̃ = z + h·v with the last velocity, evaluate v at x̃ on the upper level, correct
-    z ← z + h·v. The first velocity is the model's at σ = 0 (or zero with ``zero_init``): count + 1 calls (count).
-    Returns z*_0 … z*_count, (count + 1, C, h, w), index = steps taken."""
+    """Uni-Inv (Jiao et al., UniEdit-Flow, ICLR 2026; its reference's ``UniInvEulerScheduler``): a predictor–corrector
+    inversion over the ``count`` least noisy steps. Predict x̃ = z + h·v with the last velocity, evaluate v at x̃ on the
+    upper level, correct z ← z + h·v. The first velocity is the model's at σ = 0 (zero with ``zero_init``):
+    count + 1 calls (count with ``zero_init``). Returns z*_0 … z*_count, (count + 1, C, h, w), index = steps taken."""
     trajectory = [z0[0]]
     z, v = z0, None
     for k, i in enumerate(_walk(schedule, True, count=count)):
