@@ -183,7 +183,8 @@ def test_solvers_run_by_name_and_are_refused_on_ddim_models(method):
     result = invedit.edit(tiny_pipeline(kind="flux-schnell"), scene_image(), SOURCE, TARGET, inversion=method,
                           editor="none", steps=STEPS, guidance_scale=1.0)
     assert result.settings["inversion"] == method and result.image.size == (64, 64)
-    with pytest.raises(InveditError, match=rf"^inversion '{method}' does not run on sd models \(ddim schedule\); "
+    with pytest.raises(InveditError, match=rf"^inversion '{method}' does not run on sd models \(ddim schedule\): "
+                                           r"it solves a rectified flow's ODE \(SD3/FLUX\); "
                                            r"use one of: [a-z, -]+$") as refused:
         invedit.invert(tiny_pipeline(), scene_image(), SOURCE, method, steps=STEPS)
     assert method not in str(refused.value).split("use one of: ")[1].split(", ")

@@ -213,8 +213,8 @@ def test_editor_options_and_model_kind_are_checked(tmp_path):
     with pytest.raises(InveditError, match=r"^omega must be a number in \[0, inf\], got -1$"):
         invedit.edit(tiny_pipeline(kind="sd3"), scene_image(), SOURCE, TARGET, inversion="uniedit", editor="uniedit",
                      steps=4, omega=-1)
-    with pytest.raises(InveditError, match=r"^editor 'uniedit' does not run on sd models \(ddim schedule\); use one "
-                                           r"of: [a-z0-9, -]+$"):
+    with pytest.raises(InveditError, match=r"^editor 'uniedit' does not run on sd models \(ddim schedule\): it fuses "
+                                           r"rectified-flow velocities \(SD3/FLUX\); use one of: [a-z0-9, -]+$"):
         invedit.edit(tiny_pipeline(), scene_image(), SOURCE, TARGET, inversion="ddim", editor="uniedit", steps=4)
     tiny_pipeline(kind="sd3").save_pretrained(tmp_path / "sd3")
     scene_image().save(tmp_path / "in.png")

@@ -51,6 +51,7 @@ class UniEditEditor(Editor):
     description = "Uni-Edit (UniEdit-Flow, ICLR'26): region-aware velocity fusion on one latent, strength omega"
     defaults = {"omega": 5.0}
     schedule_kinds = ("flow",)
+    refusal = "it fuses rectified-flow velocities (SD3/FLUX)"
     requires_hooks = True
 
     def __init__(self, options: dict[str, Any]):

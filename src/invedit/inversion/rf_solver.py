@@ -66,6 +66,7 @@ class RFSolverInverted(Inverted):
     defaults = {"inversion_guidance": 1.0}
     sampler_class = RFSolverSampler
     schedule_kinds = ("flow",)
+    refusal = "it solves a rectified flow's ODE (SD3/FLUX)"
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:

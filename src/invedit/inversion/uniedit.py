@@ -34,6 +34,7 @@ class UniInvInverted(Inverted):
     description = "Uni-Inv (UniEdit-Flow, ICLR'26): predictor-corrector inversion; edits the last alpha·N steps"
     defaults = {"alpha": 0.6, "zero_init": False, "inversion_guidance": 1.0}
     schedule_kinds = ("flow",)
+    refusal = "it solves a rectified flow's ODE (SD3/FLUX)"
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
