@@ -216,9 +216,9 @@ def flow_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none and shared-attention write the edit and its record; the
+    """Every registered editor × {euler, direct}: none, shared-attention and uniedit write the edit and its record; the
     rest refuse in one line saying why, exit code 2, nothing written."""
-    assert set(EDITORS) == {"none", "shared-attention", *WHY}
+    assert set(EDITORS) == {"none", "shared-attention", "uniedit", *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -229,7 +229,8 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
             if editor in WHY:
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
-                                                 f"schedule): {WHY[editor]}; use one of: none, shared-attention")
+                                                 f"schedule): {WHY[editor]}; use one of: none, shared-attention, "
+                                                 f"uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)
