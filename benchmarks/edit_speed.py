@@ -6,6 +6,7 @@
     python benchmarks/edit_speed.py --models sd14 --sd-steps 50 --device cuda --dtype float16   # on a GPU
     python benchmarks/edit_speed.py --models sd14 --sd-methods all --device cuda   # every inversion, full size
     python benchmarks/edit_speed.py --models sdxl --sd-steps 2          # SDXL-shaped UNet at 1024² (CPU: ~15 min)
+    python benchmarks/edit_speed.py --models sd3,flux   # SD 3 / FLUX.1: runs benchmarks/flow_speed.py
 
 Methods are run interleaved (A B C A B C …) and the median is reported, so background load hits all alike.
 Results are merged into ``benchmarks/results.json`` (keyed by model and machine) and ``benchmarks/results.md``
@@ -333,7 +334,8 @@ def project(nfe_rows: dict, costs: dict) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,sd14", help="comma list of: tiny, sd14, sdxl, embedded")
+    parser.add_argument("--models", default="tiny,sd14",
+                        help="comma list of: tiny, sd14, sdxl, embedded, sd3, flux (sd3/flux: flow_speed.py)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps for tiny/embedded models")
     parser.add_argument("--sd-steps", type=int, default=5, help="full-size model: measured at this and twice this")
     parser.add_argument("--repeats", type=int, default=3)
@@ -348,7 +350,14 @@ def main() -> None:
     device = torch.device(args.device)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     methods = method_set(args.methods)
-    for name in args.models.split(","):
+    names = args.models.split(",")
+    flow = [n for n in names if n in ("sd3", "flux")]
+    if flow:  # the rectified-flow families have their own script: NFE per edit, SD3.5-shaped timing, memory
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(HERE / "flow_speed.py")], check=True)
+    for name in (n for n in names if n not in flow):
         chosen = args.sd_methods if name in ("sd14", "sdxl") else args.methods
         default = "core" if name in ("sd14", "sdxl") else "all"
         label = name if chosen == default else f"{name}, {chosen} methods"

@@ -100,9 +100,9 @@ def sd35_part(repeats: int = 1) -> dict:
         shallow = {
             (n, dual): _call_seconds({**SD35_MEDIUM, "num_layers": n, "dual_attention_layers": tuple(range(dual))},
                                      rows, side, repeats)
-            for n, dual in ((2, 1), (3, 1), (3, 2))}
-        plain = shallow[(3, 1)] - shallow[(2, 1)]
-        dual_extra = shallow[(3, 2)] - shallow[(3, 1)]
+            for n, dual in ((2, 1), (6, 1), (6, 5))}
+        plain = (shallow[(6, 1)] - shallow[(2, 1)]) / 4
+        dual_extra = (shallow[(6, 5)] - shallow[(6, 1)]) / 4
         n_dual, n_layers = len(SD35_MEDIUM["dual_attention_layers"]), SD35_MEDIUM["num_layers"]
         full = shallow[(2, 1)] + (n_layers - 2) * plain + (n_dual - 1) * dual_extra
         out[f"batch{rows}"] = {"shallow": {f"{n}x{d}": s for (n, d), s in shallow.items()},
@@ -205,7 +205,7 @@ def write_markdown(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="nfe,sd35,memory")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "flow_speed.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))

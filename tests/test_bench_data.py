@@ -70,3 +70,68 @@ def test_loader_errors(tmp_path):
     (tmp_path / "mapping_file.json").write_text(json.dumps({"000000000001": entry}))
     with pytest.raises(invedit.InveditError, match="not found"):
         load_benchmark(tmp_path)
+
+
+def _entry(tmp_path, **fields) -> dict:
+    """A valid entry with a 4×4 image, changed by ``fields``."""
+    folder = tmp_path / "annotation_images"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (4, 4)).save(folder / "x.png")
+    return {"image_path": "x.png", "original_prompt": "a red mug", "editing_prompt": "a [blue] mug",
+            "editing_type_id": "6", "mask": [5, 2], "blended_word": "red blue", **fields}
+
+
+def test_entries_the_reference_would_misread_are_refused_per_entry(tmp_path):
+    from invedit.bench.data import read_benchmark
+
+    entries = {
+        "000000000001": _entry(tmp_path),
+        "000000000002": _entry(tmp_path, mask=[10, 7]),  # runs past the 16 cells of the 4×4 grid
+        "000000000003": _entry(tmp_path, mask=[16, 1]),  # wholly outside it
+        "000000000004": _entry(tmp_path, editing_type_id="12"),
+        "000000000005": _entry(tmp_path, editing_type_id=True),
+        "000000000006": _entry(tmp_path, editing_type_id=9, mask=[0, 16]),  # a style edit: the whole image
+    }
+    text = json.dumps(entries)[:-1] + ', "000000000001": ' + json.dumps(_entry(tmp_path)) + "}"  # a duplicate id
+    twice = json.dumps(_entry(tmp_path))[:-1] + ', "image_path": "y.png"}'  # a field given twice
+    text = text[:-1] + ', "000000000007": ' + twice + "}"
+    (tmp_path / "mapping_file.json").write_text(text)
+    items, problems = read_benchmark(tmp_path)
+    assert [i.id for i in items] == ["000000000006"] and items[0].edit_type == "9" and items[0].mask((4, 4)).all()
+    reasons = dict(problems)
+    assert "appears 2 times" in reasons["000000000001"]
+    assert "runs past the 4×4 image grid" in reasons["000000000002"]
+    assert "runs past" in reasons["000000000003"]
+    assert "editing_type_id '12' is not one of PIE-Bench's 0–9" in reasons["000000000004"]
+    assert "editing_type_id True" in reasons["000000000005"]
+    assert "has field image_path more than once" in reasons["000000000007"]
+
+
+def test_real_pie_bench_quirks_are_read_as_meant(tmp_path):
+    entries = {
+        # a blend word whose case differs from the prompt's word: kept, with a note for the record
+        "000000000001": _entry(tmp_path, blended_word="Mug mug", original_prompt="a red mug,",
+                               editing_prompt="a red [mug] with a [star]"),
+        # brackets in one prompt only, leading the prompt, or twice
+        "000000000002": _entry(tmp_path, original_prompt="[a red] mug", editing_prompt="a blue mug"),
+        "000000000003": _entry(tmp_path, original_prompt="a red mug", editing_prompt="[a] [blue] mug"),
+    }
+    (tmp_path / "mapping_file.json").write_text(json.dumps(entries))
+    items = {i.id: i for i in load_benchmark(tmp_path)}
+    first = items["000000000001"]
+    assert first.blend_words == "Mug mug" and first.target_prompt == "a red mug with a star"
+    assert first.notes == ["blended_word 'Mug' matched the prompt's 'mug,' ignoring case and punctuation"]
+    assert items["000000000002"].source_prompt == "a red mug" and items["000000000002"].target_prompt == "a blue mug"
+    assert items["000000000003"].target_prompt == "a blue mug" and not items["000000000003"].notes
+
+
+def test_a_whole_image_mask_gives_nan_background_metrics_left_out_of_means():
+    from invedit.bench.evaluate import aggregate
+    from invedit.bench.metrics import background_metrics
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    values = background_metrics(image, image + 1, np.ones((8, 8), dtype=bool))
+    assert all(np.isnan(v) for v in values.values())
+    rows = [{"method": "m", "psnr": str(values["psnr"])}, {"method": "m", "psnr": "30.0"}]
+    (entry,) = aggregate(rows, ("method",))
+    assert entry["psnr"] == 30.0 and entry["n"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -225,3 +226,101 @@ def test_all_metric_names_are_documented():
     for name in ALL_METRICS:
         assert f"`{name}`" in readme, name
     assert os.path.exists(Path(__file__).parents[1] / "docs")
+
+
+def test_other_data_is_refused_and_rows_follow_what_they_were_computed_from(finished_run, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+
+    run_dir, data = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(finished_run[0], run_dir)
+    shutil.copytree(finished_run[1], data)
+    for name in ("metrics.csv", "summary.csv", "summary.md", "by_type.csv", "by_type.md"):
+        (run_dir / name).unlink(missing_ok=True)
+    offline = MetricModels(dino_model=str(tmp_path / "none"), clip_model=str(tmp_path / "none"))
+    first = evaluate_run(run_dir, metrics=["psnr"], models=offline, say=lambda m: None)
+    assert first.evaluated == 10
+    right = {(r["method"], r["id"]): r["psnr"] for r in read_csv(run_dir / "metrics.csv")}
+    changed = sorted(json.loads((data / "mapping_file.json").read_text()))[0]
+    source = next((data / "annotation_images").rglob(f"{changed}.png"))
+    Image.open(source).rotate(90).save(source)
+    with pytest.raises(InveditError, match=f"the image of entry {changed} is not the one the run edited .*"
+                                           "--allow-other-data"):
+        evaluate_run(run_dir, data, metrics=["psnr"], models=offline)
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--data", str(data), "--metrics", "psnr", "-q"])
+    assert result.exit_code == 2 and "--allow-other-data" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--data", str(data), "--metrics", "psnr", "-q",
+                                      "--allow-other-data"])
+    assert result.exit_code == 0, result.output
+    other = {(r["method"], r["id"]): r["psnr"] for r in read_csv(run_dir / "metrics.csv")}
+    assert {k for k in right if other[k] != right[k]} == {(m, changed) for m in ("direct+p2p", "ddim+p2p")}
+    # Back on the run's own data: the rows computed from the other image are computed again, the rest reused.
+    again = evaluate_run(run_dir, metrics=["psnr"], models=offline, say=lambda m: None)
+    assert (again.evaluated, again.reused) == (2, 8)
+    assert {(r["method"], r["id"]): r["psnr"] for r in read_csv(run_dir / "metrics.csv")} == right
+    # Another DINO input mode is another key as well.
+    assert evaluate_run(run_dir, metrics=["psnr"], models=offline, parity=True).evaluated == 10
+    # An earlier table that cannot be read is computed again, and said so.
+    (run_dir / "metrics.csv").write_text("\x00garbage\n")
+    said: list[str] = []
+    assert evaluate_run(run_dir, metrics=["psnr"], models=offline, say=said.append).evaluated == 10
+    assert said == ["note: cannot read the earlier metrics.csv (other columns); computing every row again"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty"),
+    ("\x00\x01garbage\n1,2\n", "no column 'method'"),
+    ("a,b\n1,2\n", "no column 'method'"),
+    (None, "line 2: psnr 'abc' is not a number"),
+    (None, "line 2 has fewer cells"),
+])
+def test_report_refuses_a_metrics_file_it_cannot_read(finished_run, networks, tmp_path, content, message):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    if not (run_dir / "metrics.csv").exists():
+        evaluate_run(run_dir, models=models_for(networks))
+    if content is None:
+        with open(run_dir / "metrics.csv", newline="") as f:
+            header, *rows = list(csv.reader(f))
+        if "abc" in message:
+            rows[0][header.index("psnr")] = "abc"
+        else:
+            rows[0] = rows[0][:3]
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+        content = buffer.getvalue()
+    (run_dir / "metrics.csv").write_text(content)
+    (run_dir / "report.md").unlink(missing_ok=True)
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 2 and message in result.output and "evaluate" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (run_dir / "report.md").exists()
+
+
+def test_lpips_offline_says_nothing_of_a_download_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "cache" / "torch" / "hub"))
+    try:
+        with pytest.raises(InveditError, match="could not download them \\(URLError\\); pass --lpips-weights"):
+            load_lpips()
+    finally:
+        torch.hub.set_dir(previous)
+    captured = capsys.readouterr()
+    assert "Downloading" not in captured.out + captured.err
+    assert list(tmp_path.iterdir()) == []

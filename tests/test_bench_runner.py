@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from invedit.bench.runner import EDITS_DIR, VOLATILE_RECORD_KEYS, run_bench
 from invedit.inversion.storage import load_inverted, save_inverted
 from invedit.testing import tiny_pipeline
 from invedit.toy.bench import write_toy_bench
+from invedit.versions import versions
 
 STEPS = 4
 
@@ -263,3 +265,94 @@ def test_parity_mode_writes_quality_75_jpegs_and_the_reference_layout(model_dir,
         assert ours.format == "JPEG" and ours.quantization == q75.quantization
     with pytest.raises(invedit.InveditError, match="was run with parity=True, not False"):
         bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, limit=1)
+
+
+# ---- concurrent processes, typos, environments ---------------------------------------------------------------
+def test_path_lock_is_exclusive_and_leaves_no_file(tmp_path):
+    from invedit.outputs import PathLock
+
+    first, second = PathLock(tmp_path / "a.lock"), PathLock(tmp_path / "a.lock")
+    assert first.acquire() and not second.acquire()
+    first.release()
+    assert not (tmp_path / "a.lock").exists()
+    (tmp_path / "a.lock").write_text("")  # left by a process that died: free
+    assert second.acquire()
+    second.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_processes_on_one_folder_compute_each_pair_once(model_dir, dataset, tmp_path):
+    from invedit.outputs import PathLock
+
+    ids = sorted(json.loads((dataset / "mapping_file.json").read_text()))
+    run_dir = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the processes below run
+    try:
+        assert bench(dataset, run_dir, "direct+p2p", model=model_dir, limit=1).done == 1  # the folder exists
+    finally:
+        torch.set_num_threads(threads)
+    (run_dir / ".locks").mkdir()
+    held = PathLock(run_dir / ".locks" / f"{ids[-1]}.lock")  # as if a third process were editing the last image
+    assert held.acquire()
+    cmd = [sys.executable, "-m", "invedit", "bench", str(dataset), "--methods", "direct+p2p", "--out", str(run_dir),
+           "--model", str(model_dir), "--steps", str(STEPS), "--no-cache", "-q"]
+    env = {**os.environ, "INVEDIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        others = [run_dir / EDITS_DIR / "direct+p2p" / f"{i}.json" for i in ids[1:-1]]
+        while not all(p.exists() for p in others) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (run_dir / EDITS_DIR / "direct+p2p" / f"{ids[-1]}.json").exists()  # nobody took the held one
+    finally:
+        held.release()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    counts = [tuple(int(x) for x in re.match(r"(\d+) done, (\d+) already done, 0 failed", o[0]).groups())
+              for o in outputs]
+    assert sum(done for done, _ in counts) == len(ids) - 1  # every pending pair computed by exactly one process
+    assert all(done + skipped == len(ids) for done, skipped in counts)
+    assert sorted(p.stem for p in (run_dir / EDITS_DIR / "direct+p2p").glob("*.json")) == ids
+    assert not (run_dir / ".locks").exists()
+
+
+def test_a_method_without_a_finished_edit_may_change_its_settings(model_dir, dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    images = sorted((data / "annotation_images").rglob("*.png"))
+    saved = {p: p.read_bytes() for p in images}
+    for path in images:
+        path.write_bytes(b"broken")  # every edit of the first run fails
+    failed = bench(data, tmp_path / "run", "direct+p2p", model=model_dir, options=["cross_replace_steps=0.3"])
+    assert (failed.done, failed.failed) == (0, 5)
+    for path, content in saved.items():
+        path.write_bytes(content)
+    fixed = bench(data, tmp_path / "run", "direct+p2p", model=model_dir, options=["cross_replace_steps=0.5"], limit=1)
+    assert fixed.done == 1
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert settings["methods"]["direct+p2p"]["editor_options"] == {"cross_replace_steps": 0.5}
+    with pytest.raises(invedit.InveditError,
+                       match="ran direct\\+p2p with other settings .*0.5} → {'cross_replace_steps': 0.3}"):
+        bench(data, tmp_path / "run", "direct+p2p", model=model_dir, options=["cross_replace_steps=0.3"], limit=1)
+
+
+def test_a_resume_with_another_thread_count_is_refused_unless_mixing_is_allowed(model_dir, dataset, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, limit=1)
+        environment = json.loads((tmp_path / "run" / "run.json").read_text())["environment"]
+        assert environment["threads"] == 1 and environment["torch"] == versions()["torch"]
+        assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        torch.set_num_threads(2)
+        with pytest.raises(invedit.InveditError, match="was made with threads 1, this process has 2: .*set "
+                                                       "INVEDIT_THREADS=1 \\(or --allow-mixed"):
+            bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, limit=2)
+        mixed = bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir, limit=2, allow_mixed=True)
+        assert (mixed.done, mixed.skipped) == (1, 1)
+        settings = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert settings["environment"]["threads"] == 1 and settings["mixed_environments"][0]["threads"] == 2
+    finally:
+        torch.set_num_threads(threads)

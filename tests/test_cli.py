@@ -328,3 +328,118 @@ def test_output_paths_with_dot_dot_and_prompts_without_a_local_tokenizer(tmp_pat
     folder.mkdir()
     (folder / "model_index.json").write_text("{}")
     assert load_tokenizer(folder) is None
+
+
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The console entry point in this process: (exit code, stdout, stderr)."""
+    from invedit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["invedit", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["edit", "img.png", "-s", "a", "-t", "b", "--steps", "abc"], "error: Invalid value for '--steps': "),
+    (["edit", "img.png", "-t", "b"], "error: Missing option '--source' / '-s'."),
+    (["edit", "img.png", "-s", "a", "-t", "b", "--stpes", "3"], "error: No such option: --stpes"),
+    (["nosuch"], "error: No such command 'nosuch'."),
+], ids=["bad-type", "missing-option", "unknown-option", "unknown-command"])
+def test_usage_errors_are_one_line_exit_2(monkeypatch, capsys, args, message):
+    code, out, err = _main(monkeypatch, capsys, *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
+    assert "Usage:" not in err
+
+
+def test_help_still_works_through_the_entry_point(monkeypatch, capsys):
+    code, out, err = _main(monkeypatch, capsys, "edit", "--help")
+    assert code == 0 and "Usage:" in out and "--steps" in out and err == ""
+    code, out, err = _main(monkeypatch, capsys)  # no command: the help (exit 2 on click >= 8.2, 0 before)
+    assert code in (0, 2) and "Commands" in out + err and "error:" not in out + err
+
+
+@pytest.mark.parametrize("args", [["methods"], ["methods", "--json"]])
+def test_a_closed_pipe_ends_quietly(args):
+    """`invedit methods | head -1`: the reader is gone before the output is written; no traceback, no message."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "invedit.cli", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 1  # 1: the Python docs' recipe for SIGPIPE
+
+
+def _listening_socket():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def _ui_must_not_load(monkeypatch):
+    import invedit.models
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the address was checked")
+
+    monkeypatch.setattr(invedit.models, "load", load)
+
+
+def test_ui_on_a_port_in_use_is_one_line_before_loading(monkeypatch):
+    _ui_must_not_load(monkeypatch)
+    with _listening_socket() as taken:
+        port = taken.getsockname()[1]
+        code, out, err = run("ui", "--port", str(port))
+    assert code == 2 and out == ""
+    assert err.strip() == (f"error: port {port} on 127.0.0.1 is in use (another invedit ui or another server); "
+                           "pass another --port")
+
+
+def test_ui_on_a_port_it_may_not_bind_blames_the_permission(monkeypatch):
+    import errno
+    import socket
+
+    _ui_must_not_load(monkeypatch)
+
+    def bind(self, address):  # what a non-root user gets for a port below 1024
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    code, out, err = run("ui", "--port", "80")
+    assert code == 2 and out == ""
+    assert err.strip() == ("error: no permission to listen on port 80 (ports below 1024 need administrator rights; "
+                           "the default is 7860); pass another --port")
+
+
+@pytest.mark.parametrize("host, message", [
+    ("192.0.2.1", "error: cannot listen on 192.0.2.1: it is not an address of this machine; "),  # TEST-NET-1
+    ("no-such-host.invalid", "error: cannot listen on no-such-host.invalid: not a known host name or address; "),
+])
+def test_ui_on_a_host_that_is_not_this_machine_is_one_line(monkeypatch, host, message):
+    _ui_must_not_load(monkeypatch)
+    code, out, err = run("ui", "--host", host, "--port", "7860")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
+    assert err.strip().endswith("use 127.0.0.1 (this machine only) or 0.0.0.0 (every network this machine is on)")
+
+
+def test_a_too_long_prompt_is_one_line_without_a_transformers_warning(monkeypatch, capfd, image_path, tmp_path):
+    from invedit.cli import main
+
+    long_prompt = " ".join(["a red circle"] * 40)  # 120 tokens on the embedded model
+    monkeypatch.setattr(sys, "argv", ["invedit", "edit", str(image_path), "-s", long_prompt, "-t", "a blue circle",
+                                      "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capfd.readouterr()
+    assert info.value.code == 2 and out == ""
+    assert err.splitlines() == ["error: the source prompt is too long (120 tokens; the model reads at most 75)"]

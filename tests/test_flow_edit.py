@@ -124,10 +124,12 @@ def test_methods_refuse_the_model_kind_they_do_not_run_on():
     models, in one line that names what does run."""
     flow, sd = tiny_pipeline(kind="sd3"), tiny_pipeline()
     with pytest.raises(InveditError, match=r"inversion 'null-text' does not run on sd3 models \(flow schedule\); "
-                                           r"use one of: direct, euler, .*none"):
+                                           r"use one of: direct, euler, fireflow, none, rf-inversion, rf-solver, "
+                                           r"uniedit$"):
         invedit.invert(flow, scene_image(), SOURCE, "null-text", steps=STEPS)
-    with pytest.raises(InveditError, match=r"editor 'p2p' does not run on sd3 models \(flow schedule\); use one of: "
-                                           r"flowedit, none"):
+    with pytest.raises(InveditError, match=r"editor 'p2p' does not run on sd3 models \(flow schedule\): it rewrites "
+                                           r"a UNet's cross-attention maps .*; use one of: flowedit, none, "
+                                           r"shared-attention, uniedit$"):
         invedit.edit(flow, scene_image(), SOURCE, TARGET, inversion="direct", editor="p2p", steps=STEPS)
     with pytest.raises(InveditError, match=r"inversion 'euler' does not run on sd models \(ddim schedule\); use one "
                                            r"of: ddim, .*direct"):
@@ -152,7 +154,7 @@ def test_cli_edits_a_flow_model_folder(tmp_path):
     assert (record["inversion"], record["editor"]["editor"], record["steps"]) == ("direct", "none", STEPS)
     refused = CliRunner().invoke(app, [*base, "--inversion", "direct"])
     assert refused.exit_code == 2
-    assert "editor 'p2p' does not run on sd3 models (flow schedule); use one of: flowedit, none" in refused.output
+    assert "editor 'p2p' does not run on sd3 models (flow schedule): it rewrites" in refused.output
 
 
 def test_unsupported_pipelines_name_what_runs(tmp_path):

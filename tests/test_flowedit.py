@@ -224,7 +224,8 @@ def test_pairings_that_mean_nothing_are_refused_in_one_line(inversion, editor, m
 
 
 def test_flowedit_refuses_unet_models():
-    with pytest.raises(InveditError, match=r"^inversion 'none' does not run on sd models \(ddim schedule\); use one "
+    with pytest.raises(InveditError, match=r"^inversion 'none' does not run on sd models \(ddim schedule\): it serves "
+                                           r"inversion-free rectified-flow editors \(FlowEdit on SD3/FLUX\); use one "
                                            r"of: ddim, .*direct"):
         invedit.edit(tiny_pipeline(), scene_image(), SOURCE, TARGET, inversion="none", editor="flowedit", steps=4)
 

@@ -100,3 +100,32 @@ def test_offload_is_checked_before_the_model_loads():
         load("/nonexistent/model", device="cpu", offload="disk")
     with pytest.raises(InveditError, match="it needs a CUDA device, not cpu"):
         load("/nonexistent/model", device="cpu", offload="model")
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00binary", b"[1, 2]"],
+                         ids=["invalid-json", "not-utf8", "not-an-object"])
+def test_a_broken_model_index_is_one_line(tmp_path, content):
+    (tmp_path / "model_index.json").write_bytes(content)
+    with pytest.raises(invedit.InveditError, match=r"^cannot load model folder .*model_index\.json") as info:
+        load(tmp_path, device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_the_embedded_model_loads_on_every_supported_transformers():
+    """The shipped text encoder uses CLIP's standard ``text_model.`` key names (what transformers 4.x needs; 5.x
+    reads them too) and the tokenizer ships vocab.json + merges.txt (4.x's CLIPTokenizer) beside tokenizer.json
+    (5.x), holding the same vocabulary and merges."""
+    import json
+
+    from safetensors import safe_open
+
+    from invedit.models import embedded_model_path
+
+    folder = embedded_model_path()
+    with safe_open(folder / "text_encoder" / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys)
+    fast = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())["model"]
+    assert json.loads((folder / "tokenizer" / "vocab.json").read_text()) == fast["vocab"]
+    merges = (folder / "tokenizer" / "merges.txt").read_text().splitlines()
+    assert merges[0].startswith("#version") and [m.split(" ") for m in merges[1:]] == fast["merges"]

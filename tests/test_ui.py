@@ -146,3 +146,121 @@ def test_edit_in_the_browser(server, page_session, example, tmp_path):
                 page.screenshot(path=os.environ["INVEDIT_UI_SCREENSHOT"], full_page=True)
         finally:
             browser.close()
+
+
+def _sixteen_bit(path: Path) -> Path:
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(path)
+    assert Image.open(path).mode == "I;16"
+    return path
+
+
+def _transparent(path: Path) -> Path:
+    Image.new("RGBA", (64, 64), (200, 30, 30, 0)).save(path)  # red pixels the preview does not show
+    return path
+
+
+def _not_an_image(path: Path) -> Path:
+    path.write_text("not an image\n")
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (_sixteen_bit, "has unsupported mode 'I;16'"), (_transparent, "has transparent pixels"),
+    (_not_an_image, "not an image"),
+], ids=["16-bit", "transparent", "not-an-image"])
+def test_the_page_checks_the_uploaded_file_like_the_cli(session, example, tmp_path, make, message):
+    """The page hands the uploaded file itself (Gradio unprocessed) to the session, which runs the CLI's check
+    and names the file by its upload name, not by the server's temporary path."""
+    from invedit.images import load_image
+    from invedit.ui.app import uploaded_image
+
+    _, edit = example
+    upload = make(tmp_path / "stored.png")
+    with pytest.raises(InveditError) as cli:
+        load_image(upload, 64)
+    assert message in str(cli.value)
+    path, name = uploaded_image({"path": str(upload), "orig_name": "my photo.png", "url": None})
+    assert (path, name) == (str(upload), "my photo.png")
+    request = EditRequest(path, edit.source_prompt, edit.target_prompt, blend_words=edit.blend_words, steps=2,
+                          image_name=name)
+    with pytest.raises(InveditError) as page:
+        session.edit(request)
+    assert str(page.value) == str(cli.value).replace(str(upload), "my photo.png")
+    assert uploaded_image(None) == (None, None) and uploaded_image({"path": None}) == (None, None)
+
+
+def test_the_server_keeps_its_files_in_one_folder_and_removes_it_at_exit(example, tmp_path):
+    """`invedit ui`: uploads, Gradio's cache, results and examples all go into one folder under the system's
+    temporary folder, and Ctrl-C leaves nothing behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, edit = example
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(temp), "INVEDIT_THREADS": "1"}
+    env.pop("GRADIO_TEMP_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "invedit.cli", "ui", "--port", str(port), "--steps", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == f"invedit ui on http://127.0.0.1:{port}"  # once it listens
+        from gradio_client import Client, handle_file
+
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        shown = client.predict(handle_file(str(path)), edit.source_prompt, edit.target_prompt, "direct", "p2p",
+                               edit.blend_words, 2, 7.5, 0, "", "", api_name="/run")
+        assert "NFE" in shown[3], shown[3]  # the status line of a finished edit
+        for bad, message in ((_not_an_image(tmp_path / "notes.txt"), "cannot read image notes.txt: not an image"),
+                             (_sixteen_bit(tmp_path / "deep.png"), "image deep.png has unsupported mode 'I;16'")):
+            refused = client.predict(handle_file(str(bad)), edit.source_prompt, edit.target_prompt, "direct", "p2p",
+                                     edit.blend_words, 2, 7.5, 0, "", "", api_name="/run")
+            assert refused[3].startswith(f"**error:** {message}") and "\n" not in refused[3], refused[3]
+        (folder,) = _ours(temp)
+        assert folder.name.startswith("invedit-ui-")
+        assert {"gradio", "results"} <= {p.name for p in folder.iterdir()}
+        written = [p for p in folder.rglob("*") if p.is_file()]
+        assert any(p.name == "edit.png" for p in written) and len(written) > 5  # results, uploads, cache
+    finally:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err  # bad uploads were refused in the page, not in the server log
+    assert _ours(temp) == []
+
+
+def _ours(temp: Path) -> list[Path]:
+    """What is in the temporary folder besides PyTorch's own compile cache (torchinductor_USER, kept across runs)."""
+    return [p for p in temp.iterdir() if not p.name.startswith("torchinductor_")]
+
+
+@needs_browser
+def test_bad_uploads_in_the_browser_are_one_line(server, example, tmp_path):
+    """A .png that is not an image and a 16-bit PNG (which the browser shows fine): the page's one-line error, no
+    red error toasts, and the server keeps running."""
+    from playwright.sync_api import sync_playwright
+
+    _, edit = example
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            page.locator("#source textarea").fill(edit.source_prompt)
+            page.locator("#target textarea").fill(edit.target_prompt)
+            # (the page's own file-type check refuses notes.txt before it is sent; a .png that is not one gets sent)
+            for bad, message in ((_not_an_image(tmp_path / "photo.png"), "cannot read image photo.png: not an image"),
+                                 (_sixteen_bit(tmp_path / "deep.png"), "image deep.png has unsupported mode 'I;16'")):
+                if page.locator("#input-image button[aria-label='Clear']").count():
+                    page.locator("#input-image button[aria-label='Clear']").first.click()
+                page.locator("#input-image input[type=file]").set_input_files(str(bad))
+                page.locator("#edit").click()
+                page.wait_for_function("m => document.querySelector('#status').innerText.includes(m)", arg=message,
+                                       timeout=60_000)
+                assert page.locator("#status").inner_text().strip().startswith("error:")
+                assert page.locator(".toast-body.error").count() == 0  # Gradio's red error toasts
+        finally:
+            browser.close()

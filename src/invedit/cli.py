@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from .bench.cli import bench_command, evaluate_command, report_command
 from .cli_errors import cli_errors, raise_terminated
+from .cli_options import DeviceOption, DtypeOption, ModelOption, OffloadOption, ResolutionOption
 from .errors import InveditError
 from .runtime import setup_threads
 
@@ -34,16 +36,14 @@ def edit_command(
     blend: Annotated[str | None, typer.Option(
         help='LocalBlend words "SRC_WORD TGT_WORD" (an added or removed object: its word twice, "star star")',
     )] = None,
-    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    model: ModelOption = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
-    offload: Annotated[str | None, typer.Option(
-        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    resolution: ResolutionOption = None,
+    offload: OffloadOption = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -121,15 +121,21 @@ def methods_command(as_json: Annotated[bool, typer.Option("--json", help="machin
 
     methods = list_methods()
     if as_json:
-        typer.echo(json.dumps(methods, indent=2))
-        return
-    for kind in ("inversions", "editors"):
-        typer.echo(f"{kind}:")
-        for m in methods[kind]:
-            typer.echo(f"  {m['name']:<18} {m['description']}")
-            if m["options"]:
-                opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["options"].items())
-                typer.echo(f"  {'':<18} options: {opts}")
+        lines = [json.dumps(methods, indent=2)]
+    else:
+        lines = []
+        for kind in ("inversions", "editors"):
+            lines.append(f"{kind}:")
+            for m in methods[kind]:
+                lines.append(f"  {m['name']:<18} {m['description']}")
+                if m["options"]:
+                    opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["options"].items())
+                    lines.append(f"  {'':<18} options: {opts}")
+    try:
+        typer.echo("\n".join(lines))
+    except BrokenPipeError:  # `invedit methods | head -1`: the reader has gone; nothing to say
+        _stdout_to_devnull()
+        raise typer.Exit(1) from None
 
 
 @app.command("demo")
@@ -210,45 +216,75 @@ def toy_bench_command(
 @app.command("ui")
 @cli_errors
 def ui_command(
-    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    model: ModelOption = None,
     host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 exposes the page to your network")] = (
         "127.0.0.1"),
     port: Annotated[int, typer.Option(help="port (default 7860)")] = 7860,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    resolution: ResolutionOption = None,
+    offload: OffloadOption = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'") from None
+    import importlib.util
+
     from . import api
-    from .models import load
-    from .ui.app import build_app
-    from .ui.session import EditSession
+    from .models import check_offload, load, resolve_device
+    from .ui.app import check_listen_address, serve
 
     api.check_steps(steps)
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
+    check_offload(offload, resolve_device(device))
+    check_listen_address(host, port)  # in use, not allowed, not this machine's: one line now, not after loading
+    if importlib.util.find_spec("gradio") is None:  # found, not imported: serve() sets its temporary folder first
+        raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'")
     setup_threads()
-    session = EditSession(load(model, device=device, dtype=dtype, resolution=resolution))
-    typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)" if host != "127.0.0.1"
-                                                          else ""))
-    build_app(session, default_steps=steps).launch(server_name=host, server_port=port, quiet=True)
+    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+
+    def announce() -> None:
+        typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)"
+                                                              if host != "127.0.0.1" else ""))
+
+    serve(pipe, host, port, default_steps=steps, on_ready=announce)
+
+
+def _stdout_to_devnull() -> None:
+    """After a BrokenPipeError on stdout: point it at /dev/null, so that Python's final flush stays quiet (the
+    recipe of the Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. Usage errors (a bad value, a missing option) are one `error: …` line and exit 2, like
+    every other bad input; `--help` prints the help."""
     import signal
 
     signal.signal(signal.SIGTERM, raise_terminated)
+    # click's exceptions, or those of the copy of click that newer typer versions carry (typer._click)
+    exceptions = sys.modules[typer.BadParameter.__module__]
+    aborts = (typer.Abort, getattr(exceptions, "Abort", typer.Abort))
+    no_args_help = getattr(exceptions, "NoArgsIsHelpError", ())  # `invedit` alone (click >= 8.2): the help
     try:
-        app()
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help, else the command's value
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = 1
+    except exceptions.ClickException as exc:
+        if no_args_help and isinstance(exc, no_args_help):
+            exc.show()
+        else:
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        code = exc.exit_code
+    except aborts:  # Ctrl-C outside a command (while parsing)
+        typer.echo("error: interrupted", err=True)
+        code = 130
     except SystemExit as exc:
-        sys.exit(exc.code)
+        code = exc.code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ sigmas are laid out) is one `FlowConvention` each, in `CONVENTIONS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -186,4 +187,112 @@ def euler_sample(model: VelocityModel, schedule: FlowSchedule, z_top: torch.Tens
         trajectory.append(z[0])
         if callback is not None:
             callback(i)
+    return torch.stack(trajectory)
+
+
+# ---- higher-order solvers (RF-Solver, FireFlow, Uni-Inv): pure steps over one interval of the schedule ----------
+def interval(schedule: FlowSchedule, i: int, inverse: bool = False) -> tuple[float, float, torch.Tensor]:
+    """Forward step ``i``'s interval as a solver walks it: ``(t_start, t_mid, h)``.
+
+    Sampling goes from level i down to i + 1 (h = σ_{i+1} − σ_i < 0, starting at ``level_timesteps[i]``);
+    inverting (``inverse``) goes from level i + 1 up to i (h = σ_i − σ_{i+1} > 0, starting at the lower level, as
+    Euler inversion does). ``t_mid`` is the network timestep at σ_i + (σ_{i+1} − σ_i)/2: the timestep is linear in
+    σ in every `FlowConvention`, so it is the mean of the two levels' timesteps (RF-Solver-Edit's ``t_vec_mid``).
+    """
+    upper, lower = schedule.level_timesteps[i], schedule.level_timesteps[i + 1]
+    h = schedule.sigmas[i + 1] - schedule.sigmas[i]
+    t_mid = lower + (upper - lower) / 2 if inverse else upper + (lower - upper) / 2
+    return (lower, t_mid, -h) if inverse else (upper, t_mid, h)
+
+
+def half_step(x: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The midpoint's sample x + (h/2)·v (RF-Solver, Wang et al. ICML 2025; FireFlow, Deng et al. ICML 2025)."""
+    return x + (h / 2).to(x.device) * v
+
+
+def taylor_step(x: torch.Tensor, v: torch.Tensor, v_mid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """RF-Solver's second-order step x + h·v + ½h²·v′, with v′ = (v_mid − v)/(h/2) (Wang et al. 2025;
+    RF-Solver-Edit's ``denoise``).
+
+    Algebraically x + h·v_mid (the explicit midpoint rule): exact for a velocity linear in t, local error O(h³).
+    """
+    h = h.to(x.device)
+    derivative = (v_mid - v) / (h / 2)
+    return x + h * v + 0.5 * h**2 * derivative
+
+
+def midpoint_update(x: torch.Tensor, v_mid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """FireFlow's update x + h·v_mid, the midpoint rule (Deng et al. 2025; its reference's ``denoise_fireflow``)."""
+    return x + h.to(x.device) * v_mid
+
+
+def _walk(schedule: FlowSchedule, inverse: bool, first: int = 0, count: int | None = None):
+    """Forward step indices a solver walks: sampling i = first … N − 1; inverting N − 1 down to N − count."""
+    n = schedule.steps
+    if inverse:
+        return [n - 1 - k for k in range(n if count is None else count)]
+    return list(range(first, n))
+
+
+@torch.no_grad()
+def rf_solver_path(model: VelocityModel, schedule: FlowSchedule, z: torch.Tensor, inverse: bool,
+                   callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """RF-Solver (Wang et al. 2025): two velocities per step (at the start and at the midpoint) and the
+    `taylor_step`; the trajectory (N + 1, C, h, w), index = steps taken. ``inverse``: from z₀ up to the noisiest
+    level (inversion), else from level 0 down to σ = 0 (sampling). ``z`` is (1, C, h, w)."""
+    trajectory = [z[0]]
+    for k, i in enumerate(_walk(schedule, inverse)):
+        t_start, t_mid, h = interval(schedule, i, inverse)
+        v = model(z, t_start)
+        v_mid = model(half_step(z, v, h), t_mid)
+        z = taylor_step(z, v, v_mid, h)
+        trajectory.append(z[0])
+        if callback is not None:
+            callback(k)
+    return torch.stack(trajectory)
+
+
+@torch.no_grad()
+def fireflow_path(model: VelocityModel, schedule: FlowSchedule, z: torch.Tensor, inverse: bool,
+                  callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """FireFlow (Deng et al. 2025): the midpoint rule whose start velocity is the previous step's midpoint
+    velocity, so only the first step evaluates the model at its start: N + 1 calls for N steps. Same layout as
+    `rf_solver_path`."""
+    trajectory = [z[0]]
+    carried = None
+    for k, i in enumerate(_walk(schedule, inverse)):
+        t_start, t_mid, h = interval(schedule, i, inverse)
+        v = model(z, t_start) if carried is None else carried
+        carried = model(half_step(z, v, h), t_mid)
+        z = midpoint_update(z, carried, h)
+        trajectory.append(z[0])
+        if callback is not None:
+            callback(k)
+    return torch.stack(trajectory)
+
+
+def uni_inv_steps(steps: int, alpha: float) -> int:
+    """Steps Uni-Inv inverts (and Uni-Edit then denoises): ⌊α·N⌋ (UniEdit-Flow's delay rate α; its diffusers
+    schedulers floor it)."""
+    return math.floor(alpha * steps)
+
+
+@torch.no_grad()
+def uni_inv(model: VelocityModel, schedule: FlowSchedule, z0: torch.Tensor, count: int, zero_init: bool = False,
+            callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Uni-Inv (Jiao et al., UniEdit-Flow, ICLR 2026; its reference's ``UniInvEulerScheduler``): a predictor–corrector
+    inversion over the ``count`` least noisy steps. Predict x̃ = z + h·v with the last velocity, evaluate v at x̃ on the
+    upper level, correct z ← z + h·v. The first velocity is the model's at σ = 0 (zero with ``zero_init``):
+    count + 1 calls (count with ``zero_init``). Returns z*_0 … z*_count, (count + 1, C, h, w), index = steps taken."""
+    trajectory = [z0[0]]
+    z, v = z0, None
+    for k, i in enumerate(_walk(schedule, True, count=count)):
+        t_start, _, h = interval(schedule, i, inverse=True)
+        if v is None:
+            v = torch.zeros_like(z) if zero_init else model(z, t_start)
+        v = model(z + h.to(z.device) * v, schedule.level_timesteps[i])
+        z = z + h.to(z.device) * v
+        trajectory.append(z[0])
+        if callback is not None:
+            callback(k)
     return torch.stack(trajectory)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,17 @@ def _open(source: str | Path | Image.Image) -> Image.Image:
     if path.is_dir():
         raise InveditError(f"image path is a folder, not a file: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused in one line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise InveditError(f"image {path} is too large ({size}; Pillow's limit against decompression bombs is "
+                           f"{Image.MAX_IMAGE_PIXELS:,}); downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InveditError(f"cannot read image {path}: {_read_failure(exc)}") from None
 

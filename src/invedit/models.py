@@ -100,6 +100,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
 
     index = DiffusionPipeline.load_config(source, local_files_only=local_only)
     family = _pipeline_family(index, source)
+    family.check_requirements()
     loader = getattr(family, "load_pipeline", None)
     if loader is not None:  # families that load their own pipeline class (SD3, FLUX)
         return loader(source, dtype, local_only)
@@ -119,7 +120,14 @@ def _check_folder(folder: Path) -> None:
     index = folder / "model_index.json"
     if not index.exists():
         raise InveditError(f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
-    _pipeline_family(json.loads(index.read_text()), str(folder))
+    try:
+        config = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8 text
+        raise InveditError(f"cannot load model folder {folder}: model_index.json is unreadable or not valid JSON "
+                           f"({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(config, dict):
+        raise InveditError(f"cannot load model folder {folder}: model_index.json does not hold a JSON object")
+    _pipeline_family(config, str(folder))
 
 
 def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None,
@@ -158,6 +166,8 @@ def load_pretrained(loader: Callable[[str, bool], T], name: str, what: str) -> T
     if path.exists():
         try:
             return loader(str(path), True)
+        except InveditError:
+            raise
         except (OSError, ValueError) as exc:
             raise InveditError(f"cannot load {what} folder {name}: {str(exc).splitlines()[0][:200]}") from None
     if _looks_like_path(name):

@@ -124,3 +124,72 @@ def write_atomically(files: list[tuple[Path, Callable[[Any], None]]]) -> None:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def path_inside(base: str | os.PathLike, *parts: str) -> Path:
+    """``base / parts…``, refused when it would leave ``base`` (``..``, an absolute part, a link pointing out).
+
+    Names read from data (a dataset's ids, a record's file names) are joined through this, never directly.
+    Raises:
+        InveditError: the joined path resolves outside ``base``.
+    """
+    base = Path(base)
+    path = base.joinpath(*parts)
+    root = base.resolve()
+    resolved = path.resolve()
+    if resolved != root and not resolved.is_relative_to(root):
+        shown = "/".join(parts)
+        raise InveditError(f"{shown!r} leaves {base}; refused")
+    return path
+
+
+class PathLock:
+    """A non-blocking, per-name lock between processes: an ``flock`` on ``path``, removed again on release.
+
+    `acquire` returns whether this process now holds it (``False``: a live process holds it; a lock held by a
+    process that died is free, since the kernel releases ``flock`` locks with their process). Where ``flock``
+    is unsupported the lock is always granted (each process then simply does the work).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return True
+        for _ in range(100):
+            try:
+                self.path.parent.mkdir(exist_ok=True)  # another process may have removed its empty folder
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+            except FileNotFoundError:  # the folder went between the two calls: again
+                continue
+            except OSError:
+                return True  # cannot create a lock file (read-only folder?): no locking
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError:  # e.g. a filesystem without flock: best effort
+                os.close(fd)
+                return True
+            try:  # the holder before us may have removed the file after we opened it: lock the current one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except OSError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)
+        return True  # the file keeps vanishing: best effort, no locking
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # before closing: whoever locks next re-checks the file is still there
+        os.close(self._fd)
+        self._fd = None

@@ -116,15 +116,16 @@ def check_model_kind(model, inversion: str | None = None, editor: str | None = N
     (RF-Inversion: FLUX only).
 
     Raises:
-        InveditError: naming the methods that do run on the model.
+        InveditError: saying why (the method's ``refusal``, when it has one) and naming the methods that do run.
     """
     kind = model.schedule_kind
     for what, name, registry, get in (("inversion", inversion, INVERSIONS, get_inversion),
                                       ("editor", editor, EDITORS, get_editor)):
         if name is not None and kind not in get(name).schedule_kinds:
             usable = sorted(n for n, cls in registry.items() if kind in cls.schedule_kinds)
-            raise InveditError(f"{what} {name!r} does not run on {model.family} models ({kind} schedule); "
-                               f"use one of: {', '.join(usable)}")
+            why = getattr(get(name), "refusal", "")
+            raise InveditError(f"{what} {name!r} does not run on {model.family} models ({kind} schedule)"
+                               f"{': ' + why if why else ''}; use one of: {', '.join(usable)}")
     if inversion is not None:
         get_inversion(inversion).check_model(model)
 

@@ -19,7 +19,7 @@ def check_prompt(prompt: str, tokenizer, what: str = "prompt", allow_empty: bool
     if not isinstance(prompt, str) or not prompt.strip():
         raise InveditError(f"the {what} is empty")
     prompt = " ".join(prompt.split())
-    n = len(tokenizer.tokenize(prompt)) + 2  # BOS/EOS; tokenize() does not warn about the length as __call__ does
+    n = len(tokenizer(prompt, verbose=False).input_ids)  # with BOS/EOS; verbose=False: no transformers length warning
     if n > tokenizer.model_max_length:
         raise InveditError(f"the {what} is too long ({n - 2} tokens; the model reads at most "
                            f"{tokenizer.model_max_length - 2})")

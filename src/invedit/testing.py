@@ -289,7 +289,12 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
     Returns:
         The diffusers pipeline, in eval mode, gradients off, progress bar off, its `invedit.backbones` record
         attached (working at ``resolution``).
+    Raises:
+        InveditError: library versions below those the flow families are tested with.
     """
+    from .backbones.mmdit import FlowTransformerBackbone
+
+    FlowTransformerBackbone.check_requirements()
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,

@@ -64,6 +64,8 @@ class Backbone(ABC):
     #: The kind of schedule the family samples with: "ddim" (UNet, ε/v prediction) or "flow" (rectified flow);
     #: inversions and editors declare the kinds they run on (``schedule_kinds``).
     schedule_kind: ClassVar[str] = "ddim"
+    #: Lowest versions of libraries this family is tested with, beyond the package's own requirements.
+    requires: ClassVar[dict[str, str]] = {}
 
     def __init__(self, pipe, name: str | None = None, resolution: int | None = None,
                  editor_defaults: dict[str, dict[str, Any]] | None = None):
@@ -74,6 +76,22 @@ class Backbone(ABC):
         self._fingerprint: str | None = None
 
     # ---- setup --------------------------------------------------------------------------------------------
+    @classmethod
+    def check_requirements(cls) -> None:
+        """Refuse, in one line, library versions below what this family is tested with (`requires`)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.version import Version
+
+        for package, lowest in cls.requires.items():
+            try:
+                found = version(package)
+            except PackageNotFoundError:
+                found = "none"
+            if found == "none" or Version(found) < Version(lowest):
+                raise InveditError(f"{cls.family} models need {package} >= {lowest} (tested with it; found {found}): "
+                                   f"pip install -U '{package}>={lowest}'")
+
     @classmethod
     def prepare(cls, pipe, device: torch.device | None = None, **options: Any):
         """Put a freshly loaded pipeline into invedit's state (scheduler, eval mode, quiet); returns it."""

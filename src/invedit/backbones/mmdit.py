@@ -39,6 +39,9 @@ class FlowTransformerBackbone(Backbone):
     The pipeline keeps its own `FlowMatchEulerDiscreteScheduler`: `schedule` reads its config.
     """
 
+    #: SD 3 / FLUX are tested with these (earlier transformers 4.x read the T5 tokenizers differently; the lowest
+    #: versions that work are not established, so invedit asks for the ones it tests).
+    requires = {"diffusers": "0.42.1", "transformers": "5.25.0"}
     #: `invedit.flow.CONVENTIONS` key of the family.
     convention: str = ""
     schedule_kind = "flow"

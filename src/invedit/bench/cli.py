@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..cli_errors import cli_errors
+from ..cli_options import DtypeOption, ModelOption, OffloadOption, ResolutionOption
 from ..runtime import setup_threads
 
 
@@ -23,19 +24,20 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="run folder (created; an existing run resumes)")],
     types: Annotated[str | None, typer.Option(help="edit types to run, e.g. 0,1,6 (default: all)")] = None,
     limit: Annotated[int | None, typer.Option(help="only the first N entries (by id)")] = None,
-    model: Annotated[str | None, typer.Option(help="hub id or diffusers folder; default: embedded model")] = None,
+    model: ModelOption = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best; per process "
                                                     "under accelerate)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="image side in px (default: the model's, 512 SD 1.x, 1024 SDXL; a multiple of VAE factor × 8)")] = None,
-    offload: Annotated[str | None, typer.Option(
-        help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")] = None,
+    dtype: DtypeOption = None,
+    resolution: ResolutionOption = None,
+    offload: OffloadOption = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="resume in another environment (threads, versions, device): its edits may differ in "
+                              "their bits; recorded in run.json")] = False,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="editor option [METHOD:]KEY=VALUE (no METHOD: every method)")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -54,7 +56,7 @@ def bench_command(
     setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
                         device=device, dtype=dtype, resolution=resolution, offload=offload, parity=parity,
-                        edit_types=_types(types),
+                        edit_types=_types(types), allow_mixed=allow_mixed,
                         limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,
                         say=lambda m: typer.echo(m, err=True))
@@ -76,6 +78,8 @@ def evaluate_command(
     parity: Annotated[bool | None, typer.Option(
         help="the reference's 0–255 DINO input (default: as the run's --parity)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    allow_other_data: Annotated[bool, typer.Option(
+        "--allow-other-data", help="evaluate against a dataset whose images differ from those the run edited")] = False,
 ) -> None:
     """Compute PIE-Bench's metrics for every edit of a run; writes metrics.csv and summaries (incremental)."""
     from ..models import resolve_device
@@ -86,7 +90,7 @@ def evaluate_command(
                           lpips_weights=str(lpips_weights) if lpips_weights else None,
                           device=str(resolve_device(device)))
     summary = evaluate_run(run_dir, data, _types(metrics), models, parity, progress=not quiet,
-                           say=lambda m: typer.echo(m, err=True))
+                           say=lambda m: typer.echo(m, err=True), allow_other_data=allow_other_data)
     for metric, reason in summary.unavailable.items():
         typer.echo(f"{metric} unavailable: {reason}", err=True)
     typer.echo(f"evaluated {summary.evaluated} edits ({summary.reused} already evaluated, {len(summary.failed)} "

@@ -5,8 +5,11 @@ region, CLIP similarity of the whole edit and of the edit region to the target p
 seconds; on shapes-world data (entries with a true target) also PSNR against the true target inside the edit
 region and edit success. The mask is the entry's, with the reference evaluator's 1-pixel border set.
 
-``RUN_DIR/metrics.csv`` holds one row per (method, image), keyed by the edited image's SHA-256: re-running computes
-only rows that are new or changed, and metrics that were unavailable before. A metric whose network cannot be
+``RUN_DIR/metrics.csv`` holds one row per (method, image), keyed by what it was computed from: the edited image's
+SHA-256, the source image's, and ``inputs_sha256`` over the source, the mask, the true target, the target prompt and
+the DINO input mode; ``networks`` names the metric networks used. Re-running computes only rows whose key changed
+(all their metrics), metrics whose network changed, and metrics that were unavailable before. A dataset whose
+images differ from those the run's records name is refused unless ``allow_other_data``. A metric whose network cannot be
 loaded is reported once and left empty (never zero); NaN (no unedited region, …) is a value, excluded from means.
 Summaries per method and per (method, edit type) go to ``summary.csv/.md`` and ``by_type.csv/.md``.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InveditError
-from ..outputs import write_atomically
+from ..outputs import path_inside, remove_created, write_atomically
 from .cache import file_sha256
 from .data import EDIT_TYPES, BenchItem, read_benchmark
 from .runner import EDITS_DIR, RUN_FILE
@@ -41,7 +44,9 @@ NEEDS = {"structure_distance": "dino", "lpips": "lpips", "clip_whole": "clip", "
 LABELS = {"structure_distance": "struct ×10³", "psnr": "PSNR", "lpips": "LPIPS ×10³", "mse": "MSE ×10⁴",
           "ssim": "SSIM ×10²", "clip_whole": "CLIP whole", "clip_edited": "CLIP edited", "nfe": "NFE",
           "seconds": "s/edit", "target_psnr": "PSNR vs true target (edit region)", "edit_success": "success %"}
-KEY_COLUMNS = ("method", "id", "edit_type", "image_sha256")
+KEY_COLUMNS = ("method", "id", "edit_type", "image_sha256", "source_sha256", "inputs_sha256", "networks")
+#: Bumped when a metric's computation changes: every row is computed again.
+METRICS_FORMAT = 1
 DEFAULT_DINO = "facebook/dino-vitb8"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 LPIPS_BACKBONE_FILE = "squeezenet1_1-b8a52dc0.pth"  # torchvision's name for LPIPS's SqueezeNet weights
@@ -93,6 +98,13 @@ class MetricModels:
     def _load_lpips(self):
         return load_lpips(self.lpips_weights).to(self.device)
 
+    def identities(self) -> dict[str, str]:
+        """What each network is (its hub id or folder; the LPIPS weights' SHA-256), to key the rows by."""
+        lpips = "torchvision"
+        if self.lpips_weights is not None and Path(self.lpips_weights).expanduser().is_file():
+            lpips = file_sha256(Path(self.lpips_weights).expanduser())
+        return {"dino": str(self.dino_model), "clip": str(self.clip_model), "lpips": lpips}
+
 
 def load_lpips(weights: str | os.PathLike | None = None):
     """torchmetrics' LPIPS with the SqueezeNet backbone (its linear layers ship with torchmetrics).
@@ -106,11 +118,7 @@ def load_lpips(weights: str | os.PathLike | None = None):
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     if weights is None:
-        try:
-            return LearnedPerceptualImagePatchSimilarity(net_type="squeeze", normalize=False).eval()
-        except Exception as exc:  # noqa: BLE001 (URLError, HTTPError, …: offline)
-            raise InveditError(f"LPIPS needs the SqueezeNet weights ({LPIPS_BACKBONE_FILE}) and torchvision could "
-                               f"not download them ({type(exc).__name__}); pass --lpips-weights FILE") from None
+        return _lpips_from_torchvision(LearnedPerceptualImagePatchSimilarity)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise InveditError(f"LPIPS weights file not found: {path}")
@@ -131,6 +139,34 @@ def load_lpips(weights: str | os.PathLike | None = None):
                 from None
         finally:
             torch.hub.set_dir(previous)
+
+
+def _lpips_from_torchvision(lpips_class):
+    """LPIPS with torchvision's cached or downloaded backbone. The download is announced only once it worked,
+    and the hub folders it created are removed again when it did not (offline)."""
+    import contextlib
+    import sys
+
+    import torch
+
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if (checkpoints / LPIPS_BACKBONE_FILE).is_file():
+        return lpips_class(net_type="squeeze", normalize=False).eval()
+    missing = []
+    probe = checkpoints
+    while not probe.exists() and probe != probe.parent:
+        missing.insert(0, probe)
+        probe = probe.parent
+    announcement = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(announcement):
+            model = lpips_class(net_type="squeeze", normalize=False).eval()
+    except Exception as exc:  # noqa: BLE001 (URLError, HTTPError, …: offline)
+        remove_created(missing)
+        raise InveditError(f"LPIPS needs the SqueezeNet weights ({LPIPS_BACKBONE_FILE}) and torchvision could "
+                           f"not download them ({type(exc).__name__}); pass --lpips-weights FILE") from None
+    sys.stderr.write(announcement.getvalue())
+    return model
 
 
 def lpips_background(lpips, source, edited, edit_mask: np.ndarray) -> float:
@@ -199,7 +235,7 @@ def _toy_metrics(item: BenchItem, edited, source, data_dir: Path, psnr) -> dict[
     from ..images import load_image
     from ..toy.metrics import edit_succeeded
 
-    truth = np.asarray(load_image(data_dir / item.extra["target_image_path"], edited.shape[0]))
+    truth = np.asarray(load_image(path_inside(data_dir, str(item.extra["target_image_path"])), edited.shape[0]))
     inner = edit_mask(item, edited.shape[0], force_border=False)  # the true region, not the reference's border
     ok = edit_succeeded(item.extra.get("toy_edit_kind", ""), item, edited, source, inner) if item.blend_words else None
     return {"target_psnr": psnr(edited, truth, inner) if inner.any() else math.nan,
@@ -207,11 +243,20 @@ def _toy_metrics(item: BenchItem, edited, source, data_dir: Path, psnr) -> dict[
 
 
 # ---- the run's table ---------------------------------------------------------------------------------------
-def _read_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+def _read_rows(path: Path, say=print) -> dict[tuple[str, str], dict[str, str]]:
+    """The rows of an earlier evaluation; a table that cannot be read is computed again (said in one line)."""
     if not path.exists():
         return {}
-    with open(path, newline="") as f:
-        return {(r["method"], r["id"]): r for r in csv.DictReader(f)}
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        if reader.fieldnames and not {"method", "id"} <= set(reader.fieldnames):  # (older tables lack some key
+            raise ValueError("other columns")  # columns: their rows are simply computed again)
+        return {(r["method"], r["id"]): r for r in rows}
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        say(f"note: cannot read the earlier {path.name} ({exc}); computing every row again")
+        return {}
 
 
 def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -239,12 +284,13 @@ class EvaluationSummary:
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  metrics: list[str] | None = None, models: MetricModels | None = None, parity: bool | None = None,
-                 progress: bool = False, say=print) -> EvaluationSummary:
+                 progress: bool = False, say=print, allow_other_data: bool = False) -> EvaluationSummary:
     """Evaluate every finished edit of ``run_dir`` not evaluated yet; write the per-image CSV and summaries.
 
     ``data_dir`` defaults to the run's dataset, ``parity`` (the DINO input quirk) to the run's ``--parity``.
     Raises:
-        InveditError: not a run folder, unknown metric names, a dataset that is not one.
+        InveditError: not a run folder, unknown metric names, a dataset that is not one, a dataset whose images
+            differ from those the run edited (unless ``allow_other_data``).
     """
     run_dir = Path(run_dir)
     settings = read_run(run_dir)
@@ -257,16 +303,20 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     data_dir = Path(data_dir or settings["data"])
     items, _ = read_benchmark(data_dir)
     by_id = {item.id: item for item in items}
-    old = _read_rows(run_dir / "metrics.csv")
+    old = _read_rows(run_dir / "metrics.csv", say)
     rows, summary = [], EvaluationSummary()
     records = [(method, path) for method in sorted(settings["methods"])
                for path in sorted((run_dir / EDITS_DIR / method).glob("*.json"))]
+    sources = source_hashes(records, by_id)
+    if not allow_other_data:
+        check_same_sources(records, sources, data_dir, settings)
+    keys = _InputKeys(sources, parity, models.identities(), data_dir)
     from tqdm.auto import tqdm
 
     with tqdm(records, desc="evaluate", unit="edit", disable=not progress, dynamic_ncols=True) as bar:
         for method, record_path in bar:
             row = _evaluate_edit(record_path, method, by_id, old, wanted, models, parity, data_dir, summary,
-                                 bar.write if progress else say)
+                                 bar.write if progress else say, keys)
             if row is not None:
                 rows.append(row)
     summary.unavailable = {m: models.unavailable[NEEDS[m]] for m in wanted
@@ -285,22 +335,100 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise InveditError(f"cannot read {path}: {exc}") from None
 
 
+def source_hashes(records: list[tuple[str, Path]], by_id: dict[str, BenchItem]) -> dict[str, str]:
+    """SHA-256 of the dataset's image of every entry some record names (each file hashed once)."""
+    out: dict[str, str] = {}
+    for _, record_path in records:
+        item = by_id.get(record_path.stem)
+        if item is not None and item.id not in out:
+            try:
+                out[item.id] = file_sha256(item.image_path)
+            except OSError:
+                continue  # reported when the edit is evaluated
+    return out
+
+
+def check_same_sources(records: list[tuple[str, Path]], sources: dict[str, str], data_dir: Path,
+                       settings: dict[str, Any]) -> None:
+    """Refuse a dataset whose image of an entry is not the one the run edited (the records name its SHA-256).
+
+    Raises:
+        InveditError: the first entry whose image differs (one line, with how to go on).
+    """
+    for _, record_path in records:
+        try:
+            edited_from = json.loads(record_path.read_text())["bench"].get("source_sha256")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # unreadable records fail on their own; records from before source hashes cannot be checked
+        now = sources.get(record_path.stem)
+        if edited_from and now and edited_from != now:
+            raise InveditError(f"{data_dir}: the image of entry {record_path.stem} is not the one the run edited "
+                               f"(SHA-256 {now[:12]}…, the run's {edited_from[:12]}…); evaluate with the run's "
+                               f"dataset ({settings.get('data')}) or pass --allow-other-data")
+
+
+@dataclass
+class _InputKeys:
+    """What a metrics row is computed from, besides the edit itself (see the module docstring)."""
+
+    sources: dict[str, str]
+    parity: bool
+    networks: dict[str, str]
+    data_dir: Path
+
+    def inputs(self, item: BenchItem, edit_size: tuple[int, int]) -> str:
+        import hashlib
+
+        with Image.open(item.image_path) as image:
+            source_size = image.size
+        target = None
+        if "target_image_path" in item.extra:
+            target = file_sha256(path_inside(self.data_dir, str(item.extra["target_image_path"])))
+        fields = {"format": METRICS_FORMAT, "source": self.sources.get(item.id), "source_size": source_size,
+                  "edit_size": edit_size, "mask": item.mask_rle, "target_image": target,
+                  "target_prompt": item.target_prompt, "blend_words": item.blend_words,
+                  "toy_edit_kind": item.extra.get("toy_edit_kind"), "parity": bool(self.parity)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _reusable(row: dict[str, Any], sha: str, source: str | None, inputs: str,
+              networks: dict[str, str]) -> dict[str, Any]:
+    """The earlier row's cells still valid for this edit: none when the edit or its inputs changed; those of a
+    metric whose network changed are cleared."""
+    if row.get("image_sha256") != sha or row.get("source_sha256") != source or row.get("inputs_sha256") != inputs:
+        return {}
+    try:
+        used = json.loads(row.get("networks") or "{}")
+    except ValueError:
+        return {}
+    kept = {k: v for k, v in row.items() if k not in NEEDS or used.get(NEEDS[k]) == networks[NEEDS[k]]}
+    for metric in ALL_METRICS:  # a cell that is not a number (edited by hand?) is computed again
+        try:
+            cell_value(kept.get(metric))
+        except (TypeError, ValueError):
+            kept.pop(metric)
+    return kept
+
+
 def _evaluate_edit(record_path: Path, method: str, by_id: dict[str, BenchItem], old, wanted: list[str],
                    models: MetricModels, parity: bool, data_dir: Path, summary: EvaluationSummary,
-                   say) -> dict[str, Any] | None:
+                   say, keys: _InputKeys) -> dict[str, Any] | None:
     item_id = record_path.stem
     try:
         record = json.loads(record_path.read_text())
         image_name, sha = next((n, h) for n, h in record["files"].items() if Path(n).stem == item_id)
-        image_path = record_path.with_name(image_name)
+        if Path(image_name).name != image_name:
+            raise InveditError(f"the record names the image {image_name!r}, not a file beside it")
+        image_path = path_inside(record_path.parent, image_name)
         if file_sha256(image_path) != sha:
             raise InveditError("the image does not match its record (rewritten by hand?); rerun the bench")
         item = by_id.get(item_id)
         if item is None:
             raise InveditError("the dataset has no such entry")
-        row = dict(old.get((method, item_id), {}))
-        if row.get("image_sha256") != sha:
-            row = {}
+        with Image.open(image_path) as image:
+            edit_size = image.size
+        source, inputs = keys.sources.get(item_id), keys.inputs(item, edit_size)
+        row = _reusable(dict(old.get((method, item_id), {})), sha, source, inputs, keys.networks)
         todo = [m for m in wanted if cell_value(row.get(m)) is None]
         toy = "target_image_path" in item.extra
         todo = [m for m in todo if m not in TOY_METRICS or toy]
@@ -316,7 +444,10 @@ def _evaluate_edit(record_path: Path, method: str, by_id: dict[str, BenchItem], 
         summary.failed.append(message)
         say(f"failed {message}")
         return None
-    row.update({"method": method, "id": item_id, "edit_type": item.edit_type, "image_sha256": sha})
+    used = {NEEDS[m] for m in ALL_METRICS if m in NEEDS and cell_value(row.get(m)) is not None}
+    row.update({"method": method, "id": item_id, "edit_type": item.edit_type, "image_sha256": sha,
+                "source_sha256": source, "inputs_sha256": inputs,
+                "networks": json.dumps({k: keys.networks[k] for k in sorted(used)}, sort_keys=True)})
     return row
 
 

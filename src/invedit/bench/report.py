@@ -59,11 +59,38 @@ THUMBNAIL = 128
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.csv``, checked: the columns `invedit evaluate` writes, numbers (or empty) in them.
+
+    Raises:
+        InveditError: no file, or one that is empty, not a table, of other columns or with a non-number cell.
+    """
     path = run_dir / "metrics.csv"
     if not path.is_file():
         raise InveditError(f"{run_dir} has no metrics.csv; run `invedit evaluate {run_dir}` first")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    again = f"run `invedit evaluate {run_dir}` again"
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InveditError(f"cannot read {path} ({exc}); {again}") from None
+    if not columns:
+        raise InveditError(f"{path} is empty; {again}")
+    missing = [c for c in ("method", "id", "edit_type", *ALL_METRICS) if c not in columns]
+    if missing:
+        raise InveditError(f"{path} is not a metrics table of `invedit evaluate` (no column {missing[0]!r}); {again}")
+    for line, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise InveditError(f"{path} line {line} has {'more' if None in row else 'fewer'} cells than columns; "
+                               f"{again}")
+        for metric in ALL_METRICS:
+            try:
+                cell_value(row[metric])
+            except ValueError:
+                raise InveditError(f"{path} line {line}: {metric} {row[metric][:40]!r} is not a number; {again}") \
+                    from None
+    return rows  # a header alone is a run without finished edits: the report lists its failures
 
 
 def open_failures(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -9,10 +9,19 @@ names the image's hash, so a kill at any moment loses at most the edits in fligh
 Methods that share an inversion (same method, options and source-branch prompt) invert each image once; through
 the on-disk `InversionCache`, later runs reuse it as well. Under ``accelerate launch`` the images are split by
 position in id order (``items[rank::world]``): no gaps, no duplicates, each process writing only its own files.
+Processes that were not split that way (the same command started twice, a stray process beside a launch) share
+the work through a lock per image (``.locks/<id>.lock``, `run_share`): an image another live process holds is
+left for the end, when it is usually done.
+
+``run.json`` also records what changes an edit's bits besides the settings (`run_environment`: library versions,
+device, on CPU the thread count and vector instructions); a resume in another environment is refused unless mixing
+is allowed. A method's options may still change while it has no finished edit (a typo does not lock the folder).
+Entry ids name files, so they are checked (`invedit.bench.data.check_id`) and every path is built inside the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -23,9 +32,9 @@ from typing import Any
 
 from ..backbones import backbone
 from ..errors import InveditError
-from ..outputs import folder_lock, prepare_output_dir, remove_created, umask
-from .cache import InversionCache, file_sha256, inversion_key
-from .data import EDIT_TYPES, BenchItem, read_benchmark
+from ..outputs import PathLock, folder_lock, path_inside, prepare_output_dir, remove_created, umask
+from .cache import InversionCache, file_sha256, inversion_key, open_cache
+from .data import EDIT_TYPES, BenchItem, check_id, read_benchmark
 from .methods import MethodSpec
 
 RUN_FILE = "run.json"
@@ -61,8 +70,12 @@ class BenchSummary:
 
 
 def edit_paths(run_dir: Path, method: str, item_id: str, parity: bool) -> tuple[Path, Path]:
-    """(image, record) of one edit; JPEG in parity mode, PNG otherwise."""
-    image = run_dir / EDITS_DIR / method / f"{item_id}.{'jpg' if parity else 'png'}"
+    """(image, record) of one edit; JPEG in parity mode, PNG otherwise.
+
+    Raises:
+        InveditError: an id that is not a plain file name, or a path that would leave the run folder.
+    """
+    image = path_inside(run_dir, EDITS_DIR, method, f"{check_id(item_id)}.{'jpg' if parity else 'png'}")
     return image, image.with_suffix(".json")
 
 
@@ -106,9 +119,11 @@ def check_selection(edit_types: list[str] | None, limit: int | None) -> None:
         raise InveditError(f"--limit must be a positive integer, got {limit!r}")
 
 
-def remember_settings(run_dir: Path, settings: dict[str, Any]) -> None:
-    """Write ``run.json`` or check this run against it: the same global settings, and the same options for every
-    method it already has (new methods are added). Locked, so processes of one launch agree.
+def remember_settings(run_dir: Path, settings: dict[str, Any], allow_mixed: bool = False) -> None:
+    """Write ``run.json`` or check this run against it: the same global settings, the same environment (see
+    `run_environment`; ``allow_mixed`` accepts another, noting it), and the same options for every method that
+    has a finished edit (new methods are added; a method with no edit yet takes the new options, so a typo does
+    not lock the folder). Locked, so processes of one launch agree.
 
     Raises:
         InveditError: the folder was run with other settings (one line naming the first difference).
@@ -121,16 +136,17 @@ def remember_settings(run_dir: Path, settings: dict[str, Any]) -> None:
             except (OSError, ValueError) as exc:
                 raise InveditError(f"cannot read {path}: {exc}") from None
             for key, value in settings.items():
-                if key != "methods" and old.get(key) != value:
+                if key not in ("methods", ENVIRONMENT_KEY) and old.get(key) != value:
                     raise InveditError(f"{run_dir} was run with {key}={old.get(key)!r}, not {value!r}; resume it "
                                        "with the same settings or choose a new --out")
+            environment = _checked_environment(run_dir, old, settings.get(ENVIRONMENT_KEY), allow_mixed)
             for name, spec in settings["methods"].items():
                 before = old["methods"].get(name, spec)
                 changed = [f"{k} {before.get(k)} → {v}" for k, v in spec.items() if before.get(k) != v]
-                if changed:
+                if changed and has_edits(run_dir, name):
                     raise InveditError(f"{run_dir} ran {name} with other settings ({'; '.join(changed)}); give the "
                                        f"new ones another name, e.g. {name.split('@')[0]}@b")
-            merged = {**old, "methods": {**old["methods"], **settings["methods"]}}
+            merged = {**old, **environment, "methods": {**old["methods"], **settings["methods"]}}
             if merged == old:
                 return
         else:
@@ -146,13 +162,67 @@ def remember_settings(run_dir: Path, settings: dict[str, Any]) -> None:
                 os.unlink(tmp)
 
 
+ENVIRONMENT_KEY = "environment"
+
+
+def run_environment(device) -> dict[str, Any]:
+    """What changes an edit's bits besides the settings: library versions, the device, and on CPU the thread
+    count (1 vs 2 threads move pixels by ±1 level) and the vector instructions torch uses."""
+    import torch
+
+    from ..versions import versions
+
+    device = torch.device(device)
+    env: dict[str, Any] = {k: v for k, v in versions().items() if k in ("torch", "diffusers", "transformers")}
+    if device.type == "cpu":
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        env["threads"] = torch.get_num_threads()
+    elif device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+_ENVIRONMENT_HINTS = {
+    "threads": "set INVEDIT_THREADS={old}",
+    "cpu_capability": "run on a CPU with {old} or set ATEN_CPU_CAPABILITY={old}",
+    "gpu": "run on a {old}",
+}
+
+
+def _checked_environment(run_dir: Path, old: dict[str, Any], new: dict[str, Any] | None,
+                         allow_mixed: bool) -> dict[str, Any]:
+    """The run.json fields to update for this process's environment (see `remember_settings`)."""
+    if new is None:
+        return {}
+    before = old.get(ENVIRONMENT_KEY)
+    if before is None:  # a folder from before environments were recorded: adopt this one
+        return {ENVIRONMENT_KEY: new}
+    changed = [k for k in sorted(set(before) | set(new)) if before.get(k) != new.get(k)]
+    if not changed:
+        return {}
+    if not allow_mixed:
+        key = changed[0]
+        hint = _ENVIRONMENT_HINTS.get(key, "use {key} {old}").format(key=key, old=before.get(key))
+        raise InveditError(f"{run_dir} was made with {key} {before.get(key)}, this process has {new.get(key)}: "
+                           f"resumed edits would differ in their bits; {hint} (or --allow-mixed to mix them)")
+    mixed = list(old.get("mixed_environments", []))
+    return {"mixed_environments": mixed + [new]} if new not in mixed else {}
+
+
+def has_edits(run_dir: Path, method: str) -> bool:
+    """Whether ``method`` has a finished edit in the run (records are written only with their image)."""
+    folder = run_dir / EDITS_DIR / method
+    return folder.is_dir() and any(folder.glob("*.json"))
+
+
 def _failure(summary: BenchSummary, log_path: Path, item_id: str, method: str, message: str, say) -> None:
     entry = {"id": item_id, "method": method, "error": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     summary.failed += 1
     summary.failures.append(entry)
     with open(log_path, "a") as f:  # one write per line: lines of concurrent writers never interleave
         f.write(json.dumps(entry) + "\n")
-    say(f"failed {item_id} {method}: {message}")
+    say(f"failed {item_id} {method}: {message}")  # ids are checked names, or escaped by `read_benchmark`
 
 
 def _error_text(exc: BaseException) -> str:
@@ -167,7 +237,8 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
               device: str | None = None, dtype: str | None = None, resolution: int | None = None,
               offload: str | None = None, parity: bool = False,
               edit_types: list[str] | None = None, limit: int | None = None,
-              cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print) -> BenchSummary:
+              cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print,
+              allow_mixed: bool = False) -> BenchSummary:
     """Edit every (image, method) pair of this process's share that is not done yet (see the module docstring).
 
     Returns the summary; failures are in it, in the run's failure log, and were reported through ``say``.
@@ -218,21 +289,19 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
                     "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
                     "seed": seed, "dtype": dtype_name, "device_type": model_record.device.type, "resolution": size,
                     "parity": parity,
-                    "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods}}
-        remember_settings(run_dir, settings)
+                    "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods},
+                    ENVIRONMENT_KEY: run_environment(model_record.device)}
+        remember_settings(run_dir, settings, allow_mixed)
     except BaseException:
         remove_created(created)
         raise
 
     summary = BenchSummary(rank=rank, world=world)
     log_path = run_dir / ("failures.jsonl" if world == 1 else f"failures.rank{rank}.jsonl")
-    cache = InversionCache(cache_dir)
     share = items[rank::world]
     todo = [(item, [m for m in methods if not finished(*edit_paths(run_dir, m.name, item.id, parity))])
             for item in share]
     summary.skipped = sum(len(methods) - len(pending) for _, pending in todo)
-    for item, pending in todo:
-        clear_leftovers(run_dir, pending, item.id)
 
     from tqdm.auto import tqdm
 
@@ -242,18 +311,41 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
     if rank == 0:
         for item_id, problem in problems:
             _failure(summary, log_path, item_id, "*", problem, say)
+    cache = open_cache(cache_dir, say)
     context = _RunContext(pipe, size, steps, guidance, seed, dtype_name, parity, run_dir, data_dir, cache,
                           summary, log_path, say, bar)
     try:
-        for item, pending in todo:
-            if pending:
-                context.run_item(item, pending)
+        run_share(context, todo)
     finally:
         bar.close()
     for message in dict.fromkeys(cache.unreadable):
         say(f"note: recomputed an unreadable cached inversion ({message})")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+LOCKS_DIR = ".locks"
+
+
+def run_share(context: _RunContext, todo: list[tuple[BenchItem, list[MethodSpec]]]) -> None:
+    """Edit each image's pending methods while holding the image's lock, so that processes sharing a run folder
+    (the same command started twice, accelerate workers plus a stray process) share the work: an image a live
+    process holds is skipped and taken up again at the end, when it is usually done already."""
+    waiting = [(item, pending) for item, pending in todo if pending and not context.run_locked(item, pending)]
+    for item, pending in waiting:
+        context.run_locked(item, pending, blocking=True)
+    clear_stale_locks(context.run_dir)
+
+
+def clear_stale_locks(run_dir: Path) -> None:
+    """Remove the lock files of processes that died (a live holder keeps its own), then the empty folder."""
+    folder = run_dir / LOCKS_DIR
+    for path in folder.glob("*.lock"):
+        lock = PathLock(path)
+        if lock.acquire():
+            lock.release()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 @dataclass
@@ -274,6 +366,23 @@ class _RunContext:
     log_path: Path
     say: Any
     bar: Any
+
+    def run_locked(self, item: BenchItem, pending: list[MethodSpec], blocking: bool = False) -> bool:
+        """`run_item` under the image's lock, for the methods still pending once it is held; ``False`` (nothing
+        done) when another live process holds it and ``blocking`` is false."""
+        lock = PathLock(self.run_dir / LOCKS_DIR / f"{item.id}.lock")
+        if not lock.acquire(blocking):
+            return False
+        try:
+            still = [m for m in pending if not finished(*edit_paths(self.run_dir, m.name, item.id, self.parity))]
+            self.summary.skipped += len(pending) - len(still)  # done by another process meanwhile
+            self.bar.update(len(pending) - len(still))
+            clear_leftovers(self.run_dir, still, item.id)  # under the lock: nobody else is writing them
+            if still:
+                self.run_item(item, still)
+        finally:
+            lock.release()
+        return True
 
     def run_item(self, item: BenchItem, pending: list[MethodSpec]) -> None:
         """Invert ``item`` once per distinct inversion its pending methods need, then run each method."""
@@ -306,7 +415,7 @@ class _RunContext:
                     self._fail(item, m, _error_text(exc))
                 continue
             for m in group:
-                self._edit(item, m, inverted, source)
+                self._edit(item, m, inverted, source, image_sha)
                 source = "run"  # the next method of the group shares it
 
     def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec):
@@ -322,7 +431,7 @@ class _RunContext:
             return cached, "cache"
         inverted = api.invert(self.pipe, image, prompt, m.inversion, self.steps, self.guidance, self.seed,
                               **m.inversion_options)
-        self.cache.put(key, inverted)
+        self.cache.put(key, inverted)  # never fails the edit (a failed write is warned about once)
         self.summary.nfe_inversion += inverted.stats.nfe
         return inverted, "computed"
 
@@ -336,7 +445,7 @@ class _RunContext:
             options["blend_words"] = parse_blend_words(item.blend_words)
         return options
 
-    def _edit(self, item: BenchItem, m: MethodSpec, inverted, source: str) -> None:
+    def _edit(self, item: BenchItem, m: MethodSpec, inverted, source: str, image_sha: str) -> None:
         from .. import api
 
         options = self._editor_options(item, m)
@@ -350,7 +459,8 @@ class _RunContext:
                 "inversion_source": source,
                 "bench": {"id": item.id, "method": m.name, "edit_type": item.edit_type,
                           "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
-                          "blended_word": item.blend_words},
+                          "blended_word": item.blend_words, "source_sha256": image_sha,
+                          **({"notes": item.notes} if item.notes else {})},
             })
             image_path, _ = edit_paths(self.run_dir, m.name, item.id, self.parity)
             result.save(image_path)

@@ -59,6 +59,8 @@ class Editor:
     #: The kinds of schedule (`Backbone.schedule_kind`) whose models the editor runs on: its hooks know the UNet's
     #: attention and DDIM's arithmetic unless it names "flow" too.
     schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)
+    #: Why it does not run on the other kinds, in a few words (the refusal message says it).
+    refusal: ClassVar[str] = ""
     #: The editor needs no inversion (FlowEdit): it runs with inversion "none" and `sampler` supplies the edit's
     #: step policy; every other editor steps an inversion's trajectory (`prepare.check_pairing`).
     inversion_free: ClassVar[bool] = False

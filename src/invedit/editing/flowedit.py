@@ -140,6 +140,7 @@ class FlowEditEditor(Editor):
     defaults: ClassVar[dict[str, Any]] = {"n_max": None, "n_min": 0, "n_avg": 1, "source_guidance": None,
                                           "target_guidance": None}
     schedule_kinds = ("flow",)
+    refusal = "it integrates an ODE between rectified flows (SD3/FLUX)"
     inversion_free = True
 
     def __init__(self, options: dict[str, Any], family: str):

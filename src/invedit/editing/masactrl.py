@@ -43,6 +43,7 @@ class MutualSelfAttention(AttentionEditor):
     """MasaCtrl's mutual self-attention: the target queries the source's keys and values."""
 
     name = "masactrl"
+    refusal = "it hooks a UNet's self-attention (shared-attention is its core on SD3/FLUX)"
     description = "MasaCtrl: target self-attention queries the source's keys/values (from step 4, layer 10)"
     defaults: dict[str, Any] = {"start_step": 4, "start_layer": 10, "layers": "relative", "source_branch": "empty",
                                 "mask_words": None, "mask_threshold": 0.1, "mask_downsample": None}

@@ -136,6 +136,7 @@ class PromptToPrompt(AttentionEditor):
     """Prompt-to-Prompt attention control between the source and target branches."""
 
     name = "p2p"
+    refusal = "it rewrites a UNet's cross-attention maps (SD3/FLUX attend to text and image jointly)"
     description = "Prompt-to-Prompt: Refine/Replace cross-attention, self-attention injection, LocalBlend"
     defaults: dict[str, Any] = {
         "mode": "refine", "cross_replace_steps": 0.4, "self_replace_steps": 0.6, "self_replace_max_tokens": 32**2,

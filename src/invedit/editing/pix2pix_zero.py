@@ -46,6 +46,7 @@ class Pix2PixZero(AttentionEditor):
     """Pix2Pix-Zero: an edit direction in text-embedding space and cross-attention guidance of the target."""
 
     name = "pix2pix-zero"
+    refusal = "its guidance matches a UNet's cross-attention maps"
     description = "Pix2Pix-Zero: edit direction in embedding space + cross-attention guidance (weight 0.1)"
     defaults: dict[str, Any] = {"cross_attention_guidance": 0.1, "source_sentences": None, "target_sentences": None}
     guides = True

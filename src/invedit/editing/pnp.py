@@ -60,6 +60,7 @@ class PlugAndPlay(AttentionEditor):
     """Plug-and-Play feature and self-attention injection from the source row into the target rows."""
 
     name = "pnp"
+    refusal = "it injects the ResNet features of a UNet's decoder"
     description = "Plug-and-Play: inject the source's ResNet features (80% of steps) and self-attention q/k (50%)"
     defaults: dict[str, Any] = {"feature_steps": 0.8, "attention_steps": 0.5, "layers": "auto",
                                 "feature_layer": "auto", "negative_prompt": NEGATIVE_PROMPT, "source_guidance": 1.0,

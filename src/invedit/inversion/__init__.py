@@ -7,12 +7,15 @@ from . import (  # noqa: F401  (registration)
     direct,
     edict,
     euler,
+    fireflow,
     negative_prompt,
     none,
     null_latent,
     null_text,
     rf_inversion,
+    rf_solver,
     style_diffusion,
+    uniedit,
 )
 from .base import InversionInputs, Inverted, Sampler
 from .registry import INVERSIONS, get_inversion, register

@@ -31,6 +31,7 @@ class NoInversion(Inverted):
     method = "none"
     description = "no inversion (z0 only, no network call); for inversion-free editors such as flowedit"
     schedule_kinds = ("flow",)
+    refusal = "it serves inversion-free rectified-flow editors (FlowEdit on SD3/FLUX)"
     inversion_free = True
 
     @classmethod

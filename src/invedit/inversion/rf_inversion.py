@@ -109,6 +109,7 @@ class RFInverted(Inverted):
                 "eta_decay_power": 1.0, "inversion_guidance": 0.0}
     sampler_class = RFInversionSampler
     schedule_kinds = ("flow",)
+    refusal = "its controlled ODEs are FLUX's rectified flow"
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:

@@ -96,11 +96,18 @@ def load_inverted(path: str | os.PathLike, device: str | torch.device = "cpu") -
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or holding code
-        raise InveditError(f"cannot read inversion file {path}: {str(exc).splitlines()[0][:160]}") from None
+    except Exception as exc:  # empty, truncated, not a torch file, holding code, unreadable
+        lines = str(exc).splitlines()
+        reason = lines[0][:160] if lines else type(exc).__name__
+        raise InveditError(f"cannot read inversion file {path}: {reason}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InveditError(f"{path} is not an invedit inversion file of format {FORMAT}")
-    inverted = _decode(state["inverted"], torch.device(device))
+    try:
+        inverted = _decode(state["inverted"], torch.device(device))
+    except InveditError:
+        raise
+    except Exception as exc:  # a torch file of another shape: missing keys, wrong fields
+        raise InveditError(f"{path} is not a readable inversion file ({type(exc).__name__})") from None
     if not isinstance(inverted, Inverted):
         raise InveditError(f"{path} does not hold an inversion result")
     return inverted

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import socket
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,89 @@ def example_rows(folder: Path, size: int = 64) -> list[list[Any]]:
     return rows
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on: bind a socket there the way uvicorn will
+    (same family rule, ``SO_REUSEADDR``), then let it go.
+
+    Raises:
+        InveditError: the port is in use, not allowed, or ``host`` is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise InveditError(_bind_failure(host, port, exc)) from None
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    local = "use 127.0.0.1 (this machine only) or 0.0.0.0 (every network this machine is on)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host}: not a known host name or address; {local}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use (another invedit ui or another server); pass another --port"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        below = " (ports below 1024 need administrator rights; the default is 7860)" if port < 1024 else ""
+        return f"no permission to listen on port {port}{below}; pass another --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine; {local}"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+@contextmanager
+def temporary_folder() -> Iterator[Path]:
+    """One folder for everything a UI server writes (uploads and Gradio's cache, results, examples), removed when
+    the server exits. Enter it before gradio is first imported: Gradio reads ``GRADIO_TEMP_DIR`` at import."""
+    root = Path(tempfile.mkdtemp(prefix="invedit-ui-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    try:
+        yield root
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def serve(pipe, host: str, port: int, default_steps: int = 50, on_ready: Callable[[], None] | None = None) -> None:
+    """Run the page on ``host:port`` until Ctrl-C (or SIGTERM); everything it wrote is removed at exit.
+
+    Args:
+        pipe: the loaded pipeline.
+        host, port: where to listen (see `check_listen_address`).
+        default_steps: the page's default DDIM steps.
+        on_ready: called once the server listens (the CLI prints the URL).
+    """
+    with temporary_folder() as root:
+        (root / "results").mkdir()
+        app = build_app(EditSession(pipe, out_dir=root / "results"), default_steps, work_dir=root)
+        try:
+            app.launch(server_name=host, server_port=port, quiet=True, prevent_thread_lock=True)
+        except OSError as exc:  # taken between the check and now
+            check_listen_address(host, port)
+            raise InveditError(f"cannot listen on {host}:{port}: {str(exc).splitlines()[0]}") from None
+        try:
+            if on_ready is not None:
+                on_ready()
+            app.block_thread()  # returns after Ctrl-C, having closed the server
+        finally:
+            app.close(verbose=False)
+
+
+def uploaded_image(payload: dict | None) -> tuple[str | None, str | None]:
+    """(path, file name) of the page's image input as Gradio hands it over unprocessed, (None, None) when empty.
+
+    The page passes the uploaded file itself to the session, so the CLI's checks judge it (a 16-bit or transparent
+    PNG, a file that is not an image), not a copy Gradio converted first.
+    """
+    if not payload or not payload.get("path"):
+        return None, None
+    return payload["path"], payload.get("orig_name") or Path(payload["path"]).name
+
+
 def display_image(image: Image.Image, size: int = IMAGE_HEIGHT) -> Image.Image:
     """The image as the page shows it: small model outputs enlarged (nearest, so pixels stay pixels); the
     download is the original."""
@@ -50,8 +139,9 @@ def _defaults_text(editor: str, pipe) -> str:
     return f"{editor} options and defaults: {shown or 'none'}"
 
 
-def build_app(session: EditSession, default_steps: int = 50):
-    """The Blocks app (not launched)."""
+def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Path | None = None):
+    """The Blocks app (not launched); the example images are written into a new folder in ``work_dir`` (default:
+    the system's temporary folder)."""
     import gradio as gr
 
     from ..methods import list_methods
@@ -60,11 +150,15 @@ def build_app(session: EditSession, default_steps: int = 50):
     methods = list_methods()
     inversions = [m["name"] for m in methods["inversions"]]
     editors = [m["name"] for m in methods["editors"]]
-    examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-")))
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)))
 
     def run(image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
             inversion_options, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's progress idiom)
-        request = EditRequest(image=image, source_prompt=source or "", target_prompt=target or "",
+        image_path, image_name = uploaded_image(image)  # unprocessed inputs (preprocess=False below)
+        request = EditRequest(image=image_path, image_name=image_name, source_prompt=source or "",
+                              target_prompt=target or "",
                               inversion=inversion, editor=editor, blend_words=blend or "", steps=int(steps),
                               guidance=float(guidance), seed=int(seed), editor_options=editor_options or "",
                               inversion_options=inversion_options or "")
@@ -84,8 +178,8 @@ def build_app(session: EditSession, default_steps: int = 50):
                     "at a time; others wait in the queue.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"], elem_id="input-image",
-                                 format="png", height=IMAGE_HEIGHT)
+                image = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"],
+                                 elem_id="input-image", format="png", height=IMAGE_HEIGHT)
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the wanted image)", elem_id="target")
                 blend = gr.Textbox(label='blend words "SOURCE_WORD TARGET_WORD" (P2P LocalBlend, optional)',
@@ -117,6 +211,6 @@ def build_app(session: EditSession, default_steps: int = 50):
         editor.change(lambda name: _defaults_text(name, session.pipe), editor, defaults)
         button.click(run, [image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
                            inversion_options], [source_out, recon_out, edit_out, status, files],
-                     concurrency_limit=CONCURRENT_EDITS)
+                     concurrency_limit=CONCURRENT_EDITS, preprocess=False)  # the file itself: see uploaded_image
     app.queue(default_concurrency_limit=CONCURRENT_EDITS)
     return app

@@ -28,7 +28,7 @@ from ..errors import InveditError
 class EditRequest:
     """The page's inputs for one edit."""
 
-    image: Image.Image | None
+    image: Image.Image | str | Path | None  # a path is checked like the CLI's input (load_image)
     source_prompt: str
     target_prompt: str
     inversion: str = "direct"
@@ -39,6 +39,7 @@ class EditRequest:
     seed: int = 0
     editor_options: str = ""  # "KEY=VALUE" per line (or comma-separated), as `-o` on the command line
     inversion_options: str = ""
+    image_name: str | None = None  # how messages name an image given as a path (the upload's own file name)
 
 
 @dataclass
@@ -90,7 +91,12 @@ class EditSession:
             parse_options(split_items(request.editor_options), "--option"), request.blend_words.strip() or None,
             steps_limit=self.pipe.scheduler.config.num_train_timesteps)
         prepared = prepare_edit(self.pipe, request.source_prompt, request.target_prompt, settings)
-        image = load_image(request.image, backbone(self.pipe).resolution)
+        try:
+            image = load_image(request.image, backbone(self.pipe).resolution)
+        except InveditError as exc:
+            if request.image_name and isinstance(request.image, (str, Path)):  # not the server's upload path
+                raise InveditError(str(exc).replace(str(request.image), request.image_name)) from None
+            raise
         return image, settings.editor_options, settings.inversion_options, prepared.branch_prompt
 
     def edit(self, request: EditRequest) -> EditOutcome:
