@@ -217,8 +217,8 @@ def flow_folders(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
     """Every registered editor × {euler, direct}: none, shared-attention and uniedit write the edit and its record; the
-    rest refuse in one line saying why, exit code 2, nothing written."""
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", *WHY}
+    rest refuse in one line saying why, exit code 2, nothing written (flowedit: it pairs with inversion none only)."""
+    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -226,11 +226,16 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                     str(flow_folders / kind), "--resolution", "64", "--steps", "2", "--out", str(out), "-q",
                     "--inversion", inversion, "--editor", editor]
             result = CliRunner().invoke(app, argv)
-            if editor in WHY:
+            if editor == "flowedit":
+                assert result.exit_code == 2, (editor, inversion, result.output)
+                assert result.stderr.strip() == (f"error: editor 'flowedit' needs no inversion; use it with inversion "
+                                                 f"'none', not {inversion!r}")
+                assert not out.exists()
+            elif editor in WHY:
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
-                                                 f"schedule): {WHY[editor]}; use one of: none, shared-attention, "
-                                                 f"uniedit")
+                                                 f"schedule): {WHY[editor]}; use one of: flowedit, none, "
+                                                 f"shared-attention, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)
