@@ -273,3 +273,18 @@ def test_bench_runs_none_flowedit_and_rf_inversion_none(tmp_path):
     assert set(records) == {"none", "rf-inversion"}
     assert (records["none"]["nfe_inversion"], records["none"]["nfe_edit"]) == (0, 2 * scaled_n_max("flux", 4))
     assert (records["rf-inversion"]["nfe_inversion"], records["rf-inversion"]["nfe_edit"]) == (4, 4)
+
+
+@pytest.mark.parametrize(("inversion", "editor"), [("none", "flowedit"), ("rf-inversion", "none")])
+def test_stored_inversions_edit_bit_identically(inversion, editor, tmp_path):
+    """The bench cache's store keeps "none" (z₀ only) and RF-Inversion results exactly: an edit of the loaded
+    result equals the edit of the original, seed for seed."""
+    from invedit.inversion.storage import load_inverted, save_inverted
+
+    pipe = tiny_pipeline(kind="flux")
+    inverted = invedit.invert(pipe, scene_image(), SOURCE, inversion, steps=3)
+    loaded = load_inverted(save_inverted(inverted, tmp_path / "inv"))
+    assert type(loaded) is type(inverted) and torch.equal(loaded.latents, inverted.latents)
+    first = invedit.edit(pipe, loaded, None, TARGET, editor=editor, seed=3)
+    second = invedit.edit(pipe, inverted, None, TARGET, editor=editor, seed=3)
+    assert torch.equal(first.latents, second.latents)
