@@ -2,7 +2,7 @@
 
 Each floating-point bound in the tests compares a `measured(...)` value. Normally that is just the value; with
 ``INVEDIT_BOUNDS_LOG=FILE`` set, every measured value is also appended to FILE (one JSON line: test, name,
-value, CPU kernel, threads), so `tests/measure_bounds.py` can run the suite under other kernels and thread
+value, CPU kernel, threads), so `benchmarks/bound_spread.py` can run the suite under other kernels and thread
 counts (an AVX2-only CPU, no vector kernels, 1 or 2 threads) and tabulate the spread each bound has to cover
 (docs/test-bounds.md).
 """
