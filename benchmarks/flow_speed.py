@@ -4,9 +4,9 @@
     python benchmarks/flow_speed.py --parts nfe     # NFE per edit only (tiny models: seconds)
 
 Parts:
-- ``nfe``: NFE per edit (inversion + edit) of euler+none and direct+none at 28 and 50 steps on the tiny SD3 and
-  FLUX.1-dev pipelines. NFE depends only on the model family's row layout (SD3: two CFG rows per branch; FLUX.1-dev:
-  one row, guidance as an input), not on its size, so these are the real models' counts too.
+- ``nfe``: NFE per edit (inversion + edit) of {euler, direct} × {none, shared-attention} at 28 and 50 steps on
+  the tiny SD3 and FLUX.1-dev pipelines. NFE depends only on the model family's row layout (SD3: two CFG rows per
+  branch; FLUX.1-dev: one row, guidance as an input), not on its size, so these are the real models' counts too.
 - ``sd35``: an SD3.5-medium-shaped transformer (random weights, float32) at 1024² on this machine. Its 24 blocks
   (13 with SD3.5's second attention) are timed as three shallow copies at full width and token count — (2 blocks,
   1 dual), (3, 1 dual), (3, 2 dual) — from which the full depth follows linearly (blocks are identical apart from
@@ -29,6 +29,7 @@ import torch
 
 HERE = Path(__file__).parent
 SOURCE, TARGET = "a red square on a striped background", "a blue star on a striped background"
+EDITORS = ("none", "shared-attention")
 
 #: SD3.5-medium's transformer (stabilityai/stable-diffusion-3.5-medium, transformer/config.json).
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
@@ -54,7 +55,8 @@ VAE_16CH = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_cha
 
 
 def nfe_part(steps_list: tuple[int, ...] = (28, 50)) -> dict:
-    """NFE (inversion, edit) per method on the tiny SD3 and FLUX.1-dev pipelines."""
+    """NFE (inversion, edit) per method on the tiny SD3 and FLUX.1-dev pipelines (their row layout is the real
+    models')."""
     from PIL import Image
 
     import invedit
@@ -67,10 +69,11 @@ def nfe_part(steps_list: tuple[int, ...] = (28, 50)) -> dict:
         invedit.backbone(pipe).resolution = 64
         for steps in steps_list:
             for inversion in ("euler", "direct"):
-                result = invedit.edit(pipe, image, SOURCE, TARGET, inversion=inversion, editor="none",
-                                      steps=steps, guidance_scale=3.5)
-                out[f"{kind}/{steps}/{inversion}+none"] = {"nfe_inversion": result.nfe_inversion,
-                                                           "nfe_edit": result.nfe_edit}
+                for editor in EDITORS:
+                    result = invedit.edit(pipe, image, SOURCE, TARGET, inversion=inversion, editor=editor,
+                                          steps=steps, guidance_scale=3.5)
+                    out[f"{kind}/{steps}/{inversion}+{editor}"] = {"nfe_inversion": result.nfe_inversion,
+                                                                   "nfe_edit": result.nfe_edit}
     return out
 
 
@@ -116,7 +119,9 @@ def project(nfe: dict, sd35: dict, steps: int = 28) -> dict:
     per_row, fixed = b2 - b1, 2 * b1 - b2
     out = {}
     for method in ("euler+none", "direct+none"):
-        n = nfe[f"sd3/{steps}/{method}"]
+        n = nfe.get(f"sd3/{steps}/{method}")
+        if n is None:
+            continue
         calls = steps + steps  # one inversion call and one edit call per step
         out[method] = {"nfe": n["nfe_inversion"] + n["nfe_edit"],
                        "seconds": calls * fixed + (n["nfe_inversion"] + n["nfe_edit"]) * per_row}
@@ -158,12 +163,13 @@ def write_markdown(results: dict, path: Path) -> None:
     lines = ["# Flow models: NFE, time and memory per edit", "",
              f"Machine: {results['machine']}; torch {results['torch']}. Written by `benchmarks/flow_speed.py`.", ""]
     if "nfe" in results:
-        lines += ["## NFE per edit (inversion + edit), none editor, guidance 3.5", "",
-                  "| family | steps | euler+none | direct+none |", "|---|---|---|---|"]
+        methods = [f"{i}+{e}" for e in EDITORS for i in ("euler", "direct")]
+        lines += ["## NFE per edit (inversion + edit), guidance 3.5, default editor options", "",
+                  "| family | steps | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
         for kind in ("sd3", "flux"):
             for steps in (28, 50):
                 cells = []
-                for m in ("euler+none", "direct+none"):
+                for m in methods:
                     n = results["nfe"][f"{kind}/{steps}/{m}"]
                     cells.append(f"{n['nfe_inversion'] + n['nfe_edit']} ({n['nfe_inversion']} + {n['nfe_edit']})")
                 lines.append(f"| {'SD3/3.5' if kind == 'sd3' else 'FLUX.1-dev'} | {steps} | {' | '.join(cells)} |")
