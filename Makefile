@@ -1,13 +1,13 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - install, then run the main job on the embedded model (no download)
-#   make test   - install, then run the test suite (what CI runs)
-#   make test-min - the fast part of the suite on the lowest declared versions (CI runs it after make test)
+#   make test   - install, then run the test suite, then its fast part on the lowest declared versions (what CI runs)
+#   make test-current / make test-min - either half
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
 
-.PHONY: install install-min demo test test-min lint bench clean
+.PHONY: install install-min demo test test-current test-min lint bench clean
 
 install: $(VENV)/.installed
 
@@ -54,7 +54,9 @@ test-min: install-min
 demo: install
 	$(VENV)/bin/invedit demo
 
-test: install
+test: test-current test-min
+
+test-current: install
 	$(PY) -m pytest
 
 lint: install
