@@ -147,14 +147,18 @@ def demo_command(
     source: Annotated[str | None, typer.Option("--source", "-s", help="source prompt (with --image)")] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="target prompt (with --image)")] = None,
     blend: Annotated[str | None, typer.Option(help='LocalBlend words "SRC TGT" (with --image)')] = None,
-    model: Annotated[str | None, typer.Option(help="hub id or folder; default: embedded model")] = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
+    model: Annotated[str | None, typer.Option(help="hub id, folder or embedded model (shapes-64, shapes-flow); "
+                                                   "default: shapes-64")] = None,
+    steps: Annotated[int, typer.Option(help="sampling steps")] = 50,
     dtype: Annotated[str | None, typer.Option(help="float32/float16/bfloat16 (default: bf16 on capable CPUs)")] = None,
     out: Annotated[Path, typer.Option(help="side-by-side PNG to write")] = Path("invedit-demo.png"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Edit a shapes-world scene (or --image) with DDIM+P2P and Direct+P2P; write a side-by-side; print metrics."""
+    """Edit a shapes-world scene (or --image) with the plain inversion and Direct Inversion under one editor
+    (DDIM+P2P vs Direct+P2P; on a flow model Euler vs Direct with shared attention); write a side-by-side; print
+    metrics."""
     from . import api
+    from .backbones import backbone
     from .images import load_image
     from .models import load, native_resolution
     from .toy.demo import run_demo
@@ -172,12 +176,17 @@ def demo_command(
     setup_threads()
     pipe = load(model, dtype=dtype or _default_demo_dtype())
     size = native_resolution(pipe)
+    p2p = backbone(pipe).schedule_kind == "ddim"  # the flow demo's editor (shared attention) takes no blend words
+    if blend and not p2p:
+        raise InveditError("--blend gives P2P's LocalBlend words; on a flow model the demo's editor (shared "
+                           "attention) takes none")
     if image is None:
         edit = make_edit_example(seed, kind, size=size)
         from PIL import Image
 
         picture = Image.fromarray(edit.source_image)
-        source, target, blend = edit.source_prompt, edit.target_prompt, edit.blend_words or None
+        source, target = edit.source_prompt, edit.target_prompt
+        blend = (edit.blend_words or None) if p2p else None
     else:
         edit, picture = None, load_image(image, size)
     path, metrics = run_demo(pipe, edit, picture, source, target, blend, steps, seed, out, progress=not quiet)

@@ -19,13 +19,16 @@ from .backbones.unet import make_ddim_scheduler
 from .errors import InveditError, ModelNotFoundError
 
 EMBEDDED_MODEL_NAME = "shapes-64"
+#: Models shipped inside the package, by the name `load` takes: the Stable-Diffusion-shaped UNet model (the default)
+#: and the SD3-shaped rectified-flow transformer trained on the same shapes world (docs/embedded-model.md).
+EMBEDDED_MODELS = {"shapes-64": "shapes-64", "embedded": "shapes-64", "shapes-flow": "shapes-flow"}
 T = TypeVar("T")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def embedded_model_path() -> Path:
-    """Folder of the embedded shapes model shipped inside the package (a diffusers pipeline folder)."""
-    return Path(__file__).parent / "toy" / "weights" / EMBEDDED_MODEL_NAME
+def embedded_model_path(name: str = EMBEDDED_MODEL_NAME) -> Path:
+    """Folder of an embedded model shipped inside the package (a diffusers pipeline folder; `EMBEDDED_MODELS`)."""
+    return Path(__file__).parent / "toy" / "weights" / EMBEDDED_MODELS[name]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -131,13 +134,15 @@ def _check_folder(folder: Path) -> None:
 
 
 def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None,
-                     name: str | None = None, editor_defaults: dict[str, dict[str, Any]] | None = None):
+                     name: str | None = None, editor_defaults: dict[str, dict[str, Any]] | None = None,
+                     call_options: dict[str, Any] | None = None):
     """Put a loaded pipeline into invedit's state (its family's scheduler, eval mode, quiet) and record what invedit
     knows about it (`invedit.backbones.backbone(pipe)`: ``name``, the ``resolution`` it works at, default the
-    model's native one, and the ``editor_defaults`` its folder recommends)."""
+    model's native one, and the ``editor_defaults`` and pipeline ``call_options`` its folder recommends)."""
     family = backbone_class(pipe)
     family.prepare(pipe, device, steps_offset=steps_offset)
-    attach(pipe, family(pipe, name=name, resolution=resolution, editor_defaults=editor_defaults))
+    attach(pipe, family(pipe, name=name, resolution=resolution, editor_defaults=editor_defaults,
+                        call_options=call_options))
     return pipe
 
 
@@ -187,11 +192,13 @@ def load_pretrained(loader: Callable[[str, bool], T], name: str, what: str) -> T
 def resolve_model_source(model: str | os.PathLike | None) -> tuple[str, str]:
     """``(what to pass to from_pretrained, the model's name)``: the embedded folder, a checked local folder, or
     a hub id. Raises `ModelNotFoundError` / `InveditError` for a missing or malformed folder."""
-    if model is None or str(model) in (EMBEDDED_MODEL_NAME, "embedded"):
-        folder = embedded_model_path()
+    if model is None or str(model) in EMBEDDED_MODELS:
+        name = EMBEDDED_MODELS[str(model or EMBEDDED_MODEL_NAME)]
+        folder = embedded_model_path(name)
         if not (folder / "model_index.json").exists():
-            raise ModelNotFoundError(f"the embedded model is missing from this install ({folder}); reinstall invedit")
-        return str(folder), EMBEDDED_MODEL_NAME
+            raise ModelNotFoundError(f"the embedded model {name} is missing from this install ({folder}); "
+                                     f"reinstall invedit")
+        return str(folder), name
     name = str(model)
     path = Path(name).expanduser()
     if path.exists():
@@ -246,9 +253,10 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     check_offload(offload, dev)
     source, name = resolve_model_source(model)
     pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only), source, "model")
-    defaults = read_editor_defaults(Path(source)) if Path(source).exists() else {}
+    settings = read_model_settings(Path(source)) if Path(source).exists() else {}
     pipe = prepare_pipeline(pipe, None if offload else dev, steps_offset, resolution, name=name,
-                            editor_defaults=defaults)
+                            editor_defaults=settings.get("editor_defaults", {}),
+                            call_options=settings.get("call_options", {}))
     if offload == "model":  # each network moves to the GPU while it runs (text encoders, then the denoiser, VAE)
         pipe.enable_model_cpu_offload(device=dev)
     elif offload == "sequential":  # each layer moves to the GPU while it runs: least memory, slowest
@@ -271,13 +279,17 @@ def check_offload(offload: str | None, device: torch.device) -> None:
                            f"needs a CUDA device, not {device.type}")
 
 
-#: Optional file in a model folder: editor settings recommended for that model, e.g.
-#: ``{"editor_defaults": {"p2p": {"cross_replace_steps": 1.0}}}``.
+#: Optional file in a model folder: editor settings recommended for that model and the options its diffusers
+#: pipeline must be called with (the call arguments the model was trained with), e.g.
+#: ``{"editor_defaults": {"p2p": {"cross_replace_steps": 1.0}}, "call_options": {"max_sequence_length": 0}}``.
 MODEL_SETTINGS_FILE = "invedit.json"
+#: Pipeline call options a model folder may set (see `MODEL_SETTINGS_FILE`), with the range each takes.
+CALL_OPTIONS = {"max_sequence_length": (0, 512)}
 
 
-def read_editor_defaults(folder: Path) -> dict[str, dict[str, Any]]:
-    """Editor defaults a model folder recommends (its ``invedit.json``), ``{}`` when it has none."""
+def read_model_settings(folder: Path) -> dict[str, dict[str, Any]]:
+    """A model folder's ``invedit.json`` (`MODEL_SETTINGS_FILE`), checked: ``{"editor_defaults": …,
+    "call_options": …}``, ``{}`` when it has none."""
     path = Path(folder) / MODEL_SETTINGS_FILE
     if not path.exists():
         return {}
@@ -286,9 +298,23 @@ def read_editor_defaults(folder: Path) -> dict[str, dict[str, Any]]:
         defaults = data.get("editor_defaults", {})
         if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
             raise ValueError("editor_defaults must map editor names to option objects")
+        call = data.get("call_options", {})
+        if not isinstance(call, dict):
+            raise ValueError("call_options must be an object")
+        for key, value in call.items():
+            if key not in CALL_OPTIONS:
+                raise ValueError(f"unknown call option {key!r} (known: {', '.join(CALL_OPTIONS)})")
+            low, high = CALL_OPTIONS[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"call option {key} must be an integer in [{low}, {high}], got {value!r}")
     except (OSError, ValueError, AttributeError) as exc:
         raise InveditError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
-    return defaults
+    return {"editor_defaults": defaults, "call_options": call}
+
+
+def read_editor_defaults(folder: Path) -> dict[str, dict[str, Any]]:
+    """Editor defaults a model folder recommends (its ``invedit.json``), ``{}`` when it has none."""
+    return read_model_settings(folder).get("editor_defaults", {})
 
 
 # Read-outs of a pipeline's record (`invedit.backbones.backbone(pipe)`), for callers that hold only the pipeline.

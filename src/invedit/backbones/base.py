@@ -51,6 +51,8 @@ class Backbone(ABC):
         name: a readable model name (hub id, folder or the embedded model's name).
         resolution: the image side in pixels the pipeline works at.
         editor_defaults: editor options the model recommends, by editor name (its folder's ``invedit.json``).
+        call_options: arguments its diffusers pipeline is called with where they differ from the pipeline's
+            defaults (its folder's ``invedit.json``; e.g. SD3's ``max_sequence_length``).
     """
 
     #: Short family name recorded with every result ("sd", "sdxl", …).
@@ -68,11 +70,13 @@ class Backbone(ABC):
     requires: ClassVar[dict[str, str]] = {}
 
     def __init__(self, pipe, name: str | None = None, resolution: int | None = None,
-                 editor_defaults: dict[str, dict[str, Any]] | None = None):
+                 editor_defaults: dict[str, dict[str, Any]] | None = None,
+                 call_options: dict[str, Any] | None = None):
         self.pipe = pipe
         self.name = name or str(pipe.config.get("_name_or_path", "") or "unknown")
         self.resolution = self.check_resolution(resolution)
         self.editor_defaults = dict(editor_defaults or {})
+        self.call_options = dict(call_options or {})
         self._fingerprint: str | None = None
 
     # ---- setup --------------------------------------------------------------------------------------------

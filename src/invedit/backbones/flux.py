@@ -42,6 +42,7 @@ class FluxBackbone(FlowTransformerBackbone):
     family = "flux"
     pipeline_classes = ("FluxPipeline",)
     convention = "flux"
+    default_t5_tokens = T5_TOKENS
     #: The guidance scale FLUX.1-dev's transformer is given when a call names none (FluxPipeline's default).
     embedded_guidance: float = 3.5
 
@@ -60,7 +61,7 @@ class FluxBackbone(FlowTransformerBackbone):
         pipe = self.pipe
         ids = clip_tokens(pipe.tokenizer, prompts, pipe.tokenizer_max_length)
         pooled = pipe.text_encoder(ids.to(pipe.text_encoder.device), output_hidden_states=False).pooler_output
-        t5_ids = pipe.tokenizer_2(prompts, padding="max_length", max_length=T5_TOKENS, truncation=True,
+        t5_ids = pipe.tokenizer_2(prompts, padding="max_length", max_length=self.t5_tokens, truncation=True,
                                   return_tensors="pt").input_ids
         hidden = pipe.text_encoder_2(t5_ids.to(pipe.text_encoder_2.device), output_hidden_states=False)[0]
         return pack_pooled(hidden.float(), pooled.float().to(hidden.device))

@@ -33,6 +33,23 @@ def clip_tokens(tokenizer, prompts: list[str], max_length: int) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
+def absent_components(source: str) -> dict[str, None]:
+    """Components a local pipeline folder saved as absent (``[null, null]`` in model_index.json, e.g. SD3 without
+    its T5 encoder): diffusers loads such a folder only when they are passed as None explicitly."""
+    import json
+    from pathlib import Path
+
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return {}
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports the broken file
+    optional = ("text_encoder_3", "tokenizer_3")
+    return {name: None for name in optional if entries.get(name) == [None, None]}
+
+
 class FlowTransformerBackbone(Backbone):
     """Shared parts of the SD3 and FLUX backbones (subclasses define the text encoding and the transformer call).
 
@@ -45,6 +62,14 @@ class FlowTransformerBackbone(Backbone):
     #: `invedit.flow.CONVENTIONS` key of the family.
     convention: str = ""
     schedule_kind = "flow"
+    #: T5 tokens the family's pipeline reads by default (its ``max_sequence_length``).
+    default_t5_tokens: int = 256
+
+    @property
+    def t5_tokens(self) -> int:
+        """T5 tokens of the conditioning: the pipeline's default ``max_sequence_length``, or the one the model's
+        folder asks for (``call_options`` in its invedit.json)."""
+        return int(self.call_options.get("max_sequence_length", self.default_t5_tokens))
 
     @classmethod
     def denoiser_of(cls, pipe) -> torch.nn.Module:
@@ -56,7 +81,8 @@ class FlowTransformerBackbone(Backbone):
         `invedit.load` calls)."""
         from diffusers import DiffusionPipeline
 
-        return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only,
+                                                 **absent_components(source))
 
     @property
     def patch(self) -> int:

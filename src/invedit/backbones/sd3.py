@@ -8,7 +8,8 @@ import torch
 from .base import register_family
 from .mmdit import FlowTransformerBackbone, clip_tokens, pack_pooled, unpack_pooled
 
-#: T5 tokens StableDiffusion3Pipeline reads by default (``max_sequence_length``).
+#: T5 tokens StableDiffusion3Pipeline reads by default (``max_sequence_length``; a model folder's invedit.json may
+#: set another, as the embedded shapes-flow model does: it was trained without T5 and without its zero tokens).
 T5_TOKENS = 256
 
 
@@ -21,6 +22,7 @@ class SD3Backbone(FlowTransformerBackbone):
     pipeline_classes = ("StableDiffusion3Pipeline",)
     guidance_mode = "cfg"
     convention = "sd3"
+    default_t5_tokens = T5_TOKENS
 
     @property
     def patch(self) -> int:
@@ -34,15 +36,16 @@ class SD3Backbone(FlowTransformerBackbone):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """One conditioning tensor per prompt, (N, 77 + 256 + 1, D_T5) float32, as `encode_prompt` builds it
-        (penultimate CLIP states side by side, padded to the T5 width, then the T5 states), plus the pooled token."""
+        (penultimate CLIP states side by side, padded to the T5 width, then the T5 states), plus the pooled token.
+        (77: the CLIP tokenizer's length; 256: `t5_tokens`.)"""
         pipe = self.pipe
         hidden_1, pooled_1 = self._clip(pipe.tokenizer, pipe.text_encoder, prompts)
         hidden_2, pooled_2 = self._clip(pipe.tokenizer_2, pipe.text_encoder_2, prompts)
         clip = torch.cat([hidden_1, hidden_2], dim=-1).float()
         if pipe.text_encoder_3 is None:  # SD3 run without T5: zeros, as the pipeline does
-            t5 = torch.zeros(len(prompts), T5_TOKENS, self.denoiser.config.joint_attention_dim)
+            t5 = torch.zeros(len(prompts), self.t5_tokens, self.denoiser.config.joint_attention_dim)
         else:
-            ids = pipe.tokenizer_3(prompts, padding="max_length", max_length=T5_TOKENS, truncation=True,
+            ids = pipe.tokenizer_3(prompts, padding="max_length", max_length=self.t5_tokens, truncation=True,
                                    add_special_tokens=True, return_tensors="pt").input_ids
             t5 = pipe.text_encoder_3(ids.to(pipe.text_encoder_3.device))[0].float()
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))

@@ -1,4 +1,6 @@
-"""`invedit demo`: one shapes-world edit with DDIM+P2P and Direct+P2P, a labelled side-by-side and metrics."""
+"""`invedit demo`: one shapes-world edit with the model's plain inversion and Direct Inversion under the same editor
+(DDIM+P2P and Direct+P2P on a UNet model, Euler+shared attention and Direct+shared attention on a flow model), a
+labelled side-by-side and metrics."""
 
 from __future__ import annotations
 
@@ -57,21 +59,30 @@ def edit_metrics(edit: Edit | None, outcome: MethodOutcome, source: np.ndarray) 
     return out
 
 
+#: What the demo compares, by the model's schedule kind: (label, inversion, editor), the plain inversion first.
+DEMO_METHODS = {"ddim": (("DDIM+P2P", "ddim", "p2p"), ("Direct+P2P", "direct", "p2p")),
+                "flow": (("Euler+SA", "euler", "shared-attention"), ("Direct+SA", "direct", "shared-attention"))}
+
+
 def run_demo(pipe, edit: Edit | None, image: Image.Image, source_prompt: str, target_prompt: str,
              blend: str | None, steps: int, seed: int, out: Path, progress: bool) -> tuple[Path, dict[str, dict]]:
-    """Run DDIM+P2P and Direct+P2P on one image; write the side-by-side; return it and the metrics."""
+    """Run the model's `DEMO_METHODS` on one image (``blend``: P2P's LocalBlend words, ignored by other editors);
+    write the side-by-side; return it and the metrics."""
     from ..api import edit as run_edit
+    from ..backbones import backbone
 
     outcomes = []
-    for name, inversion in (("DDIM+P2P", "ddim"), ("Direct+P2P", "direct")):
+    methods = DEMO_METHODS[backbone(pipe).schedule_kind]
+    for name, inversion, editor in methods:
         start = time.perf_counter()
-        result = run_edit(pipe, image, source_prompt, target_prompt, inversion=inversion, steps=steps,
-                          blend_words=blend, seed=seed, progress=progress)
+        options = {"blend_words": blend} if editor == "p2p" else {}
+        result = run_edit(pipe, image, source_prompt, target_prompt, inversion=inversion, editor=editor,
+                          steps=steps, seed=seed, progress=progress, **options)
         outcomes.append(MethodOutcome(name, result.image, result.reconstruction, result.nfe,
                                       time.perf_counter() - start))
     source = np.asarray(image)
-    panels = [("source", image), ("Direct recon.", outcomes[1].reconstruction), ("DDIM+P2P", outcomes[0].image),
-              ("Direct+P2P", outcomes[1].image)]
+    panels = [("source", image), ("Direct recon.", outcomes[1].reconstruction), (methods[0][0], outcomes[0].image),
+              (methods[1][0], outcomes[1].image)]
     if edit is not None:
         panels.append(("true target", Image.fromarray(edit.target_image)))
     title = f"{source_prompt}  ->  {target_prompt}"

@@ -1,0 +1,68 @@
+"""`FlowTrainConfig` (everything that determines the trained transformer), the ``--smoke`` overrides and the paths.
+
+The flow model reuses the embedded UNet model's VAE, word tokenizer and text encoder unchanged (frozen), so that a
+comparison of the two embedded models is about the backbone: only the MM-DiT is trained here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # training/shapes_flow/config.py → the repository
+DEFAULT_RUN_DIR = REPO_ROOT / "toy_runs" / "shapes-flow"
+WEIGHTS_DIR = REPO_ROOT / "src" / "invedit" / "toy" / "weights" / "shapes-flow"  # what the package ships
+#: the embedded UNet model whose VAE, tokenizer and text encoder the flow model shares
+UNET_MODEL_DIR = REPO_ROOT / "src" / "invedit" / "toy" / "weights" / "shapes-64"
+
+
+@dataclass(frozen=True)
+class FlowTrainConfig:
+    """Everything that determines the trained weights."""
+
+    seed: int = 20261205
+    size: int = 64
+    n_scenes: int = 30_000
+    #: prompt tokens of each CLIP branch (the shapes captions need ≤ 13 with BOS/EOS); the T5 branch is absent and
+    #: contributes ``t5_tokens`` zero tokens, as `StableDiffusion3Pipeline` does without a T5 encoder
+    text_tokens: int = 16
+    t5_tokens: int = 0
+    # the MM-DiT (SD3Transformer2DModel): 2×2 patches of the 16×16 latent = 64 image tokens
+    patch_size: int = 2
+    layers: int = 6
+    heads: int = 6
+    head_dim: int = 32
+    # rectified flow: x_σ = (1−σ)·x₀ + σ·ε, target ε − x₀; σ logit-normal, then shifted (Esser et al. 2024, §3.1)
+    shift: float = 1.5
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    steps: int = 5000
+    batch: int = 48
+    lr: float = 3e-4
+    warmup: int = 300
+    decay_from: float = 0.6  # constant LR, then cosine to 10% from this fraction of the steps
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    # bookkeeping
+    preview_steps: int = 20
+    ckpt_minutes: float = 5.0
+    log_every: int = 25
+    max_threads: int = 2
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.head_dim
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlowTrainConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+#: ``--smoke``: every stage and the export for a few steps on a narrow model (seconds); the code paths are those of
+#: the full configuration. One thread: bit-reproducible whatever else runs.
+SMOKE = dict(n_scenes=64, layers=2, heads=2, head_dim=16, steps=6, batch=8, warmup=2, log_every=2,
+             preview_steps=2, max_threads=1)
+
+#: Editor settings recommended with the shipped model (its invedit.json), see docs/embedded-model.md.
+EDITOR_DEFAULTS: dict[str, dict[str, Any]] = {}

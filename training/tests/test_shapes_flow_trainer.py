@@ -1,0 +1,86 @@
+"""training.shapes_flow: the flow model's trainer. Its exported folder must load through the same code path as a real
+SD 3 checkpoint, share the UNet model's VAE / tokenizer / text encoder bit for bit, condition the transformer exactly
+as invedit (and diffusers' pipeline) will at inference, train on the scheduler's own sigmas, and be a function of
+its seed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.shapes_flow import train
+from training.shapes_flow.config import SMOKE, UNET_MODEL_DIR, FlowTrainConfig
+from training.shapes_flow.models import build_scheduler, shifted_sigma
+
+
+@pytest.fixture(scope="module")
+def smoke_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow-smoke")
+    assert train.main(["--smoke", "--out", str(root / "run"), "--export", "--export-dir", str(root / "export")]) == 0
+    return root
+
+
+def test_export_loads_as_an_sd3_pipeline_sharing_the_unet_models_parts(smoke_export):
+    import invedit
+    from invedit.backbones import backbone
+
+    pipe = invedit.load(str(smoke_export / "export"), device="cpu", dtype="float32")
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
+    record = backbone(pipe)
+    assert (record.family, record.resolution, record.t5_tokens) == ("sd3", 64, 0)
+    unet_model = invedit.load(None, device="cpu", dtype="float32")
+    shared_vae = unet_model.vae.state_dict()
+    assert all(torch.equal(v, shared_vae[k]) for k, v in pipe.vae.state_dict().items())
+    plain = unet_model.text_encoder.state_dict()
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        assert all(torch.equal(v, plain[k]) for k, v in encoder.text_model.state_dict().items())
+        assert torch.equal(encoder.text_projection.weight, torch.eye(128))
+    assert pipe.tokenizer.get_vocab() == unet_model.tokenizer.get_vocab()
+    run = torch.load(smoke_export / "run" / "flow.ckpt.pt", weights_only=False)
+    assert pipe.vae.config.shift_factor == pytest.approx(run["latent_shift"])
+    assert pipe.vae.config.scaling_factor == pytest.approx(run["latent_scale"])
+    settings = json.loads((smoke_export / "export" / "invedit.json").read_text())
+    assert settings["call_options"] == {"max_sequence_length": 0}
+
+
+def test_training_conditioning_is_what_invedit_and_diffusers_feed_the_transformer(smoke_export):
+    import invedit
+    from invedit.backbones import backbone
+    from invedit.backbones.mmdit import unpack_pooled
+    from training.shapes_flow.models import encode_captions, load_shared
+
+    cfg = FlowTrainConfig(**SMOKE)
+    _, tokenizer, text = load_shared(UNET_MODEL_DIR, cfg)
+    prompts = ["a red circle and a blue star on a striped background", ""]
+    hidden, pooled = encode_captions(tokenizer, text, prompts, cfg)
+    pipe = invedit.load(str(smoke_export / "export"), device="cpu", dtype="float32")
+    ours = backbone(pipe).encode_prompts(prompts)
+    tokens, pool = unpack_pooled(ours, pipe.transformer.config.pooled_projection_dim)
+    assert torch.allclose(tokens, hidden, atol=1e-3) and torch.allclose(pool, pooled, atol=1e-3)  # fp16 weights
+    embeds, _, pooled_embeds, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False,
+                                                     max_sequence_length=0)
+    assert torch.equal(embeds, tokens) and torch.equal(pooled_embeds, pool)
+
+
+def test_training_sigmas_are_the_schedulers():
+    cfg = FlowTrainConfig()
+    sched = build_scheduler(cfg)
+    sched.set_timesteps(10)
+    # the scheduler spaces its unshifted sigmas between its (already shifted) σ_max and σ_min, then shifts them
+    plain = torch.linspace(1.0, float(shifted_sigma(torch.tensor(1 / 1000), cfg.shift)), 10)
+    assert torch.allclose(shifted_sigma(plain, cfg.shift), sched.sigmas[:-1], atol=1e-6)
+
+
+def test_training_is_a_function_of_the_seed_and_a_checkpoint_is_not_overwritten(smoke_export, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(123)  # another global RNG state
+    assert train.main(["--smoke", "--out", str(tmp_path / "run"), "--export", "--export-dir",
+                       str(tmp_path / "export")]) == 0
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(smoke_export / "export" / name), load_file(tmp_path / "export" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):
+        train.main(["--smoke", "--out", str(tmp_path / "run")])
