@@ -97,3 +97,36 @@ def test_vae_uses_shift_and_scale_as_diffusers(backbone):
     raw = vae.decode(z0 / vae.config.scaling_factor + vae.config.shift_factor).sample
     expected = (pipe.image_processor.postprocess(raw, output_type="np")[0] * 255).round().astype(int)
     assert np.abs(decoded - expected).max() <= 1
+
+
+def test_a_folder_without_t5_loads_with_the_call_options_it_asks_for(backbone, tmp_path):
+    """An SD3 folder saved without its T5 encoder (model_index.json: [null, null]) loads through `invedit.load`, and
+    the T5 length its invedit.json asks for (``call_options.max_sequence_length``, how the embedded shapes-flow
+    model ships) is the conditioning diffusers builds when called with it. A bad value is refused in one line."""
+    import json
+
+    from diffusers import StableDiffusion3Pipeline
+
+    from invedit import InveditError, load
+
+    pipe = backbone.pipe
+    StableDiffusion3Pipeline(**{**pipe.components, "text_encoder_3": None, "tokenizer_3": None}).save_pretrained(
+        tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["text_encoder_3"] == [None, None]
+    plain = backbone_of(load(tmp_path, device="cpu"))
+    assert plain.pipe.text_encoder_3 is None and plain.t5_tokens == 256
+    (tmp_path / "invedit.json").write_text(json.dumps({"call_options": {"max_sequence_length": 8}}))
+    short = backbone_of(load(tmp_path, device="cpu"))
+    assert short.t5_tokens == 8
+    emb = short.encode_prompts(PROMPTS[:1])
+    assert emb.shape == (1, 77 + 8 + 1, 96)
+    ref_hidden, _, ref_pooled, _ = short.pipe.encode_prompt(PROMPTS[0], None, None, do_classifier_free_guidance=False,
+                                                           max_sequence_length=8)
+    hidden, pooled = unpack_pooled(emb, 64)
+    assert torch.equal(hidden, ref_hidden) and torch.equal(pooled, ref_pooled)
+    for bad, message in (({"max_sequence_length": 600}, r"integer in \[0, 512\], got 600"),
+                         ({"max_sequence_length": "8"}, "integer in"),
+                         ({"height": 64}, "unknown call option 'height'")):
+        (tmp_path / "invedit.json").write_text(json.dumps({"call_options": bad}))
+        with pytest.raises(InveditError, match=rf"cannot read .*invedit\.json: .*{message}"):
+            load(tmp_path, device="cpu")

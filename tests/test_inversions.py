@@ -176,3 +176,17 @@ def test_null_text_learning_rate_schedule_holds_past_the_reference_length(pipe):
     uncond, done = optimise_null_step(backbone(pipe), DDIMSchedule.from_pipe(pipe, 120), 119, z, z, cond, null, 7.5, 1,
                                       0.0, 1e-2, RunStats())  # step 119 of 120: Adam refused lr < 0 here before
     assert done == 1 and not torch.equal(uncond, null)
+
+
+def test_every_inversion_guidance_is_checked_the_same_way():
+    """``inversion_guidance`` is one rule for every inversion that has it (checked in the base class): a number ≥ 0.
+    (DDIM, Euler and FireFlow accepted −3 before it moved there.)"""
+    import invedit.inversion  # noqa: F401 (registers every method)
+    from invedit.inversion.registry import INVERSIONS
+
+    having = [cls for cls in INVERSIONS.values() if "inversion_guidance" in cls.defaults]
+    assert {"ddim", "direct", "euler", "fireflow", "rf-solver", "uniedit", "rf-inversion"} <= {c.method for c in having}
+    for cls in having:
+        with pytest.raises(invedit.InveditError, match="inversion_guidance must be"):
+            cls.validate_options({"inversion_guidance": -3})
+        assert cls.validate_options({"inversion_guidance": 2})["inversion_guidance"] == 2

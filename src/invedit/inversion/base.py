@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from ..errors import InveditError, merge_options
+from ..errors import InveditError, check_number, merge_options
 from ..sampling import Branches, DDIMSchedule, LoopContext, Row, RunStats, StepInfo
 
 
@@ -77,8 +77,12 @@ class Inverted(ABC):
     # ---- the method ---------------------------------------------------------------------------------------
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Options merged over the defaults; unknown names raise."""
-        return merge_options("inversion", cls.method, cls.defaults, options)
+        """Options merged over the defaults; unknown names raise. The rule every method shares is checked here:
+        ``inversion_guidance`` (CFG while inverting), where a method has it, is a number ≥ 0."""
+        opts = merge_options("inversion", cls.method, cls.defaults, options)
+        if "inversion_guidance" in opts:
+            opts["inversion_guidance"] = check_number("inversion_guidance", opts["inversion_guidance"], 0)
+        return opts
 
     @classmethod  # noqa: B027 (optional hook)
     def check_model(cls, model) -> None:

@@ -114,7 +114,6 @@ class DirectInverted(Inverted):
         opts = super().validate_options(options)
         opts["offset_scale"] = check_number("offset_scale", opts["offset_scale"], 0, 2)
         opts["offset_interval"] = check_number("offset_interval", opts["offset_interval"], 1, integer=True)
-        opts["inversion_guidance"] = check_number("inversion_guidance", opts["inversion_guidance"], 0)
         if opts["layout"] not in ("fused", "reference"):
             raise InveditError(f"layout must be 'fused' or 'reference', got {opts['layout']!r}")
         opts["correct_target"] = bool(opts["correct_target"])

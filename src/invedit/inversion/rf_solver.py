@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from ..errors import check_number
 from ..flow import VelocityModel, half_step, interval, rf_solver_path, taylor_step
 from ..sampling import BRANCHES, Branches, StepInfo, guided, halves_needed
 from .base import InversionInputs, Inverted, Sampler
@@ -67,12 +66,6 @@ class RFSolverInverted(Inverted):
     sampler_class = RFSolverSampler
     schedule_kinds = ("flow",)
     refusal = "it solves a rectified flow's ODE (SD3/FLUX)"
-
-    @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        opts = super().validate_options(options)
-        opts["inversion_guidance"] = check_number("inversion_guidance", opts["inversion_guidance"], 0)
-        return opts
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> RFSolverInverted:

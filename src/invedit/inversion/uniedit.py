@@ -40,7 +40,6 @@ class UniInvInverted(Inverted):
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         opts = super().validate_options(options)
         opts["alpha"] = check_number("alpha", opts["alpha"], 0, 1, low_open=True)
-        opts["inversion_guidance"] = check_number("inversion_guidance", opts["inversion_guidance"], 0)
         return opts
 
     @classmethod
