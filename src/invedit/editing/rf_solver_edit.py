@@ -89,6 +89,8 @@ class RFSolverEdit(SharedAttention):
         """The single-stream blocks ``start_layer_index`` … ``end_layer_index`` (see `single_blocks`)."""
         singles = [info for info in infos if info.place == "single"]
         orders = sorted({info.order for info in singles})
+        if not orders:
+            raise InveditError(f"editor 'rf-solver-edit': this {family} model has no single-stream blocks")
         chosen = {orders[k] for k in single_blocks(opts["start_layer_index"], opts["end_layer_index"], len(orders))}
         return {info.name: info for info in singles if info.order in chosen}
 
