@@ -6,7 +6,8 @@
     python benchmarks/edit_speed.py --models sd14 --sd-steps 50 --device cuda --dtype float16   # on a GPU
     python benchmarks/edit_speed.py --models sd14 --sd-methods all --device cuda   # every inversion, full size
     python benchmarks/edit_speed.py --models sdxl --sd-steps 2          # SDXL-shaped UNet at 1024² (CPU: ~15 min)
-    python benchmarks/edit_speed.py --models sd3,flux   # SD 3 / FLUX.1: runs benchmarks/flow_speed.py
+    python benchmarks/edit_speed.py --models sd3,flux   # SD 3 / FLUX.1: runs benchmarks/flow_speed.py (NFE per
+                                                        # flow method at its paper's step count, timing, memory)
 
 Methods are run interleaved (A B C A B C …) and the median is reported, so background load hits all alike.
 Results are merged into ``benchmarks/results.json`` (keyed by model and machine) and ``benchmarks/results.md``

@@ -7,6 +7,10 @@ Parts:
 - ``nfe``: NFE per edit (inversion + edit) of {euler, direct} × {none, shared-attention} at 28 and 50 steps on
   the tiny SD3 and FLUX.1-dev pipelines. NFE depends only on the model family's row layout (SD3: two CFG rows per
   branch; FLUX.1-dev: one row, guidance as an input), not on its size, so these are the real models' counts too.
+  Then each flow method of issue #23 (and ``direct`` + each flow editor) at the step count of its paper's PIE-Bench
+  row (`PUBLISHED_STEPS`), beside the NFE the paper publishes and the count its reference code makes (read from
+  that code: where they differ, the published count and the code's agree, and invedit's differs, see the notes).
+  NFE is invedit's `RunStats` count: network rows evaluated (a CFG pair is two rows; a FLUX.1-dev row is one).
 - ``sd35``: an SD3.5-medium-shaped transformer (random weights, float32) at 1024² on this machine. Its 24 blocks
   (13 with SD3.5's second attention) are timed as three shallow copies at full width and token count — (2 blocks,
   1 dual), (3, 1 dual), (3, 2 dual) — from which the full depth follows linearly (blocks are identical apart from
@@ -52,6 +56,55 @@ CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, nu
 VAE_16CH = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
                 layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False)
+
+
+#: Each flow method at its paper's PIE-Bench step count (FlowEdit: its official configs, SD3_exp.yaml /
+#: FLUX_exp.yaml): (family, steps, inversion+editor, editor options, published NFE or None, what the reference
+#: code evaluates, read from it). FLUX.1-dev rows are one network row per call (guidance distilled).
+PUBLISHED_STEPS: tuple[tuple[str, int, str, dict, int | None, str], ...] = (
+    ("flux", 15, "rf-solver+rf-solver-edit", {}, 60,
+     "30 + 30 = 60: inversion 2/step; edit 2/step, the target alone (V read from the inversion's store)"),
+    ("flux", 15, "fireflow+rf-solver-edit", {}, 32, "16 + 16 = 32: N + 1 per pass, the target alone"),
+    ("flux", 8, "fireflow+rf-solver-edit", {"inject": 1}, 18, "9 + 9 = 18 (its 8-step scripts: inject 1)"),
+    ("flux", 28, "rf-inversion+none", {}, None,
+     "28 + 28 = 56: one call per step each way (diffusers RFInversionFluxPipeline)"),
+    ("flux", 15, "uniedit+uniedit", {}, 28, "10 + 18 = 28: Uni-Inv ⌊0.6·15⌋ + 1, then 9 × (source + target)"),
+    ("sd3", 50, "none+flowedit", {}, None, "33 calls × 4 CFG rows = 132 (n_max 33 of 50)"),
+    ("flux", 28, "none+flowedit", {}, None, "24 × 2 rows = 48 (n_max 24 of 28)"),
+    ("flux", 15, "direct+rf-solver-edit", {}, None, ""),
+    ("flux", 8, "direct+rf-solver-edit", {"inject": 1}, None, ""),
+    ("flux", 15, "direct+uniedit", {}, None, ""),
+    ("flux", 15, "direct+shared-attention", {}, None, ""),
+    ("flux", 15, "direct+none", {}, None, ""),
+    ("flux", 28, "direct+none", {}, None, ""),
+    ("sd3", 50, "direct+none", {}, None, ""),
+)
+
+
+def published_steps_part() -> dict:
+    """NFE (inversion, edit) of every `PUBLISHED_STEPS` row on the tiny pipelines; a method this branch does not
+    register is reported as missing."""
+    from PIL import Image
+
+    import invedit
+    from invedit.editing import EDITORS
+    from invedit.inversion import INVERSIONS
+    from invedit.testing import tiny_pipeline
+
+    image = Image.new("RGB", (64, 64), (120, 60, 30))
+    pipes = {kind: tiny_pipeline(kind=kind) for kind in ("sd3", "flux")}
+    out: dict = {}
+    for kind, steps, method, options, published, reference in PUBLISHED_STEPS:
+        inversion, editor = method.split("+")
+        key = f"{kind}/{steps}/{method}" + "".join(f"/{k}={v}" for k, v in options.items())
+        row: dict = {"published": published, "reference": reference, "options": options}
+        if inversion not in INVERSIONS or editor not in EDITORS:
+            out[key] = {**row, "missing": True}
+            continue
+        result = invedit.edit(pipes[kind], image, SOURCE, TARGET, inversion=inversion, editor=editor, steps=steps,
+                              guidance_scale=3.5, **options)
+        out[key] = {**row, "nfe_inversion": result.nfe_inversion, "nfe_edit": result.nfe_edit}
+    return out
 
 
 def nfe_part(steps_list: tuple[int, ...] = (28, 50)) -> dict:
@@ -159,6 +212,28 @@ def memory_part() -> dict:
     return {"parameters": counts, "bf16_GB": gb, "models": table}
 
 
+#: What the published-step-count table means (the counts are checked in tests/test_rf_solver_edit.py,
+#: tests/test_rf_solver.py and tests/test_uniedit.py).
+NFE_NOTES = [
+    "- **RF-Solver, FireFlow** (+ `rf-solver-edit`): invedit's count is the reference's plus one more pass of the "
+    "solver for the source branch (RF-Solver 2 per step: 90 = 60 + 30; FireFlow N + 1: 48 = 32 + 16 and 27 = 18 + "
+    "9). The reference denoises the target alone and reads the values it injects from those the inversion stored "
+    "at the mirrored step; invedit takes them from the source branch computed beside the target (the editor is "
+    "`shared-attention`), which also yields the reconstruction. Only the injected steps read the source rows: "
+    "after the last one (step `inject` − 1) the source pass produces the reconstruction alone, so for the edit "
+    "itself invedit does more work than needed — 26 of the 30 extra at 15 steps (RF-Solver, inject 2), 13 of 16 "
+    "(FireFlow, 15 steps), 7 of 9 (FireFlow, 8 steps, inject 1). A sampler that stopped the source branch after "
+    "the last injected step would cost 64, 35 and 20; not changed here (it would drop the reconstruction).",
+    "- **direct + rf-solver-edit**: Euler inversion (N), the target every step (N) and the source rows only at the "
+    "injected steps (Direct pins the source to z*): 32 at 15 steps — FireFlow's published count — and 17 at 8.",
+    "- **UniEdit-Flow, RF-Inversion, FlowEdit**: equal to the reference code. UniEdit's editor reads both branches "
+    "every step, so `direct+uniedit` (the whole 15 steps, Direct's full inversion) costs 45 against Uni-Inv's 28 "
+    "(α = 0.6: 9 steps inverted and edited). FlowEdit counts CFG rows (SD 3: 4 per step); papers that count a "
+    "CFG pair as one evaluation would print 66 for SD 3.",
+    "- **KV-Edit** is added on another branch; its row joins this table when it is merged.",
+]
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = ["# Flow models: NFE, time and memory per edit", "",
              f"Machine: {results['machine']}; torch {results['torch']}. Written by `benchmarks/flow_speed.py`.", ""]
@@ -174,6 +249,24 @@ def write_markdown(results: dict, path: Path) -> None:
                     cells.append(f"{n['nfe_inversion'] + n['nfe_edit']} ({n['nfe_inversion']} + {n['nfe_edit']})")
                 lines.append(f"| {'SD3/3.5' if kind == 'sd3' else 'FLUX.1-dev'} | {steps} | {' | '.join(cells)} |")
         lines.append("")
+    if "nfe_published" in results:
+        lines += ["## NFE per edit at the papers' step counts", "",
+                  "Measured on the tiny pipelines (`RunStats`: rows evaluated, inversion + edit), beside the NFE the "
+                  "paper publishes and what its reference code evaluates (read from that code). invedit's loop "
+                  "denoises two branches, the source (its reconstruction) beside the target; the references denoise "
+                  "the target alone, reading what their editor needs (RF-Solver-Edit's and FireFlow's values) from "
+                  "the inversion's store.", "",
+                  "| model | steps | method | invedit NFE | published | reference code |", "|---|---|---|---|---|---|"]
+        for key, row in results["nfe_published"].items():
+            kind, steps, method = key.split("/")[:3]
+            options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+            name = f"{method} ({options})" if options else method
+            model = "SD3/3.5" if kind == "sd3" else "FLUX.1-dev"
+            measured = ("not on this branch" if row.get("missing") else
+                        f"{row['nfe_inversion'] + row['nfe_edit']} ({row['nfe_inversion']} + {row['nfe_edit']})")
+            published = "—" if row["published"] is None else str(row["published"])
+            lines.append(f"| {model} | {steps} | {name} | {measured} | {published} | {row['reference'] or '—'} |")
+        lines += ["", *NFE_NOTES, ""]
     if "sd35" in results:
         s = results["sd35"]
         lines += ["## SD3.5-medium-shaped transformer at 1024² on this CPU (float32, random weights)", "",
@@ -220,6 +313,7 @@ def main() -> None:
                    torch=torch.__version__)
     if "nfe" in parts:
         results["nfe"] = nfe_part()
+        results["nfe_published"] = published_steps_part()
     if "sd35" in parts:
         results["sd35"] = sd35_part(args.repeats)
     if "nfe" in results and "sd35" in results:

@@ -216,9 +216,10 @@ def flow_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none, shared-attention and uniedit write the edit and its record; the
-    rest refuse in one line saying why, exit code 2, nothing written (flowedit: it pairs with inversion none only)."""
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", *WHY}
+    """Every registered editor × {euler, direct}: none, shared-attention and uniedit (and rf-solver-edit on FLUX)
+    write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing written (flowedit: it
+    pairs with inversion none only; rf-solver-edit: FLUX only)."""
+    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", "rf-solver-edit", *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -231,11 +232,17 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                 assert result.stderr.strip() == (f"error: editor 'flowedit' needs no inversion; use it with inversion "
                                                  f"'none', not {inversion!r}")
                 assert not out.exists()
+            elif editor == "rf-solver-edit" and kind == "sd3":
+                assert result.exit_code == 2, (editor, inversion, result.output)
+                assert result.stderr.strip() == ("error: editor 'rf-solver-edit' runs on FLUX models only: sd3 has no "
+                                                 "single-stream blocks (shared-attention applies its rule to the "
+                                                 "later joint blocks)")
+                assert not out.exists()
             elif editor in WHY:
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
                                                  f"schedule): {WHY[editor]}; use one of: flowedit, none, "
-                                                 f"shared-attention, uniedit")
+                                                 f"rf-solver-edit, shared-attention, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)

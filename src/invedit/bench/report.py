@@ -1,7 +1,9 @@
 """`invedit report`: a run's results as people read them, written into the run folder.
 
 * ``report.md``: the paper's Table 1 layout (Ju et al., ICLR 2024, Table 1), each of our methods with the
-  published row of the same inversion + editor beside it, the per-edit-type table and the failures.
+  published row of the same inversion + editor beside it; on an SD 3 / FLUX run a flow table beside the flow
+  papers' published PIE-Bench rows (`PUBLISHED_FLOW`, each naming its source; methods that read the benchmark's
+  edit mask flagged "mask given"); the per-edit-type table and the failures.
 * ``quality_vs_time.png``: background PSNR against seconds and against NFE per edit (matplotlib).
 * ``gallery.html``: per image the source, the edit mask and every method's edit with its metrics (static; the
   images are the run's own files and small thumbnails in ``gallery/``).
@@ -14,12 +16,14 @@ import html
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..backbones import FAMILIES
 from ..errors import InveditError
 from ..outputs import write_atomically
 from .data import read_benchmark
@@ -56,6 +60,62 @@ PUBLISHED: dict[str, dict[str, float]] = {
 PUBLISHED_SECONDS = {"ddim+p2p": 10.9 + 12.8, "null-text+p2p": 132 + 12.9, "negative-prompt+p2p": 4.1 + 12.8,
                      "style-diffusion+p2p": 810 + 28, "direct+p2p": 16.8 + 12.9}
 THUMBNAIL = 128
+
+
+@dataclass(frozen=True)
+class PublishedFlowRow:
+    """One published PIE-Bench row of a flow-era method: what it is, the setting it ran at, its numbers and where
+    they were printed. ``inversion`` + ``editor`` are the invedit names of the same method (``inversion`` None:
+    any); ``family`` the model family it ran on (``model_kind`` in the records)."""
+
+    method: str
+    inversion: str | None
+    editor: str
+    family: str
+    setting: str
+    nfe: int | None
+    metrics: dict[str, float]
+    source: str
+    mask_given: bool = False
+
+    def matches(self, method: str, family: str) -> bool:
+        inversion, _, editor = _pair_name(method).partition("+")
+        return (family == self.family and editor == self.editor
+                and self.inversion in (None, inversion))
+
+
+#: The flow-era methods' published PIE-Bench rows (700 images), as the papers print them (struct ×10³, PSNR,
+#: LPIPS ×10³). Most are one paper's table reprinting another's method; re-runs of one method differ between
+#: papers by several points (RF-Solver: 31.1 vs 21.79 struct), so each row names the table it comes from.
+PUBLISHED_FLOW: tuple[PublishedFlowRow, ...] = (
+    PublishedFlowRow("RF-Solver", "rf-solver", "rf-solver-edit", "flux", "FLUX.1-dev, 15 steps", 60,
+                     {"structure_distance": 31.1, "psnr": 22.90},
+                     "FireFlow's table (Deng et al., arXiv 2412.07517); RF-Solver: Wang et al., arXiv 2411.04746"),
+    PublishedFlowRow("RF-Solver", "rf-solver", "rf-solver-edit", "flux", "FLUX.1-dev, 15 steps", 60,
+                     {"structure_distance": 21.79, "psnr": 24.83},
+                     "DNAEdit's re-run (Xie et al., arXiv 2506.01430)"),
+    PublishedFlowRow("FireFlow", "fireflow", "rf-solver-edit", "flux", "FLUX.1-dev, 15 steps", 32,
+                     {"structure_distance": 28.3, "psnr": 23.28}, "FireFlow (Deng et al., arXiv 2412.07517)"),
+    PublishedFlowRow("FireFlow", "fireflow", "rf-solver-edit", "flux", "FLUX.1-dev, 8 steps", 18,
+                     {"structure_distance": 27.1, "psnr": 23.03}, "FireFlow (Deng et al., arXiv 2412.07517)"),
+    PublishedFlowRow("RF-Inversion", "rf-inversion", "none", "flux", "FLUX.1-dev, 28 steps", None,
+                     {"structure_distance": 40.6, "psnr": 20.82},
+                     "FireFlow's table (arXiv 2412.07517); RF-Inversion: Rout et al., arXiv 2410.10792"),
+    PublishedFlowRow("FlowEdit", "none", "flowedit", "sd3", "SD 3", None,
+                     {"structure_distance": 27.24, "psnr": 22.13},
+                     "UniEdit-Flow's table (arXiv 2504.13109); FlowEdit: Kulikov et al., arXiv 2412.08629"),
+    PublishedFlowRow("FlowEdit", "none", "flowedit", "flux", "FLUX.1-dev", None,
+                     {"structure_distance": 27.82, "psnr": 21.96},
+                     "UniEdit-Flow's table (arXiv 2504.13109); FlowEdit: Kulikov et al., arXiv 2412.08629"),
+    PublishedFlowRow("UniEdit-Flow", "uniedit", "uniedit", "flux", "FLUX.1-dev, 15 steps", 28,
+                     {"structure_distance": 10.14, "psnr": 29.54}, "UniEdit-Flow (Jiao et al., arXiv 2504.13109)"),
+    PublishedFlowRow("KV-Edit", None, "kv-edit", "flux", "FLUX.1-dev", None,
+                     {"structure_distance": 1.98, "psnr": 35.87, "lpips": 9.92},
+                     "KV-Edit (Zhu et al., arXiv 2502.17363)", mask_given=True),
+)
+#: The metrics the flow table shows (the papers print these; CLIP scores are on other scales there).
+FLOW_METRICS = ("structure_distance", "psnr", "lpips", "clip_whole", "clip_edited")
+MASK_GIVEN = "mask given, not comparable"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -137,6 +197,67 @@ def table_one(summary: list[dict[str, Any]]) -> str:
             cells = [f"↳ paper (PIE-Bench, {model})", "700", *(f"{published[m]:.2f}" for m in PIE_METRICS), "",
                      "" if seconds is None else f"{seconds:.1f} (A40)"]
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def flow_families() -> set[str]:
+    """The model families that run a rectified flow (``model_kind`` of SD 3 / FLUX records)."""
+    return {cls.family for cls in FAMILIES.values() if cls.schedule_kind == "flow"}
+
+
+def method_records(run_dir: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method with an edit: its model family (the first record's ``model_kind``) and whether it was given
+    the benchmark's edit mask (a record's ``"mask_given": true``, or its editor's ``takes_mask``)."""
+    from ..editing import get_editor
+
+    out = {}
+    for method, spec in settings.get("methods", {}).items():
+        record_path = next(iter(sorted((run_dir / EDITS_DIR / method).glob("*.json"))), None)
+        if record_path is None:
+            continue
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            takes_mask = bool(getattr(get_editor(spec.get("editor", "")), "takes_mask", False))
+        except InveditError:  # an editor this version does not know
+            takes_mask = False
+        out[method] = {"family": record.get("model_kind"),
+                       "mask_given": takes_mask or record.get("mask_given") is True}
+    return out
+
+
+def flow_table(summary: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> str:
+    """The run's flow methods in bold, each followed by the published rows of the same method on the same family
+    (↳, source named per row), then the published rows of methods the run does not have."""
+    head = ["method", "N", *(LABELS[m] for m in FLOW_METRICS), "NFE", "s/edit", "setting · source"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def published(row: PublishedFlowRow) -> str:
+        note = f"{row.setting}; {row.source}" + (f"; **{MASK_GIVEN}**" if row.mask_given else "")
+        cells = [f"↳ published: {row.method}", "700",
+                 *(f"{row.metrics[m]:.2f}" if m in row.metrics else "" for m in FLOW_METRICS),
+                 "" if row.nfe is None else str(row.nfe), "", note]
+        return "| " + " | ".join(cells) + " |"
+
+    shown: set[int] = set()
+    for e in summary:
+        info = records.get(e["method"], {})
+        family = info.get("family") or "?"
+        note = f"this run ({family})" + (f"; **{MASK_GIVEN}** (the benchmark's edit mask)" if info.get("mask_given")
+                                         else "")
+        cells = [f"**{e['method']}**", str(e["n"]), *(format_value(m, e[m]) for m in FLOW_METRICS),
+                 format_value("nfe", e["nfe"]), format_value("seconds", e["seconds"]), note]
+        lines.append("| " + " | ".join(cells) + " |")
+        for k, row in enumerate(PUBLISHED_FLOW):
+            if row.matches(e["method"], family):
+                lines.append(published(row))
+                shown.add(k)
+    rest = [row for k, row in enumerate(PUBLISHED_FLOW) if k not in shown]
+    if rest:
+        lines.append("| *published, not in this run* |" + " |" * (len(head) - 1))
+        lines += [published(row) for row in rest]
     return "\n".join(lines) + "\n"
 
 
@@ -228,9 +349,12 @@ def write_report(run_dir: str | Path) -> list[Path]:
                      key=lambda e: (int(e["edit_type"]) if e["edit_type"].isdigit() else 99, paper_order(e["method"])))
     toy = [m for m in ("target_psnr", "edit_success") if any(e[m] is not None for e in summary)]
     failures = open_failures(run_dir, rows)
+    records = method_records(run_dir, settings)
+    flow = {m: r for m, r in records.items() if r["family"] in flow_families()}
     lines = [
         f"# PIE-Bench report: {run_dir.name}", "",
-        f"Model `{settings['model']}` (fingerprint {settings['model_fingerprint']}), {settings['steps']} DDIM steps, "
+        f"Model `{settings['model']}` (fingerprint {settings['model_fingerprint']}), {settings['steps']} "
+        f"{'flow' if flow else 'DDIM'} steps, "
         f"guidance {settings['guidance_scale']}, seed {settings['seed']}, {settings['dtype']} on "
         f"{settings['device_type']}, parity mode {'on' if settings['parity'] else 'off'}, invedit "
         f"{settings['invedit']}. Dataset: `{settings['data']}`.", "",
@@ -241,6 +365,17 @@ def write_report(run_dir: str | Path) -> list[Path]:
         "same benchmark on the same model. n/a: the metric's network was not available to `invedit evaluate`.", "",
         table_one(summary),
     ]
+    if flow:
+        lines += ["## Flow methods (SD 3 / FLUX)", "",
+                  "This run's methods (bold), each followed by the published PIE-Bench rows of the same method on the "
+                  "same model family, then the published rows of the flow methods this run does not have. Published "
+                  "rows are paper tables, often one paper's re-run of another's method: re-runs of one method differ "
+                  "between papers by several points (RF-Solver: 31.1 vs 21.79 struct), so each row names its source, "
+                  "and they compare with ours only at the same model, resolution and steps. NFE: network evaluations "
+                  "per edit as each paper counts them (invedit counts the inversion and both branches: "
+                  "`benchmarks/flow_speed.md`). Mask given: the method reads the benchmark's ground-truth edit mask, "
+                  "so its background metrics are not comparable with the mask-free methods.", "",
+                  flow_table([e for e in summary if e["method"] in flow], flow)]
     if toy:
         lines += ["## Against the true targets (shapes world)", "",
                   "PSNR to the true target image inside the true edit region; success: the edit did what its kind "

@@ -118,7 +118,15 @@ class SharedAttention(AttentionEditor):
         else:
             model_defaults = UNET_DEFAULTS
         opts = cls.validate_options(options)
-        opts = {k: model_defaults[k] if v is None else v for k, v in opts.items()}
+        return cls.build(model, steps, {k: model_defaults[k] if v is None else v for k, v in opts.items()})
+
+    @classmethod
+    def build(cls, model, steps: int, opts: dict[str, Any]) -> SharedAttention:
+        """The editor for resolved options (every fraction a number, ``share``/``blocks`` chosen) on ``model`` (an
+        `invedit.backbones.Backbone`); editors built on this one (`invedit.editing.rf_solver_edit`) call it with
+        the options their own translate to."""
+        infos = [info for _, _, info in model.attention_layers() if not info.is_cross]
+        opts = dict(opts)
         layers = cls.choose_layers(infos, opts, model.family)
         counter = None
         if any(info.place == "single" for info in layers.values()):
