@@ -100,13 +100,16 @@ PUBLISHED_FLOW: tuple[PublishedFlowRow, ...] = (
                      {"structure_distance": 27.1, "psnr": 23.03}, "FireFlow (Deng et al., arXiv 2412.07517)"),
     PublishedFlowRow("RF-Inversion", "rf-inversion", "none", "flux", "FLUX.1-dev, 28 steps", None,
                      {"structure_distance": 40.6, "psnr": 20.82},
-                     "FireFlow's table (arXiv 2412.07517); RF-Inversion: Rout et al., arXiv 2410.10792"),
+                     "a later paper's reprint (which table not verified here); RF-Inversion: Rout et al., "
+                     "arXiv 2410.10792"),
     PublishedFlowRow("FlowEdit", "none", "flowedit", "sd3", "SD 3", None,
                      {"structure_distance": 27.24, "psnr": 22.13},
-                     "UniEdit-Flow's table (arXiv 2504.13109); FlowEdit: Kulikov et al., arXiv 2412.08629"),
+                     "a later paper's reprint (which table not verified here); FlowEdit: Kulikov et al., "
+                     "arXiv 2412.08629"),
     PublishedFlowRow("FlowEdit", "none", "flowedit", "flux", "FLUX.1-dev", None,
                      {"structure_distance": 27.82, "psnr": 21.96},
-                     "UniEdit-Flow's table (arXiv 2504.13109); FlowEdit: Kulikov et al., arXiv 2412.08629"),
+                     "a later paper's reprint (which table not verified here); FlowEdit: Kulikov et al., "
+                     "arXiv 2412.08629"),
     PublishedFlowRow("UniEdit-Flow", "uniedit", "uniedit", "flux", "FLUX.1-dev, 15 steps", 28,
                      {"structure_distance": 10.14, "psnr": 29.54}, "UniEdit-Flow (Jiao et al., arXiv 2504.13109)"),
     PublishedFlowRow("KV-Edit", None, "kv-edit", "flux", "FLUX.1-dev", None,
