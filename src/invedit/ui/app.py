@@ -154,8 +154,8 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)))
 
-    def run(image, mask, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
-            inversion_options, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's progress idiom)
+    def run(image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
+            inversion_options, mask=None, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         image_path, image_name = uploaded_image(image)  # unprocessed inputs (preprocess=False below)
         mask_path, mask_name = uploaded_image(mask)
         request = EditRequest(image=image_path, image_name=image_name, mask=mask_path, mask_name=mask_name,
@@ -214,8 +214,8 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                 files = gr.File(label="result PNG and settings JSON", file_count="multiple", elem_id="files")
         gr.Examples(examples, inputs=[image, source, target, blend], label="shapes-world examples")
         editor.change(lambda name: _defaults_text(name, session.pipe), editor, defaults)
-        button.click(run, [image, mask, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
-                           inversion_options], [source_out, recon_out, edit_out, status, files],
+        button.click(run, [image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
+                           inversion_options, mask], [source_out, recon_out, edit_out, status, files],
                      concurrency_limit=CONCURRENT_EDITS, preprocess=False)  # the file itself: see uploaded_image
     app.queue(default_concurrency_limit=CONCURRENT_EDITS)
     return app
