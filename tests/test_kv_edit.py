@@ -221,6 +221,9 @@ def test_skip_steps_cost_no_network_call_and_re_init_is_seeded():
            for k in (0, 1, 3)}
     assert nfe == {0: 8, 1: 6, 3: 2}  # FLUX.1-dev: one target and one source row per step
     assert [default_skip(n) for n in (28, 50, 4, 3, 7)] == [4, 7, 1, 0, 1]
+    official = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=28,
+                            mask=mask)  # the official demo's 28 steps, 4 skipped: 24 edited steps × 2 rows
+    assert (official.nfe_inversion, official.nfe_edit) == (28, 48)
     assert invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask).record()["editor"]["skip_step"] == 1
     first, again, other = (invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask, re_init=True,
                                         seed=seed).latents for seed in (1, 1, 2))

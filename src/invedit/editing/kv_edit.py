@@ -74,6 +74,7 @@ from torch.overrides import TorchFunctionMode
 from ..backbones import backbone
 from ..backbones.base import LayerInfo
 from ..errors import InveditError, check_number
+from ..masks import EditMask
 from ..sampling import HALVES, Branches, Row, halves_needed
 from .base import Editor, ForwardHook, register
 
@@ -199,7 +200,8 @@ class KVEdit(Editor):
         return opts
 
     @classmethod
-    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, mask=None, **options: Any) -> KVEdit:
+    def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, mask: EditMask | None = None,
+               **options: Any) -> KVEdit:
         if mask is None:
             raise InveditError("editor 'kv-edit' edits only inside a mask: give one with --mask FILE (mask= in "
                                "Python; white = the region to edit)")
