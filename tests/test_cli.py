@@ -206,6 +206,16 @@ EARLY = [
     ("non-English", ["-t", "ein roter Kreis"], "'ein', 'roter', 'kreis'"),
     ("blend word typo", ["--blend", "red bleu"], "blend word 'bleu' is not a word of the target prompt"),
     ("truncated image", ["{truncated}"], "the file is truncated or corrupt"),
+    ("mask-taking editor without a mask", ["--editor", "kv-edit"],
+     "error: editor 'kv-edit' edits only inside a mask: give one with --mask FILE"),
+    ("mask for an editor that takes none", ["--mask", "{mask}"], "error: editor 'p2p' takes no mask; drop --mask, or "
+                                                                 "use an editor that takes one (kv-edit)"),
+    ("mask not found", ["--editor", "kv-edit", "--mask", "no-such-mask.png"], "error: mask not found: no-such-mask"),
+    ("mask unreadable", ["--editor", "kv-edit", "--mask", "{file}"], "error: cannot read mask "),
+    ("mask of another size", ["--editor", "kv-edit", "--mask", "{mask-small}"],
+     "mask-small.png is 64x32 pixels but the image is 64x64: give a mask of the image's size"),
+    ("empty mask", ["--editor", "kv-edit", "--mask", "{mask-empty}"],
+     "mask-empty.png is empty: no pixel is white (white marks the region to edit)"),
 ]
 
 
@@ -216,8 +226,12 @@ def test_bad_input_is_refused_before_the_model_loads(model_dir, image_path, tmp_
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     (tmp_path / "a-folder.png").mkdir()
+    masks = {}
+    for name, size, value in (("mask", (64, 64), 255), ("mask-small", (64, 32), 255), ("mask-empty", (64, 64), 0)):
+        masks[f"{{{name}}}"] = str(tmp_path / f"{name}.png")
+        Image.new("L", size, value).save(masks[f"{{{name}}}"])
     subst = {"{file}": str(a_file), "{dir}": str(tmp_path / "a-folder.png"),
-             "{truncated}": str(_truncated_png(tmp_path))}
+             "{truncated}": str(_truncated_png(tmp_path)), **masks}
     args = [subst.get(a, a.replace("{file}", str(a_file))) for a in args]
     image = args.pop(0) if not args[0].startswith("-") else str(image_path)
     options = {"-s": SOURCE, "-t": TARGET, "--out": str(tmp_path / "out" / "x.png")}

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import invedit
@@ -211,21 +212,26 @@ def flow_folders(tmp_path_factory):
     for kind in ("sd3", "flux"):
         tiny_pipeline(kind=kind).save_pretrained(root / kind)
     scene_image().save(root / "in.png")
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (16, 16, 40, 40))
+    mask.save(root / "mask.png")
     return root
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none, shared-attention and uniedit (and rf-solver-edit on FLUX)
-    write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing written (flowedit: it
-    pairs with inversion none only; rf-solver-edit: FLUX only)."""
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", "rf-solver-edit", *WHY}
+    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask) and
+    rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing
+    written (flowedit: it pairs with inversion none only; rf-solver-edit: FLUX only)."""
+    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", "rf-solver-edit", "kv-edit", *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
             argv = ["edit", str(flow_folders / "in.png"), "-s", SOURCE, "-t", TARGET, "--model",
                     str(flow_folders / kind), "--resolution", "64", "--steps", "2", "--out", str(out), "-q",
                     "--inversion", inversion, "--editor", editor]
+            if editor == "kv-edit":
+                argv += ["--mask", str(flow_folders / "mask.png")]
             result = CliRunner().invoke(app, argv)
             if editor == "flowedit":
                 assert result.exit_code == 2, (editor, inversion, result.output)
@@ -241,10 +247,11 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
             elif editor in WHY:
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
-                                                 f"schedule): {WHY[editor]}; use one of: flowedit, none, "
-                                                 f"rf-solver-edit, shared-attention, uniedit")
+                                                 f"schedule): {WHY[editor]}; use one of: flowedit, kv-edit, "
+                                                 f"none, rf-solver-edit, shared-attention, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)
                 record = json.loads(out.with_suffix(".json").read_text())
                 assert (record["inversion"], record["editor"]["editor"]) == (inversion, editor)
+                assert ("mask" in record) == (editor == "kv-edit")

@@ -218,6 +218,12 @@ def test_the_server_keeps_its_files_in_one_folder_and_removes_it_at_exit(example
             refused = client.predict(handle_file(str(bad)), edit.source_prompt, edit.target_prompt, "direct", "p2p",
                                      edit.blend_words, 2, 7.5, 0, "", "", api_name="/run")
             assert refused[3].startswith(f"**error:** {message}") and "\n" not in refused[3], refused[3]
+        mask = tmp_path / "mask.png"  # the mask upload (the last input) reaches the session's checks
+        Image.new("L", Image.open(path).size, 255).save(mask)
+        refused = client.predict(handle_file(str(path)), edit.source_prompt, edit.target_prompt, "direct", "p2p",
+                                 edit.blend_words, 2, 7.5, 0, "", "", handle_file(str(mask)), api_name="/run")
+        assert refused[3] == ("**error:** editor 'p2p' takes no mask; drop --mask, or use an editor that takes one "
+                              "(kv-edit)"), refused[3]
         (folder,) = _ours(temp)
         assert folder.name.startswith("invedit-ui-")
         assert {"gradio", "results"} <= {p.name for p in folder.iterdir()}

@@ -22,6 +22,7 @@ from .editing.attention import ValueTransforms
 from .errors import InveditError
 from .images import load_image
 from .inversion import InversionInputs, Inverted, get_inversion
+from .masks import load_mask
 from .outputs import write_atomically
 from .prepare import (
     DEFAULT_INVERSION,
@@ -31,6 +32,7 @@ from .prepare import (
     check_seed,
     check_settings,
     check_steps,
+    mask_argument,
     prepare_edit,
 )
 from .prompts import check_prompt
@@ -172,7 +174,7 @@ class EditResult:
 def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
          guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
-         progress: bool = False, **editor_options: Any) -> EditResult:
+         progress: bool = False, mask: Any = None, **editor_options: Any) -> EditResult:
     """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
 
     Args:
@@ -187,6 +189,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         seed: seed of every random choice.
         inversion_options: options of the inversion method when inverting here.
         progress: show progress bars.
+        mask: the region a mask-taking editor (``kv-edit``) edits, white = edit: a file, a PIL image or a 2-D array
+            (bool, 0–255 or 0–1) of the image's size (with an `Inverted`: any square), or an
+            `invedit.masks.EditMask`; refused for the other editors (`invedit.masks` says how it is read).
         **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` or ``blend_words="cat dog"`` for P2P
             (LocalBlend and the ×2 equaliser; a word missing from its own prompt but in the other one — an added
             or removed object, ``"star star"`` — contributes no map from the prompt that lacks it).
@@ -195,24 +200,30 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     Raises:
         InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
     """
-    if isinstance(image_or_inverted, Inverted):
+    reused = isinstance(image_or_inverted, Inverted)
+    if mask is not None:
+        mask = load_mask(mask, None if reused else image_or_inverted)
+    if reused:
         inverted = image_or_inverted
         source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
         settings = check_settings(inverted.method, editor, inverted.steps, guidance_scale, seed,
                                   inverted.options, editor_options)
-        prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, inverted_prompt=inverted.prompt)
+        prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, inverted_prompt=inverted.prompt,
+                                mask=mask)
     else:
         settings = check_settings(inversion or DEFAULT_INVERSION, editor, DEFAULT_STEPS if steps is None else steps,
                                   guidance_scale, seed, inversion_options, editor_options,
                                   steps_limit=pipe.scheduler.config.num_train_timesteps)
-        prepared = prepare_edit(pipe, source_prompt, target_prompt, settings)
+        prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, mask=mask)
         inverted = invert(pipe, image_or_inverted, prepared.branch_prompt, settings.inversion, settings.steps,
                           settings.guidance_scale, settings.seed, progress, **settings.inversion_options)
     guidance_scale, seed, target_prompt = settings.guidance_scale, settings.seed, prepared.target_prompt
     branch_prompt, model_defaults = prepared.branch_prompt, prepared.model_defaults
     source_prompt = prepared.source_prompt
     editor_options = _resolve_editor_options(model_defaults, inverted, editor, editor_options)
-    result_editor = get_editor(editor).create(pipe, branch_prompt, target_prompt, inverted.steps, **editor_options)
+    editor_cls = get_editor(editor)
+    result_editor = editor_cls.create(pipe, branch_prompt, target_prompt, inverted.steps, **editor_options,
+                                      **mask_argument(editor_cls, prepared.mask))
     inverted.check_edit(guidance_scale)
 
     start = time.perf_counter()
@@ -223,6 +234,8 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
 
     settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
                 **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
+    if prepared.mask is not None:
+        settings["mask"] = prepared.mask.record()
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
@@ -272,6 +285,7 @@ def loop_context(pipe, inverted: Inverted, editor, source_prompt: str, target_pr
     """Everything one edit's loop reads: the schedule, the denoiser (the branches' embeddings and CFG scales as
     the inversion and the editor set them, the inversion's value transforms) and a seeded generator."""
     model = backbone(pipe)
+    editor.bind(inverted)
 
     def encode(prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():
@@ -294,7 +308,7 @@ def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_promp
     callback, bar = _progress(inverted.steps, progress, desc)
     try:
         with editor.attach(ctx.denoiser.model, ctx.denoiser.values):
-            latents = denoise_two_branches(inverted.sampler(ctx), ctx, editor, callback)
+            latents = denoise_two_branches(editor.wrap_sampler(inverted.sampler(ctx)), ctx, editor, callback)
     finally:
         if bar is not None:
             bar.close()

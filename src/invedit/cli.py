@@ -36,6 +36,9 @@ def edit_command(
     blend: Annotated[str | None, typer.Option(
         help='LocalBlend words "SRC_WORD TGT_WORD" (an added or removed object: its word twice, "star star")',
     )] = None,
+    mask: Annotated[str | None, typer.Option(
+        help="the region to edit, for editors that take one (kv-edit): an image of IMAGE's size, white = edit",
+    )] = None,
     model: ModelOption = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
@@ -58,10 +61,11 @@ def edit_command(
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
     from . import api
     from .images import load_image
+    from .masks import load_mask
     from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
-    from .prepare import check_prompts, check_settings
+    from .prepare import check_mask, check_prompts, check_settings
 
     # Everything that can be checked without the model is checked before loading it.
     for text, what in ((source, "source prompt"), (target, "target prompt")):
@@ -74,6 +78,8 @@ def edit_command(
     settings = check_settings(inversion, editor, steps, guidance, seed, inversion_options,
                               parse_options(option, "--option"), blend)
     load_image(image, 64)  # readable, RGB-convertible, not tiny
+    edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
+    check_mask(editor, edit_mask)
     resolve_dtype(dtype, resolve_device(device))
     check_offload(offload, resolve_device(device))
     out = _output_path(out, image, inversion, editor)
@@ -89,9 +95,12 @@ def edit_command(
         result = api.edit(
             pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
             steps=steps, guidance_scale=guidance, seed=seed,
-            inversion_options=settings.inversion_options, progress=not quiet, **settings.editor_options,
+            inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
+            **settings.editor_options,
         )
         result.settings["image"] = str(image)
+        if mask is not None:
+            result.settings["mask"]["file"] = str(mask)
         result.save(out, reconstruction=save_reconstruction)
     except BaseException:
         remove_created(created)

@@ -16,14 +16,15 @@ MIN_SIDE = 32  # smaller images hold too little to invert meaningfully
 _CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
 
 
-def _open(source: str | Path | Image.Image) -> Image.Image:
+def _open(source: str | Path | Image.Image, what: str = "image") -> Image.Image:
+    """The image at ``source`` (a path, or a PIL image as is), loaded; ``what`` names it in the messages."""
     if isinstance(source, Image.Image):
         return source
     path = Path(source)
     if not path.exists():
-        raise InveditError(f"image not found: {path}")
+        raise InveditError(f"{what} not found: {path}")
     if path.is_dir():
-        raise InveditError(f"image path is a folder, not a file: {path}")
+        raise InveditError(f"{what} path is a folder, not a file: {path}")
     try:
         with warnings.catch_warnings():
             # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused in one line.
@@ -34,10 +35,10 @@ def _open(source: str | Path | Image.Image) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
-        raise InveditError(f"image {path} is too large ({size}; Pillow's limit against decompression bombs is "
+        raise InveditError(f"{what} {path} is too large ({size}; Pillow's limit against decompression bombs is "
                            f"{Image.MAX_IMAGE_PIXELS:,}); downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InveditError(f"cannot read image {path}: {_read_failure(exc)}") from None
+        raise InveditError(f"cannot read {what} {path}: {_read_failure(exc)}") from None
 
 
 def _read_failure(exc: Exception) -> str:

@@ -110,6 +110,23 @@ def check_pairing(inversion: str, editor: str) -> None:
                            f"inversion-free editor ({', '.join(free)}) or choose an inversion")
 
 
+def check_mask(editor: str, mask: Any) -> None:
+    """Refuse a mask-taking editor (`Editor.takes_mask`: KV-Edit) without a mask, and a mask for any other editor
+    (it would be ignored silently).
+
+    Raises:
+        InveditError: naming ``--mask`` (``mask=`` in Python) and the editors that take one.
+    """
+    editor_cls = get_editor(editor)
+    if editor_cls.takes_mask and mask is None:
+        raise InveditError(f"editor {editor!r} edits only inside a mask: give one with --mask FILE (mask= in Python; "
+                           "white = the region to edit)")
+    if mask is not None and not editor_cls.takes_mask:
+        takers = sorted(n for n, cls in EDITORS.items() if cls.takes_mask)
+        raise InveditError(f"editor {editor!r} takes no mask; drop --mask, or use an editor that takes one "
+                           f"({', '.join(takers) or 'none'})")
+
+
 def check_model_kind(model, inversion: str | None = None, editor: str | None = None) -> None:
     """Refuse an inversion or editor that does not run on the model's kind of schedule (`Backbone.schedule_kind`:
     DDIM on a UNet, or rectified flow on SD3/FLUX), and a model the inversion's own `Inverted.check_model` refuses
@@ -144,13 +161,15 @@ def check_prompts(tokenizer, source_prompt: str, target_prompt: str,
 @dataclass(frozen=True)
 class PreparedEdit:
     """An edit that passed every check: its settings, prompts, the prompt its source branch is inverted and
-    denoised under, and the editor options the model recommends (under the given ones)."""
+    denoised under, the editor options the model recommends (under the given ones), and the edit mask of a
+    mask-taking editor."""
 
     settings: EditSettings
     source_prompt: str
     branch_prompt: str
     target_prompt: str
     model_defaults: dict[str, Any]
+    mask: Any = None  # invedit.masks.EditMask (mask-taking editors only)
 
     @property
     def editor_options(self) -> dict[str, Any]:
@@ -159,16 +178,18 @@ class PreparedEdit:
 
 
 def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSettings,
-                 inverted_prompt: str | None = None) -> PreparedEdit:
+                 inverted_prompt: str | None = None, mask: Any = None) -> PreparedEdit:
     """The model-side checks of an edit: prompts, the model's editor defaults, the source branch's prompt (which
-    a given inversion, made under ``inverted_prompt``, must match) and a dry run of the editor (`Editor.create`
-    builds it without side effects), so bad settings fail before any inversion.
+    a given inversion, made under ``inverted_prompt``, must match), the mask (`check_mask`; ``mask``: an
+    `invedit.masks.EditMask`) and a dry run of the editor (`Editor.create` builds it without side effects), so bad
+    settings fail before any inversion.
 
     Raises:
         InveditError: the first problem, in one line.
     """
     model = backbone(pipe)
     check_model_kind(model, settings.inversion, settings.editor)
+    check_mask(settings.editor, mask)
     check_steps(settings.steps, pipe.scheduler.config.num_train_timesteps)
     if inverted_prompt is None:
         source = check_prompt(source_prompt or "", model.tokenizer, "source prompt")
@@ -182,5 +203,10 @@ def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSet
     if inverted_prompt is not None and branch_prompt != inverted_prompt:
         raise InveditError(f"editor {editor_cls.name!r} denoises the source under {branch_prompt!r}, but the image "
                            f"was inverted under {inverted_prompt!r}; invert under {branch_prompt!r}")
-    editor_cls.create(pipe, branch_prompt, target, settings.steps, **options)
-    return PreparedEdit(settings, source, branch_prompt, target, model_defaults)
+    editor_cls.create(pipe, branch_prompt, target, settings.steps, **options, **mask_argument(editor_cls, mask))
+    return PreparedEdit(settings, source, branch_prompt, target, model_defaults, mask)
+
+
+def mask_argument(editor_cls, mask: Any) -> dict[str, Any]:
+    """``{"mask": mask}`` for a mask-taking editor's ``create``, else nothing."""
+    return {"mask": mask} if editor_cls.takes_mask else {}

@@ -33,9 +33,13 @@ class MethodSpec:
     editor_options: dict[str, Any] = field(default_factory=dict)  # only what was given (the model's defaults apply)
 
     def settings(self) -> dict[str, Any]:
-        """What a run directory remembers of this method."""
+        """What a run directory remembers of this method (``mask_given``: its editor reads each entry's ground-truth
+        mask, KV-Edit; its numbers are not comparable with text-only methods)."""
+        from ..editing import get_editor
+
+        mask = {"mask_given": True} if get_editor(self.editor).takes_mask else {}
         return {"inversion": self.inversion, "editor": self.editor,
-                "inversion_options": self.inversion_options, "editor_options": self.editor_options}
+                "inversion_options": self.inversion_options, "editor_options": self.editor_options, **mask}
 
 
 def parse_methods(methods: str, editor_options: list[str] | None = None,

@@ -401,7 +401,8 @@ class _RunContext:
             try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
                 settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
                                         m.inversion_options, self._editor_options(item, m))
-                prompt = prepare_edit(self.pipe, item.source_prompt, item.target_prompt, settings).branch_prompt
+                prompt = prepare_edit(self.pipe, item.source_prompt, item.target_prompt, settings,
+                                      mask=self._mask(item, m)).branch_prompt
             except InveditError as exc:
                 self._fail(item, m, str(exc))
                 continue
@@ -445,13 +446,25 @@ class _RunContext:
             options["blend_words"] = parse_blend_words(item.blend_words)
         return options
 
+    def _mask(self, item: BenchItem, m: MethodSpec):
+        """The entry's edit mask (its true region, without the evaluator's border) for an editor that takes one
+        (`Editor.takes_mask`: KV-Edit), else None."""
+        from ..editing import get_editor
+        from ..masks import EditMask, image_size
+
+        if not get_editor(m.editor).takes_mask:
+            return None
+        width, height = image_size(item.image_path)
+        return EditMask.from_pixels(item.mask((height, width)), f"entry {item.id}", f"the mask of entry {item.id}")
+
     def _edit(self, item: BenchItem, m: MethodSpec, inverted, source: str, image_sha: str) -> None:
         from .. import api
 
         options = self._editor_options(item, m)
         try:
+            mask = self._mask(item, m)
             result = api.edit(self.pipe, inverted, None, item.target_prompt, editor=m.editor,
-                              guidance_scale=self.guidance, seed=self.seed, **options)
+                              guidance_scale=self.guidance, seed=self.seed, mask=mask, **options)
             result.settings.update({
                 "source_prompt": item.source_prompt,  # the entry's (the editor's own source branch is recorded too)
                 "image": str(item.image_path.relative_to(self.data_dir)) if item.image_path.is_relative_to(
@@ -460,6 +473,7 @@ class _RunContext:
                 "bench": {"id": item.id, "method": m.name, "edit_type": item.edit_type,
                           "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
                           "blended_word": item.blend_words, "source_sha256": image_sha,
+                          **({"mask_given": True} if mask is not None else {}),
                           **({"notes": item.notes} if item.notes else {})},
             })
             image_path, _ = edit_paths(self.run_dir, m.name, item.id, self.parity)

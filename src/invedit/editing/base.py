@@ -36,8 +36,10 @@ class Editor:
 
     What the loop calls, in order:
 
+    - ``bind(inverted)`` once, with the inversion the edit steps;
     - ``embeddings(encode, cond, null)`` and ``branch_guidance(scales)`` once: the branches' embeddings and CFG
       scales (default unchanged; Plug-and-Play's negative prompt and unguided source change them);
+    - ``wrap_sampler(sampler)`` once: the step policy the loop runs (the inversion's sampler by default);
     - ``attach(model, values)`` around the run: installs ``wants_layer``/``attend`` attention processors and
       ``forward_hooks`` through `attention.installed`, restored in a ``finally``;
     - per step: ``rows_read(step)`` (UNet rows read besides those the latent updates need), then
@@ -64,6 +66,9 @@ class Editor:
     #: The editor needs no inversion (FlowEdit): it runs with inversion "none" and `sampler` supplies the edit's
     #: step policy; every other editor steps an inversion's trajectory (`prepare.check_pairing`).
     inversion_free: ClassVar[bool] = False
+    #: The editor needs a mask of the region to edit (KV-Edit): ``create`` gets it as ``mask`` (an
+    #: `invedit.masks.EditMask`); editors without it are given none (`invedit.prepare.check_mask`).
+    takes_mask: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.active = True
@@ -110,6 +115,16 @@ class Editor:
         (`attention.installed`; ``model``: an `invedit.backbones.Backbone`)."""
         self.layer_calls = 0
         return installed(model, self, values)
+
+    def bind(self, inverted) -> None:  # noqa: B027 (optional hook)
+        """Called once per edit, before its loop is built, with the frozen `invedit.inversion.Inverted` it steps
+        (KV-Edit reads its guidance and trajectory); default: nothing."""
+
+    def wrap_sampler(self, sampler):
+        """The edit's step policy: the inversion's per-edit sampler, or one the editor puts around it (KV-Edit
+        skips steps, re-initialises the target and re-composites the background around each step); default: as
+        is."""
+        return sampler
 
     def sampler(self, inverted, ctx):
         """The per-edit step policy of an inversion-free editor (an `invedit.inversion.Sampler` over the "none"

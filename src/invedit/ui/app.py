@@ -155,9 +155,11 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
     examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)))
 
     def run(image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
-            inversion_options, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's progress idiom)
+            inversion_options, mask=None, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         image_path, image_name = uploaded_image(image)  # unprocessed inputs (preprocess=False below)
-        request = EditRequest(image=image_path, image_name=image_name, source_prompt=source or "",
+        mask_path, mask_name = uploaded_image(mask)
+        request = EditRequest(image=image_path, image_name=image_name, mask=mask_path, mask_name=mask_name,
+                              source_prompt=source or "",
                               target_prompt=target or "",
                               inversion=inversion, editor=editor, blend_words=blend or "", steps=int(steps),
                               guidance=float(guidance), seed=int(seed), editor_options=editor_options or "",
@@ -180,6 +182,9 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
             with gr.Column():
                 image = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"],
                                  elem_id="input-image", format="png", height=IMAGE_HEIGHT)
+                mask = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="mask",
+                                label="mask (kv-edit only): the image's size, white = the region to edit",
+                                format="png", height=IMAGE_HEIGHT // 2)
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the wanted image)", elem_id="target")
                 blend = gr.Textbox(label='blend words "SOURCE_WORD TARGET_WORD" (P2P LocalBlend, optional)',
@@ -210,7 +215,7 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
         gr.Examples(examples, inputs=[image, source, target, blend], label="shapes-world examples")
         editor.change(lambda name: _defaults_text(name, session.pipe), editor, defaults)
         button.click(run, [image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
-                           inversion_options], [source_out, recon_out, edit_out, status, files],
+                           inversion_options, mask], [source_out, recon_out, edit_out, status, files],
                      concurrency_limit=CONCURRENT_EDITS, preprocess=False)  # the file itself: see uploaded_image
     app.queue(default_concurrency_limit=CONCURRENT_EDITS)
     return app

@@ -40,6 +40,8 @@ class EditRequest:
     editor_options: str = ""  # "KEY=VALUE" per line (or comma-separated), as `-o` on the command line
     inversion_options: str = ""
     image_name: str | None = None  # how messages name an image given as a path (the upload's own file name)
+    mask: Image.Image | str | Path | None = None  # the region to edit (mask-taking editors: kv-edit), white = edit
+    mask_name: str | None = None  # how messages name a mask given as a path
 
 
 @dataclass
@@ -76,10 +78,11 @@ class EditSession:
                              request.seed, request.inversion, options], sort_keys=True, default=str).encode())
         return h.hexdigest()
 
-    def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str]:
+    def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str, Any]:
         """Everything that can be refused before any network call: (image, editor options, inversion options,
-        the source branch's prompt)."""
+        the source branch's prompt, the edit mask or None)."""
         from ..images import load_image
+        from ..masks import load_mask
         from ..options import parse_options, split_items
         from ..prepare import check_settings, prepare_edit
 
@@ -90,14 +93,19 @@ class EditSession:
             parse_options(split_items(request.inversion_options), "inversion option"),
             parse_options(split_items(request.editor_options), "--option"), request.blend_words.strip() or None,
             steps_limit=self.pipe.scheduler.config.num_train_timesteps)
-        prepared = prepare_edit(self.pipe, request.source_prompt, request.target_prompt, settings)
-        try:
+        try:  # messages name uploads by their own file names, not the server's upload paths
+            mask = None if request.mask is None else load_mask(request.mask, request.image)
+            prepared = prepare_edit(self.pipe, request.source_prompt, request.target_prompt, settings, mask=mask)
             image = load_image(request.image, backbone(self.pipe).resolution)
         except InveditError as exc:
-            if request.image_name and isinstance(request.image, (str, Path)):  # not the server's upload path
-                raise InveditError(str(exc).replace(str(request.image), request.image_name)) from None
+            message = str(exc)
+            for given, name in ((request.image, request.image_name), (request.mask, request.mask_name)):
+                if name and isinstance(given, (str, Path)):
+                    message = message.replace(str(given), name)
+            if message != str(exc):
+                raise InveditError(message) from None
             raise
-        return image, settings.editor_options, settings.inversion_options, prepared.branch_prompt
+        return image, settings.editor_options, settings.inversion_options, prepared.branch_prompt, mask
 
     def edit(self, request: EditRequest) -> EditOutcome:
         """Run one edit (see the module docstring); writes ``edit.png`` and ``edit.json`` in a fresh folder.
@@ -109,7 +117,7 @@ class EditSession:
 
         with self.lock:
             started = time.perf_counter()
-            image, editor_options, inversion_options, branch_prompt = self.check(request)
+            image, editor_options, inversion_options, branch_prompt, mask = self.check(request)
             key = self._inversion_key(image, branch_prompt, request, inversion_options)
             inverted = self.cache.get(key)
             cached = inverted is not None
@@ -122,7 +130,8 @@ class EditSession:
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
             result = api.edit(self.pipe, inverted, None, request.target_prompt, editor=request.editor,
-                              guidance_scale=request.guidance, seed=request.seed, progress=True, **editor_options)
+                              guidance_scale=request.guidance, seed=request.seed, progress=True, mask=mask,
+                              **editor_options)
             result.settings["source_prompt"] = " ".join(request.source_prompt.split())
             result.settings["inversion_cached"] = cached
             folder = Path(tempfile.mkdtemp(dir=self.out_dir, prefix="edit-"))
