@@ -14,8 +14,8 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
-from invedit.sampling import RunStats
 from invedit.models import embedded_model_path, native_resolution
+from invedit.sampling import RunStats
 from invedit.toy.metrics import background_psnr, region_color
 from invedit.toy.scenes import VOCABULARY, make_edit_example, make_scene
 
