@@ -270,3 +270,21 @@ def test_bad_uploads_in_the_browser_are_one_line(server, example, tmp_path):
                 assert page.locator(".toast-body.error").count() == 0  # Gradio's red error toasts
         finally:
             browser.close()
+
+
+def test_a_flow_model_page_starts_with_an_editor_that_runs_on_it(tmp_path):
+    """P2P needs a UNet: on an SD 3 / FLUX model the page starts with shared attention, and its shapes-world examples
+    carry no LocalBlend words (which only P2P takes)."""
+    from invedit.testing import tiny_pipeline
+    from invedit.ui.app import build_app
+
+    def page(pipe):
+        config = build_app(EditSession(pipe, out_dir=tmp_path / "out"), work_dir=tmp_path).config
+        props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+        samples = next(c["props"]["samples"] for c in config["components"] if c["type"] == "dataset")
+        return props["editor"]["value"], [row[3] for row in samples]
+
+    editor, blends = page(tiny_pipeline(kind="sd3"))
+    assert editor == "shared-attention" and blends and all(b == "" for b in blends)
+    editor, blends = page(invedit.load(dtype="float32"))
+    assert editor == "p2p" and any(b for b in blends)

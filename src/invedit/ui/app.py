@@ -25,8 +25,9 @@ IMAGE_HEIGHT = 240  # display height in px (the embedded model's 64-px images ar
 EXAMPLE_KINDS = (("color", 0), ("shape", 1), ("add", 2), ("delete", 3), ("background", 4))
 
 
-def example_rows(folder: Path, size: int = 64) -> list[list[Any]]:
-    """Shapes-world examples (image file, source, target, blend words), written into ``folder``."""
+def example_rows(folder: Path, size: int = 64, blend: bool = True) -> list[list[Any]]:
+    """Shapes-world examples (image file, source, target, blend words — empty without ``blend``: for editors that take
+    none), written into ``folder``."""
     from ..toy.scenes import make_edit_example
 
     rows = []
@@ -34,7 +35,7 @@ def example_rows(folder: Path, size: int = 64) -> list[list[Any]]:
         edit = make_edit_example(100 + seed, kind, size=size)
         path = folder / f"example-{kind}.png"
         Image.fromarray(np.asarray(edit.source_image, dtype=np.uint8)).save(path)
-        rows.append([str(path), edit.source_prompt, edit.target_prompt, edit.blend_words or ""])
+        rows.append([str(path), edit.source_prompt, edit.target_prompt, (edit.blend_words or "") if blend else ""])
     return rows
 
 
@@ -144,6 +145,7 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
     the system's temporary folder)."""
     import gradio as gr
 
+    from ..backbones import backbone
     from ..methods import list_methods
     from ..models import model_name
 
@@ -152,7 +154,10 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
     editors = [m["name"] for m in methods["editors"]]
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)))
+    # the editor a page starts with: P2P on a UNet model, shared attention on a flow model (P2P needs a UNet)
+    unet_model = backbone(session.pipe).schedule_kind == "ddim"
+    first_editor = "p2p" if unet_model else "shared-attention"
+    examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)), blend=unet_model)
 
     def run(image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
             inversion_options, mask=None, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
@@ -191,12 +196,12 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                                    elem_id="blend")
                 with gr.Row():
                     inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
-                    editor = gr.Dropdown(editors, value="p2p", label="editor", elem_id="editor")
+                    editor = gr.Dropdown(editors, value=first_editor, label="editor", elem_id="editor")
                 with gr.Accordion("advanced", open=False):
-                    steps = gr.Slider(1, 200, value=default_steps, step=1, label="DDIM steps", elem_id="steps")
+                    steps = gr.Slider(1, 200, value=default_steps, step=1, label="steps", elem_id="steps")
                     guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="guidance scale", elem_id="guidance")
                     seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
-                    defaults = gr.Markdown(_defaults_text("p2p", session.pipe))
+                    defaults = gr.Markdown(_defaults_text(first_editor, session.pipe))
                     editor_options = gr.Textbox(label="editor options (KEY=VALUE, one per line)", lines=2,
                                                 elem_id="editor-options")
                     inversion_options = gr.Textbox(label="inversion options (KEY=VALUE, one per line)", lines=2,
