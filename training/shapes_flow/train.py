@@ -38,7 +38,7 @@ from training.shapes_flow.models import (
     load_shared,
     shifted_sigma,
 )
-from training.shapes_unet.common import PRECISION, ThreadGovernor, _log, _lr, _progress, _save_atomic
+from training.shapes_unet.common import PRECISION, StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
 from training.shapes_unet.data import save_grid, scene_cache, to_uint8
 from training.shapes_unet.unet import PREVIEW_PROMPTS, color_accuracy
 from training.shapes_unet.vae import latent_stats
@@ -135,8 +135,7 @@ def train(cfg: FlowTrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
         save_grid(imgs, run_dir / "previews" / f"flow_{step:06d}.png")
         _log(log_path, {"step": step, "preview_color_acc": color_accuracy(imgs, list(PREVIEW_PROMPTS))})
 
-    bar = _progress(cfg.steps, step, "flow")
-    last_ckpt, t_log, acc = time.time(), time.time(), {"loss": 0.0, "n": 0}
+    log = StepLog(log_path, cfg.steps, step, "flow", cfg.log_every, cfg.ckpt_minutes)
     model.train()
     while step < cfg.steps and time.time() < deadline:
         threads = gov.update()
@@ -156,29 +155,13 @@ def train(cfg: FlowTrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
         pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=hidden[rows],
                      pooled_projections=pooled[rows]).sample
         loss = (pred - (noise - x0)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
         step += 1
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params],
-                                 1 - min(cfg.ema_decay, (1 + step) / (10 + step)))
-        acc["loss"] += loss.item()
-        acc["n"] += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            now = time.time()
-            rec = {"step": step, "loss": acc["loss"] / acc["n"], "lr": lr,
-                   "sec_per_step": (now - t_log) / acc["n"], "threads": threads}
-            _log(log_path, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", s_it=f"{rec['sec_per_step']:.2f}", thr=threads)
-            t_log, acc = now, {"loss": 0.0, "n": 0}
-        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+        _optimiser_step(opt, params, ema_params, loss, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        log.add(step, {"loss": loss.item()}, lr=lr, threads=threads)
+        if log.checkpoint_due():
             checkpoint()
             preview()
-            last_ckpt = time.time()
-    bar.close()
+    log.close()
     checkpoint()
     preview()
     return step >= cfg.steps

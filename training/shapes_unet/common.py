@@ -78,6 +78,44 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, mininterval=1 if tty else 30, dynamic_ncols=tty)
 
 
+class StepLog:
+    """A training loop's bookkeeping: the progress bar, the running means of per-step values written as one JSONL
+    record every ``every`` steps (with seconds per step and whatever the loop adds) and shown on the bar, and the
+    checkpoint cadence (`checkpoint_due`, every ``ckpt_minutes``)."""
+
+    def __init__(self, path: Path, total: int, initial: int, desc: str, every: int, ckpt_minutes: float) -> None:
+        self.path, self.every, self.ckpt_seconds = path, every, ckpt_minutes * 60
+        self.bar = _progress(total, initial, desc)
+        self.t_log = self.last_ckpt = time.time()
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, step: int, values: dict[str, float], **extra: Any) -> None:
+        """One step's ``values`` (averaged until the next record); ``extra`` goes into that record as it is."""
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.n += 1
+        self.bar.update(1)
+        if step % self.every:
+            return
+        now = time.time()
+        means = {key: total / self.n for key, total in self.sums.items()}
+        _log(self.path, {"step": step, **means, **extra, "sec_per_step": (now - self.t_log) / self.n})
+        self.bar.set_postfix(**{k: f"{v:.4f}" for k, v in means.items()}, s_it=f"{(now - self.t_log) / self.n:.2f}",
+                             thr=extra.get("threads", ""))
+        self.t_log, self.sums, self.n = now, {}, 0
+
+    def checkpoint_due(self) -> bool:
+        """True once every ``ckpt_minutes`` (and then restarts the clock)."""
+        if time.time() - self.last_ckpt <= self.ckpt_seconds:
+            return False
+        self.last_ckpt = time.time()
+        return True
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)

@@ -14,13 +14,12 @@ import torch
 from invedit.sampling import ddim_move
 from invedit.toy import scenes
 from training.shapes_unet.common import (
+    StepLog,
     ThreadGovernor,
     _autocast,
-    _log,
     _min_snr_loss,
     _optimisation,
     _optimiser_step,
-    _progress,
     _save_atomic,
 )
 from training.shapes_unet.config import TrainConfig
@@ -146,8 +145,7 @@ def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: Threa
                       "step": ck["step"], "config": dataclasses.asdict(cfg)}, ckpt_path)
 
     log_path = run_dir / "log_ground.jsonl"
-    bar = _progress(cfg.ground_steps, step, "ground")
-    last_ckpt, acc = time.time(), {"loss": 0.0, "ground": 0.0, "n": 0}
+    log = StepLog(log_path, cfg.ground_steps, step, "ground", cfg.log_every, cfg.ckpt_minutes)
     unet.train()
     text.train()
     while step < cfg.ground_steps and time.time() < deadline:
@@ -179,19 +177,9 @@ def train_grounding(cfg: TrainConfig, run_dir: Path, deadline: float, gov: Threa
                                 alphas[t] if cfg.ground_signal_weighted else None)
         step += 1
         _optimiser_step(opt, params, ema_params, denoise + cfg.ground_weight * ground, cfg.ema_decay)
-        acc["loss"] += denoise.item()
-        acc["ground"] += ground.item()
-        acc["n"] += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            rec = {"step": step, "loss": acc["loss"] / acc["n"], "ground": acc["ground"] / acc["n"],
-                   "threads": threads}
-            _log(log_path, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ground=f"{rec['ground']:.3f}", thr=threads)
-            acc = {"loss": 0.0, "ground": 0.0, "n": 0}
-        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+        log.add(step, {"loss": denoise.item(), "ground": ground.item()}, threads=threads)
+        if log.checkpoint_due():
             checkpoint()
-            last_ckpt = time.time()
-    bar.close()
+    log.close()
     checkpoint()
     return step >= cfg.ground_steps

@@ -14,6 +14,7 @@ import torch
 
 from invedit.sampling import DDIMSchedule, RunStats, ddim_move, ddim_step, guided
 from training.shapes_unet.common import (
+    StepLog,
     ThreadGovernor,
     _autocast,
     _log,
@@ -21,7 +22,6 @@ from training.shapes_unet.common import (
     _min_snr_loss,
     _optimisation,
     _optimiser_step,
-    _progress,
     _save_atomic,
 )
 from training.shapes_unet.config import TrainConfig
@@ -144,8 +144,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
         _log(log_path, {"step": step, "preview_color_acc": color_accuracy(imgs, list(PREVIEW_PROMPTS))})
 
     log_path = run_dir / "log_unet.jsonl"
-    bar = _progress(cfg.unet_steps, step, "unet")
-    last_ckpt, t_log, acc = time.time(), time.time(), {"loss": 0.0, "n": 0}
+    log = StepLog(log_path, cfg.unet_steps, step, "unet", cfg.log_every, cfg.ckpt_minutes)
     unet.train()
     text.train()
     while step < cfg.unet_steps and time.time() < deadline:
@@ -168,21 +167,11 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
         loss = _min_snr_loss(pred, noise, alphas[t], cfg.min_snr_gamma)
         step += 1
         _optimiser_step(opt, params, ema_params, loss, min(cfg.ema_decay, (1 + step) / (10 + step)))
-        acc["loss"] += loss.item()
-        acc["n"] += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            now = time.time()
-            rec = {"step": step, "loss": acc["loss"] / acc["n"], "lr": lr,
-                   "sec_per_step": (now - t_log) / acc["n"], "threads": threads}
-            _log(log_path, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", s_it=f"{rec['sec_per_step']:.2f}", thr=threads)
-            t_log, acc = now, {"loss": 0.0, "n": 0}
-        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+        log.add(step, {"loss": loss.item()}, lr=lr, threads=threads)
+        if log.checkpoint_due():
             checkpoint()
             preview()
-            last_ckpt = time.time()
-    bar.close()
+    log.close()
     checkpoint()
     preview()
     return step >= cfg.unet_steps

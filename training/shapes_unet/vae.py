@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.shapes_unet.common import ThreadGovernor, _autocast, _log, _lr, _progress, _save_atomic
+from training.shapes_unet.common import StepLog, ThreadGovernor, _autocast, _log, _lr, _save_atomic
 from training.shapes_unet.config import TrainConfig
 from training.shapes_unet.data import eval_scenes, save_grid, scene_cache, to_tensor, to_uint8
 from training.shapes_unet.models import _classic_attention, build_vae
@@ -91,8 +91,7 @@ def _fit_autoencoder(vae, trained: torch.nn.Module, params: list[torch.nn.Parame
                       "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                       "config": dataclasses.asdict(cfg)}, ckpt_path)
 
-    bar = _progress(steps, step, desc)
-    last_ckpt, t_log, acc = time.time(), time.time(), {"loss": 0.0, "n": 0}
+    log = StepLog(log_path, steps, step, desc, cfg.log_every, cfg.ckpt_minutes)
     trained.train()
     while step < steps and spent < max_seconds and time.time() < deadline:
         t0 = time.time()
@@ -106,23 +105,14 @@ def _fit_autoencoder(vae, trained: torch.nn.Module, params: list[torch.nn.Parame
         opt.step()
         step += 1
         spent += time.time() - t0
-        acc["loss"] += loss.item()
-        acc["n"] += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            now = time.time()
-            rec = {"step": step, "loss": acc["loss"] / acc["n"], **parts, "lr": opt.param_groups[0]["lr"],
-                   "sec_per_step": (now - t_log) / acc["n"], "threads": threads, "spent_min": spent / 60}
-            _log(log_path, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", s_it=f"{rec['sec_per_step']:.2f}", thr=threads)
-            t_log, acc = now, {"loss": 0.0, "n": 0}
-        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+        log.add(step, {"loss": loss.item()}, **parts, lr=opt.param_groups[0]["lr"], threads=threads,
+                spent_min=spent / 60)
+        if log.checkpoint_due():
             vae.eval()
             _log(log_path, {"step": step, "eval_psnr": vae_psnr(vae, ev_images)})
             trained.train()
             checkpoint()
-            last_ckpt = time.time()
-    bar.close()
+    log.close()
     checkpoint()
     vae.eval()
     return step, step >= steps or spent >= max_seconds
