@@ -49,3 +49,46 @@ TARGET = "a blue square on a striped background"
 def qkv(rows: int = 4, tokens: int = 16):
     """Seeded query, key and value tensors (rows, 2 heads, tokens, 8) for an editor's ``attend``."""
     return (torch.randn(rows, 2, tokens, 8, generator=torch.Generator().manual_seed(n)) for n in range(3))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny SD pipeline (seed 1) saved as a diffusers folder, for what takes a model by folder (CLI, bench)."""
+    from invedit.testing import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipeline(seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """A shapes-world dataset in PIE-Bench's format: one edit of each kind (5 entries), seed 3."""
+    from invedit.toy.bench import write_toy_bench
+
+    return write_toy_bench(tmp_path_factory.mktemp("data") / "toy", 1, seed=3, size=64)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (what the reference outputs were recorded with)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def denoise_rows(model, monkeypatch) -> list[int]:
+    """Record the rows of every denoiser call of ``model`` (an `invedit.backbones.Backbone`): the list fills as the
+    calls happen."""
+    calls: list[int] = []
+    original = model.denoise
+
+    def spy(x, t, emb, stats, **kw):
+        calls.append(len(x))
+        return original(x, t, emb, stats, **kw)
+
+    monkeypatch.setattr(model, "denoise", spy)
+    return calls

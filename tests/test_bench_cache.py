@@ -16,23 +16,9 @@ from invedit.bench.cache import InversionCache, open_cache
 from invedit.bench.methods import parse_methods
 from invedit.bench.runner import run_bench
 from invedit.inversion.storage import load_inverted
-from invedit.testing import tiny_pipeline
-from invedit.toy.bench import write_toy_bench
 
 STEPS = 2
 N = 5  # entries of the toy dataset
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_pipeline(seed=1).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return write_toy_bench(tmp_path_factory.mktemp("data") / "toy", 1, seed=3, size=64)
 
 
 def bench(dataset, out, model_dir, cache, said: list[str]):

@@ -20,23 +20,9 @@ from invedit.bench.cache import InversionCache
 from invedit.bench.methods import parse_methods
 from invedit.bench.runner import EDITS_DIR, VOLATILE_RECORD_KEYS, run_bench
 from invedit.inversion.storage import load_inverted, save_inverted
-from invedit.testing import tiny_pipeline
-from invedit.toy.bench import write_toy_bench
 from invedit.versions import versions
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_pipeline(seed=1).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return write_toy_bench(tmp_path_factory.mktemp("data") / "toy", 1, seed=3, size=64)
 
 
 def bench(data, out, methods="direct+p2p,direct+pnp", model=None, cache=None, **kwargs):

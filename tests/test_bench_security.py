@@ -18,17 +18,9 @@ from invedit.bench.evaluate import MetricModels, evaluate_run
 from invedit.bench.methods import parse_methods
 from invedit.bench.runner import EDITS_DIR, edit_paths, run_bench
 from invedit.outputs import path_inside
-from invedit.testing import tiny_pipeline
 from invedit.toy.bench import write_toy_bench
 
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_pipeline(seed=1).save_pretrained(folder)
-    return folder
 
 
 def tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, int]:

@@ -12,16 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from invedit.cli import app
-from invedit.testing import tiny_pipeline
 
 from .conftest import SOURCE, TARGET, scene_image
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_pipeline(seed=1).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ from typer.testing import CliRunner
 
 from invedit.cli import app
 from invedit.inversion import INVERSIONS
-from invedit.testing import tiny_image_encoder, tiny_pipeline
+from invedit.testing import tiny_image_encoder
 
 from .conftest import SOURCE, TARGET, scene_image
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_pipeline(seed=1).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from invedit.sampling import RunStats
 from invedit.testing import tiny_pipeline
 
 from .bounds import measured
-from .conftest import scene_image
+from .conftest import denoise_rows, scene_image
 from .test_rf_solver import (
     X0,
     analytic_schedule,
@@ -79,15 +79,7 @@ def test_fireflow_nfe_as_the_reference_counts(steps, published, monkeypatch):
     target with N + 1 NFE each: 32 at 15 steps, 18 at 8. invedit's loop also regenerates the source branch: the
     edit is N + 1 calls of two rows."""
     pipe = tiny_pipeline(kind="flux")
-    model = backbone(pipe)
-    calls = []
-    original = model.denoise
-
-    def spy(x, t, emb, stats, **kw):
-        calls.append(len(x))
-        return original(x, t, emb, stats, **kw)
-
-    monkeypatch.setattr(model, "denoise", spy)
+    calls = denoise_rows(backbone(pipe), monkeypatch)
     result = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="fireflow", editor="none", steps=steps,
                           guidance_scale=2.5)
     assert (result.nfe_inversion, result.nfe_edit) == (steps + 1, 2 * (steps + 1))

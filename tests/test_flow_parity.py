@@ -24,14 +24,6 @@ CASES = {"sd3": (SD3Backbone, "tiny_sd3", "euler_sd3_caseB", None),
          "flux": (FluxBackbone, "tiny_flux", "euler_flux_caseB", 1.0)}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_euler_inversion_and_regeneration_match_the_pipeline(family, one_thread):
     backbone_class, folder, run, guidance = CASES[family]

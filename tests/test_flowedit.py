@@ -46,14 +46,6 @@ MIN_PSNR = 35.0
 MAX_OFF_BY_ONE = 1e-3
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fixture_pipe(family: str):
     pipe = DiffusionPipeline.from_pretrained(str(FIXTURE / f"tiny_{family}"), local_files_only=True)
     return prepare_pipeline(pipe, resolution=128)

@@ -41,14 +41,6 @@ MAX_OFF_BY_ONE = 1e-3
 REENCODED_ATOL = 3e-4
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def flux():
     pipe = DiffusionPipeline.from_pretrained(str(FIXTURE / "tiny_flux"), local_files_only=True)

@@ -17,7 +17,7 @@ from invedit.sampling import RunStats
 from invedit.testing import tiny_pipeline
 
 from .bounds import measured
-from .conftest import scene_image
+from .conftest import denoise_rows, scene_image
 
 SOURCE, TARGET = "a red square on a striped background", "a blue star on a striped background"
 STEPS = 4
@@ -160,15 +160,7 @@ def test_rf_solver_costs_60_nfe_at_15_steps_on_flux_as_published_plus_the_source
     """Published (FLUX.1-dev, 15 steps): 30 inversion + 30 editing = 60 NFE, the target branch only. invedit also
     regenerates the source branch with the same solver: 30 + 60 = 90, two denoiser calls per step of two rows."""
     pipe = tiny_pipeline(kind="flux")
-    model = backbone(pipe)
-    calls = []
-    original = model.denoise
-
-    def spy(x, t, emb, stats, **kw):
-        calls.append(len(x))
-        return original(x, t, emb, stats, **kw)
-
-    monkeypatch.setattr(model, "denoise", spy)
+    calls = denoise_rows(backbone(pipe), monkeypatch)
     result = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="rf-solver", editor="none", steps=15,
                           guidance_scale=2.0)
     assert (result.nfe_inversion, result.nfe_edit) == (30, 60)

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from training.shapes_flow.models import (
 from training.shapes_unet.common import PRECISION, StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
 from training.shapes_unet.data import save_grid, scene_cache, to_uint8
 from training.shapes_unet.unet import PREVIEW_PROMPTS, color_accuracy
-from training.shapes_unet.vae import latent_stats
+from training.shapes_unet.vae import cached_latent_stats
 
 
 def latent_normalisation(mean: np.ndarray, std: np.ndarray, seed: int) -> tuple[float, float]:
@@ -83,14 +82,7 @@ def train(cfg: FlowTrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
     ckpt_path = run_dir / "flow.ckpt.pt"
     vae, tokenizer, text = load_shared(unet_dir, cfg)
     images, captions = scene_cache(cfg, run_dir)
-    lat_path = run_dir / "latents.npz"
-    if lat_path.exists():
-        z = np.load(lat_path)
-        lat_mean, lat_std = z["mean"], z["std"]
-    else:
-        lat_mean, lat_std = latent_stats(vae, images)
-        np.savez(run_dir / "latents.tmp.npz", mean=lat_mean, std=lat_std)
-        os.replace(run_dir / "latents.tmp.npz", lat_path)
+    lat_mean, lat_std = cached_latent_stats(vae, images, run_dir)
     del images
     shift, scale = latent_normalisation(lat_mean, lat_std, cfg.seed)
     uniq = sorted(set(captions))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from training.shapes_unet.models import (
     build_unet,
     encode_prompts,
 )
-from training.shapes_unet.vae import latent_stats
+from training.shapes_unet.vae import cached_latent_stats
 
 PREVIEW_PROMPTS = (
     "a red circle on a gray background", "a blue square on a striped background",
@@ -86,14 +85,7 @@ def train_unet(cfg: TrainConfig, run_dir: Path, deadline: float, gov: ThreadGove
     ckpt_path = run_dir / "unet.ckpt.pt"
     vae = AutoencoderKL.from_pretrained(run_dir / "vae").eval().requires_grad_(False)
     images, captions = scene_cache(cfg, run_dir)
-    lat_path = run_dir / "latents.npz"
-    if lat_path.exists():
-        z = np.load(lat_path)
-        lat_mean, lat_std = z["mean"], z["std"]
-    else:
-        lat_mean, lat_std = latent_stats(vae, images)
-        np.savez(run_dir / "latents.tmp.npz", mean=lat_mean, std=lat_std)
-        os.replace(run_dir / "latents.tmp.npz", lat_path)
+    lat_mean, lat_std = cached_latent_stats(vae, images, run_dir)
     del images
     scale = vae.config.scaling_factor
     tokenizer = build_tokenizer(run_dir / "tokenizer")

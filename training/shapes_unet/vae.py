@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,18 @@ def vae_psnr(vae, images: np.ndarray) -> float:
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
     mse = ((rec - x) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
     return float((-10 * torch.log10(mse)).mean())
+
+
+def cached_latent_stats(vae, images: np.ndarray, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`latent_stats` of a run's scene cache, computed once and kept in the run dir (``latents.npz``)."""
+    path = run_dir / "latents.npz"
+    if path.exists():
+        z = np.load(path)
+        return z["mean"], z["std"]
+    mean, std = latent_stats(vae, images)
+    np.savez(run_dir / "latents.tmp.npz", mean=mean, std=std)
+    os.replace(run_dir / "latents.tmp.npz", path)
+    return mean, std
 
 
 @torch.no_grad()
