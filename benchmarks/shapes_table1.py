@@ -31,9 +31,11 @@ from invedit.toy.bench import write_toy_bench
 #: DDIM / Direct with each of the other editors.
 METHODS = ("direct+p2p,null-text+p2p,negative-prompt+p2p,null-latent+p2p,ddpm+p2p,edict+p2p,ddim+p2p,"
            "direct+masactrl,ddim+masactrl,direct+pnp,ddim+pnp,direct+pix2pix-zero,ddim+pix2pix-zero")
-#: Every flow inversion with the editors it pairs with on SD 3 (RF-Inversion is FLUX-only), FlowEdit (no inversion).
+#: Every flow inversion with the editors it pairs with on SD 3 (RF-Inversion and rf-solver-edit are FLUX-only),
+#: FlowEdit (no inversion), KV-Edit (the entry's mask given).
 FLOW_METHODS = ("euler+none,direct+none,euler+shared-attention,direct+shared-attention,rf-solver+shared-attention,"
-                "fireflow+shared-attention,uniedit+uniedit,direct+uniedit,euler+uniedit,none+flowedit")
+                "fireflow+shared-attention,uniedit+uniedit,direct+uniedit,euler+uniedit,none+flowedit,direct+kv-edit,"
+                "euler+kv-edit")
 HERE = Path(__file__).parent
 OUT = HERE / "shapes_table1"
 FLOW_OUT = HERE / "shapes_flow_table1"
@@ -45,6 +47,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=4, help="edits per shapes-world kind (5 kinds)")
     parser.add_argument("--seed", type=int, default=1, help="dataset seed (1: scenes the model was not tuned on)")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=7.5, help="CFG of the edits (the flow model: 2)")
     parser.add_argument("--model", default=None, help="embedded model or folder (default: shapes-64)")
     parser.add_argument("--methods", default=None, help="default: every method that runs on the model")
     parser.add_argument("--dino-model", default="facebook/dino-vitb8")
@@ -58,7 +61,7 @@ def main() -> int:
     flow = args.model not in (None, "shapes-64", "embedded")  # the flow model (or a folder of one)
     methods = args.methods or (FLOW_METHODS if flow else METHODS)
     summary = run_bench(data, args.run, parse_methods(methods), model=args.model, steps=args.steps,
-                        cache_dir=default_cache_dir())
+                        guidance=args.guidance, cache_dir=default_cache_dir())
     print(summary.line())
     models = MetricModels(dino_model=args.dino_model, clip_model=args.clip_model, lpips_weights=args.lpips_weights)
     evaluation = evaluate_run(args.run, models=models)
@@ -103,7 +106,8 @@ def side_by_side(flow_csv: Path, sd_csv: Path, args) -> str:
     return "\n".join([
         "# Table 1 on the shapes world: flow methods (shapes-flow, SD3-shaped MM-DiT) and SD methods (shapes-64)",
         "", f"Written by `benchmarks/shapes_table1.py --model shapes-flow` ({args.n} edits per kind × 5 kinds, seed "
-        f"{args.seed}, {args.steps} steps; the UNet rows: `benchmarks/shapes_table1`, the same edits at 50 steps). "
+        f"{args.seed}, {args.steps} steps, CFG {args.guidance}; the UNet rows: `benchmarks/shapes_table1`, the same "
+        "edits at 50 steps, CFG 7.5). "
         "Background metrics outside the edit mask vs the source; PSNR vs true target in the edit region; success by "
         "the shapes-world classifiers. Seconds are this machine's (2 CPU threads) and not comparable across rows "
         "run at other times; NFE are.", "", head, *rows(flow_csv, "flow"), *rows(sd_csv, "UNet"), ""])

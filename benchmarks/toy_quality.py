@@ -160,7 +160,7 @@ def part_identity(pipe, n: int) -> dict:
 
 def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, p2p_settings: str = "model",
                  options: dict | None = None, editors: tuple[str, ...] = ("p2p",), baseline: str = "ddim",
-                 steps: int = 50) -> dict:
+                 steps: int = 50, guidance: float = 7.5) -> dict:
     """Direct and ``baseline`` (the plain inversion: DDIM, or Euler on a flow model) with each of ``editors`` on
     toy-bench edits, PIE-Bench protocol (P2P: blend words where the item has them; the other editors take none).
 
@@ -184,7 +184,8 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
             for editor, method in ((e, m) for e in editors for m in ("direct", baseline)):
                 extra = {**overrides, "blend_words": item.blend_words or None} if editor == "p2p" else {}
                 result = invedit.edit(pipe, Image.fromarray(source), item.source_prompt, item.target_prompt,
-                                      inversion=method, editor=editor, steps=steps, **extra)
+                                      inversion=method, editor=editor, steps=steps, guidance_scale=guidance,
+                                      **extra)
                 edited = np.asarray(result.image)
                 label = method if editors == ("p2p",) else f"{method}+{editor}"
                 r = rows.setdefault(f"{label}/{kind}", {"bg": [], "gt": [], "ok": []})

@@ -62,6 +62,9 @@ def edit_metrics(edit: Edit | None, outcome: MethodOutcome, source: np.ndarray) 
 #: What the demo compares, by the model's schedule kind: (label, inversion, editor), the plain inversion first.
 DEMO_METHODS = {"ddim": (("DDIM+P2P", "ddim", "p2p"), ("Direct+P2P", "direct", "p2p")),
                 "flow": (("Euler+SA", "euler", "shared-attention"), ("Direct+SA", "direct", "shared-attention"))}
+#: The demo's guidance by schedule kind: the paper's 7.5 on a UNet; 2 on the embedded flow model, whose target
+#: branch leaves the source's layout at 3.5 and above whatever the editor (docs/embedded-model.md, "The flow model").
+DEMO_GUIDANCE = {"ddim": 7.5, "flow": 2.0}
 
 
 def run_demo(pipe, edit: Edit | None, image: Image.Image, source_prompt: str, target_prompt: str,
@@ -72,12 +75,14 @@ def run_demo(pipe, edit: Edit | None, image: Image.Image, source_prompt: str, ta
     from ..backbones import backbone
 
     outcomes = []
-    methods = DEMO_METHODS[backbone(pipe).schedule_kind]
+    kind = backbone(pipe).schedule_kind
+    methods = DEMO_METHODS[kind]
     for name, inversion, editor in methods:
         start = time.perf_counter()
         options = {"blend_words": blend} if editor == "p2p" else {}
         result = run_edit(pipe, image, source_prompt, target_prompt, inversion=inversion, editor=editor,
-                          steps=steps, seed=seed, progress=progress, **options)
+                          steps=steps, guidance_scale=DEMO_GUIDANCE[kind], seed=seed, progress=progress,
+                          **options)
         outcomes.append(MethodOutcome(name, result.image, result.reconstruction, result.nfe,
                                       time.perf_counter() - start))
     source = np.asarray(image)
