@@ -29,7 +29,7 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
-from invedit.sampling import RunStats
+from invedit.sampling import RunStats, guided
 from invedit.toy.metrics import dominant_object
 from invedit.toy.scenes import BACKGROUNDS, COLORS, SHAPES
 from invedit.versions import versions
@@ -54,7 +54,7 @@ def generate(pipe, prompts: list[str], seed: int, steps: int, guidance: float, b
         z = torch.randn(len(chunk), channels, side, side, generator=gen)
         for i in range(steps):
             u, c = model.denoise(torch.cat([z, z]), schedule.timesteps[i], torch.cat([null, cond]), RunStats()).chunk(2)
-            z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (u + guidance * (c - u))
+            z = schedule.step(guided({"uncond": u, "cond": c}, guidance), i, z)
         out += [np.asarray(im) for im in decode_latents(pipe, z)]
     return out
 

@@ -15,7 +15,7 @@ from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
 from invedit.models import embedded_model_path, native_resolution
-from invedit.sampling import RunStats
+from invedit.sampling import RunStats, guided
 from invedit.toy.metrics import background_psnr, region_color
 from invedit.toy.scenes import VOCABULARY, make_edit_example, make_scene
 
@@ -69,7 +69,7 @@ def test_it_draws_the_prompted_colour(flow_model):
     z = torch.randn(len(prompts), 4, 16, 16, generator=torch.Generator().manual_seed(0))
     for i in range(20):
         u, c = model.denoise(torch.cat([z, z]), schedule.timesteps[i], torch.cat([null, cond]), RunStats()).chunk(2)
-        z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (u + 7.5 * (c - u))
+        z = schedule.step(guided({"uncond": u, "cond": c}, 7.5), i, z)
     images = [np.asarray(im) for im in decode_latents(flow_model, z)]
     hits = sum(majority_color(im) == colour for im, colour in zip(images, COLORS))
     assert measured("shapes-flow generation colour hits of 6", hits) >= 5
@@ -78,8 +78,9 @@ def test_it_draws_the_prompted_colour(flow_model):
 def test_euler_inversion_reconstructs_at_guidance_one(flow_model):
     values = []
     for seed in range(900_000, 900_004):  # scenes outside the training draw
-        image = Image.fromarray(make_scene(seed).image)
-        result = invedit.edit(flow_model, image, make_scene(seed).caption, make_scene(seed).caption,
+        scene = make_scene(seed)
+        image = Image.fromarray(scene.image)
+        result = invedit.edit(flow_model, image, scene.caption, scene.caption,
                               inversion="euler", editor="none", guidance_scale=1.0, steps=28)
         values.append(psnr(result.reconstruction, decode_latents(flow_model, encode_image(flow_model, image))[0]))
     assert measured("shapes-flow euler reconstruction, mean dB", np.mean(values)) >= 30, values

@@ -54,16 +54,24 @@ def _read_failure(exc: Exception) -> str:
     return text
 
 
-def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """RGB copy of ``image``; grey, palette and opaque-alpha images convert, transparent ones are refused."""
-    if image.mode not in _CONVERTIBLE_MODES:
-        raise InveditError(f"{name} has unsupported mode {image.mode!r}; save it as 8-bit RGB (PNG/JPEG)")
+def transparent_alpha(image: Image.Image) -> np.ndarray | None:
+    """The alpha channel (uint8 H×W) of an image that has transparent pixels (a palette's transparency included);
+    None for an opaque one."""
     if image.mode in ("P", "PA") and ("transparency" in image.info or image.mode == "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
         alpha = np.asarray(image.getchannel("A"))
         if alpha.min() < 255:
-            raise InveditError(f"{name} has transparent pixels; flatten it onto a background first")
+            return alpha
+    return None
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """RGB copy of ``image``; grey, palette and opaque-alpha images convert, transparent ones are refused."""
+    if image.mode not in _CONVERTIBLE_MODES:
+        raise InveditError(f"{name} has unsupported mode {image.mode!r}; save it as 8-bit RGB (PNG/JPEG)")
+    if transparent_alpha(image) is not None:
+        raise InveditError(f"{name} has transparent pixels; flatten it onto a background first")
     return image.convert("RGB")
 
 

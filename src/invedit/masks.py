@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InveditError
-from .images import _open
+from .images import _open, transparent_alpha
 
 #: Grey level (of 255) from which a mask pixel is in the edit region.
 THRESHOLD = 128
@@ -119,12 +119,9 @@ def _image_pixels(image: Image.Image, name: str) -> np.ndarray:
     """The edit region of a mask image: its alpha where it has transparent pixels, else its grey level ≥ 128."""
     if image.mode not in _MODES:
         raise InveditError(f"{name} has unsupported mode {image.mode!r}; save it as an 8-bit black-and-white PNG")
-    if image.mode in ("P", "PA") and ("transparency" in image.info or image.mode == "PA"):
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        alpha = np.asarray(image.getchannel("A"))
-        if alpha.min() < 255:
-            return alpha >= THRESHOLD
+    alpha = transparent_alpha(image)
+    if alpha is not None:
+        return alpha >= THRESHOLD
     return np.asarray(image.convert("L")) >= THRESHOLD
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invedit.flow import FlowSchedule
+from invedit.sampling import guided
 from training.shapes_flow.config import (
     DEFAULT_RUN_DIR,
     SMOKE,
@@ -57,21 +59,19 @@ def latent_normalisation(mean: np.ndarray, std: np.ndarray, seed: int) -> tuple[
 def sample(model, vae, hidden: torch.Tensor, pooled: torch.Tensor, empty: tuple[torch.Tensor, torch.Tensor],
            norm: tuple[float, float], cfg: FlowTrainConfig, steps: int, guidance: float = 5.0,
            seed: int = 0) -> np.ndarray:
-    """Euler sampling with classifier-free guidance on the scheduler's shifted sigmas -> uint8 images."""
-    sched = build_scheduler(cfg)
-    sched.set_timesteps(steps)
-    sigmas = sched.sigmas.float()
-    n = hidden.shape[0]
-    g = torch.Generator().manual_seed(seed)
+    """Euler sampling with classifier-free guidance on the scheduler's shifted sigmas (invedit's `FlowSchedule` and
+    `guided`, as an edit samples) -> uint8 images."""
     side = cfg.size // 4
-    x = torch.randn(n, 4, side, side, generator=g)
+    schedule = FlowSchedule.from_config(build_scheduler(cfg).config, steps, "sd3", (side // cfg.patch_size) ** 2)
+    n = hidden.shape[0]
+    x = torch.randn(n, 4, side, side, generator=torch.Generator().manual_seed(seed))
     h = torch.cat([hidden, empty[0].expand(n, -1, -1)])
     p = torch.cat([pooled, empty[1].expand(n, -1)])
     for i in range(steps):
-        t = torch.full((2 * n,), float(sigmas[i]) * 1000)
+        t = torch.full((2 * n,), schedule.timesteps[i])
         v = model(hidden_states=torch.cat([x, x]), timestep=t, encoder_hidden_states=h, pooled_projections=p).sample
         cond, uncond = v.chunk(2)
-        x = x + (sigmas[i + 1] - sigmas[i]) * (uncond + guidance * (cond - uncond))
+        x = schedule.step(guided({"cond": cond, "uncond": uncond}, guidance), i, x)
     shift, scale = norm
     return to_uint8(vae.decode(x / scale + shift).sample)
 
