@@ -312,10 +312,6 @@ def read_model_settings(folder: Path) -> dict[str, dict[str, Any]]:
     return {"editor_defaults": defaults, "call_options": call}
 
 
-def read_editor_defaults(folder: Path) -> dict[str, dict[str, Any]]:
-    """Editor defaults a model folder recommends (its ``invedit.json``), ``{}`` when it has none."""
-    return read_model_settings(folder).get("editor_defaults", {})
-
 
 # Read-outs of a pipeline's record (`invedit.backbones.backbone(pipe)`), for callers that hold only the pipeline.
 def model_editor_defaults(pipe, editor: str) -> dict[str, Any]:
