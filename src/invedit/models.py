@@ -312,7 +312,6 @@ def read_model_settings(folder: Path) -> dict[str, dict[str, Any]]:
     return {"editor_defaults": defaults, "call_options": call}
 
 
-
 # Read-outs of a pipeline's record (`invedit.backbones.backbone(pipe)`), for callers that hold only the pipeline.
 def model_editor_defaults(pipe, editor: str) -> dict[str, Any]:
     """Options the model recommends for ``editor`` (explicit options and an inversion's pairing win)."""
