@@ -1,6 +1,7 @@
 """Editors, one file each, registered by name (see `Editor` for the contract)."""
 
 from . import (  # noqa: F401  (registration)
+    dnaedit,
     flowedit,
     kv_edit,
     masactrl,
