@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401  (registration)
     dnaedit,
+    drfs,
     flowalign,
     flowedit,
     kv_edit,
