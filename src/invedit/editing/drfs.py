@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InveditError, check_number
+from ..flow import noisy_sample
 from ..inversion.base import Sampler
 from ..sampling import Branches, LoopContext, StepInfo
 from .base import register
@@ -89,10 +90,15 @@ class DRFSSampler(Sampler):
         return self.ctx.schedule.steps - self.options["num_steps"]
 
     def prepare(self) -> None:
+        """The edited latent and, for the optimisers with a state, a torch optimiser over it (plain SGD is the step
+        z − lr·g itself). The official SGD starts at 0.02 when lr names a schedule (then set at every step)."""
         lr = self.options["lr"]
-        # The official SGD starts at 0.02 when lr is a schedule name (then set at every step).
-        self.param = self.x_src.clone().requires_grad_(True)
-        self.optimizer = make_optimizer(self.options["optimizer"], self.param, lr if isinstance(lr, float) else 0.02)
+        self.z = self.x_src.clone()
+        self.optimizer = None
+        if self.options["optimizer"] != "SGD":
+            self.z.requires_grad_(True)
+            self.optimizer = make_optimizer(self.options["optimizer"], self.z, lr)
+        self.sgd_lr: float | torch.Tensor = lr if isinstance(lr, float) else 0.02
 
     def start_latents(self) -> Branches:
         return Branches(self.x_src.clone(), self.x_src.clone())
@@ -107,7 +113,7 @@ class DRFSSampler(Sampler):
     def step(self, info: StepInfo, latents: Branches) -> Branches:
         schedule, options = self.ctx.schedule, self.options
         descending = options["scheduler_strategy"] == "descending"
-        z = self.param.detach()
+        z = self.z.detach()
         delta = torch.zeros_like(self.x_src)
         for _ in range(options["B"]):
             if descending:
@@ -115,20 +121,27 @@ class DRFSSampler(Sampler):
             else:
                 i = int(torch.randint(2, schedule.steps - 1, (1,), generator=self.ctx.generator).item())
             t, c = schedule.sigma(i), self.shift(i)
-            noise = self.noise_sampler(t, schedule.sigma(i + 1))
-            z_src = (1 - t) * self.x_src + t * noise
-            z_tgt = (1 - t) * z + t * noise + c * t * (z - self.x_src)
+            z_src = noisy_sample(self.x_src, self.noise_sampler(t, schedule.sigma(i + 1)), t)
+            # (1 − t)·z + t·ε + c·t·(z − x_src), written as FlowEdit's target plus what the shift changes, so that
+            # c = 1 is FlowEdit's target exactly.
+            z_tgt = z + z_src - self.x_src + (c - 1) * t * (z - self.x_src)
             out = self.ctx.denoiser(i, schedule.timesteps[i], Branches(z_src, z_tgt), {"source", "target"})
             delta = delta + (out["target"] - out["source"]) / options["B"]
         grad = delta + (1 - c) * (z - self.x_src) if descending else delta
         if descending and options["lr"] == "FE":
-            self.optimizer.param_groups[0]["lr"] = float(schedule.sigma(i) - schedule.sigma(i + 1))
+            lr: float | torch.Tensor = schedule.sigma(i) - schedule.sigma(i + 1)
         elif descending and options["lr"] == "custom":
-            self.optimizer.param_groups[0]["lr"] = custom_lr(schedule.sigmas, i)
-        self.optimizer.zero_grad()
-        self.param.grad = grad
-        self.optimizer.step()
-        return Branches(latents.source, self.param.detach().clone())
+            lr = custom_lr(schedule.sigmas, i)
+        else:
+            lr = self.sgd_lr
+        if self.optimizer is None:
+            self.z = z - lr * grad
+        else:
+            self.optimizer.param_groups[0]["lr"] = float(lr)
+            self.optimizer.zero_grad()
+            self.z.grad = grad
+            self.optimizer.step()
+        return Branches(latents.source, self.z.detach().clone())
 
 
 @register
