@@ -250,7 +250,8 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
                                                  f"schedule): {WHY[editor]}; use one of: dnaedit, drfs, "
-                                                 f"flowalign, flowedit, kv-edit, none, rf-solver-edit, shared-attention, uniedit")
+                                                 f"flowalign, flowedit, kv-edit, none, rf-solver-edit, "
+                                                 f"shared-attention, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)
