@@ -3,10 +3,10 @@
 Inversion-free like FlowEdit (whose code it builds on), but it first aligns a noise with the image. From x_src at
 σ = 0 and one Gaussian draw n, each inversion step (σ_lo → σ_hi, over the active steps, the noisiest ``T_start``
 skipped) takes the point on the straight line between the current latent and n,
-x_hi = x + (σ_hi − σ_lo)/(1 − σ_lo)·(n − x), reads the source velocity v there, moves x by an Euler step with it,
-x ← x + (σ_hi − σ_lo)·v, keeps the offset dx = x_hi − x and the velocity v, and corrects the noise,
-n ← n − (x_hi − x_old)/(σ_hi − σ_lo)·(1 − σ_lo) + v·(1 − σ_lo) (the direct noise alignment). The edit then runs
-from the aligned latent z: at step i the target velocity V_t is read at z + dx_i, a reference x_ref integrates the
+x_hi = x + (σ_hi − σ_lo)/(1 − σ_lo)·(n − x), reads the source velocity v there, and with the velocity error
+δ = (x_hi − x)/(σ_hi − σ_lo) − v moves x by an Euler step, x ← x_hi − δ·(σ_hi − σ_lo) = x + (σ_hi − σ_lo)·v, keeps
+the offset dx = x_hi − x (new x) and v, and corrects the noise, n ← n − (1 − σ_lo)·δ (the direct noise alignment).
+The edit then runs from the aligned latent z: at step i the target velocity V_t is read at z + dx_i, a reference x_ref integrates the
 velocity difference from x_src (x_ref ← x_ref + (σ_{i+1} − σ_i)·(V_t − v_i)), and z moves by the mobile velocity
 guidance mix, z ← z + (σ_{i+1} − σ_i)·(mvg·V_t + (1 − mvg)·(z − x_ref)/σ_i).
 
@@ -14,7 +14,7 @@ Reference behaviour reproduced (official code xiechenxi99/DNAEdit_code, scripts/
 DNAEdit_FLUX, configs/DNAEdit_*_exp.yaml): the configs' defaults (SD3 T_steps 40, T_start 13, guidance 1 / 3.5;
 FLUX 28, 4, 1 / 2.5; mvg 0.8 in both, the functions' own default being 0.85); the one draw of n like the official
 ``randn_like`` (SD3's channels-last latents, FLUX's packed tokens), from the edit's seeded generator; the inversion
-calls the model at the upper level of each step, the edit at the upper level too. Two differences in cost only: the
+calls the model at the upper level of each step, the edit at the upper level too. One difference, in cost only: the
 official SD3 inversion runs a batch of two identical rows (its CFG flag is still the target's) and combines them
 with scale 1, which is the conditional row itself; invedit computes that row once.
 """
