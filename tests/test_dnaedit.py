@@ -107,3 +107,27 @@ def test_dnaedit_refuses_an_inversion_and_unet_models():
     assert "editor 'dnaedit' needs no inversion; use it with inversion 'none', not 'euler'" in refused.output
     with pytest.raises(InveditError, match=r"^inversion 'none' does not run on sd models"):
         invedit.edit(tiny_pipeline(), scene_image(), SOURCE, TARGET, inversion="none", editor="dnaedit", steps=4)
+
+
+def test_bench_runs_the_flowedit_family_by_name(tmp_path):
+    """`invedit bench --methods none+dnaedit,none+drfs,none+flowalign` on an SD3 folder: every pair done, its
+    record naming the editor and its resolved options, NFE as counted (DNAEdit at 4 steps: T_start 1, 3 source rows
+    + 3 × 2 target rows; DRFS 4 × 4; FlowAlign 4 × 3)."""
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+    from invedit.testing import tiny_pipeline
+    from invedit.toy.bench import write_toy_bench
+
+    folder = tmp_path / "sd3"
+    tiny_pipeline(kind="sd3").save_pretrained(folder)
+    data = write_toy_bench(tmp_path / "data", 1, seed=3, size=64)
+    result = CliRunner().invoke(app, ["bench", str(data), "--methods", "none+dnaedit,none+drfs,none+flowalign",
+                                      "--out", str(tmp_path / "run"), "--model", str(folder), "--steps", "4",
+                                      "--resolution", "64", "--limit", "1", "--no-cache", "-q"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "edits").glob("*/*.json")]
+    nfe = {r["editor"]["editor"]: (r["inversion"], r["nfe_inversion"], r["nfe_edit"]) for r in records}
+    assert nfe == {"dnaedit": ("none", 0, 9), "drfs": ("none", 0, 16), "flowalign": ("none", 0, 12)}
+    drfs = next(r for r in records if r["editor"]["editor"] == "drfs")
+    assert (drfs["editor"]["shift"], drfs["editor"]["lr"], drfs["editor"]["num_steps"]) == ("progressive", "custom", 4)
