@@ -6,9 +6,9 @@ skipped) takes the point on the straight line between the current latent and n,
 x_hi = x + (σ_hi − σ_lo)/(1 − σ_lo)·(n − x), reads the source velocity v there, and with the velocity error
 δ = (x_hi − x)/(σ_hi − σ_lo) − v moves x by an Euler step, x ← x_hi − δ·(σ_hi − σ_lo) = x + (σ_hi − σ_lo)·v, keeps
 the offset dx = x_hi − x (new x) and v, and corrects the noise, n ← n − (1 − σ_lo)·δ (the direct noise alignment).
-The edit then runs from the aligned latent z: at step i the target velocity V_t is read at z + dx_i, a reference x_ref integrates the
-velocity difference from x_src (x_ref ← x_ref + (σ_{i+1} − σ_i)·(V_t − v_i)), and z moves by the mobile velocity
-guidance mix, z ← z + (σ_{i+1} − σ_i)·(mvg·V_t + (1 − mvg)·(z − x_ref)/σ_i).
+The edit then runs from the aligned latent z: at step i the target velocity V_t is read at z + dx_i, a reference
+x_ref integrates the velocity difference from x_src (x_ref ← x_ref + (σ_{i+1} − σ_i)·(V_t − v_i)), and z moves by
+the mobile velocity guidance mix, z ← z + (σ_{i+1} − σ_i)·(mvg·V_t + (1 − mvg)·(z − x_ref)/σ_i).
 
 Reference behaviour reproduced (official code xiechenxi99/DNAEdit_code, scripts/DNAEdit_utils.py DNAEdit_SD3 /
 DNAEdit_FLUX, configs/DNAEdit_*_exp.yaml): the configs' defaults (SD3 T_steps 40, T_start 13, guidance 1 / 3.5;
