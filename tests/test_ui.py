@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import invedit
@@ -288,3 +289,102 @@ def test_a_flow_model_page_starts_with_an_editor_that_runs_on_it(tmp_path):
     assert editor == "shared-attention" and blends and all(b == "" for b in blends)
     editor, blends = page(invedit.load(dtype="float32"))
     assert editor == "p2p" and any(b for b in blends)
+
+
+@pytest.fixture(scope="module")
+def flow_server(tmp_path_factory):
+    """A page on the embedded flow model (shapes-flow: an SD3-shaped MM-DiT with a trained VAE, so that pixels can
+    be compared with the source's), where `kv-edit` runs."""
+    from invedit.ui.app import build_app
+
+    session = EditSession(invedit.load("shapes-flow", dtype="float32"), out_dir=tmp_path_factory.mktemp("flow-ui"))
+    app = build_app(session, default_steps=6, work_dir=tmp_path_factory.mktemp("flow-page"))
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}", session
+    app.close()
+
+
+def _choose(page, element: str, value: str) -> None:
+    """Pick ``value`` in a Gradio dropdown."""
+    page.locator(f"#{element} input").click()
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def _wait_for_painter(page, element: str) -> None:
+    """Wait until the painter shows the uploaded image (its update from the server done; before it, it asks for a
+    background: "select the draw tool to start")."""
+    page.wait_for_function("e => { const p = document.querySelector('#' + e); "
+                           "return p.querySelector('[data-testid=status-tracker]').classList.contains('hide') && "
+                           "!p.innerText.includes('select the draw tool') }", arg=element, timeout=60_000)
+
+
+def _paint_stroke(page, element: str, half_width: float) -> None:
+    """Drag the brush horizontally through the centre of the painter's canvas (where the image is shown)."""
+    box = page.locator(f"#{element} canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - half_width, y, steps=5)  # enter the canvas first, so the stroke starts here
+    page.wait_for_timeout(100)
+    page.mouse.down()
+    page.mouse.move(x + half_width, y, steps=20)
+    page.mouse.up()
+
+
+@needs_browser
+def test_paint_the_mask_in_the_browser_and_kv_edit_keeps_the_rest(flow_server):
+    """Paint a stroke over the image, run direct+kv-edit: the painted region is the mask (its record says
+    "painted"); outside it the edited latent is the image's own latent bit for bit, so outside the painted cells
+    (grown by one latent cell) the pixels are the reconstruction's up to the decoder's spread and the source's up to
+    the VAE's round trip (docs/test-bounds.md)."""
+    from playwright.sync_api import sync_playwright
+
+    from invedit.backbones import backbone
+
+    url, session = flow_server
+    edit = make_edit_example(100, "color", size=64)  # a green triangle and a red circle → an orange triangle
+    source = Image.fromarray(np.asarray(edit.source_image, dtype=np.uint8))
+    path = session.out_dir / "scene.png"
+    source.save(path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.locator("#input-image input[type=file]").set_input_files(str(path))
+            page.locator("#source textarea").fill(edit.source_prompt)
+            page.locator("#target textarea").fill(edit.target_prompt)
+            _choose(page, "editor", "kv-edit")
+            page.locator("#mask-section").get_by_text("mask (kv-edit only)").click()
+            _wait_for_painter(page, "painter")
+            _paint_stroke(page, "painter", half_width=40)
+            page.locator("#edit").click()
+            _status_contains(page, "NFE")
+            status = page.locator("#status").inner_text()
+            assert "kv-edit" in status and "mask painted" in status, status
+        finally:
+            browser.close()
+    outcome = next(reversed(session.results.values()))
+    painted = outcome.mask.pixels
+    rows, cols = np.flatnonzero(painted.any(axis=1)), np.flatnonzero(painted.any(axis=0))
+    assert 0.01 < painted.mean() < 0.3 and rows.max() - rows.min() < 16 and cols.max() - cols.min() > 16  # a stroke
+    assert outcome.result.settings["mask"]["source"] == "painted"
+    model = backbone(session.pipe)
+    cells = torch.from_numpy(outcome.mask.grid(model.resolution // model.vae_factor))
+    z0 = model.encode_image(source)[0]
+    target = outcome.result.latents[1]
+    assert torch.equal(target[:, ~cells], z0[:, ~cells])  # outside the painted cells: the image's latent, exactly
+    assert (target[:, cells] - z0[:, cells]).abs().amax(dim=0).min() > 1e-4  # inside: every cell edited
+    factor = model.vae_factor
+    grown = np.kron(_grow(cells.numpy()), np.ones((factor, factor), dtype=bool))
+    edited, recon = (np.asarray(im, dtype=float) for im in (outcome.result.image, outcome.result.reconstruction))
+    src = np.asarray(source, dtype=float)
+    outside = ~grown
+    assert np.abs(edited - recon)[outside].max() <= 12  # measured 5 of 255: GroupNorm's image-wide statistics
+    assert np.abs(edited - src)[outside].mean() <= np.abs(recon - src)[outside].mean() + 0.5  # the VAE round trip
+
+
+def _grow(cells: np.ndarray) -> np.ndarray:
+    """``cells`` and their 8 neighbours."""
+    padded = np.pad(cells, 1)
+    h, w = cells.shape
+    return np.any([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)

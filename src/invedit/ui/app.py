@@ -129,19 +129,31 @@ def painted_layers(payload: dict | None) -> list[str]:
     return [layer["path"] for layer in (payload or {}).get("layers") or [] if layer and layer.get("path")]
 
 
-def painter_background(payload: dict | None) -> dict | None:
-    """The mask painter's new value when the image input changes: the image as its background, no layers (the
-    previous painting belonged to the previous image); None (empty) for no image or a file the browser cannot show
-    (the Edit button then says what is wrong with it)."""
+def paint_brush(size: tuple[int, int] | None = None):
+    """The mask brush: `PAINT_COLOR`, its radius 1/32 of the image's shorter side (2 px on a 64-px image: a
+    stroke one latent cell wide; 16 px at 512), at least 2 px."""
+    import gradio as gr
+
+    radius = max(2, round(min(size) / 32)) if size else "auto"
+    return gr.Brush(default_size=radius, colors=[PAINT_COLOR], color_mode="fixed")
+
+
+def painter_background(payload: dict | None) -> dict:
+    """The mask painter's update when the image input changes: the image as its background, no layers (the
+    previous painting belonged to the previous image) and a brush sized to the image; empty for no image or a file
+    the browser cannot show (the Edit button then says what is wrong with it)."""
+    import gradio as gr
+
     path, _ = uploaded_image(payload)
     if path is None:
-        return None
+        return gr.update(value=None)
     try:
         with Image.open(path) as im:
             background = im.convert("RGB")
     except Exception:  # noqa: BLE001 (any unreadable upload: the session's checks name the problem on Edit)
-        return None
-    return {"background": background, "layers": [], "composite": None}
+        return gr.update(value=None)
+    return gr.update(value={"background": background, "layers": [], "composite": None},
+                     brush=paint_brush(background.size))
 
 
 def display_image(image: Image.Image, size: int = IMAGE_HEIGHT) -> Image.Image:
@@ -222,7 +234,7 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                     painter = gr.ImageMask(type="filepath", sources=[], transforms=(), elem_id="painter",
                                            label="paint over the image: painted = edit", format="png",
                                            height=IMAGE_HEIGHT, layers=gr.LayerOptions(allow_additional_layers=False),
-                                           brush=gr.Brush(colors=[PAINT_COLOR], color_mode="fixed"))
+                                           brush=paint_brush())
                     mask = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="mask",
                                     label="or upload a mask: the image's size, white = the region to edit",
                                     format="png", height=IMAGE_HEIGHT // 2)
@@ -258,11 +270,11 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
         gr.Examples(examples, inputs=[image, source, target, blend], label="shapes-world examples")
         editor.change(lambda name: _defaults_text(name, session.pipe), editor, defaults)
         # the painter shows the image to paint over; unprocessed, so that a bad upload reaches the Edit checks
-        image.change(painter_background, image, painter, preprocess=False)
+        image.change(painter_background, image, painter, preprocess=False, concurrency_limit=None)
         button.click(run, [image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
                            inversion_options, mask, painter], [source_out, recon_out, edit_out, status, files,
                                                                follow_up],
                      concurrency_limit=CONCURRENT_EDITS, preprocess=False)  # the file itself: see uploaded_image
-        again_button.click(again, follow_up, [image, source, target, blend, mask, status])
+        again_button.click(again, follow_up, [image, source, target, blend, mask, status], concurrency_limit=None)
     app.queue(default_concurrency_limit=CONCURRENT_EDITS)
     return app
