@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -145,6 +147,25 @@ def test_edit_in_the_browser(server, page_session, example, tmp_path):
             if os.environ.get("INVEDIT_UI_SCREENSHOT"):  # the README's picture
                 page.wait_for_timeout(1000)
                 page.screenshot(path=os.environ["INVEDIT_UI_SCREENSHOT"], full_page=True)
+
+            # "edit this result again": the result becomes the image, its target prompt the source prompt.
+            first = max(page_session.out_dir.glob("edit-*/edit.png"), key=lambda p: p.stat().st_mtime)
+            page.locator("#again").click()
+            page.wait_for_function("t => document.querySelector('#source textarea').value === t",
+                                   arg=edit.target_prompt, timeout=60_000)
+            assert page.locator("#blend textarea").input_value() == ""
+            page.wait_for_function("() => document.querySelector('#input-image img') !== null", timeout=60_000)
+            assert np.array_equal(_shown_image(page, "input-image"), np.asarray(Image.open(first).convert("RGB")))
+            second_target = edit.target_prompt.replace("blue square", "red square")
+            page.locator("#target textarea").fill(second_target)
+            page.locator("#blend textarea").fill("blue red")
+            page.locator("#edit").click()
+            _status_contains(page, "again (linked in the record)")
+            record = json.loads(max(page_session.out_dir.glob("edit-*/edit.json"),
+                                    key=lambda p: p.stat().st_mtime).read_text())
+            assert record["source_prompt"] == edit.target_prompt and record["target_prompt"] == second_target
+            assert record["previous"]["image_png_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+            assert record["previous"]["record"]["target_prompt"] == edit.target_prompt
         finally:
             browser.close()
 
@@ -388,3 +409,55 @@ def _grow(cells: np.ndarray) -> np.ndarray:
     padded = np.pad(cells, 1)
     h, w = cells.shape
     return np.any([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def _layer(size: tuple[int, int], box: tuple[int, int, int, int] | None, alpha: int = 153) -> Image.Image:
+    """A painter's layer: transparent, with an opaque-enough magenta rectangle (the brush) in ``box``."""
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    if box is not None:
+        layer.paste((255, 0, 255, alpha), box)
+    return layer
+
+
+def test_the_painted_layers_are_the_mask_and_an_empty_painting_is_none(example, tmp_path):
+    """Painted (alpha ≥ 128, over all layers) = edit; a painting with nothing on it is no mask, so the editors that
+    take none run while the page's painter holds an empty layer; painting and an uploaded mask together, or a
+    painting of another size than the image, are refused in one line."""
+    from invedit.masks import painted_pixels
+    from invedit.ui.session import request_mask
+
+    path, edit = example
+    request = EditRequest(path, edit.source_prompt, edit.target_prompt)
+    stroke = _layer((64, 64), (10, 30, 50, 34))
+    dot = _layer((64, 64), (2, 2, 4, 4))
+    faint = _layer((64, 64), (40, 40, 60, 60), alpha=127)
+    mask = request_mask(EditRequest(**{**request.__dict__, "painted": [stroke, dot, faint]}))
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[30:34, 10:50] = expected[2:4, 2:4] = True
+    assert np.array_equal(mask.pixels, expected) and mask.record()["source"] == "painted"
+    assert request_mask(EditRequest(**{**request.__dict__, "painted": [_layer((64, 64), None), faint]})) is None
+    assert request_mask(request) is None
+    uploaded = tmp_path / "mask.png"
+    Image.fromarray(expected).save(uploaded)
+    assert np.array_equal(request_mask(EditRequest(**{**request.__dict__, "mask": uploaded})).pixels, expected)
+    for fields, message in (({"painted": [stroke], "mask": uploaded}, "give the mask one way: paint it"),
+                            ({"painted": [_layer((800, 800), (0, 0, 9, 9))]},
+                             "the painted mask is 800x800 pixels but the image is 64x64")):
+        with pytest.raises(InveditError, match=message):
+            request_mask(EditRequest(**{**request.__dict__, **fields}))
+    with pytest.raises(InveditError, match="layers differ in size"):
+        painted_pixels([stroke, _layer((32, 32), None)])
+
+
+def test_the_painter_follows_the_image_with_a_brush_of_its_size(example, tmp_path):
+    """The page's painter gets the uploaded image as background, no layers, a brush 1/32 of the image's side (2 px
+    at 64, one latent cell wide); an upload the browser cannot show empties it (Edit then names the problem)."""
+    from invedit.ui.app import painted_layers, painter_background
+
+    path, _ = example
+    update = painter_background({"path": str(path), "orig_name": "scene.png"})
+    assert update["value"]["layers"] == [] and update["value"]["background"].size == (64, 64)
+    assert update["brush"].default_size == 2 and painter_background(None)["value"] is None
+    assert painter_background({"path": str(_not_an_image(tmp_path / "x.png"))})["value"] is None
+    assert painted_layers({"background": {"path": "b.png"}, "layers": [{"path": "l0.png"}, None]}) == ["l0.png"]
+    assert painted_layers(None) == []

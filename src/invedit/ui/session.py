@@ -81,6 +81,29 @@ class EditOutcome:
                 "mask": None}
 
 
+def request_mask(request: EditRequest) -> Any:
+    """The edit region of a request (an `invedit.masks.EditMask`, or None): its painted layers (nothing painted
+    counts as no mask, so that editors without one still run) or its uploaded mask, not both.
+
+    Raises:
+        InveditError: both given; a painting of another size than the image; an unreadable mask.
+    """
+    from ..masks import EditMask, image_size, load_mask, painted_pixels
+
+    painted = painted_pixels(request.painted or [])
+    if painted is None:
+        return None if request.mask is None else load_mask(request.mask, request.image)
+    if request.mask is not None:
+        raise InveditError("give the mask one way: paint it over the image or upload a mask file, not both "
+                           "(clear one of them)")
+    size = image_size(request.image)
+    if painted.shape != (size[1], size[0]):
+        raise InveditError(f"the painted mask is {painted.shape[1]}x{painted.shape[0]} pixels but the image is "
+                           f"{size[0]}x{size[1]}: paint over the image itself (the painter shows the image "
+                           "once it is uploaded)")
+    return EditMask.from_pixels(painted, "painted", "painted mask")
+
+
 class EditSession:
     """The loaded model and the inversions made so far (the ``cache_size`` most recent)."""
 
@@ -102,24 +125,6 @@ class EditSession:
     def _pixels_key(image: Image.Image) -> str:
         return hashlib.sha256(image.tobytes() + repr((image.mode, image.size)).encode()).hexdigest()
 
-    @staticmethod
-    def _mask(request: EditRequest) -> Any:
-        """The edit region: the painted layers (None when nothing is painted) or the uploaded mask, not both."""
-        from ..masks import EditMask, image_size, load_mask, painted_pixels
-
-        painted = painted_pixels(request.painted or [])
-        if painted is None:
-            return None if request.mask is None else load_mask(request.mask, request.image)
-        if request.mask is not None:
-            raise InveditError("give the mask one way: paint it over the image or upload a mask file, not both "
-                               "(clear one of them)")
-        size = image_size(request.image)
-        if painted.shape != (size[1], size[0]):
-            raise InveditError(f"the painted mask is {painted.shape[1]}x{painted.shape[0]} pixels but the image is "
-                               f"{size[0]}x{size[1]}: paint over the image itself (the painter shows the image "
-                               "once it is uploaded)")
-        return EditMask.from_pixels(painted, "painted", "painted mask")
-
     def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str, Any]:
         """Everything that can be refused before any network call: (image, editor options, inversion options,
         the source branch's prompt, the edit mask or None)."""
@@ -135,7 +140,7 @@ class EditSession:
             parse_options(split_items(request.editor_options), "--option"), request.blend_words.strip() or None,
             steps_limit=self.pipe.scheduler.config.num_train_timesteps)
         try:  # messages name uploads by their own file names, not the server's upload paths
-            mask = self._mask(request)
+            mask = request_mask(request)
             prepared = prepare_edit(self.pipe, request.source_prompt, request.target_prompt, settings, mask=mask)
             image = load_image(request.image, backbone(self.pipe).resolution)
         except InveditError as exc:
