@@ -15,6 +15,8 @@ import invedit
 from invedit.toy.scenes import COLORS, make_scene
 from invedit.ui.session import EditRequest, EditSession
 
+from .bounds import measured
+
 STEPS = 10
 #: Scene seed 2: "a green square and a blue triangle on a checkered background"; edit 1 turns the square red (A),
 #: edit 2 the triangle yellow (B).
@@ -49,13 +51,17 @@ def test_the_first_edits_region_survives_the_second(chain):
     source = Image.fromarray(SCENE.image)
     red, yellow = np.array(COLORS["red"]), np.array(COLORS["yellow"])
     a1, a2 = mean_colour(first.result.image, a), mean_colour(second.image, a)
-    assert np.linalg.norm(a1 - red) < 30 and np.linalg.norm(a1 - mean_colour(source, a)) > 150  # 6.5, 234
-    assert np.linalg.norm(a2 - a1) < 15  # measured 8.2 (RGB distance of the region's mean colours, 0-255)
+    # distances between mean RGB colours (0-255) of an object's region
+    assert measured("chain: A after edit 1 vs red", np.linalg.norm(a1 - red)) < 30
+    assert measured("chain: A after edit 1 vs source (must be large)",
+                    np.linalg.norm(a1 - mean_colour(source, a))) > 150
+    assert measured("chain: A after edit 2 vs after edit 1", np.linalg.norm(a2 - a1)) < 15
     b1, b2 = mean_colour(first.result.image, b), mean_colour(second.image, b)
-    assert np.linalg.norm(b2 - yellow) < 100 and np.linalg.norm(b2 - b1) > 150  # edit 2 worked on B (69, 244)
+    assert measured("chain: B after edit 2 vs yellow", np.linalg.norm(b2 - yellow)) < 100
+    assert measured("chain: B after edit 2 vs after edit 1 (must be large)", np.linalg.norm(b2 - b1)) > 150
     background = ~(a | b)
     change = np.abs(np.asarray(second.image, float) - np.asarray(first.result.image, float))[background].mean()
-    assert change < 6  # measured 3.0 (mean |Δ| of 0-255 pixels): the VAE round trip and the re-inversion
+    assert measured("chain: background, edit 2 vs edit 1, mean |Δ| of 0-255", change) < 6  # the VAE round trip
 
 
 def test_a_re_edit_is_an_edit_of_the_saved_png_and_its_record_links_the_chain(chain):
