@@ -162,6 +162,12 @@ class EditResult:
         as if it had been saved as a PNG and given to `invedit.edit`; the new record's ``previous`` links this
         edit (`link`). The editor's own options (blend words, a mask) are not carried over: they name this edit's
         words and region.
+
+        Why not reuse this edit's target-branch trajectory as the new inversion: it would skip one VAE round trip,
+        but it is an inversion only for Direct Inversion (whose source branch may be pinned to any trajectory);
+        null-text's optimised embeddings, edit-friendly DDPM's noise maps, EDICT's coupled pair and the
+        inversion-free editors have no counterpart on the target branch, and it exists only in this process,
+        whereas re-inverting makes every chained edit a function of the saved PNG and its settings.
         """
         s = self.settings
         inherited = {"inversion": s.get("inversion"), "editor": (s.get("editor") or {}).get("editor"),
@@ -234,7 +240,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
         InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
     """
     previous = image_or_inverted if isinstance(image_or_inverted, EditResult) else None
-    if previous is not None:  # re-invert the edited image (why not its target trajectory: docs/chained-edits.md)
+    if previous is not None:  # re-invert the edited image (why, not its target trajectory: EditResult.edit_again)
         image_or_inverted = previous.image
         if source_prompt is None:
             source_prompt = previous.settings.get("target_prompt", "")
