@@ -73,9 +73,9 @@ def test_a_re_edit_is_an_edit_of_the_saved_png_and_its_record_links_the_chain(ch
     assert np.array_equal(np.asarray(Image.open(first.image_path)), np.asarray(first.result.image))
     link = second.settings["previous"]
     saved = json.loads(first.record_path.read_text())
-    assert link["image_png_sha256"] == hashlib.sha256(png).hexdigest() == saved["files"]["edit.png"]
+    assert link["image_sha256"] == hashlib.sha256(png).hexdigest() == saved["files"]["edit.png"]
     assert link["record"] == first.result.record()
-    assert second_page.result.settings["previous"]["image_png_sha256"] == link["image_png_sha256"]
+    assert second_page.result.settings["previous"]["image_sha256"] == link["image_sha256"]
     assert json.loads(second_page.record_path.read_text())["previous"]["record"]["target_prompt"] == FIRST
     assert "again (linked in the record)" in second_page.message()
     for key in ("inversion", "steps", "guidance_scale", "seed", "inversion_options"):
@@ -84,3 +84,28 @@ def test_a_re_edit_is_an_edit_of_the_saved_png_and_its_record_links_the_chain(ch
     assert second.nfe_inversion == STEPS  # inverted afresh
     assert "previous" not in first.result.settings  # an image from outside the session starts a chain
 
+
+
+def test_the_command_line_links_an_edit_of_an_earlier_output(chain, tmp_path):
+    """`invedit edit first.png …` on a PNG that invedit wrote (its JSON lists the file's SHA-256) links that edit
+    in the new record, and is the same edit as `edit_again`; a copy of the PNG that was changed since is not
+    linked."""
+    from typer.testing import CliRunner
+
+    from invedit.api import saved_link
+    from invedit.cli import app
+
+    first, second, _ = chain
+    out = tmp_path / "second.png"
+    result = CliRunner().invoke(app, ["edit", str(first.image_path), "-s", FIRST, "-t", SECOND, "--blend",
+                                      f"{B.color} yellow", "--steps", str(STEPS), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["previous"] == saved_link(first.image_path)
+    assert record["previous"]["image_sha256"] == second.settings["previous"]["image_sha256"]
+    assert record["previous"]["record"] == json.loads(json.dumps(first.result.record(), default=str))
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(second.image))
+    changed = tmp_path / "edit.png"  # same name, beside the same record, other pixels
+    Image.open(first.image_path).rotate(90).save(changed)
+    (tmp_path / "edit.json").write_text(first.record_path.read_text())
+    assert saved_link(changed) is None and saved_link(tmp_path / "missing.png") is None

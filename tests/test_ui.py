@@ -166,7 +166,7 @@ def test_edit_in_the_browser(server, page_session, example, tmp_path):
             record = json.loads(max(page_session.out_dir.glob("edit-*/edit.json"),
                                     key=lambda p: p.stat().st_mtime).read_text())
             assert record["source_prompt"] == edit.target_prompt and record["target_prompt"] == second_target
-            assert record["previous"]["image_png_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+            assert record["previous"]["image_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
             assert record["previous"]["record"]["target_prompt"] == edit.target_prompt
         finally:
             browser.close()
@@ -402,8 +402,11 @@ def test_paint_the_mask_in_the_browser_and_kv_edit_keeps_the_rest(flow_server):
     edited, recon = (np.asarray(im, dtype=float) for im in (outcome.result.image, outcome.result.reconstruction))
     src = np.asarray(source, dtype=float)
     outside = ~grown
+    # the decoder's GroupNorm statistics are image-wide: the edit moves every pixel a little
     assert measured("painted kv-edit: edit vs reconstruction outside, max of 255",
-                    np.abs(edited - recon)[outside].max()) <= 12  # GroupNorm's image-wide statistics
+                    np.abs(edited - recon)[outside].max()) <= 32
+    assert measured("painted kv-edit: edit vs reconstruction outside, mean of 255",
+                    np.abs(edited - recon)[outside].mean()) <= 1
     assert measured("painted kv-edit: (edit vs source) - (reconstruction vs source) outside, mean of 255",
                     np.abs(edited - src)[outside].mean() - np.abs(recon - src)[outside].mean()) <= 0.5
 

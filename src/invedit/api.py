@@ -148,11 +148,12 @@ class EditResult:
                 "seconds_edit": round(self.seconds_edit, 4)}
 
     def link(self) -> dict[str, Any]:
-        """What the record of an edit made from this result (`edit_again`) says about it: the SHA-256 of this
-        image as a PNG (the hash `save` lists under ``files`` for a ``.png``) and this edit's whole record (which
-        holds its own ``previous`` when it was itself a re-edit, so the chain back to the first image is complete).
+        """What the record of an edit made from this result (`edit_again`) says about it: ``image_sha256``, the
+        SHA-256 of this image as a PNG (the hash `save` lists under ``files`` for a ``.png``), and ``record``, this
+        edit's whole record (which holds its own ``previous`` when it was itself a re-edit, so the chain back to
+        the first image is complete). `saved_link` reads the same from a saved image and its JSON.
         """
-        return {"image_png_sha256": hashlib.sha256(_png_bytes(self.image)).hexdigest(), "record": self.record()}
+        return {"image_sha256": hashlib.sha256(_png_bytes(self.image)).hexdigest(), "record": self.record()}
 
     def edit_again(self, pipe, target_prompt: str, source_prompt: str | None = None, **kwargs: Any) -> EditResult:
         """Edit this result's image again: ``invedit.edit(pipe, self, source_prompt, target_prompt, ...)`` with this
@@ -196,6 +197,25 @@ class EditResult:
         return path
 
 
+def saved_link(image: str | os.PathLike) -> dict[str, Any] | None:
+    """The link to the edit that wrote the image file ``image`` (`EditResult.link`'s shape), read from the JSON
+    `EditResult.save` wrote beside it; None unless that JSON exists and lists this very file's SHA-256 under
+    ``files`` (an image edited since, or another file of the same name, is not linked)."""
+    path = Path(image)
+    sidecar = path.with_suffix(".json")
+    if path.suffix.lower() == ".json" or not sidecar.is_file() or not path.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or files.get(path.name) != digest:
+        return None
+    return {"image_sha256": digest, "record": {k: v for k, v in record.items() if k != "files"}}
+
+
 def _encoded(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
@@ -217,7 +237,8 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
         pipe: a pipeline from `invedit.load`.
         image_or_inverted: a path, a PIL image, an `Inverted` from `invedit.invert` (reused as is), or an
             `EditResult` to edit again: its image is inverted afresh, as the PNG it saves would be, and the record's
-            ``previous`` links it (`EditResult.link`; `EditResult.edit_again` also keeps its settings).
+            ``previous`` links it (`EditResult.link`; `EditResult.edit_again` also keeps its settings). An image
+            file that `EditResult.save` wrote is linked the same way, through its JSON (`saved_link`).
         source_prompt: describes the input image (``None`` with an `Inverted`: its prompt; with an `EditResult`:
             its target prompt).
         target_prompt: describes the wanted image.
@@ -280,8 +301,10 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
                 **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
-    if previous is not None:
-        settings["previous"] = previous.link()
+    link = previous.link() if previous is not None else (
+        saved_link(image_or_inverted) if isinstance(image_or_inverted, (str, os.PathLike)) else None)
+    if link is not None:
+        settings["previous"] = link
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)

@@ -67,7 +67,7 @@ class EditOutcome:
         mask = r.settings.get("mask")
         region = f", mask {mask['source']} ({100 * mask['edited_fraction']:.1f}% of the image)" if mask else ""
         previous = r.settings.get("previous")
-        chain = (f"; edits the result {previous['image_png_sha256'][:12]} again (linked in the record)"
+        chain = (f"; edits the result {previous['image_sha256'][:12]} again (linked in the record)"
                  if previous else "")
         return (f"{r.settings['inversion']}+{r.settings['editor']['editor']}: NFE {r.nfe} ({inversion}, "
                 f"{r.nfe_edit} edit), {self.seconds:.1f} s{region}{chain}")
