@@ -57,6 +57,8 @@ def _random_(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> torch.nn
         for b in module.buffers():
             if b.is_floating_point():
                 b.zero_()
+    if hasattr(module, "tie_weights"):  # T5: the embedding is shared (to_empty gave each name its own storage)
+        module.tie_weights()
     return module
 
 

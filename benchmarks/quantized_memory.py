@@ -15,7 +15,7 @@ Parts:
 - ``measured``: the tiny SD3 / FLUX.1-dev pipelines of `invedit.testing`, saved and loaded through `invedit.load`
   with and without ``quantize="int8"`` (optimum-quanto) on this CPU: the bytes each network's tensors actually
   occupy (quanto's int8 data and scales counted), and how far the quantised edit lands from the float32 one on each
-  flow inversion (max |Δ| of the final latents, 3 steps).
+  flow inversion (max |Δ| of the final latents, 2 steps, as tests/test_quantize_lora.py).
 Results go to ``benchmarks/quantized_memory.json`` and ``benchmarks/quantized_memory.md``.
 """
 
@@ -98,7 +98,7 @@ def stored_bytes(module: torch.nn.Module) -> int:
     return total
 
 
-def measured_part(steps: int = 3) -> dict:
+def measured_part(steps: int = 2) -> dict:
     import invedit
     from invedit.backbones import backbone
     from invedit.testing import tiny_pipeline

@@ -23,7 +23,7 @@ from invedit.testing import tiny_lora, tiny_pipeline
 from .bounds import max_abs, measured
 from .conftest import SOURCE, TARGET, scene_image
 
-STEPS = 3
+STEPS = 2
 HAS_QUANTO = importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.quanto") is not None
 HAS_PEFT = importlib.util.find_spec("peft") is not None
 needs_quanto = pytest.mark.skipif(not HAS_QUANTO, reason="optimum-quanto not installed (pip install 'invedit[quant]')")
@@ -55,6 +55,19 @@ def folders(tmp_path_factory):
     return Folders(tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="module")
+def float_and_int8(folders):
+    """``kind`` → (the float32 pipeline, the int8 one), each loaded from its folder once per module."""
+    loaded = {}
+
+    def get(kind):
+        if kind not in loaded:
+            loaded[kind] = load(folders[kind]), load(folders[kind], quantize="int8")
+        return loaded[kind]
+
+    return get
+
+
 def load(folder, **options):
     return invedit.load(str(folder), device="cpu", resolution=64, **options)
 
@@ -67,12 +80,12 @@ def edit(pipe, inversion="direct", editor="none", **options):
 # ---- quantisation ----------------------------------------------------------------------------------------------------
 @needs_quanto
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
-def test_a_quantised_edit_runs_every_flow_inversion_close_to_float32(folders, kind):
+def test_a_quantised_edit_runs_every_flow_inversion_close_to_float32(float_and_int8, kind):
     """int8 weights (optimum-quanto) in the transformer and T5; every flow inversion runs, its edit within
     `QUANTIZED_BOUND` of the float32 one but not equal to it; Direct's source branch still ends on z*₀ exactly."""
     from optimum.quanto import QModuleMixin
 
-    full, quantised = load(folders[kind]), load(folders[kind], quantize="int8")
+    full, quantised = float_and_int8(kind)
     model = backbone(quantised)
     for component in model.quantized_components():
         kept = {n for n, m in getattr(quantised, component).named_modules()
@@ -94,12 +107,12 @@ def test_a_quantised_edit_runs_every_flow_inversion_close_to_float32(folders, ki
 
 
 @needs_quanto
-def test_quantised_weights_take_a_quarter_of_float32s_memory(folders):
+def test_quantised_weights_take_a_quarter_of_float32s_memory(float_and_int8):
     """The quantised linear weights are stored as int8 (one byte each) beside one scale per output row; checked
     here so the README's arithmetic rests on what the library stores."""
     from optimum.quanto import QModuleMixin
 
-    full, quantised = load(folders["flux"]), load(folders["flux"], quantize="int8")
+    full, quantised = float_and_int8("flux")
     for component in ("transformer", "text_encoder_2"):
         q_modules = dict(getattr(quantised, component).named_modules())
         quantised_layers = 0

@@ -214,6 +214,7 @@ def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int
 #: How diffusers reports LoRA weights it could not place in the model (unexpected or missing adapter keys).
 UNPLACED_LORA_REPORT = "Loading adapter weights from state_dict led to"
 
+
 def load_loras(pipe, specs: tuple[LoraSpec, ...] | list[LoraSpec], model: str = "the model") -> list[dict[str, Any]]:
     """Load each LoRA into ``pipe`` with diffusers' ``load_lora_weights`` (peft), as adapter ``lora0``, ``lora1``,
     …, and weight them by their scales; return one record per LoRA (``name``, ``scale``, ``file``, ``sha256``).
