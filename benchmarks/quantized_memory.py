@@ -98,7 +98,7 @@ def stored_bytes(module: torch.nn.Module) -> int:
     return total
 
 
-def measured_part(steps: int = 2) -> dict:
+def measured_part(steps: int = 2, diffs: bool = True) -> dict:
     import invedit
     from invedit.backbones import backbone
     from invedit.testing import tiny_pipeline
@@ -116,9 +116,9 @@ def measured_part(steps: int = 2) -> dict:
             pipes = {q: invedit.load(str(folder), device="cpu", resolution=64, quantize=q) for q in (None, "int8")}
             components = backbone(pipes[None]).quantized_components() + ("vae",)
             memory = {c: {q or "float32": stored_bytes(getattr(p, c)) for q, p in pipes.items()} for c in components}
-            diffs, seconds = {}, {}
+            differences, seconds = {}, {}
             for inversion, editor in methods.items():
-                if inversion == "rf-inversion" and kind != "flux":
+                if not diffs or inversion == "rf-inversion" and kind != "flux":
                     continue
                 finals = {}
                 for q, pipe in pipes.items():
@@ -126,8 +126,8 @@ def measured_part(steps: int = 2) -> dict:
                     finals[q] = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion=inversion, editor=editor,
                                              steps=steps, guidance_scale=3.0).latents
                     seconds[f"{inversion}+{editor} {q or 'float32'}"] = time.perf_counter() - started
-                diffs[f"{inversion}+{editor}"] = (finals[None] - finals["int8"]).abs().max().item()
-            out[kind] = {"stored bytes": memory, "max |int8 - float32| of the final latents": diffs,
+                differences[f"{inversion}+{editor}"] = (finals[None] - finals["int8"]).abs().max().item()
+            out[kind] = {"stored bytes": memory, "max |int8 - float32| of the final latents": differences,
                          "seconds (CPU, loaded machine: indicative only)": seconds}
     return out
 
@@ -166,20 +166,22 @@ def write_markdown(results: dict, path: Path) -> None:
                 lines.append(f"| tiny {kind} | {component} | {m['float32']:,} | {m['int8']:,} | "
                              f"{m['int8'] / m['float32']:.2f} |")
         lines += ["", "The tiny networks are mostly norms and embeddings, so their ratio is far from the real "
-                  "models' (int8 linear weights take a quarter of float32's bytes, plus a scale per row).", "",
-                  "| model | inversion+editor | max \\|int8 − float32\\| of the final latents |", "|---|---|---|"]
-        for kind, r in results["measured"].items():
-            for method, d in r["max |int8 - float32| of the final latents"].items():
-                lines.append(f"| tiny {kind} | {method} | {d:.2e} |")
-        lines += ["", "Latents have a standard deviation of about 1; tests/test_quantize_lora.py bounds this "
-                  "difference by 2e-2 on every flow inversion, and checks that Direct's source branch still ends on "
-                  "z*₀ bit for bit.", ""]
+                  "models' (int8 linear weights take a quarter of float32's bytes, plus a scale per row).", ""]
+        rows = [(kind, method, d) for kind, r in results["measured"].items()
+                for method, d in r["max |int8 - float32| of the final latents"].items()]
+        if rows:
+            lines += ["| model | inversion+editor | max \\|int8 − float32\\| of the final latents |", "|---|---|---|"]
+            lines += [f"| tiny {kind} | {method} | {d:.2e} |" for kind, method, d in rows]
+        lines += ["", "How far a quantised edit lands from the float32 one on each flow inversion is measured by "
+                  "tests/test_quantize_lora.py (bound 2e-2; values in docs/test-bounds.md), which also checks that "
+                  "Direct's source branch still ends on z*₀ bit for bit.", ""]
     path.write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="arithmetic,measured")
+    parser.add_argument("--no-diffs", action="store_true", help="measured: bytes only, no edits")
     args = parser.parse_args()
     parts = args.parts.split(",")
     results = {"machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)"
@@ -187,7 +189,7 @@ def main() -> None:
     if "arithmetic" in parts:
         results["arithmetic"] = arithmetic_part()
     if "measured" in parts:
-        results["measured"] = measured_part()
+        results["measured"] = measured_part(diffs=not args.no_diffs)
     (HERE / "quantized_memory.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, HERE / "quantized_memory.md")
     print((HERE / "quantized_memory.md").read_text())
