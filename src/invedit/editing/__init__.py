@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration)
     pnp,
     rf_solver_edit,
     shared_attention,
+    stable_flow,
     uniedit,
 )
 from .base import EDITORS, AttentionEditor, Editor, NoEditor, get_editor, register
