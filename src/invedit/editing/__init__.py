@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401  (registration)
     flowedit,
+    instruct,
     kv_edit,
     masactrl,
     p2p,
