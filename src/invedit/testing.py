@@ -386,15 +386,17 @@ def tiny_qwen_tokenizer():
 
 def tiny_instruction_pipeline(kind: str = "flux-kontext", seed: int = 0, resolution: int = 64,
                               device: str | torch.device = "cpu"):
-    """A tiny random-weight instruction-trained pipeline built offline: ``"flux-kontext"``, a `FluxKontextPipeline`
-    over the networks of ``tiny_flow_pipeline("flux")`` (FLUX.1 Kontext's transformer is FLUX.1's; guidance
-    embedded); ``"qwen-image-edit"``, a `QwenImageEditPipeline` with a tiny `QwenImageTransformer2DModel`, a tiny
-    `AutoencoderKLQwenImage` (4 latent channels, 8× spatial like the real one), a tiny random `Qwen2_5_VLForConditionalGeneration`
-    (2 text and 2 vision layers, 16 wide) with `tiny_qwen_tokenizer` and a `Qwen2VLProcessor` that reads the image
-    at 56×56 to 112×112 pixels (the real one up to 3584×3584), and FlowMatchEulerDiscreteScheduler's defaults with
-    Qwen-Image's dynamic shift. Sizes follow diffusers' own tests of these pipelines. Its pipeline conditions on
-    the image at about one megapixel whatever the output size (`invedit.backbones.instruct`): a tiny edit takes
-    some 20 s on a CPU, nearly all of it the VAE encoding that megapixel.
+    """A tiny random-weight instruction-trained pipeline built offline.
+
+    ``"flux-kontext"``: a `FluxKontextPipeline` over the networks of ``tiny_flow_pipeline("flux")`` (FLUX.1
+    Kontext's transformer is FLUX.1's; guidance embedded). ``"qwen-image-edit"``: a `QwenImageEditPipeline` with a
+    tiny `QwenImageTransformer2DModel`, a tiny `AutoencoderKLQwenImage` (4 latent channels, 8× spatial like the
+    real one), a tiny random `Qwen2_5_VLForConditionalGeneration` (2 text and 2 vision layers, 16 wide) with
+    `tiny_qwen_tokenizer` and a `Qwen2VLProcessor` that reads the image at 56×56 to 112×112 pixels (the real one
+    up to 3584×3584), and Qwen-Image-Edit's scheduler configuration (dynamic exponential shift). Sizes follow
+    diffusers' own tests of these pipelines. That pipeline conditions on the image at about one megapixel whatever
+    the output size (`invedit.backbones.instruct`): a tiny edit takes some 20 s on a CPU, nearly all of it the VAE
+    encoding that megapixel.
 
     Returns:
         The pipeline, prepared as `invedit.load` prepares real checkpoints (working at ``resolution``).
