@@ -7,7 +7,6 @@ built without any download in well under a second. Code that works on it works o
 
 from __future__ import annotations
 
-import math
 import tempfile
 
 import torch
@@ -270,7 +269,7 @@ def _tiny_flow_vae(resolution: int, shift_factor: float, scaling_factor: float):
 
 
 def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, device: str | torch.device = "cpu",
-                       width: int = 32):
+                       width: int = 32, words: tuple[str, ...] = TINY_VOCABULARY):
     """A tiny random-weight `StableDiffusion3Pipeline` (``kind="sd3"``) or `FluxPipeline` (``"flux"``: guidance
     embedded like FLUX.1-dev; ``"flux-schnell"``: none), built offline in about a second.
 
@@ -287,6 +286,7 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
         resolution: image side in pixels (a multiple of 16).
         device: where to put it.
         width: text-encoder width.
+        words: the tokenizers' whole words (`TINY_VOCABULARY`; other words change the text encoders' weights).
     Returns:
         The diffusers pipeline, in eval mode, gradients off, progress bar off, its `invedit.backbones` record
         attached (working at ``resolution``).
@@ -311,10 +311,10 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
     if resolution % 16:
         raise ValueError("resolution must be a multiple of 16")
     with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
-        tokenizer = build_word_tokenizer(TINY_VOCABULARY, folder)
+        tokenizer = build_word_tokenizer(words, folder)
     with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
-        tokenizer_2 = build_word_tokenizer(TINY_VOCABULARY, folder)
-    t5_tokenizer = tiny_t5_tokenizer()
+        tokenizer_2 = build_word_tokenizer(words, folder)
+    t5_tokenizer = tiny_t5_tokenizer(words)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "sd3":
@@ -355,6 +355,8 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
 # ---- tiny instruction-trained pipelines (FLUX.1 Kontext, Qwen-Image-Edit) -------------------------------------
 #: `tiny_instruction_pipeline` kinds.
 INSTRUCTION_KINDS = ("flux-kontext", "qwen-image-edit")
+#: Words of editing instructions (the shapes world's, `invedit.toy.bench.instruction`) beside `TINY_VOCABULARY`.
+INSTRUCTION_WORDS = ("change", "color", "to", "turn", "into", "add", "remove", "make", "it")
 #: The special tokens of Qwen2.5-VL's tokenizer that QwenImageEditPipeline's prompt template and the processor use.
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
                        "<|image_pad|>", "<|video_pad|>")
@@ -362,7 +364,7 @@ QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|visi
 
 def tiny_qwen_tokenizer():
     """A byte-level `transformers.Qwen2Tokenizer` built offline: ``<|endoftext|>``, the 256 byte symbols, one merge
-    chain per word of `TINY_VOCABULARY` (so each is one token after its leading space) and Qwen2.5-VL's special
+    chain per word of `TINY_VOCABULARY` and `INSTRUCTION_WORDS` (so each is one token after its leading space) and Qwen2.5-VL's special
     tokens (`QWEN_SPECIAL_TOKENS`). Any text tokenizes (unknown words into bytes), as with the real tokenizer."""
     from transformers import Qwen2Tokenizer
 
@@ -373,7 +375,7 @@ def tiny_qwen_tokenizer():
         vocab[symbol] = len(vocab)
     merges = []
     space = _byte_alphabet()[32]  # GPT-2's printable stand-in for the space byte
-    for word in TINY_VOCABULARY:
+    for word in TINY_VOCABULARY + INSTRUCTION_WORDS:
         piece = space
         for char in word:
             merges.append((piece, char))
@@ -389,11 +391,12 @@ def tiny_instruction_pipeline(kind: str = "flux-kontext", seed: int = 0, resolut
     """A tiny random-weight instruction-trained pipeline built offline.
 
     ``"flux-kontext"``: a `FluxKontextPipeline` over the networks of ``tiny_flow_pipeline("flux")`` (FLUX.1
-    Kontext's transformer is FLUX.1's; guidance embedded). ``"qwen-image-edit"``: a `QwenImageEditPipeline` with a
+    Kontext's transformer is FLUX.1's; guidance embedded), its word-level tokenizers knowing `INSTRUCTION_WORDS`
+    too. ``"qwen-image-edit"``: a `QwenImageEditPipeline` with a
     tiny `QwenImageTransformer2DModel`, a tiny `AutoencoderKLQwenImage` (4 latent channels, 8× spatial like the
     real one), a tiny random `Qwen2_5_VLForConditionalGeneration` (2 text and 2 vision layers, 16 wide) with
     `tiny_qwen_tokenizer` and a `Qwen2VLProcessor` that reads the image at 56×56 to 112×112 pixels (the real one
-    up to 3584×3584), and Qwen-Image-Edit's scheduler configuration (dynamic exponential shift). Sizes follow
+    up to 3584×3584), and a `FlowMatchEulerDiscreteScheduler` with a dynamic exponential shift. Sizes follow
     diffusers' own tests of these pipelines. That pipeline conditions on the image at about one megapixel whatever
     the output size (`invedit.backbones.instruct`): a tiny edit takes some 20 s on a CPU, nearly all of it the VAE
     encoding that megapixel.
@@ -412,7 +415,7 @@ def tiny_instruction_pipeline(kind: str = "flux-kontext", seed: int = 0, resolut
     if kind == "flux-kontext":
         from diffusers import FluxKontextPipeline
 
-        flux = tiny_flow_pipeline("flux", seed, resolution, "cpu")
+        flux = tiny_flow_pipeline("flux", seed, resolution, "cpu", words=TINY_VOCABULARY + INSTRUCTION_WORDS)
         pipe = FluxKontextPipeline(**{k: v for k, v in flux.components.items()})
     else:
         pipe = _tiny_qwen_image_edit(seed, resolution)
@@ -462,7 +465,7 @@ def _tiny_qwen_image_edit(seed: int, resolution: int):
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
                                  tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
     scheduler = FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256, base_shift=math.log(3), max_image_seq_len=8192, max_shift=math.log(3),
-        shift=1.0, shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0,
+        shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
     return QwenImageEditPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                  processor=processor, transformer=transformer)
