@@ -364,8 +364,9 @@ QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|visi
 
 def tiny_qwen_tokenizer():
     """A byte-level `transformers.Qwen2Tokenizer` built offline: ``<|endoftext|>``, the 256 byte symbols, one merge
-    chain per word of `TINY_VOCABULARY` and `INSTRUCTION_WORDS` (so each is one token after its leading space) and Qwen2.5-VL's special
-    tokens (`QWEN_SPECIAL_TOKENS`). Any text tokenizes (unknown words into bytes), as with the real tokenizer."""
+    chain per word of `TINY_VOCABULARY` and `INSTRUCTION_WORDS` (so each is one token after its leading space) and
+    Qwen2.5-VL's special tokens (`QWEN_SPECIAL_TOKENS`). Any text tokenizes (unknown words into bytes), as with the
+    real tokenizer."""
     from transformers import Qwen2Tokenizer
 
     from .word_tokenizer import _byte_alphabet
