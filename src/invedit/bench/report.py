@@ -365,7 +365,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     lines = [
         f"# PIE-Bench report: {run_dir.name}", "",
         f"Model `{settings['model']}` (fingerprint {settings['model_fingerprint']}), {settings['steps']} "
-        f"{'flow' if flow else 'DDIM'} steps, "
+        f"{'flow' if flow or instructed else 'DDIM'} steps, "
         f"guidance {settings['guidance_scale']}, seed {settings['seed']}, {settings['dtype']} on "
         f"{settings['device_type']}, parity mode {'on' if settings['parity'] else 'off'}, invedit "
         f"{settings['invedit']}. Dataset: `{settings['data']}`.", "",
