@@ -81,6 +81,8 @@ PUBLISHED_STEPS: tuple[tuple[str, int, str, dict, int | None, str], ...] = (
     ("flux", 28, "euler+kv-edit", {}, None,
      "24 + 24 = 48: inversion N − skip (4 of 28), then the foreground tokens alone, K/V of the background cached"),
     ("flux", 28, "direct+kv-edit", {}, None, ""),
+    ("flux", 50, "stable-flow+stable-flow", {}, None,
+     "50 + 100 = 150: inversion 1/step at guidance 1; edit [source, target] rows every step (run_stable_flow.py)"),
     ("flux", 15, "direct+rf-solver-edit", {}, None, ""),
     ("flux", 8, "direct+rf-solver-edit", {"inject": 1}, None, ""),
     ("flux", 15, "direct+uniedit", {}, None, ""),
@@ -252,6 +254,11 @@ NFE_NOTES = [
     "- **KV-Edit** (mask given): invedit inverts all N steps (the inversion is shared with the other editors; the "
     "reference inverts N − skip) and runs the source rows beside the foreground every edited step to supply the "
     "background keys/values the reference caches during its inversion: 28 + 48 = 76 at 28 steps against 48.",
+    "- **Stable Flow**: equal to the reference code: Euler inversion at guidance 1 (N), then both rows every step "
+    "(its vital layers share keys/values at every step, so Direct's pinned source rows are always read): 150 at its "
+    "50 steps. The instruction-trained baselines (`none+instruct`, not in this table: their tiny pipelines are "
+    "`tiny_instruction_pipeline`'s) cost their pipeline's calls, counted in tests/test_instruct.py: FLUX.1 Kontext "
+    "one row per step (28 at its pipeline's default 28 steps), Qwen-Image-Edit two with true CFG (100 at 50).",
 ]
 
 

@@ -142,3 +142,17 @@ def test_an_sd_run_has_no_flow_table(data, tmp_path):
     assert "## Flow methods" not in report and "published: " not in report and "arXiv 2412.07517" not in report
     assert "15 DDIM steps" in report
     assert "| ↳ paper (PIE-Bench, SD 1.4) | 700 | 11.65 | 27.22 |" in report  # the SD table is unchanged
+
+
+def test_instruction_trained_models_are_their_own_group(data, tmp_path):
+    """A FLUX.1 Kontext run: its rows leave Table 1 and the flow table for "Instruction-trained, not training-free"."""
+    run = synthetic_run(tmp_path / "run", data, "flux-kontext", {"none+instruct": spec("none", "instruct")})
+    write_report(run)
+    report = (run / "report.md").read_text()
+    table_one, rest = report.split("## Table 1 layout\n", 1)[1].split("## Instruction-trained, not training-free\n", 1)
+    assert "none+instruct" not in table_one and "## Flow methods" not in report
+    section = rest.split("\n## ", 1)[0]
+    assert "not one of them" in section
+    row = next(line for line in section.splitlines() if line.startswith("| none+instruct"))
+    assert row.startswith("| none+instruct | 2 |") and " 10.00 " in row and " 20.00 " in row
+    assert "15 flow steps" in report

@@ -220,12 +220,13 @@ def flow_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask) and
-    rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing
-    written (the inversion-free flowedit, dnaedit, drfs, flowalign: they pair with inversion none only;
-    rf-solver-edit: FLUX only)."""
+    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask),
+    rf-solver-edit and stable-flow (FLUX) write the edit and its record; the rest refuse in one line saying why, exit
+    code 2, nothing written (the inversion-free flowedit, dnaedit, drfs, flowalign: they pair with inversion none only;
+    rf-solver-edit, stable-flow: FLUX only; instruct: it takes an instruction, not a target prompt)."""
     free = {"flowedit", "dnaedit", "drfs", "flowalign"}
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "rf-solver-edit", "kv-edit", *free, *WHY}
+    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "rf-solver-edit", "kv-edit", "stable-flow",
+                            "instruct", *free, *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -240,6 +241,16 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                 assert result.stderr.strip() == (f"error: editor {editor!r} needs no inversion; use it with inversion "
                                                  f"'none', not {inversion!r}")
                 assert not out.exists()
+            elif editor == "instruct":
+                assert result.exit_code == 2, (editor, inversion, result.output)
+                assert result.stderr.strip() == ("error: editor 'instruct' edits from an instruction, not a target "
+                                                 "prompt: give instruction= (--instruction) instead")
+                assert not out.exists()
+            elif editor == "stable-flow" and kind == "sd3":
+                assert result.exit_code == 2, (editor, inversion, result.output)
+                assert result.stderr.strip() == ("error: editor 'stable-flow' runs on FLUX models only: its vital "
+                                                 "layers are FLUX's double- and single-stream blocks (sd3 has none)")
+                assert not out.exists()
             elif editor == "rf-solver-edit" and kind == "sd3":
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == ("error: editor 'rf-solver-edit' runs on FLUX models only: sd3 has no "
@@ -251,7 +262,7 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
                                                  f"schedule): {WHY[editor]}; use one of: dnaedit, drfs, "
                                                  f"flowalign, flowedit, kv-edit, none, rf-solver-edit, "
-                                                 f"shared-attention, uniedit")
+                                                 f"shared-attention, stable-flow, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)

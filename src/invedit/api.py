@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .backbones import backbone
-from .editing import get_editor
+from .editing import EDITORS, get_editor
 from .editing.attention import ValueTransforms
 from .errors import InveditError
 from .images import load_image
@@ -93,7 +93,8 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     image = load_image(image, model.resolution)
     start = time.perf_counter()
     stats = RunStats()
-    cond, null = model.encode_prompts([prompt, ""]).split(1)
+    # an inversion-free method keeps z0 only and reads no prompt (instruction models encode none this way)
+    cond, null = (None, None) if cls.inversion_free else model.encode_prompts([prompt, ""]).split(1)
     callback, bar = _progress(steps, progress, f"invert ({method})")
     inputs = InversionInputs(
         model=model, z0=model.encode_image(image), prompt=prompt, cond=cond, null=null,
@@ -230,7 +231,8 @@ def _png_bytes(image: Image.Image) -> bytes:
 def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | EditResult, source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
          guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
-         progress: bool = False, mask: Any = None, **editor_options: Any) -> EditResult:
+         progress: bool = False, mask: Any = None, instruction: str | None = None,
+         **editor_options: Any) -> EditResult:
     """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
 
     Args:
@@ -240,8 +242,8 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
             ``previous`` links it (`EditResult.link`; `EditResult.edit_again` also keeps its settings). An image
             file that `EditResult.save` wrote is linked the same way, through its JSON (`saved_link`).
         source_prompt: describes the input image (``None`` with an `Inverted`: its prompt; with an `EditResult`:
-            its target prompt).
-        target_prompt: describes the wanted image.
+            its target prompt; optional with an instruction editor, which only records it).
+        target_prompt: describes the wanted image (``None`` with an instruction editor).
         inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
         editor: editing method, e.g. ``"p2p"`` or ``"none"``.
         steps: DDIM steps (default 50; with an `Inverted`, its steps).
@@ -252,6 +254,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
         mask: the region a mask-taking editor (``kv-edit``) edits, white = edit: a file, a PIL image or a 2-D array
             (bool, 0–255 or 0–1) of the image's size (with an `Inverted`: any square), or an
             `invedit.masks.EditMask`; refused for the other editors (`invedit.masks` says how it is read).
+        instruction: what an instruction editor (``instruct``: FLUX.1 Kontext, Qwen-Image-Edit, with inversion
+            ``"none"``) does to the image, e.g. "make the cat a dog", in place of the target prompt; refused for
+            the other editors.
         **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` or ``blend_words="cat dog"`` for P2P
             (LocalBlend and the ×2 equaliser; a word missing from its own prompt but in the other one — an added
             or removed object, ``"star star"`` — contributes no map from the prompt that lacks it).
@@ -264,8 +269,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
     if previous is not None:  # re-invert the edited image (why, not its target trajectory: EditResult.edit_again)
         image_or_inverted = previous.image
         if source_prompt is None:
-            source_prompt = previous.settings.get("target_prompt", "")
+            source_prompt = previous.settings.get("target_prompt") or ""
     reused = isinstance(image_or_inverted, Inverted)
+    target_prompt = instruction_or_target(editor, target_prompt, instruction)
     if mask is not None:
         mask = load_mask(mask, None if reused else image_or_inverted)
     if reused:
@@ -292,12 +298,19 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
     inverted.check_edit(guidance_scale)
 
     start = time.perf_counter()
-    final, stats = _run_edit(pipe, inverted, result_editor, branch_prompt, target_prompt, guidance_scale, seed,
-                             progress, f"edit ({inverted.method}+{editor})")
+    if editor_cls.takes_instruction:  # the model's own pipeline edits; the source stays z0 (its VAE reconstruction)
+        stats = RunStats()
+        edited = result_editor.run(backbone(pipe), inverted.image, target_prompt, inverted.steps, seed, stats)
+        final = torch.cat([inverted.z0.to(edited.device, edited.dtype), edited])
+    else:
+        final, stats = _run_edit(pipe, inverted, result_editor, branch_prompt, target_prompt, guidance_scale, seed,
+                                 progress, f"edit ({inverted.method}+{editor})")
     reconstruction, image = decode_latents(pipe, final)
     seconds_edit = time.perf_counter() - start
 
-    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
+    prompts = ({"instruction": target_prompt, "target_prompt": None} if editor_cls.takes_instruction
+               else {"target_prompt": target_prompt})
+    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, **prompts,
                 **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
@@ -308,6 +321,29 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+
+
+def instruction_or_target(editor: str, target_prompt: str | None, instruction: str | None) -> str | None:
+    """What the edit's target branch is conditioned on: an instruction editor's instruction, or the target prompt.
+
+    Raises:
+        InveditError: an instruction editor without an instruction or with a target prompt, or an instruction
+            for an editor that takes a target prompt.
+    """
+    editor_cls = get_editor(editor)
+    if editor_cls.takes_instruction:
+        if target_prompt is not None:
+            raise InveditError(f"editor {editor!r} edits from an instruction, not a target prompt: give "
+                               "instruction= (--instruction) instead")
+        if instruction is None:
+            raise InveditError(f"editor {editor!r} needs an instruction (instruction= in Python, --instruction on "
+                               "the command line), e.g. \"make the cat a dog\"")
+        return instruction
+    if instruction is not None:
+        takers = sorted(n for n, cls in EDITORS.items() if cls.takes_instruction)
+        raise InveditError(f"editor {editor!r} takes a target prompt, not an instruction; the instruction editors "
+                           f"({', '.join(takers)}) run instruction-trained models")
+    return target_prompt
 
 
 def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any], guidance_scale: float,

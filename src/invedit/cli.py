@@ -37,8 +37,11 @@ app.command("report")(report_command)
 @cli_errors
 def edit_command(
     image: Annotated[str, typer.Argument(help="image to edit (PNG/JPEG/...)")],
-    source: Annotated[str, typer.Option("--source", "-s", help="prompt describing the image")],
-    target: Annotated[str, typer.Option("--target", "-t", help="prompt describing the wanted image")],
+    source: Annotated[str | None, typer.Option("--source", "-s", help="prompt describing the image")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="prompt describing the wanted image")] = None,
+    instruction: Annotated[str | None, typer.Option(
+        help='what to do to the image, for the instruction editor (instruct: FLUX.1 Kontext, Qwen-Image-Edit), '
+             'e.g. "make the cat a dog"; in place of --target')] = None,
     inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
     editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
     blend: Annotated[str | None, typer.Option(
@@ -68,19 +71,36 @@ def edit_command(
     save_reconstruction: Annotated[bool, typer.Option(help="also write the reconstruction")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
+    """Edit IMAGE from the source prompt to the target prompt (or by an instruction, with an instruction-trained
+    model); writes a PNG and a JSON sidecar."""
     from . import api
+    from .editing import get_editor
     from .images import load_image
     from .load_options import check_load_options
     from .masks import load_mask
-    from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .models import (
+        load,
+        load_tokenizer,
+        native_resolution,
+        peek_family,
+        resolve_device,
+        resolve_dtype,
+    )
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
-    from .prepare import check_mask, check_prompts, check_settings
+    from .prepare import check_mask, check_model_kind, check_prompts, check_settings
 
     # Everything that can be checked without the model is checked before loading it.
-    for text, what in ((source, "source prompt"), (target, "target prompt")):
-        if not text.strip():
+    instructed = get_editor(editor).takes_instruction
+    if not instructed:
+        for text, flag, what in ((source, "'--source' / '-s'", "the prompt describing the image"),
+                                 (target, "'--target' / '-t'", "the prompt describing the wanted image")):
+            if text is None:
+                raise InveditError(f"Missing option {flag}. It gives {what} (the instruction editors take "
+                                   "--instruction instead)")
+    target = api.instruction_or_target(editor, target, instruction)
+    for text, what in ((source, "source prompt"), (target, "instruction" if instructed else "target prompt")):
+        if text is not None and not text.strip() and not (instructed and what == "source prompt"):
             raise InveditError(f"the {what} is empty")
     flags = {"offset_scale": offset_scale, "offset_interval": offset_interval,
              "correct_target": correct_target or None, "inversion_guidance": inversion_guidance}
@@ -94,7 +114,12 @@ def edit_command(
     resolve_dtype(dtype, resolve_device(device))
     check_load_options(resolve_device(device), offload, quantize, lora)
     out = _output_path(out, image, inversion, editor)
-    tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
+    family = peek_family(model)  # from model_index.json: methods the family does not run are refused now
+    if family is not None:
+        check_model_kind(family, inversion, editor)
+    # prompts and blend words are checked before the model loads (instruction models: after, by their tokenizer)
+    instruction_model = family is not None and family.schedule_kind == "instruction"
+    tokenizer = None if instructed or instruction_model else load_tokenizer(model)
     if tokenizer is not None:
         check_prompts(tokenizer, source, target, settings.editor_options.get("blend_words"))
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
@@ -105,10 +130,10 @@ def edit_command(
                     loras=lora)
         started = time.perf_counter()
         result = api.edit(
-            pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
-            steps=steps, guidance_scale=guidance, seed=seed,
+            pipe, load_image(image, native_resolution(pipe)), source, None if instructed else target,
+            inversion=inversion, editor=editor, steps=steps, guidance_scale=guidance, seed=seed,
             inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
-            **settings.editor_options,
+            instruction=target if instructed else None, **settings.editor_options,
         )
         result.settings["image"] = str(image)
         previous = api.saved_link(image)  # IMAGE is an earlier edit's output: its record links that edit

@@ -98,7 +98,8 @@ def _pipeline_family(index: dict[str, Any], where: str) -> type[Backbone]:
         return family
     raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x), "
                        "StableDiffusionXLPipeline (SDXL base; the refiner is not used), StableDiffusion3Pipeline "
-                       "(SD3/3.5) and FluxPipeline (FLUX.1) checkpoints")
+                       "(SD3/3.5) and FluxPipeline (FLUX.1) checkpoints, and as instruction-trained baselines "
+                       "FluxKontextPipeline (FLUX.1 Kontext) and QwenImageEditPipeline (Qwen-Image-Edit)")
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool, quantization: Quantization | None = None):
@@ -397,6 +398,32 @@ def resolve_model_source(model: str | os.PathLike | None) -> tuple[str, str]:
     if _looks_like_path(name):
         raise ModelNotFoundError(f"model folder not found: {name}")
     return name, name
+
+
+def peek_family(model: str | os.PathLike | None) -> type[Backbone] | None:
+    """The family of a model folder or cached hub id, read from its model_index.json without loading anything
+    (the embedded models' too); ``None`` when that file is not available locally (loading the model then says
+    why). Lets callers refuse methods the family does not run before the load."""
+    try:
+        source, _ = resolve_model_source(model)
+    except InveditError:
+        return None
+    path = Path(source) / "model_index.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except Exception:  # noqa: BLE001 (not a hub id, no cache: the load reports it)
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return family_of_class(index.get("_class_name", "StableDiffusionPipeline")) if isinstance(index, dict) else None
 
 
 def load_tokenizer(model: str | os.PathLike | None):

@@ -215,6 +215,11 @@ def table_one(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def instruction_families() -> set[str]:
+    """The instruction-trained model families (FLUX.1 Kontext, Qwen-Image-Edit: ``model_kind`` of their records)."""
+    return {cls.family for cls in FAMILIES.values() if cls.schedule_kind == "instruction"}
+
+
 def flow_families() -> set[str]:
     """The model families that run a rectified flow (``model_kind`` of SD 3 / FLUX records)."""
     return {cls.family for cls in FAMILIES.values() if cls.schedule_kind == "flow"}
@@ -366,10 +371,13 @@ def write_report(run_dir: str | Path) -> list[Path]:
     failures = open_failures(run_dir, rows)
     records = method_records(run_dir, settings)
     flow = {m: r for m, r in records.items() if r["family"] in flow_families()}
+    instructed = {m: r for m, r in records.items() if r["family"] in instruction_families()}
+    trained = [e for e in summary if e["method"] in instructed]
+    summary = [e for e in summary if e["method"] not in instructed]
     lines = [
         f"# PIE-Bench report: {run_dir.name}", "",
         f"Model `{settings['model']}` (fingerprint {settings['model_fingerprint']}), {settings['steps']} "
-        f"{'flow' if flow else 'DDIM'} steps, "
+        f"{'flow' if flow or instructed else 'DDIM'} steps, "
         f"guidance {settings['guidance_scale']}, seed {settings['seed']}, {settings['dtype']} on "
         f"{settings['device_type']}, parity mode {'on' if settings['parity'] else 'off'}, invedit "
         f"{settings['invedit']}. Dataset: `{settings['data']}`.", "",
@@ -391,6 +399,15 @@ def write_report(run_dir: str | Path) -> list[Path]:
                   "`benchmarks/flow_speed.md`). Mask given: the method reads the benchmark's ground-truth edit mask, "
                   "so its background metrics are not comparable with the mask-free methods.", "",
                   flow_table([e for e in summary if e["method"] in flow], flow)]
+    if trained:
+        lines += ["## Instruction-trained, not training-free", "",
+                  "Models trained to edit from an instruction (FLUX.1 Kontext, Qwen-Image-Edit), run by their own "
+                  "pipelines on each entry's `editing_instruction` with no inversion: baselines for the training-free "
+                  "methods above, on the same images and metrics, not one of them. CLIP scores still compare the edit "
+                  "with the entry's target prompt.", "",
+                  markdown_table(trained, ("method",), [m for m in ALL_METRICS
+                                                        if any(e[m] is not None for e in trained)])]
+    summary = summary + trained  # the plot and per-type tables show every method
     if toy:
         lines += ["## Against the true targets (shapes world)", "",
                   "PSNR to the true target image inside the true edit region; success: the edit did what its kind "

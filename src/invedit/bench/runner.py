@@ -404,7 +404,8 @@ class _RunContext:
             try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
                 settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
                                         m.inversion_options, self._editor_options(item, m))
-                prompt = prepare_edit(self.pipe, item.source_prompt, item.target_prompt, settings,
+                target, instruction = self._target(item, m)
+                prompt = prepare_edit(self.pipe, item.source_prompt, instruction or target, settings,
                                       mask=self._mask(item, m)).branch_prompt
             except InveditError as exc:
                 self._fail(item, m, str(exc))
@@ -449,6 +450,16 @@ class _RunContext:
             options["blend_words"] = parse_blend_words(item.blend_words)
         return options
 
+    @staticmethod
+    def _target(item: BenchItem, m: MethodSpec) -> tuple[str | None, str | None]:
+        """(target prompt, instruction) of the edit: the entry's ``editing_instruction`` for an instruction editor
+        (`Editor.takes_instruction`: FLUX.1 Kontext, Qwen-Image-Edit), else its target prompt."""
+        from ..editing import get_editor
+
+        if get_editor(m.editor).takes_instruction:
+            return None, item.instruction
+        return item.target_prompt, None
+
     def _mask(self, item: BenchItem, m: MethodSpec):
         """The entry's edit mask (its true region, without the evaluator's border) for an editor that takes one
         (`Editor.takes_mask`: KV-Edit), else None."""
@@ -466,8 +477,9 @@ class _RunContext:
         options = self._editor_options(item, m)
         try:
             mask = self._mask(item, m)
-            result = api.edit(self.pipe, inverted, None, item.target_prompt, editor=m.editor,
-                              guidance_scale=self.guidance, seed=self.seed, mask=mask, **options)
+            target, instruction = self._target(item, m)
+            result = api.edit(self.pipe, inverted, None, target, editor=m.editor, guidance_scale=self.guidance,
+                              seed=self.seed, mask=mask, instruction=instruction, **options)
             result.settings.update({
                 "source_prompt": item.source_prompt,  # the entry's (the editor's own source branch is recorded too)
                 "image": str(item.image_path.relative_to(self.data_dir)) if item.image_path.is_relative_to(
@@ -475,6 +487,7 @@ class _RunContext:
                 "inversion_source": source,
                 "bench": {"id": item.id, "method": m.name, "edit_type": item.edit_type,
                           "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
+                          **({"instruction": instruction} if instruction is not None else {}),
                           "blended_word": item.blend_words, "source_sha256": image_sha,
                           **({"mask_given": True} if mask is not None else {}),
                           **({"notes": item.notes} if item.notes else {})},

@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (registration)
     drfs,
     flowalign,
     flowedit,
+    instruct,
     kv_edit,
     masactrl,
     p2p,
@@ -12,6 +13,7 @@ from . import (  # noqa: F401  (registration)
     pnp,
     rf_solver_edit,
     shared_attention,
+    stable_flow,
     uniedit,
 )
 from .base import EDITORS, AttentionEditor, Editor, NoEditor, get_editor, register

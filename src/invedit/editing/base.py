@@ -69,6 +69,9 @@ class Editor:
     #: The editor needs a mask of the region to edit (KV-Edit): ``create`` gets it as ``mask`` (an
     #: `invedit.masks.EditMask`); editors without it are given none (`invedit.prepare.check_mask`).
     takes_mask: ClassVar[bool] = False
+    #: The editor edits from an instruction (``instruction=``, ``--instruction``) in place of a target prompt: an
+    #: instruction-trained model's own pipeline (`invedit.editing.instruct`); a source prompt is optional.
+    takes_instruction: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.active = True
