@@ -171,7 +171,7 @@ class EditResult:
         return path
 
 
-def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
+def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | None, source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
          guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
          progress: bool = False, mask: Any = None, **editor_options: Any) -> EditResult:
@@ -179,7 +179,11 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
 
     Args:
         pipe: a pipeline from `invedit.load`.
-        image_or_inverted: a path, a PIL image, or an `Inverted` from `invedit.invert` (reused as is).
+        image_or_inverted: a path, a PIL image, or an `Inverted` from `invedit.invert` (reused as is); ``None``
+            (SD3 / FLUX) edits a generated pair as the official code of MM-DiT editing does: source and target both
+            start from the initial noise the model's diffusers pipeline draws for ``seed`` (so a seed gives the
+            pipeline's own image for the source prompt); ``reconstruction`` (and ``source``) is then the generated
+            source image.
         source_prompt: describes the input image (``None`` with an `Inverted`: its prompt).
         target_prompt: describes the wanted image.
         inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
@@ -203,7 +207,10 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     reused = isinstance(image_or_inverted, Inverted)
     if mask is not None:
         mask = load_mask(mask, None if reused else image_or_inverted)
-    if reused:
+    if image_or_inverted is None:
+        settings, prepared, inverted = _generated_start(pipe, source_prompt, target_prompt, inversion, editor, steps,
+                                                        guidance_scale, seed, inversion_options, editor_options, mask)
+    elif reused:
         inverted = image_or_inverted
         source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
         settings = check_settings(inverted.method, editor, inverted.steps, guidance_scale, seed,
@@ -236,15 +243,40 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
                 **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
-    return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
+    source = reconstruction if inverted.image is None else inverted.image  # a generated pair: its source image
+    return EditResult(image=image, reconstruction=reconstruction, source=source, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+
+
+def _generated_start(pipe, source_prompt, target_prompt, inversion, editor, steps, guidance_scale, seed,
+                     inversion_options, editor_options, mask):
+    """The checks of an edit of a generated pair (no input image) and its start, `Generated` (the seeded noise)."""
+    from .inversion.generated import Generated
+
+    model = backbone(pipe)
+    if model.schedule_kind != "flow":
+        raise InveditError(f"editing without an input image (a generated pair) runs on SD3 / FLUX models, not on "
+                           f"{model.family} models; give an image")
+    if inversion not in (None, Generated.method) or inversion_options:
+        raise InveditError("a generated pair is not inverted: give no inversion (or an image to invert)")
+    if mask is not None:
+        raise InveditError("a generated pair takes no mask")
+    if get_editor(editor).inversion_free:
+        raise InveditError(f"editor {editor!r} edits an input image without inverting it; give an image")
+    # Checked as an edit stepping a plain Euler trajectory: the generated pair is sampled exactly so.
+    settings = check_settings("euler", editor, DEFAULT_STEPS if steps is None else steps, guidance_scale, seed,
+                              None, editor_options, steps_limit=pipe.scheduler.config.num_train_timesteps)
+    prepared = prepare_edit(pipe, source_prompt, target_prompt, settings)
+    start = Generated.from_seed(model, prepared.branch_prompt, settings.steps, settings.seed, settings.guidance_scale)
+    return settings, prepared, start
 
 
 def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any], guidance_scale: float,
                  seed: int, stats: RunStats) -> dict[str, Any]:
     """What an edit record holds besides its prompts: methods, settings, model, cost, versions."""
-    blend = editor.settings().get("blend_words")
+    record = editor.settings()
+    blend = record.get("blend_words", record.get("local_blend_words"))
     model = backbone(pipe)
     return {
         "blend_words": list(blend) if blend else None,

@@ -60,6 +60,7 @@ def edit_command(
 ) -> None:
     """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
     from . import api
+    from .editing import get_editor
     from .images import load_image
     from .masks import load_mask
     from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
@@ -85,7 +86,8 @@ def edit_command(
     out = _output_path(out, image, inversion, editor)
     tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
     if tokenizer is not None:
-        check_prompts(tokenizer, source, target, settings.editor_options.get("blend_words"))
+        blend_option = get_editor(editor).blend_option()
+        check_prompts(tokenizer, source, target, settings.editor_options.get(blend_option) if blend_option else None)
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
     try:

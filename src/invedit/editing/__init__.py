@@ -4,6 +4,7 @@ from . import (  # noqa: F401  (registration)
     flowedit,
     kv_edit,
     masactrl,
+    mmdit_p2p,
     p2p,
     pix2pix_zero,
     pnp,
