@@ -147,16 +147,18 @@ class EditResult:
                 "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
                 "seconds_edit": round(self.seconds_edit, 4)}
 
-    def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False,
+             reconstruction_name: str = "reconstruction") -> Path:
         """Write the edited image (format from the suffix, PNG by default), its JSON record and optionally the
-        reconstruction (``NAME.reconstruction.png``) as one atomic group; the record names each image's SHA-256.
+        reconstruction (``NAME.reconstruction.png``; ``NAME.source.png`` with ``reconstruction_name="source"``,
+        as the CLI names a generated pair's source) as one atomic group; the record names each image's SHA-256.
         """
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
         images = [(path, self.image, Image.registered_extensions().get(path.suffix.lower(), "PNG"))]
         if reconstruction:
-            images.append((path.with_name(path.stem + ".reconstruction.png"), self.reconstruction, "PNG"))
+            images.append((path.with_name(f"{path.stem}.{reconstruction_name}.png"), self.reconstruction, "PNG"))
         encoded = []
         for target, image, fmt in images:
             buffer = io.BytesIO()

@@ -137,6 +137,7 @@ class FlowLocalBlend:
         self.kernel, self.sigma, self.max_pool = kernel, sigma, max_pool
         self.total: torch.Tensor | None = None  # (2, image tokens): sum of the stored maps
         self.stored = 0
+        self.mask: torch.Tensor | None = None  # the last blend mask (1, 1, H, W), for inspection
 
     def active(self, step: int) -> bool:
         return self.window[0] <= step < self.window[1]
@@ -168,7 +169,7 @@ class FlowLocalBlend:
         maps = F.interpolate(maps, size=(H, W), mode="nearest")
         maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-30)
         masks = maps > self.threshold
-        mask = (masks[0] | masks[1]).unsqueeze(0).to(latents.target)
+        mask = self.mask = (masks[0] | masks[1]).unsqueeze(0).to(latents.target)
         return Branches(latents.source, latents.source + mask * (latents.target - latents.source))
 
 
