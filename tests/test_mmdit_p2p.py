@@ -200,7 +200,7 @@ def test_blend_words_become_clip_and_t5_columns(pipes):
 def test_options_are_checked_with_clear_errors(pipes):
     for options, message in (({"method": "qq"}, "method must be one of"),
                              ({"replace_steps": 1.5}, "replace_steps"),
-                             ({"local_blend_words": "square star", "aggregate_blocks": [9]}, "not one of this model's 2"),
+                             ({"local_blend_words": "square star", "aggregate_blocks": [9]}, "not one of this model"),
                              ({"local_blend_words": "square star", "aggregate_blocks": "0,x"}, "not a block index"),
                              ({"local_blend_words": "square star", "local_blend_kernel": 4}, "must be odd"),
                              ({"local_blend_words": "square star", "tokenizer_choice": "x"}, "tokenizer_choice")):

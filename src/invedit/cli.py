@@ -28,9 +28,9 @@ app.command("report")(report_command)
 @app.command("edit")
 @cli_errors
 def edit_command(
-    image: Annotated[str | None, typer.Argument(help="image to edit (PNG/JPEG/...); none with --generate")] = None,
     source: Annotated[str, typer.Option("--source", "-s", help="prompt describing the image")],
     target: Annotated[str, typer.Option("--target", "-t", help="prompt describing the wanted image")],
+    image: Annotated[str | None, typer.Argument(help="image to edit (PNG/JPEG/...); none with --generate")] = None,
     inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
     editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
     blend: Annotated[str | None, typer.Option(

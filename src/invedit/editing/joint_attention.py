@@ -40,8 +40,8 @@ class JointEditProcessor:
         joint = encoder_hidden_states is not None and getattr(attn, "add_q_proj", None) is not None
         n_image = hidden_states.shape[1]
         if joint:
-            text_q, text_k = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
-            text_v = heads(attn.add_v_proj(encoder_hidden_states))
+            text_q, text_k, text_v = (heads(proj(encoder_hidden_states))
+                                      for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
             if attn.norm_added_q is not None:
                 text_q = attn.norm_added_q(text_q)
             if attn.norm_added_k is not None:

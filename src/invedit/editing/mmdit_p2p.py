@@ -1,5 +1,5 @@
 """Prompt-to-Prompt for MM-DiT (SD 3 / 3.5, FLUX.1 dev and schnell): Shin et al., "Exploring Multimodal Diffusion
-Transformers for Enhanced Prompt-based Image Editing", ICCV 2025 (arXiv 2409.08857; official code
+Transformers for Enhanced Prompt-based Image Editing", ICCV 2025 (arXiv 2508.07519; official code
 SNU-VGILab/exploring-mmdit, utils/dit_utils.py, attn_processors.py and common.py, read at commit a1721cd).
 
 Joint attention has no separate cross-attention map to swap: image and text tokens share one softmax. The paper
