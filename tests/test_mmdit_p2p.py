@@ -248,3 +248,34 @@ def test_processors_are_restored_and_other_editors_keep_diffusers_processors(pip
     start = Generated.from_seed(backbone(pipe), SOURCE, 2, 0, 3.5)
     run_editor(pipe, start, 3.5, local_blend_words="square star")
     assert {k: type(v) for k, v in pipe.transformer.attn_processors.items()} == before
+
+
+def test_cli_generates_a_pair_and_takes_blend_words(tmp_path):
+    """`invedit edit --generate` writes the edit, the generated source and the record; `--blend` becomes
+    local_blend_words; bad combinations exit 2 with one line, before the model loads."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from invedit.cli import app
+    from invedit.prepare import check_settings
+
+    model = str(FIXTURE / "parity_flow" / "tiny_flux")
+    out = tmp_path / "pair.png"
+    common = ["-s", SOURCE, "-t", TARGET, "--model", model, "--resolution", "128", "--editor", "mmdit-p2p",
+              "--guidance", "3.5", "-q"]
+    result = CliRunner().invoke(app, ["edit", "--generate", *common, "--steps", "2", "--blend", "square star",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.with_name("pair.source.png").is_file()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert (record["inversion"], record["editor"]["method"], record["nfe_inversion"]) == ("generate", "qiki", 0)
+    assert record["blend_words"] == ["square", "star"]
+    assert check_settings("direct", "mmdit-p2p", blend="square star").editor_options == {
+        "local_blend_words": ("square", "star")}
+    image = str(FIXTURE / "parity_flow" / "inputs" / "caseB.png")
+    for args, message in ((["edit", image, "--generate", *common], "give no IMAGE"),
+                          (["edit", *common], "give the IMAGE"),
+                          (["edit", image, *common, "--blend", "circle star"], "not a word of the source prompt")):
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and message in refused.output and "Traceback" not in refused.output
