@@ -40,6 +40,10 @@ CONFIGS = {
     "lb05": ("mmdit-p2p", {"local_blend_threshold": 0.5}),
     "r05lb05": ("mmdit-p2p", {"replace_steps": 0.5, "local_blend_threshold": 0.5}),
     "lb1": ("mmdit-p2p", {"local_blend_steps": 1.0}),
+    "r1": ("mmdit-p2p", {"replace_steps": 1.0}),
+    "r1lb1": ("mmdit-p2p", {"replace_steps": 1.0, "local_blend_steps": 1.0}),
+    "r05lb1": ("mmdit-p2p", {"replace_steps": 0.5, "local_blend_steps": 1.0}),
+    "r1lb1t05": ("mmdit-p2p", {"replace_steps": 1.0, "local_blend_steps": 1.0, "local_blend_threshold": 0.5}),
 }
 
 
@@ -85,6 +89,8 @@ def main() -> None:
                     r["gt"].append(psnr(edited, truth))
                     r["ok"].append(bool(edit_succeeded("color", item, edited, source, mask)))
                     r["nfe"].append(result.nfe_edit)
+            print(f"{item.id}: " + ", ".join(f"{k} {np.mean(v['ok']):.0%} {np.mean(v['bg']):.2f} dB"
+                                             for k, v in rows.items()), flush=True)
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
     summary = {key: {"n": len(r["gt"]), "background_psnr": float(np.mean(r["bg"])),

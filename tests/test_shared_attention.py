@@ -220,10 +220,11 @@ def flow_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask) and
-    rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing
+    """Every registered editor × {euler, direct}: none, shared-attention, mmdit-p2p, uniedit, kv-edit (with --mask)
+    and rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing
     written (flowedit: it pairs with inversion none only; rf-solver-edit: FLUX only)."""
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", "rf-solver-edit", "kv-edit", *WHY}
+    assert set(EDITORS) == {"none", "shared-attention", "mmdit-p2p", "uniedit", "flowedit", "rf-solver-edit", "kv-edit",
+                            *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -248,7 +249,7 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
                                                  f"schedule): {WHY[editor]}; use one of: flowedit, kv-edit, "
-                                                 f"none, rf-solver-edit, shared-attention, uniedit")
+                                                 f"mmdit-p2p, none, rf-solver-edit, shared-attention, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)
