@@ -221,8 +221,8 @@ def flow_folders(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
     """Every registered editor × {euler, direct}: none, shared-attention, mmdit-p2p, uniedit, kv-edit (with --mask)
-    and rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing
-    written (flowedit: it pairs with inversion none only; rf-solver-edit: FLUX only)."""
+    and rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2,
+    nothing written (flowedit: it pairs with inversion none only; rf-solver-edit: FLUX only)."""
     assert set(EDITORS) == {"none", "shared-attention", "mmdit-p2p", "uniedit", "flowedit", "rf-solver-edit", "kv-edit",
                             *WHY}
     for editor in sorted(EDITORS):
