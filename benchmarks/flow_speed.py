@@ -72,6 +72,12 @@ PUBLISHED_STEPS: tuple[tuple[str, int, str, dict, int | None, str], ...] = (
     ("flux", 15, "uniedit+uniedit", {}, 28, "10 + 18 = 28: Uni-Inv ⌊0.6·15⌋ + 1, then 9 × (source + target)"),
     ("sd3", 50, "none+flowedit", {}, None, "33 calls × 4 CFG rows = 132 (n_max 33 of 50)"),
     ("flux", 28, "none+flowedit", {}, None, "24 × 2 rows = 48 (n_max 24 of 28)"),
+    # The FlowEdit family (issue 33), each at its official config's step count.
+    ("sd3", 40, "none+dnaedit", {}, None,
+     "27 + 27 × 2 = 81 rows; the official SD3 inversion batches its one row twice (27 × 2 + 27 × 2 = 108)"),
+    ("flux", 28, "none+dnaedit", {}, None, "24 + 24 = 48 (T_start 4 of 28; one row each way)"),
+    ("sd3", 50, "none+drfs", {}, None, "50 calls × 4 CFG rows = 200 (num_steps 50 of 50)"),
+    ("sd3", 33, "none+flowalign", {}, None, "33 × 3 rows = 99 (target CFG pair against the source prompt + source)"),
     ("flux", 28, "euler+kv-edit", {}, None,
      "24 + 24 = 48: inversion N − skip (4 of 28), then the foreground tokens alone, K/V of the background cached"),
     ("flux", 28, "direct+kv-edit", {}, None, ""),
@@ -238,6 +244,11 @@ NFE_NOTES = [
     "every step, so `direct+uniedit` (the whole 15 steps, Direct's full inversion) costs 45 against Uni-Inv's 28 "
     "(α = 0.6: 9 steps inverted and edited). FlowEdit counts CFG rows (SD 3: 4 per step); papers that count a "
     "CFG pair as one evaluation would print 66 for SD 3.",
+    "- **DNAEdit, DRFS, FlowAlign** (issue 33): equal to the reference code, except DNAEdit's SD 3 inversion, "
+    "whose official call batches its one conditional row twice (its CFG flag is still the target's) and combines "
+    "them at scale 1: 108 there, 81 here, the same numbers. FlowAlign reads three rows per step to FlowEdit's four "
+    "(its target's CFG pair uses the source prompt as the negative one, the source velocity is unguided) but "
+    "runs every step (FlowEdit skips the noisiest 17 of 50). DRFS counts like FlowEdit, all 50 steps.",
     "- **KV-Edit** (mask given): invedit inverts all N steps (the inversion is shared with the other editors; the "
     "reference inverts N − skip) and runs the source rows beside the foreground every edited step to supply the "
     "background keys/values the reference caches during its inversion: 28 + 48 = 76 at 28 steps against 48.",

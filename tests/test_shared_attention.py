@@ -222,8 +222,10 @@ def flow_folders(tmp_path_factory):
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
     """Every registered editor × {euler, direct}: none, shared-attention, mmdit-p2p, uniedit, kv-edit (with --mask)
     and rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2,
-    nothing written (flowedit: it pairs with inversion none only; rf-solver-edit: FLUX only)."""
-    assert set(EDITORS) == {"none", "shared-attention", "mmdit-p2p", "uniedit", "flowedit", "rf-solver-edit", "kv-edit",
+    nothing written (the inversion-free flowedit, dnaedit, drfs, flowalign: they pair with inversion none only;
+    rf-solver-edit: FLUX only)."""
+    free = {"flowedit", "dnaedit", "drfs", "flowalign"}
+    assert set(EDITORS) == {"none", "shared-attention", "mmdit-p2p", "uniedit", "rf-solver-edit", "kv-edit", *free,
                             *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
@@ -234,9 +236,9 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
             if editor == "kv-edit":
                 argv += ["--mask", str(flow_folders / "mask.png")]
             result = CliRunner().invoke(app, argv)
-            if editor == "flowedit":
+            if editor in free:
                 assert result.exit_code == 2, (editor, inversion, result.output)
-                assert result.stderr.strip() == (f"error: editor 'flowedit' needs no inversion; use it with inversion "
+                assert result.stderr.strip() == (f"error: editor {editor!r} needs no inversion; use it with inversion "
                                                  f"'none', not {inversion!r}")
                 assert not out.exists()
             elif editor == "rf-solver-edit" and kind == "sd3":
@@ -248,8 +250,9 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
             elif editor in WHY:
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
-                                                 f"schedule): {WHY[editor]}; use one of: flowedit, kv-edit, "
-                                                 f"mmdit-p2p, none, rf-solver-edit, shared-attention, uniedit")
+                                                 f"schedule): {WHY[editor]}; use one of: dnaedit, drfs, "
+                                                 f"flowalign, flowedit, kv-edit, mmdit-p2p, none, rf-solver-edit, "
+                                                 f"shared-attention, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)

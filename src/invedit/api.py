@@ -359,6 +359,7 @@ def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model.name,
         "model_kind": model.family, "resolution": model.resolution, "model_fingerprint": model.fingerprint(),
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+        "quantize": model.quantize, "loras": [dict(r) for r in model.loras],
         "nfe_backward": inverted.stats.nfe_backward + stats.nfe_backward,
         "nfe_backward_inversion": inverted.stats.nfe_backward, "nfe_backward_edit": stats.nfe_backward,
         "versions": versions(),

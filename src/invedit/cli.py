@@ -13,7 +13,15 @@ import typer
 
 from .bench.cli import bench_command, evaluate_command, report_command
 from .cli_errors import cli_errors, raise_terminated
-from .cli_options import DeviceOption, DtypeOption, ModelOption, OffloadOption, ResolutionOption
+from .cli_options import (
+    DeviceOption,
+    DtypeOption,
+    LoraOption,
+    ModelOption,
+    OffloadOption,
+    QuantizeOption,
+    ResolutionOption,
+)
 from .errors import InveditError
 from .runtime import setup_threads
 
@@ -47,6 +55,8 @@ def edit_command(
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -66,8 +76,9 @@ def edit_command(
     from . import api
     from .editing import get_editor
     from .images import load_image
+    from .load_options import check_load_options
     from .masks import load_mask
-    from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .models import load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
     from .prepare import check_mask, check_prompts, check_settings
@@ -95,7 +106,7 @@ def edit_command(
         edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
         check_mask(editor, edit_mask)
     resolve_dtype(dtype, resolve_device(device))
-    check_offload(offload, resolve_device(device))
+    check_load_options(resolve_device(device), offload, quantize, lora)
     out = _output_path(out, image or "generated", "generate" if generate else inversion, editor)
     tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
     if tokenizer is not None:
@@ -105,7 +116,8 @@ def edit_command(
 
     try:
         setup_threads()
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
+                    loras=lora)
         started = time.perf_counter()
         if generate:
             result = api.edit(pipe, None, source, target, editor=editor, steps=steps, guidance_scale=guidance,
@@ -183,6 +195,8 @@ def demo_command(
                                                    "default: shapes-64")] = None,
     steps: Annotated[int, typer.Option(help="sampling steps")] = 50,
     dtype: Annotated[str | None, typer.Option(help="float32/float16/bfloat16 (default: bf16 on capable CPUs)")] = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     out: Annotated[Path, typer.Option(help="side-by-side PNG to write")] = Path("invedit-demo.png"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
@@ -192,7 +206,8 @@ def demo_command(
     from . import api
     from .backbones import backbone
     from .images import load_image
-    from .models import load, native_resolution
+    from .load_options import check_load_options
+    from .models import load, native_resolution, resolve_device
     from .toy.demo import run_demo
     from .toy.scenes import EDIT_KINDS, make_edit_example
 
@@ -205,8 +220,9 @@ def demo_command(
             raise InveditError("--source/--target/--blend go with --image; a generated scene has its own prompts")
     elif not (source and target):
         raise InveditError("--image needs --source and --target")
+    check_load_options(resolve_device(None), None, quantize, lora)
     setup_threads()
-    pipe = load(model, dtype=dtype or _default_demo_dtype())
+    pipe = load(model, dtype=dtype or _default_demo_dtype(), quantize=quantize, loras=lora)
     size = native_resolution(pipe)
     p2p = backbone(pipe).schedule_kind == "ddim"  # the flow demo's editor (shared attention) takes no blend words
     if blend and not p2p:
@@ -265,24 +281,28 @@ def ui_command(
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
     import importlib.util
 
     from . import api
-    from .models import check_offload, load, resolve_device
+    from .load_options import check_load_options
+    from .models import load, resolve_device
     from .ui.app import check_listen_address, serve
 
     api.check_steps(steps)
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
-    check_offload(offload, resolve_device(device))
+    check_load_options(resolve_device(device), offload, quantize, lora)
     check_listen_address(host, port)  # in use, not allowed, not this machine's: one line now, not after loading
     if importlib.util.find_spec("gradio") is None:  # found, not imported: serve() sets its temporary folder first
         raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'")
     setup_threads()
-    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
+                loras=lora)
 
     def announce() -> None:
         typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)"

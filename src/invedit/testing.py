@@ -349,3 +349,27 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
     from .models import prepare_pipeline
 
     return prepare_pipeline(pipe, torch.device(device), resolution=resolution, name=f"tiny-{kind}-{seed}-{resolution}")
+
+
+def tiny_lora(pipe, path, rank: int = 4, seed: int = 0, std: float = 0.5,
+              layers: tuple[str, ...] = ("to_q", "to_k", "to_v")) -> str:
+    """A random LoRA on the attention projections (``layers``) of ``pipe``'s denoiser, saved at ``path`` (a folder)
+    in diffusers' LoRA format by the pipeline class's own ``save_lora_weights``; returns the file's path.
+
+    A (rank × in) and B (out × rank) are Gaussian with standard deviation ``std`` (B is not zero, as it is when a
+    LoRA starts training, so the adapter changes every output it touches). Same seed → same file, bit for bit.
+    """
+    from pathlib import Path
+
+    from .backbones import backbone
+
+    model = backbone(pipe)
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, module in model.denoiser.named_modules():
+        if name.rpartition(".")[2] in layers and isinstance(module, torch.nn.Linear):
+            weights[f"{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * std
+            weights[f"{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * std
+    Path(path).mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(str(path), **{f"{model.denoiser_name}_lora_layers": weights})
+    return str(Path(path) / "pytorch_lora_weights.safetensors")

@@ -115,6 +115,18 @@ PUBLISHED_FLOW: tuple[PublishedFlowRow, ...] = (
     PublishedFlowRow("KV-Edit", None, "kv-edit", "flux", "FLUX.1-dev", None,
                      {"structure_distance": 1.98, "psnr": 35.87, "lpips": 9.92},
                      "KV-Edit (Zhu et al., arXiv 2502.17363)", mask_given=True),
+    # The FlowEdit family on SD 3.5 (issue 33): one table comparing them, printed in the DRFS paper.
+    PublishedFlowRow("FlowEdit", "none", "flowedit", "sd3", "SD 3.5", None,
+                     {"structure_distance": 12.73, "psnr": 26.59},
+                     "DRFS's PIE-Bench comparison on SD 3.5 (Beaudouin et al., arXiv 2509.05342; which table not "
+                     "verified here); FlowEdit: Kulikov et al., arXiv 2412.08629"),
+    PublishedFlowRow("DNAEdit", "none", "dnaedit", "sd3", "SD 3.5", None,
+                     {"structure_distance": 14.19, "psnr": 26.66},
+                     "DRFS's PIE-Bench comparison on SD 3.5 (Beaudouin et al., arXiv 2509.05342; which table not "
+                     "verified here); DNAEdit: Xie et al., arXiv 2506.01430"),
+    PublishedFlowRow("DRFS", "none", "drfs", "sd3", "SD 3.5, 50 steps", None,
+                     {"structure_distance": 12.00, "psnr": 26.97},
+                     "DRFS (Beaudouin et al., CVPR 2026, arXiv 2509.05342; which table not verified here)"),
 )
 #: The metrics the flow table shows (the papers print these; CLIP scores are on other scales there).
 FLOW_METRICS = ("structure_distance", "psnr", "lpips", "clip_whole", "clip_edited")

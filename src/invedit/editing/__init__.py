@@ -1,6 +1,9 @@
 """Editors, one file each, registered by name (see `Editor` for the contract)."""
 
 from . import (  # noqa: F401  (registration)
+    dnaedit,
+    drfs,
+    flowalign,
     flowedit,
     kv_edit,
     masactrl,
