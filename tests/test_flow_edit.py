@@ -129,7 +129,8 @@ def test_methods_refuse_the_model_kind_they_do_not_run_on():
         invedit.invert(flow, scene_image(), SOURCE, "null-text", steps=STEPS)
     with pytest.raises(InveditError, match=r"editor 'p2p' does not run on sd3 models \(flow schedule\): it rewrites "
                                            r"a UNet's cross-attention maps .*; use one of: dnaedit, drfs, flowalign, "
-                                           r"flowedit, kv-edit, none, rf-solver-edit, shared-attention, stable-flow, "
+                                           r"flowedit, kv-edit, mmdit-p2p, none, rf-solver-edit, shared-attention, "
+                                           r"stable-flow, "
                                            r"uniedit$"):
         invedit.edit(flow, scene_image(), SOURCE, TARGET, inversion="direct", editor="p2p", steps=STEPS)
     with pytest.raises(InveditError, match=r"inversion 'euler' does not run on sd models \(ddim schedule\); use one "

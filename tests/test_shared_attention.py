@@ -220,13 +220,13 @@ def flow_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask),
+    """Every registered editor × {euler, direct}: none, shared-attention, mmdit-p2p, uniedit, kv-edit (with --mask),
     rf-solver-edit and stable-flow (FLUX) write the edit and its record; the rest refuse in one line saying why, exit
     code 2, nothing written (the inversion-free flowedit, dnaedit, drfs, flowalign: they pair with inversion none only;
     rf-solver-edit, stable-flow: FLUX only; instruct: it takes an instruction, not a target prompt)."""
     free = {"flowedit", "dnaedit", "drfs", "flowalign"}
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "rf-solver-edit", "kv-edit", "stable-flow",
-                            "instruct", *free, *WHY}
+    assert set(EDITORS) == {"none", "shared-attention", "mmdit-p2p", "uniedit", "rf-solver-edit", "kv-edit",
+                            "stable-flow", "instruct", *free, *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -261,7 +261,7 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
                                                  f"schedule): {WHY[editor]}; use one of: dnaedit, drfs, "
-                                                 f"flowalign, flowedit, kv-edit, none, rf-solver-edit, "
+                                                 f"flowalign, flowedit, kv-edit, mmdit-p2p, none, rf-solver-edit, "
                                                  f"shared-attention, stable-flow, uniedit")
                 assert not out.exists()
             else:

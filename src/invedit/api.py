@@ -175,19 +175,23 @@ class EditResult:
         inherited = {"inversion": s.get("inversion"), "editor": (s.get("editor") or {}).get("editor"),
                      "steps": s.get("steps"), "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed"),
                      "inversion_options": s.get("inversion_options")}
+        if inherited["inversion"] == "generate":  # a generated pair's image is a real image to invert now
+            inherited["inversion"] = None
         settings = {k: v for k, v in inherited.items() if v is not None}
         return edit(pipe, self, source_prompt, target_prompt, **{**settings, **kwargs})
 
-    def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False,
+             reconstruction_name: str = "reconstruction") -> Path:
         """Write the edited image (format from the suffix, PNG by default), its JSON record and optionally the
-        reconstruction (``NAME.reconstruction.png``) as one atomic group; the record names each image's SHA-256.
+        reconstruction (``NAME.reconstruction.png``; ``NAME.source.png`` with ``reconstruction_name="source"``,
+        as the CLI names a generated pair's source) as one atomic group; the record names each image's SHA-256.
         """
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".png")
         images = [(path, self.image, Image.registered_extensions().get(path.suffix.lower(), "PNG"))]
         if reconstruction:
-            images.append((path.with_name(path.stem + ".reconstruction.png"), self.reconstruction, "PNG"))
+            images.append((path.with_name(f"{path.stem}.{reconstruction_name}.png"), self.reconstruction, "PNG"))
         encoded = [(target, _encoded(image, fmt)) for target, image, fmt in images]
         files = [(target, lambda f, data=data: f.write(data)) for target, data in encoded]
         if sidecar:
@@ -228,7 +232,8 @@ def _png_bytes(image: Image.Image) -> bytes:
     return _encoded(image, "PNG")
 
 
-def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | EditResult, source_prompt: str | None,
+def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | EditResult | None,
+         source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
          guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
          progress: bool = False, mask: Any = None, instruction: str | None = None,
@@ -240,7 +245,11 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
         image_or_inverted: a path, a PIL image, an `Inverted` from `invedit.invert` (reused as is), or an
             `EditResult` to edit again: its image is inverted afresh, as the PNG it saves would be, and the record's
             ``previous`` links it (`EditResult.link`; `EditResult.edit_again` also keeps its settings). An image
-            file that `EditResult.save` wrote is linked the same way, through its JSON (`saved_link`).
+            file that `EditResult.save` wrote is linked the same way, through its JSON (`saved_link`). ``None``
+            (SD3 / FLUX) edits a generated pair as the official code of MM-DiT editing does: source and target both
+            start from the initial noise the model's diffusers pipeline draws for ``seed`` (so a seed gives the
+            pipeline's own image for the source prompt); ``reconstruction`` (and ``source``) is then the generated
+            source image.
         source_prompt: describes the input image (``None`` with an `Inverted`: its prompt; with an `EditResult`:
             its target prompt; optional with an instruction editor, which only records it).
         target_prompt: describes the wanted image (``None`` with an instruction editor).
@@ -274,7 +283,10 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
     target_prompt = instruction_or_target(editor, target_prompt, instruction)
     if mask is not None:
         mask = load_mask(mask, None if reused else image_or_inverted)
-    if reused:
+    if image_or_inverted is None:
+        settings, prepared, inverted = _generated_start(pipe, source_prompt, target_prompt, inversion, editor, steps,
+                                                        guidance_scale, seed, inversion_options, editor_options, mask)
+    elif reused:
         inverted = image_or_inverted
         source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
         settings = check_settings(inverted.method, editor, inverted.steps, guidance_scale, seed,
@@ -318,7 +330,8 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
         saved_link(image_or_inverted) if isinstance(image_or_inverted, (str, os.PathLike)) else None)
     if link is not None:
         settings["previous"] = link
-    return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
+    source = reconstruction if inverted.image is None else inverted.image  # a generated pair: its source
+    return EditResult(image=image, reconstruction=reconstruction, source=source, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
 
@@ -346,10 +359,34 @@ def instruction_or_target(editor: str, target_prompt: str | None, instruction: s
     return target_prompt
 
 
+def _generated_start(pipe, source_prompt, target_prompt, inversion, editor, steps, guidance_scale, seed,
+                     inversion_options, editor_options, mask):
+    """The checks of an edit of a generated pair (no input image) and its start, `Generated` (the seeded noise)."""
+    from .inversion.generated import Generated
+
+    model = backbone(pipe)
+    if model.schedule_kind != "flow":
+        raise InveditError(f"editing without an input image (a generated pair) runs on SD3 / FLUX models, not on "
+                           f"{model.family} models; give an image")
+    if inversion not in (None, Generated.method) or inversion_options:
+        raise InveditError("a generated pair is not inverted: give no inversion (or an image to invert)")
+    if mask is not None:
+        raise InveditError("a generated pair takes no mask")
+    if get_editor(editor).inversion_free:
+        raise InveditError(f"editor {editor!r} edits an input image without inverting it; give an image")
+    # Checked as an edit stepping a plain Euler trajectory: the generated pair is sampled exactly so.
+    settings = check_settings("euler", editor, DEFAULT_STEPS if steps is None else steps, guidance_scale, seed,
+                              None, editor_options, steps_limit=pipe.scheduler.config.num_train_timesteps)
+    prepared = prepare_edit(pipe, source_prompt, target_prompt, settings)
+    start = Generated.from_seed(model, prepared.branch_prompt, settings.steps, settings.seed, settings.guidance_scale)
+    return settings, prepared, start
+
+
 def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any], guidance_scale: float,
                  seed: int, stats: RunStats) -> dict[str, Any]:
     """What an edit record holds besides its prompts: methods, settings, model, cost, versions."""
-    blend = editor.settings().get("blend_words")
+    record = editor.settings()
+    blend = record.get("blend_words", record.get("local_blend_words"))
     model = backbone(pipe)
     return {
         "blend_words": list(blend) if blend else None,

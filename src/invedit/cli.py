@@ -36,7 +36,7 @@ app.command("report")(report_command)
 @app.command("edit")
 @cli_errors
 def edit_command(
-    image: Annotated[str, typer.Argument(help="image to edit (PNG/JPEG/...)")],
+    image: Annotated[str | None, typer.Argument(help="image to edit (PNG/JPEG/...); none with --generate")] = None,
     source: Annotated[str | None, typer.Option("--source", "-s", help="prompt describing the image")] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="prompt describing the wanted image")] = None,
     instruction: Annotated[str | None, typer.Option(
@@ -69,10 +69,13 @@ def edit_command(
     correct_target: Annotated[bool, typer.Option(help="direct: also add the target's own offset (ablation)")] = False,
     inversion_guidance: Annotated[float | None, typer.Option(help="ddim/direct: CFG during inversion")] = None,
     save_reconstruction: Annotated[bool, typer.Option(help="also write the reconstruction")] = False,
+    generate: Annotated[bool, typer.Option(
+        "--generate", help="no IMAGE: edit a generated pair (SD3/FLUX): source and target from the seed's initial "
+        "noise, as the pipeline draws it; writes OUT and the source image OUT.source.png")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Edit IMAGE from the source prompt to the target prompt (or by an instruction, with an instruction-trained
-    model); writes a PNG and a JSON sidecar."""
+    """Edit IMAGE (or, with --generate, a generated pair) from the source prompt to the target prompt (or by an
+    instruction, with an instruction-trained model); writes a PNG and a JSON sidecar."""
     from . import api
     from .editing import get_editor
     from .images import load_image
@@ -106,22 +109,32 @@ def edit_command(
              "correct_target": correct_target or None, "inversion_guidance": inversion_guidance}
     inversion_options = parse_options(inversion_option, "--inversion-option")
     inversion_options.update({k: v for k, v in flags.items() if v is not None})
-    settings = check_settings(inversion, editor, steps, guidance, seed, inversion_options,
+    if generate:
+        if image is not None:
+            raise InveditError("--generate edits a generated pair; give no IMAGE with it")
+        if mask is not None or inversion_options:
+            raise InveditError("--generate makes no inversion and takes no mask")
+    elif image is None:
+        raise InveditError("give the IMAGE to edit (or --generate to edit a generated pair)")
+    settings = check_settings("euler" if generate else inversion, editor, steps, guidance, seed, inversion_options,
                               parse_options(option, "--option"), blend)
-    load_image(image, 64)  # readable, RGB-convertible, not tiny
-    edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
-    check_mask(editor, edit_mask)
+    edit_mask = None
+    if not generate:
+        load_image(image, 64)  # readable, RGB-convertible, not tiny
+        edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
+        check_mask(editor, edit_mask)
     resolve_dtype(dtype, resolve_device(device))
     check_load_options(resolve_device(device), offload, quantize, lora)
-    out = _output_path(out, image, inversion, editor)
+    out = _output_path(out, image or "generated", "generate" if generate else inversion, editor)
     family = peek_family(model)  # from model_index.json: methods the family does not run are refused now
     if family is not None:
-        check_model_kind(family, inversion, editor)
+        check_model_kind(family, "euler" if generate else inversion, editor)
     # prompts and blend words are checked before the model loads (instruction models: after, by their tokenizer)
     instruction_model = family is not None and family.schedule_kind == "instruction"
     tokenizer = None if instructed or instruction_model else load_tokenizer(model)
     if tokenizer is not None:
-        check_prompts(tokenizer, source, target, settings.editor_options.get("blend_words"))
+        blend_option = get_editor(editor).blend_option()
+        check_prompts(tokenizer, source, target, settings.editor_options.get(blend_option) if blend_option else None)
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
     try:
@@ -129,26 +142,31 @@ def edit_command(
         pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
                     loras=lora)
         started = time.perf_counter()
-        result = api.edit(
-            pipe, load_image(image, native_resolution(pipe)), source, None if instructed else target,
-            inversion=inversion, editor=editor, steps=steps, guidance_scale=guidance, seed=seed,
-            inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
-            instruction=target if instructed else None, **settings.editor_options,
-        )
-        result.settings["image"] = str(image)
-        previous = api.saved_link(image)  # IMAGE is an earlier edit's output: its record links that edit
-        if previous is not None:
-            result.settings["previous"] = previous
+        if generate:
+            result = api.edit(pipe, None, source, target, editor=editor, steps=steps, guidance_scale=guidance,
+                              seed=seed, progress=not quiet, **settings.editor_options)
+        else:
+            result = api.edit(
+                pipe, load_image(image, native_resolution(pipe)), source, None if instructed else target,
+                inversion=inversion, editor=editor, steps=steps, guidance_scale=guidance, seed=seed,
+                inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
+                instruction=target if instructed else None, **settings.editor_options,
+            )
+            result.settings["image"] = str(image)
+            previous = api.saved_link(image)  # IMAGE is an earlier edit's output: its record links that edit
+            if previous is not None:
+                result.settings["previous"] = previous
         if mask is not None:
             result.settings["mask"]["file"] = str(mask)
-        result.save(out, reconstruction=save_reconstruction)
+        second = "source" if generate else "reconstruction"
+        result.save(out, reconstruction=save_reconstruction or generate, reconstruction_name=second)
     except BaseException:
         remove_created(created)
         raise
     written = [out, out.with_suffix(".json")]
-    if save_reconstruction:
-        written.append(out.with_name(out.stem + ".reconstruction.png"))
-    typer.echo(f"wrote {', '.join(map(str, written))}: {inversion}+{editor}, "
+    if save_reconstruction or generate:
+        written.append(out.with_name(f"{out.stem}.{second}.png"))
+    typer.echo(f"wrote {', '.join(map(str, written))}: {result.settings['inversion']}+{editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
 
 

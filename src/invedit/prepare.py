@@ -61,17 +61,18 @@ class EditSettings:
 
 
 def editor_options_with_blend(editor: str, options: dict[str, Any] | None, blend: str | None) -> dict[str, Any]:
-    """The editor's options with ``blend`` ("SRC TGT", the CLI's ``--blend``) as P2P's ``blend_words``,
-    validated by the editor."""
+    """The editor's options with ``blend`` ("SRC TGT", the CLI's ``--blend``) as its LocalBlend words (P2P's
+    ``blend_words``, MM-DiT P2P's ``local_blend_words``: `Editor.blend_option`), validated by the editor."""
     from .editing.p2p import parse_blend_words
 
     editor_cls = get_editor(editor)
     options = dict(options or {})
     if blend:
-        if "blend_words" not in editor_cls.defaults:
+        key = editor_cls.blend_option()
+        if key is None:
             raise InveditError(f"--blend is Prompt-to-Prompt's LocalBlend; editor {editor_cls.name!r} has no blend "
                                "words")
-        options["blend_words"] = parse_blend_words(blend)
+        options[key] = parse_blend_words(blend)
     editor_cls.validate_options(options)
     return options
 

@@ -69,20 +69,24 @@ def _normalise(word: str) -> str:
     return re.sub(r"[^\w]", "", word.lower())
 
 
-def word_token_indices(prompt: str, word: str, tokenizer) -> list[int]:
+def word_token_indices(prompt: str, word: str, tokenizer, first: int = 1, limit: int | None = None) -> list[int]:
     """Token positions (BOS = 0) of every occurrence of ``word`` among the space-separated words of ``prompt``.
 
     Matching ignores case and punctuation; a word that BPE splits into several tokens yields all of them.
+    ``first``: the first word's position (1 after CLIP's BOS; 0 for T5, which has none); ``limit``: positions
+    kept (default the tokenizer's ``model_max_length``). Each word is tokenized alone, which is how CLIP's BPE
+    and T5's SentencePiece split a prompt (both split at spaces first).
     """
     target = _normalise(word)
     out: list[int] = []
-    position = 1
+    position = first
     for w in prompt.split():
         n = len(tokenizer(w, add_special_tokens=False).input_ids)
         if _normalise(w) == target:
             out.extend(range(position, position + n))
         position += n
-    return [i for i in out if i < tokenizer.model_max_length]
+    limit = tokenizer.model_max_length if limit is None else limit
+    return [i for i in out if i < limit]
 
 
 def require_word(prompt: str, word: str, tokenizer, what: str) -> list[int]:

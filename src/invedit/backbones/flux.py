@@ -67,6 +67,14 @@ class FluxBackbone(FlowTransformerBackbone):
         hidden = pipe.text_encoder_2(t5_ids.to(pipe.text_encoder_2.device), output_hidden_states=False)[0]
         return pack_pooled(hidden.float(), pooled.float().to(hidden.device))
 
+    @property
+    def latent_channels(self) -> int:
+        return int(self.denoiser.config.in_channels) // 4  # the transformer sees 2×2-packed latents
+
+    def text_layout(self) -> list[tuple[object, int, int, int]]:
+        """T5 positions (no BOS) alone: FLUX's text tokens are T5's."""
+        return [(self.pipe.tokenizer_2, 0, self.t5_tokens, 0)]
+
     def denoise(self, latents: torch.Tensor, t: float, embeddings: torch.Tensor, stats, *,
                 guidance: float | torch.Tensor | None = None) -> torch.Tensor:
         """One transformer call on (N, C, h, w) latents at timestep ``t`` (σ): packs, calls with the position ids

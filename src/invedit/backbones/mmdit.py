@@ -120,6 +120,27 @@ class FlowTransformerBackbone(Backbone):
         images = vae.decode(raw.to(vae.device, vae.dtype)).sample
         return [Image.fromarray(a) for a in tensor_to_uint8(images)]
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the (unpacked) latent the VAE makes and the transformer denoises."""
+        return int(self.denoiser.config.in_channels)
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        """The initial latent noise the family's diffusers pipeline draws for one image from
+        ``generator=torch.Generator().manual_seed(seed)`` at the working resolution: one ``torch.randn`` of
+        (1, C, h, w) on the CPU in the transformer's dtype (diffusers' ``randn_tensor``; FLUX packs it afterwards),
+        returned as float32 (1, C, h, w)."""
+        side = self.resolution // self.vae_factor
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((1, self.latent_channels, side, side), generator=generator, dtype=self.denoiser.dtype)
+        return noise.float().to(self.device)
+
+    def text_layout(self) -> list[tuple[object, int, int, int]]:
+        """How the conditioning's text tokens (what joint attention sees as text) are laid out, one entry per
+        tokenizer: ``(tokenizer, first word's position, tokens kept, offset in the text tokens)``; a word's
+        columns are ``offset + p`` for its token positions ``p`` (`invedit.prompts.word_token_indices`)."""
+        raise NotImplementedError
+
     def _layer_groups(self) -> list[tuple[str, str]]:
         """``(ModuleList attribute, place)`` of the transformer's block lists, in forward order."""
         return [("transformer_blocks", "joint")]

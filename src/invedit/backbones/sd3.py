@@ -53,6 +53,15 @@ class SD3Backbone(FlowTransformerBackbone):
         hidden = torch.cat([clip, t5.to(clip.device)], dim=-2)
         return pack_pooled(hidden, torch.cat([pooled_1, pooled_2], dim=-1).float())
 
+    def text_layout(self) -> list[tuple[object, int, int, int]]:
+        """CLIP positions (BOS = 0, of 77), then T5's (no BOS) from column 77, as `encode_prompts` lays them out;
+        no T5 entry when the model runs without T5 (its zero tokens name no word)."""
+        clip = int(self.pipe.tokenizer_max_length)
+        layout = [(self.pipe.tokenizer, 1, clip, 0)]
+        if self.pipe.text_encoder_3 is not None and self.t5_tokens > 0:
+            layout.append((self.pipe.tokenizer_3, 0, self.t5_tokens, clip))
+        return layout
+
     def denoise(self, latents: torch.Tensor, t: float, embeddings: torch.Tensor, stats, *,
                 guidance: float | None = None) -> torch.Tensor:
         """One transformer call on (N, C, h, w) latents at timestep ``t`` (σ·1000): the velocity, float32 (float64

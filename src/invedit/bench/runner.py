@@ -446,8 +446,9 @@ class _RunContext:
         from ..editing.p2p import parse_blend_words
 
         options = dict(m.editor_options)
-        if "blend_words" in get_editor(m.editor).defaults and "blend_words" not in options and item.blend_words:
-            options["blend_words"] = parse_blend_words(item.blend_words)
+        key = get_editor(m.editor).blend_option()
+        if key is not None and key not in options and item.blend_words:
+            options[key] = parse_blend_words(item.blend_words)
         return options
 
     @staticmethod

@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (registration)
     instruct,
     kv_edit,
     masactrl,
+    mmdit_p2p,
     p2p,
     pix2pix_zero,
     pnp,

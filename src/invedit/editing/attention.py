@@ -150,7 +150,9 @@ def installed(model, editor=None, values: ValueTransforms | None = None) -> Iter
         wants = editor is not None and editor.wants_layer(info)
         applies_values = values is not None and info.is_cross
         if wants or applies_values:
-            processors[key] = EditorAttnProcessor(editor if wants else None, info, values if info.is_cross else None)
+            cross_values = values if info.is_cross else None
+            processors[key] = (editor.attention_processor(info, cross_values) if wants
+                               else EditorAttnProcessor(None, info, cross_values))
         attending += wants
         value_layers += applies_values
     hooks = list(editor.forward_hooks(unet)) if editor is not None else []

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InveditError, merge_options
 from ..sampling import Branches, Row
-from .attention import LayerInfo, ValueTransforms, installed
+from .attention import EditorAttnProcessor, LayerInfo, ValueTransforms, installed
 
 EDITORS: dict[str, type[Editor]] = {}
 #: A module forward hook: (module, args, output) -> replaced output, or None to keep it.
@@ -108,6 +108,17 @@ class Editor:
                value: torch.Tensor) -> torch.Tensor | None:
         """Attention output (B, heads, tokens, d) for the whole batch, or None for plain SDPA."""
         return None
+
+    def attention_processor(self, info: LayerInfo, values: ValueTransforms | None = None):
+        """The attention processor `attach` puts on a layer ``wants_layer`` chose: the UNet's, which hands q, k, v
+        to `attend` (`invedit.editing.attention.EditorAttnProcessor`); editors of joint attention name their own."""
+        return EditorAttnProcessor(self, info, values)
+
+    @classmethod
+    def blend_option(cls) -> str | None:
+        """The option that takes LocalBlend's "SRC TGT" words (the CLI's ``--blend``, PIE-Bench's blended_word):
+        P2P's ``blend_words``, MM-DiT P2P's ``local_blend_words``; None for editors without LocalBlend."""
+        return next((k for k in ("blend_words", "local_blend_words") if k in cls.defaults), None)
 
     def forward_hooks(self, unet) -> list[tuple[torch.nn.Module, ForwardHook]]:
         """Module forward hooks ``hook(module, args, output) -> output | None`` to install for the run."""

@@ -170,7 +170,7 @@ def _defaults_text(editor: str, pipe) -> str:
     from ..models import model_editor_defaults
 
     defaults = {**get_editor(editor).defaults, **model_editor_defaults(pipe, editor)}
-    shown = ", ".join(f"`{k}={v}`" for k, v in defaults.items() if k != "blend_words")
+    shown = ", ".join(f"`{k}={v}`" for k, v in defaults.items() if k not in ("blend_words", "local_blend_words"))
     return f"{editor} options and defaults: {shown or 'none'}"
 
 
@@ -240,7 +240,8 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                                     format="png", height=IMAGE_HEIGHT // 2)
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the wanted image)", elem_id="target")
-                blend = gr.Textbox(label='blend words "SOURCE_WORD TARGET_WORD" (P2P LocalBlend, optional)',
+                blend = gr.Textbox(label='blend words "SOURCE_WORD TARGET_WORD" (LocalBlend of p2p / mmdit-p2p, '
+                                         'optional)',
                                    elem_id="blend")
                 with gr.Row():
                     inversion = gr.Dropdown(inversions, value="direct", label="inversion", elem_id="inversion")
