@@ -53,13 +53,13 @@ class FlowTrainConfig:
     # transformer on freshly rendered scenes with the flow loss + ``ground_weight`` × a grounding loss on the joint
     # blocks' image→text attention (each object word's map on its object, background words' on the background)
     ft_scenes: int = 5000  # rendered and encoded once (latent posteriors + grounding targets), drawn from each step
-    ft_steps: int = 1000
+    ft_steps: int = 300
     ft_batch: int = 32
-    ft_lr: float = 1.5e-4
-    ft_warmup: int = 100
-    ft_decay_from: float = 0.5
-    ft_ema_decay: float = 0.997
-    ground_weight: float = 0.05
+    ft_lr: float = 1e-4
+    ft_warmup: int = 30
+    ft_decay_from: float = 0.3
+    ft_ema_decay: float = 0.99
+    ground_weight: float = 0.1
 
     @property
     def width(self) -> int:
@@ -86,3 +86,5 @@ EDITOR_DEFAULTS: dict[str, dict[str, Any]] = {"shared-attention": {"share": "v",
 #: Guidance the flow model's edits are measured at (its demo and benchmarks): at 3.5 and above the target branch
 #: leaves the source's layout whatever the editor (background ≤ 23 dB on the validation edits).
 EDIT_GUIDANCE = 2.0
+#: Steps the flow model's edits are measured at (SD3's default 28); recommended with guidance in its invedit.json
+EDIT_STEPS = 28

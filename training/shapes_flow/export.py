@@ -11,7 +11,15 @@ import torch
 
 from invedit.models import MODEL_SETTINGS_FILE
 from invedit.toy import scenes
-from training.shapes_flow.config import DEFAULT_RUN_DIR, EDITOR_DEFAULTS, UNET_MODEL_DIR, WEIGHTS_DIR, FlowTrainConfig
+from training.shapes_flow.config import (
+    DEFAULT_RUN_DIR,
+    EDIT_GUIDANCE,
+    EDIT_STEPS,
+    EDITOR_DEFAULTS,
+    UNET_MODEL_DIR,
+    WEIGHTS_DIR,
+    FlowTrainConfig,
+)
 from training.shapes_flow.models import build_scheduler, build_transformer, load_shared
 
 
@@ -52,6 +60,7 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
             "latent_scale": ck["latent_scale"], "shared_with": "shapes-64 (VAE, tokenizer, text encoder)",
             "held_out": [list(h) for h in scenes.HELD_OUT], "vocabulary": list(scenes.VOCABULARY)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-    settings = {"editor_defaults": EDITOR_DEFAULTS, "call_options": {"max_sequence_length": cfg.t5_tokens}}
+    settings = {"guidance": EDIT_GUIDANCE, "steps": EDIT_STEPS, "editor_defaults": EDITOR_DEFAULTS,
+                "call_options": {"max_sequence_length": cfg.t5_tokens}}
     (out_dir / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     return out_dir
