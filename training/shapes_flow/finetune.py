@@ -126,10 +126,11 @@ def batch_targets(targets: list[tuple[np.ndarray, np.ndarray]], grid: int, dropp
 
 
 def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: float, gov: ThreadGovernor,
-             unet_dir: Path = UNET_MODEL_DIR) -> bool:
+             unet_dir: Path = UNET_MODEL_DIR, stop_at: int | None = None) -> bool:
     """Fine-tune ``init_dir``'s transformer for ``cfg.ft_steps`` (continuing ``finetune.ckpt.pt`` if there is
-    one); returns True once done. Each step draws ``cfg.ft_batch`` scenes of `finetune_cache` (a latent sampled
-    from each one's posterior) from a generator seeded by the seed and the step."""
+    one; ``stop_at``: stop once that many are done, the LR schedule unchanged); returns True once done. Each step
+    draws ``cfg.ft_batch`` scenes of `finetune_cache` (a latent sampled from each one's posterior) from a generator
+    seeded by the seed and the step."""
     from training.shapes_flow.train import sample
 
     ckpt_path = run_dir / "finetune.ckpt.pt"
@@ -178,7 +179,8 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
 
     log = StepLog(log_path, cfg.ft_steps, step, "finetune", cfg.log_every, cfg.ckpt_minutes)
     model.train()
-    while step < cfg.ft_steps and time.time() < deadline:
+    last = min(cfg.ft_steps, stop_at or cfg.ft_steps)
+    while step < last and time.time() < deadline:
         threads = gov.update()
         lr = _lr(step, cfg.ft_lr, cfg.ft_warmup, cfg.ft_steps, cfg.ft_decay_from)
         for group in opt.param_groups:
@@ -209,4 +211,4 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
     log.close()
     checkpoint()
     preview()
-    return step >= cfg.ft_steps
+    return step >= last

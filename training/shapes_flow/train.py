@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                          "grounding loss (training/shapes_flow/finetune.py)")
     ap.add_argument("--init", type=Path, default=WEIGHTS_DIR,
                     help="exported model folder the fine-tune starts from (default: the shipped one)")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="finetune: stop (and checkpoint) once this many steps are done, short of ft_steps")
     ap.add_argument("--max-threads", type=int, default=None,
                     help="at most this many intra-op threads (default: the config's max_threads)")
     args = ap.parse_args(argv)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "finetune":
             from training.shapes_flow.finetune import finetune
 
-            done = finetune(cfg, run_dir, args.init, deadline, gov)
+            done = finetune(cfg, run_dir, args.init, deadline, gov, stop_at=args.stop_at)
         else:
             done = train(cfg, run_dir, deadline, gov)
         print("training finished" if done else "stopped (time bound); continue with --resume", file=sys.stderr)

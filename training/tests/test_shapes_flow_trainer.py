@@ -111,10 +111,10 @@ def test_joint_attention_recorder_computes_the_models_attention_and_records_imag
 def test_finetune_continues_an_export_as_a_function_of_the_seed(smoke_export, tmp_path):
     from safetensors.torch import load_file
 
-    def finetune(name: str) -> dict:
+    def finetune(name: str, *extra: str) -> dict:
         out = tmp_path / name
         assert train.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
-                           str(out / "run"), "--export", "--export-dir", str(out / "export")]) == 0
+                           str(out / "run"), "--export", "--export-dir", str(out / "export"), *extra]) == 0
         return load_file(out / "export" / "transformer/diffusion_pytorch_model.safetensors")
 
     torch.manual_seed(7)
@@ -130,6 +130,9 @@ def test_finetune_continues_an_export_as_a_function_of_the_seed(smoke_export, tm
     assert info["finetuned_from"]["training"] == base and len(info["finetuned_from"]["sha256"]) == 64
     log = [json.loads(line) for line in (tmp_path / "a" / "run" / "log_finetune.jsonl").read_text().splitlines()]
     assert all(0 < r["ground"] < 1 for r in log if "ground" in r)
+    c = finetune("c", "--stop-at", "2")  # stopped early: the same schedule, fewer steps
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert json.loads((tmp_path / "c" / "export" / "training.json").read_text())["finetune_steps_done"] == 2
     with pytest.raises(SystemExit):  # the run's checkpoint is not overwritten
         train.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
                     str(tmp_path / "a" / "run")])
