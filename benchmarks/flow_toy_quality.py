@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -214,8 +214,9 @@ def main() -> None:
     if "editing" in args.parts.split(","):
         jobs += [("editing", editor) for editor in args.editors.split(",")]
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [(part, pool.submit(run_part, part, editor, args)) for part, editor in jobs]
-        for part, future in futures:
+        futures = {pool.submit(run_part, part, editor, args): part for part, editor in jobs}
+        for future in as_completed(futures):  # each part reported as soon as it is done
+            part = futures[future]
             value, seconds = future.result()
             if part == "editing":
                 results.setdefault("editing", {}).update(value)
