@@ -34,7 +34,7 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.bench.data import load_benchmark
-from invedit.editing.base import reference_editor_options
+from invedit.editing.base import get_editor, reference_editor_options
 from invedit.images import psnr
 from invedit.models import model_editor_defaults
 from invedit.prompts import encode_prompts
@@ -162,7 +162,8 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
                  options: dict | None = None, editors: tuple[str, ...] = ("p2p",), baseline: str = "ddim",
                  steps: int = 50, guidance: float = 7.5) -> dict:
     """Direct and ``baseline`` (the plain inversion: DDIM, or Euler on a flow model) with each of ``editors`` on
-    toy-bench edits, PIE-Bench protocol (P2P: blend words where the item has them; the other editors take none).
+    toy-bench edits, PIE-Bench protocol (P2P: blend words where the item has them; the other editors take none;
+    an editor that takes a mask, KV-Edit, is given the entry's true edit mask, as `invedit bench` gives it).
 
     ``p2p_settings``: "model" (its recommended settings), "editor" (P2P's SD-tuned defaults) or "options"
     (``options`` over the model's recommendations)."""
@@ -183,6 +184,8 @@ def part_editing(pipe, per_kind: int, seed: int, kinds: set[str] | None = None, 
             mask = item.mask((size, size))
             for editor, method in ((e, m) for e in editors for m in ("direct", baseline)):
                 extra = {**overrides, "blend_words": item.blend_words or None} if editor == "p2p" else {}
+                if get_editor(editor).takes_mask:
+                    extra["mask"] = mask
                 result = invedit.edit(pipe, Image.fromarray(source), item.source_prompt, item.target_prompt,
                                       inversion=method, editor=editor, steps=steps, guidance_scale=guidance,
                                       **extra)

@@ -49,6 +49,17 @@ class FlowTrainConfig:
     ckpt_minutes: float = 5.0
     log_every: int = 25
     max_threads: int = 2
+    # the fine-tune stage (`--stage finetune`, training/shapes_flow/finetune.py): continues from an exported model's
+    # transformer on freshly rendered scenes with the flow loss + ``ground_weight`` × a grounding loss on the joint
+    # blocks' image→text attention (each object word's map on its object, background words' on the background)
+    ft_scenes: int = 5000  # rendered and encoded once (latent posteriors + grounding targets), drawn from each step
+    ft_steps: int = 300
+    ft_batch: int = 32
+    ft_lr: float = 1e-4
+    ft_warmup: int = 30
+    ft_decay_from: float = 0.3
+    ft_ema_decay: float = 0.99
+    ground_weight: float = 0.1
 
     @property
     def width(self) -> int:
@@ -62,7 +73,7 @@ class FlowTrainConfig:
 #: ``--smoke``: every stage and the export for a few steps on a narrow model (seconds); the code paths are those of
 #: the full configuration. One thread: bit-reproducible whatever else runs.
 SMOKE = dict(n_scenes=64, layers=2, heads=2, head_dim=16, steps=6, batch=8, warmup=2, log_every=2,
-             preview_steps=2, max_threads=1)
+             preview_steps=2, max_threads=1, ft_scenes=24, ft_steps=4, ft_batch=6, ft_warmup=2)
 
 #: Editor settings recommended with the shipped model (its invedit.json): shared attention on the values of every
 #: block for every step. The SD3 rule (values of the later half of the joint blocks, first 12% of the steps) leaves
@@ -75,3 +86,5 @@ EDITOR_DEFAULTS: dict[str, dict[str, Any]] = {"shared-attention": {"share": "v",
 #: Guidance the flow model's edits are measured at (its demo and benchmarks): at 3.5 and above the target branch
 #: leaves the source's layout whatever the editor (background ≤ 23 dB on the validation edits).
 EDIT_GUIDANCE = 2.0
+#: Steps the flow model's edits are measured at (SD3's default 28); recommended with guidance in its invedit.json
+EDIT_STEPS = 28

@@ -11,7 +11,15 @@ import torch
 
 from invedit.models import MODEL_SETTINGS_FILE
 from invedit.toy import scenes
-from training.shapes_flow.config import DEFAULT_RUN_DIR, EDITOR_DEFAULTS, UNET_MODEL_DIR, WEIGHTS_DIR, FlowTrainConfig
+from training.shapes_flow.config import (
+    DEFAULT_RUN_DIR,
+    EDIT_GUIDANCE,
+    EDIT_STEPS,
+    EDITOR_DEFAULTS,
+    UNET_MODEL_DIR,
+    WEIGHTS_DIR,
+    FlowTrainConfig,
+)
 from training.shapes_flow.models import build_scheduler, build_transformer, load_shared
 
 
@@ -26,7 +34,9 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     from diffusers import StableDiffusion3Pipeline
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    ck = torch.load(run_dir / "flow.ckpt.pt", weights_only=False, map_location="cpu")
+    finetuned = (run_dir / "finetune.ckpt.pt").exists()  # the fine-tune stage's, when the run has one
+    ck = torch.load(run_dir / ("finetune.ckpt.pt" if finetuned else "flow.ckpt.pt"), weights_only=False,
+                    map_location="cpu")
     cfg = FlowTrainConfig.from_dict(ck["config"])
     vae, tokenizer, text = load_shared(unet_dir, cfg)
     transformer = build_transformer(cfg, text.config.hidden_size)
@@ -37,13 +47,20 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
                                     text_encoder=text, tokenizer=tokenizer, text_encoder_2=text, tokenizer_2=tokenizer,
                                     text_encoder_3=None, tokenizer_3=None)
     pipe.to(torch.float16)
+    if finetuned:  # read before out_dir (which may be the initial model's folder) is replaced
+        init = json.loads((Path(ck["init_dir"]) / "training.json").read_text())
+        stage = {"steps_done": init["steps_done"], "finetune_steps_done": ck["ft_step"],
+                 "finetuned_from": {"sha256": ck["init_sha256"], "training": init}}
+    else:
+        stage = {"steps_done": ck["step"]}
     if out_dir.exists():
         shutil.rmtree(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    info = {"steps_done": ck["step"], "config": ck["config"], "latent_shift": ck["latent_shift"],
+    info = {**stage, "config": ck["config"], "latent_shift": ck["latent_shift"],
             "latent_scale": ck["latent_scale"], "shared_with": "shapes-64 (VAE, tokenizer, text encoder)",
             "held_out": [list(h) for h in scenes.HELD_OUT], "vocabulary": list(scenes.VOCABULARY)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-    settings = {"editor_defaults": EDITOR_DEFAULTS, "call_options": {"max_sequence_length": cfg.t5_tokens}}
+    settings = {"guidance": EDIT_GUIDANCE, "steps": EDIT_STEPS, "editor_defaults": EDITOR_DEFAULTS,
+                "call_options": {"max_sequence_length": cfg.t5_tokens}}
     (out_dir / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     return out_dir

@@ -43,6 +43,7 @@ def test_export_loads_as_an_sd3_pipeline_sharing_the_unet_models_parts(smoke_exp
     assert pipe.vae.config.scaling_factor == pytest.approx(run["latent_scale"])
     settings = json.loads((smoke_export / "export" / "invedit.json").read_text())
     assert settings["call_options"] == {"max_sequence_length": 0}
+    assert (settings["guidance"], settings["steps"]) == (2.0, 28)  # what its edits are measured at
 
 
 def test_training_conditioning_is_what_invedit_and_diffusers_feed_the_transformer(smoke_export):
@@ -84,3 +85,54 @@ def test_training_is_a_function_of_the_seed_and_a_checkpoint_is_not_overwritten(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(SystemExit):
         train.main(["--smoke", "--out", str(tmp_path / "run")])
+
+
+def test_joint_attention_recorder_computes_the_models_attention_and_records_image_to_text_maps():
+    from training.shapes_flow.finetune import record_joint_attention
+    from training.shapes_flow.models import build_transformer
+
+    cfg = FlowTrainConfig(**SMOKE)
+    torch.manual_seed(0)
+    model = build_transformer(cfg, 128).eval()
+    inputs = dict(hidden_states=torch.randn(2, 4, 16, 16), timestep=torch.tensor([700.0, 100.0]),
+                  encoder_hidden_states=torch.randn(2, cfg.text_tokens, 256), pooled_projections=torch.randn(2, 256))
+    with torch.no_grad():
+        plain = model(**inputs).sample
+        store: list[torch.Tensor] = []
+        assert record_joint_attention(model, store) == cfg.layers
+        recorded = model(**inputs).sample
+    assert torch.allclose(plain, recorded, atol=1e-5)
+    image_tokens = (16 // cfg.patch_size) ** 2
+    assert len(store) == cfg.layers
+    assert all(p.shape == (2 * cfg.heads, image_tokens, cfg.text_tokens) for p in store)
+    assert all(bool((p > 0).all() and (p.sum(-1) < 1).all()) for p in store)  # part of the joint softmax
+
+
+def test_finetune_continues_an_export_as_a_function_of_the_seed(smoke_export, tmp_path):
+    from safetensors.torch import load_file
+
+    def finetune(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        assert train.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
+                           str(out / "run"), "--export", "--export-dir", str(out / "export"), *extra]) == 0
+        return load_file(out / "export" / "transformer/diffusion_pytorch_model.safetensors")
+
+    torch.manual_seed(7)
+    a = finetune("a")
+    torch.manual_seed(8)  # another global RNG state
+    b = finetune("b")
+    init = load_file(smoke_export / "export" / "transformer/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() == init.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], init[k]) for k in a)  # it trained
+    info = json.loads((tmp_path / "a" / "export" / "training.json").read_text())
+    base = json.loads((smoke_export / "export" / "training.json").read_text())
+    assert info["finetune_steps_done"] == SMOKE["ft_steps"] and info["steps_done"] == base["steps_done"]
+    assert info["finetuned_from"]["training"] == base and len(info["finetuned_from"]["sha256"]) == 64
+    log = [json.loads(line) for line in (tmp_path / "a" / "run" / "log_finetune.jsonl").read_text().splitlines()]
+    assert all(0 < r["ground"] < 1 for r in log if "ground" in r)
+    c = finetune("c", "--stop-at", "2")  # stopped early: the same schedule, fewer steps
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert json.loads((tmp_path / "c" / "export" / "training.json").read_text())["finetune_steps_done"] == 2
+    with pytest.raises(SystemExit):  # the run's checkpoint is not overwritten
+        train.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
+                    str(tmp_path / "a" / "run")])

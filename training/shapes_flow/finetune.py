@@ -1,0 +1,214 @@
+"""The fine-tune stage of the flow model: continue an exported model's transformer with the flow loss plus a
+grounding loss on the joint blocks' image→text attention, on freshly rendered scenes.
+
+An MM-DiT has no cross-attention: its word maps are the rows of the joint attention in which image tokens (queries)
+attend to the prompt's tokens (keys), the maps an MM-DiT Prompt-to-Prompt reads. As the UNet model's grounding
+stage did for cross-attention (`training.shapes_unet.grounding`), the loss is 1 − the share of each caption word's
+map that falls inside its object (colour and shape words) or the background (background words), heads averaged,
+then averaged over words and blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from invedit.toy import scenes
+from training.shapes_flow.config import UNET_MODEL_DIR, FlowTrainConfig
+from training.shapes_flow.models import build_transformer, encode_captions, load_shared, shifted_sigma
+from training.shapes_unet.common import StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
+from training.shapes_unet.data import save_grid, to_tensor
+from training.shapes_unet.grounding import grounding_loss, grounding_targets
+from training.shapes_unet.unet import PREVIEW_PROMPTS, color_accuracy
+
+TRANSFORMER_FILE = "transformer/diffusion_pytorch_model.safetensors"
+
+
+class JointAttentionRecorder:
+    """Joint attention computed as diffusers' `JointAttnProcessor2_0` computes it, with explicit probabilities; the
+    image queries' probabilities over the prompt's keys, (batch·heads, image tokens, prompt tokens), are appended
+    to ``store``."""
+
+    def __init__(self, store: list[torch.Tensor]) -> None:
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        batch, n_img = hidden_states.shape[:2]
+        head_dim = attn.to_k.out_features // attn.heads
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        cq, ck, cv = (heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states)),
+                      heads(attn.add_v_proj(encoder_hidden_states)))
+        if attn.norm_added_q is not None:
+            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
+        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+        self.store.append(probs[:, :, :n_img, n_img:].reshape(batch * attn.heads, n_img, -1))
+        out = (probs @ v).transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        img, txt = out[:, :n_img], out[:, n_img:]
+        img = attn.to_out[1](attn.to_out[0](img))
+        if attn.context_pre_only:
+            return img, txt
+        return img, attn.to_add_out(txt)
+
+
+def record_joint_attention(transformer, store: list[torch.Tensor]) -> int:
+    """Put a `JointAttentionRecorder` on every joint block's attention; returns how many."""
+    recorder = JointAttentionRecorder(store)
+    for block in transformer.transformer_blocks:
+        block.attn.set_processor(recorder)
+    return len(transformer.transformer_blocks)
+
+
+def init_from(init_dir: Path) -> tuple[dict[str, torch.Tensor], float, float, str]:
+    """An exported model's transformer weights (float32), its latent ``(shift, scale)`` and the sha256 of its
+    transformer file (recorded: the fine-tune is a function of its seed *and* of these weights)."""
+    from safetensors.torch import load_file
+
+    path = init_dir / TRANSFORMER_FILE
+    weights = {k: v.float() for k, v in load_file(path).items()}
+    vae = json.loads((init_dir / "vae" / "config.json").read_text())
+    return weights, float(vae["shift_factor"]), float(vae["scaling_factor"]), \
+        hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def scene_targets(scene: scenes.Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(token ids (K,), masks (K, grid²))`` of a scene's caption words (`grounding_targets`)."""
+    targets = grounding_targets(scene, grid)
+    return (np.array([tok for tok, _ in targets]), np.stack([mask.ravel() for _, mask in targets]))
+
+
+@torch.no_grad()
+def finetune_cache(cfg: FlowTrainConfig, run_dir: Path, vae) -> dict:
+    """``cfg.ft_scenes`` training scenes (held-out combinations excluded) rendered from the seed, stored in the run
+    dir: captions, the VAE's latent posterior (mean, std) and the grounding targets of each."""
+    path = run_dir / f"ft-scenes-{cfg.seed}-{cfg.ft_scenes}-{cfg.size}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    rng = np.random.default_rng(cfg.seed + 50)
+    grid = cfg.size // 4 // cfg.patch_size
+    ss = [scenes.make_scene(rng, size=cfg.size, include_held_out=False) for _ in range(cfg.ft_scenes)]
+    means, stds = [], []
+    for i in range(0, len(ss), 64):
+        dist = vae.encode(to_tensor(np.stack([s.image for s in ss[i:i + 64]]))).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    cache = {"captions": [s.caption for s in ss], "mean": torch.cat(means), "std": torch.cat(stds),
+             "targets": [scene_targets(s, grid) for s in ss]}
+    _save_atomic(cache, path)
+    return cache
+
+
+def batch_targets(targets: list[tuple[np.ndarray, np.ndarray]], grid: int, dropped: np.ndarray):
+    """``(token_ids (B, K), masks {grid: (B, K, grid²)}, valid (B, K))`` of `grounding_loss` for a batch; captions
+    dropped for guidance have no targets."""
+    k_max = max(len(ids) for ids, _ in targets)
+    token_ids = torch.zeros(len(targets), k_max, dtype=torch.long)
+    valid = torch.zeros(len(targets), k_max)
+    masks = torch.zeros(len(targets), k_max, grid * grid)
+    for b, (ids, m) in enumerate(targets):
+        token_ids[b, :len(ids)] = torch.from_numpy(ids)
+        valid[b, :len(ids)] = float(not dropped[b])
+        masks[b, :len(ids)] = torch.from_numpy(m)
+    return token_ids, {grid: masks}, valid
+
+
+def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: float, gov: ThreadGovernor,
+             unet_dir: Path = UNET_MODEL_DIR, stop_at: int | None = None) -> bool:
+    """Fine-tune ``init_dir``'s transformer for ``cfg.ft_steps`` (continuing ``finetune.ckpt.pt`` if there is
+    one; ``stop_at``: stop once that many are done, the LR schedule unchanged); returns True once done. Each step
+    draws ``cfg.ft_batch`` scenes of `finetune_cache` (a latent sampled from each one's posterior) from a generator
+    seeded by the seed and the step."""
+    from training.shapes_flow.train import sample
+
+    ckpt_path = run_dir / "finetune.ckpt.pt"
+    vae, tokenizer, text = load_shared(unet_dir, cfg)
+    weights, shift, scale, init_sha = init_from(init_dir)
+    cache = finetune_cache(cfg, run_dir, vae)
+    hidden_all, pooled_all = encode_captions(tokenizer, text, cache["captions"] + [""], cfg)  # "" last
+    model = build_transformer(cfg, text.config.hidden_size)
+    ema = build_transformer(cfg, text.config.hidden_size)
+    model.load_state_dict(weights)
+    ema.load_state_dict(weights)
+    ema.requires_grad_(False).eval()
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.ft_lr, betas=(0.9, 0.999), weight_decay=0.01)
+    step = 0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["init_sha256"] != init_sha:
+            raise SystemExit(f"error: {ckpt_path} continues another model than {init_dir}")
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        step = ck["ft_step"]
+    # a resumed run re-seeds its stream at the step reached (as the UNet's grounding stage does)
+    rng = np.random.default_rng(cfg.seed + 60 + step)
+    torch.manual_seed(cfg.seed + 60 + step)
+    store: list[torch.Tensor] = []
+    record_joint_attention(model, store)
+    grid = cfg.size // 4 // cfg.patch_size
+    empty = encode_captions(tokenizer, text, [""], cfg)
+    prev_hidden, prev_pooled = encode_captions(tokenizer, text, list(PREVIEW_PROMPTS), cfg)
+    print(f"fine-tune of {init_dir} (sha256 {init_sha[:12]}), step {step}/{cfg.ft_steps}", flush=True)
+
+    def checkpoint() -> None:
+        _save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                      "ft_step": step, "init_sha256": init_sha, "init_dir": str(init_dir),
+                      "latent_shift": shift, "latent_scale": scale, "config": dataclasses.asdict(cfg)}, ckpt_path)
+
+    log_path = run_dir / "log_finetune.jsonl"
+
+    def preview() -> None:
+        imgs = sample(ema, vae, prev_hidden, prev_pooled, empty, (shift, scale), cfg, cfg.preview_steps, seed=step)
+        (run_dir / "previews").mkdir(exist_ok=True)
+        save_grid(imgs, run_dir / "previews" / f"finetune_{step:06d}.png")
+        _log(log_path, {"step": step, "preview_color_acc": color_accuracy(imgs, list(PREVIEW_PROMPTS))})
+
+    log = StepLog(log_path, cfg.ft_steps, step, "finetune", cfg.log_every, cfg.ckpt_minutes)
+    model.train()
+    last = min(cfg.ft_steps, stop_at or cfg.ft_steps)
+    while step < last and time.time() < deadline:
+        threads = gov.update()
+        lr = _lr(step, cfg.ft_lr, cfg.ft_warmup, cfg.ft_steps, cfg.ft_decay_from)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = rng.integers(cfg.ft_scenes, size=cfg.ft_batch)
+        dropped = rng.random(cfg.ft_batch) < cfg.caption_dropout
+        rows = torch.from_numpy(np.where(dropped, cfg.ft_scenes, idx))
+        hidden, pooled = hidden_all[rows], pooled_all[rows]
+        mean, std = cache["mean"][idx], cache["std"][idx]
+        z = mean + std * torch.randn_like(std)
+        x0 = (z - shift) * scale
+        u = torch.from_numpy(rng.normal(cfg.logit_mean, cfg.logit_std, size=cfg.ft_batch)).float()
+        sigma = shifted_sigma(torch.sigmoid(u), cfg.shift)
+        noise = torch.randn_like(x0)
+        s = sigma.view(-1, 1, 1, 1)
+        store.clear()
+        pred = model(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000, encoder_hidden_states=hidden,
+                     pooled_projections=pooled).sample
+        flow = F.mse_loss(pred, noise - x0)
+        token_ids, masks, valid = batch_targets([cache["targets"][i] for i in idx], grid, dropped)
+        ground = grounding_loss(store, cfg.ft_batch, token_ids, masks, valid)
+        step += 1
+        _optimiser_step(opt, params, ema_params, flow + cfg.ground_weight * ground, cfg.ft_ema_decay)
+        log.add(step, {"loss": flow.item(), "ground": ground.item()}, lr=lr, threads=threads)
+        if log.checkpoint_due():
+            checkpoint()
+            preview()
+    log.close()
+    checkpoint()
+    preview()
+    return step >= last
