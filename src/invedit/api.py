@@ -26,13 +26,13 @@ from .masks import load_mask
 from .outputs import write_atomically
 from .prepare import (
     DEFAULT_INVERSION,
-    DEFAULT_STEPS,
     check_guidance,
     check_model_kind,
     check_seed,
     check_settings,
     check_steps,
     mask_argument,
+    model_numbers,
     prepare_edit,
 )
 from .prompts import check_prompt
@@ -65,7 +65,7 @@ def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[int], Non
 
 # ---- inversion -----------------------------------------------------------------------------------------------
 def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: str = DEFAULT_INVERSION,
-           steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int = 0, progress: bool = False,
+           steps: int | None = None, guidance_scale: float | None = None, seed: int = 0, progress: bool = False,
            **options: Any) -> Inverted:
     """Invert a real image under its source prompt, so that one inversion serves many edits.
 
@@ -74,8 +74,9 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
         image: path or PIL image; centre-cropped and resized to the model's resolution.
         prompt: the source prompt describing the image ("" inverts unconditionally).
         method: inversion method name (see `invedit.list_methods()`).
-        steps: DDIM steps (50 in the paper).
-        guidance_scale: the guidance the edits will use (methods that optimise against it need it).
+        steps: DDIM steps (default: the model folder's recommendation, else 50 as in the paper).
+        guidance_scale: the guidance the edits will use (methods that optimise against it need it; default: the
+            model's, `invedit.prepare.model_numbers`).
         seed: seed for methods that draw noise.
         progress: show a progress bar.
         **options: method options (e.g. ``offset_scale`` for ``direct``).
@@ -84,10 +85,13 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     """
     cls = get_inversion(method)
     options = cls.validate_options(options)
-    steps = check_steps(steps, pipe.scheduler.config.num_train_timesteps)
-    guidance_scale = check_guidance(guidance_scale)
+    if steps is not None:
+        check_steps(steps, pipe.scheduler.config.num_train_timesteps)
+    if guidance_scale is not None:
+        check_guidance(guidance_scale)
     seed = check_seed(seed)
     model = backbone(pipe)
+    steps, guidance_scale, _ = model_numbers(model, steps, guidance_scale)
     check_model_kind(model, inversion=method)
     prompt = check_prompt(prompt, model.tokenizer, "source prompt", allow_empty=True)
     image = load_image(image, model.resolution)
@@ -118,8 +122,12 @@ class EditResult:
         reconstruction: the decoded source branch (what the method reconstructs of the input).
         source: the input image as the model saw it (cropped, resized).
         latents: final latents (2, C, h, w): row 0 source, row 1 target.
-        nfe: UNet sample evaluations, inversion + edit (``nfe_inversion``, ``nfe_edit``).
-        seconds: wall time, inversion + edit (``seconds_inversion``, ``seconds_edit``).
+        nfe: network evaluations of the method, inversion + edit (``nfe_inversion`` + ``nfe_edit``), also when
+            the edit reused a given `Inverted` (``inversion_reused``): what the method costs per image, as the
+            benchmark tables count it. What this call itself spent is ``nfe_spent`` (the edit's alone when reused).
+        seconds: wall time, counted like ``nfe`` (``seconds_inversion`` + ``seconds_edit``; ``seconds_spent``).
+        inversion_reused: the edit stepped a given `Inverted` (made earlier, its cost paid there) instead of
+            inverting.
         settings: everything needed to reproduce the edit (prompts, methods, options, seed, model, versions).
     """
 
@@ -132,6 +140,7 @@ class EditResult:
     seconds_inversion: float
     seconds_edit: float
     settings: dict[str, Any] = field(default_factory=dict)
+    inversion_reused: bool = False
 
     @property
     def nfe(self) -> int:
@@ -141,9 +150,22 @@ class EditResult:
     def seconds(self) -> float:
         return self.seconds_inversion + self.seconds_edit
 
+    @property
+    def nfe_spent(self) -> int:
+        """Network evaluations this call spent: the edit's, plus the inversion's unless it was reused."""
+        return self.nfe_edit + (0 if self.inversion_reused else self.nfe_inversion)
+
+    @property
+    def seconds_spent(self) -> float:
+        """Wall time this call spent, counted like `nfe_spent`."""
+        return self.seconds_edit + (0.0 if self.inversion_reused else self.seconds_inversion)
+
     def record(self) -> dict[str, Any]:
-        """JSON-friendly record: settings plus cost."""
+        """JSON-friendly record: settings plus cost (``nfe``/``seconds``: inversion + edit; ``*_spent``: this
+        call's; see the class)."""
         return {**self.settings, "nfe": self.nfe, "nfe_inversion": self.nfe_inversion, "nfe_edit": self.nfe_edit,
+                "inversion_reused": self.inversion_reused, "nfe_spent": self.nfe_spent,
+                "seconds_spent": round(self.seconds_spent, 4),
                 "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
                 "seconds_edit": round(self.seconds_edit, 4)}
 
@@ -172,8 +194,8 @@ class EditResult:
 
 
 def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
-         target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
-         guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
+         target_prompt: str, inversion: str | None = None, editor: str | None = None, steps: int | None = None,
+         guidance_scale: float | None = None, seed: int = 0, inversion_options: dict[str, Any] | None = None,
          progress: bool = False, mask: Any = None, **editor_options: Any) -> EditResult:
     """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
 
@@ -183,9 +205,12 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         source_prompt: describes the input image (``None`` with an `Inverted`: its prompt).
         target_prompt: describes the wanted image.
         inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
-        editor: editing method, e.g. ``"p2p"`` or ``"none"``.
-        steps: DDIM steps (default 50; with an `Inverted`, its steps).
-        guidance_scale: classifier-free guidance of the edit (7.5 in the paper).
+        editor: editing method, e.g. ``"p2p"`` or ``"none"``; default: the model family's
+            (`Backbone.default_editor`: ``p2p`` on SD 1.x/2.x/SDXL, ``shared-attention`` on SD 3 / FLUX).
+        steps: DDIM steps (default: the model folder's recommendation, else 50; with an `Inverted`, its steps).
+        guidance_scale: classifier-free guidance of the edit (default: the model folder's recommendation, else
+            the family's: 7.5 as in the paper; 1 on FLUX.1-schnell). The record's ``defaulted`` says which
+            settings were filled in and from where.
         seed: seed of every random choice.
         inversion_options: options of the inversion method when inverting here.
         progress: show progress bars.
@@ -210,13 +235,16 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
                                   inverted.options, editor_options)
         prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, inverted_prompt=inverted.prompt,
                                 mask=mask)
+        settings = prepared.settings
     else:
-        settings = check_settings(inversion or DEFAULT_INVERSION, editor, DEFAULT_STEPS if steps is None else steps,
-                                  guidance_scale, seed, inversion_options, editor_options,
+        settings = check_settings(inversion or DEFAULT_INVERSION, editor, steps, guidance_scale, seed,
+                                  inversion_options, editor_options,
                                   steps_limit=pipe.scheduler.config.num_train_timesteps)
         prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, mask=mask)
+        settings = prepared.settings
         inverted = invert(pipe, image_or_inverted, prepared.branch_prompt, settings.inversion, settings.steps,
                           settings.guidance_scale, settings.seed, progress, **settings.inversion_options)
+    editor = settings.editor
     guidance_scale, seed, target_prompt = settings.guidance_scale, settings.seed, prepared.target_prompt
     branch_prompt, model_defaults = prepared.branch_prompt, prepared.model_defaults
     source_prompt = prepared.source_prompt
@@ -232,13 +260,16 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     reconstruction, image = decode_latents(pipe, final)
     seconds_edit = time.perf_counter() - start
 
-    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
-                **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
+    record = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
+              **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats),
+              "defaulted": {k: v for k, v in settings.defaulted.items() if not (reused and k == "steps")}}
+    settings = record
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
-                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings,
+                      inversion_reused=reused)
 
 
 def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any], guidance_scale: float,

@@ -13,7 +13,16 @@ import typer
 
 from .bench.cli import bench_command, evaluate_command, report_command
 from .cli_errors import cli_errors, raise_terminated
-from .cli_options import DeviceOption, DtypeOption, ModelOption, OffloadOption, ResolutionOption
+from .cli_options import (
+    DeviceOption,
+    DtypeOption,
+    GuidanceOption,
+    MaxMemoryOption,
+    ModelOption,
+    OffloadOption,
+    ResolutionOption,
+    StepsOption,
+)
 from .errors import InveditError
 from .runtime import setup_threads
 
@@ -32,7 +41,9 @@ def edit_command(
     source: Annotated[str, typer.Option("--source", "-s", help="prompt describing the image")],
     target: Annotated[str, typer.Option("--target", "-t", help="prompt describing the wanted image")],
     inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
-    editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
+    editor: Annotated[str | None, typer.Option(
+        help="editing method (see `invedit methods`; default: the model's: p2p on SD 1.x/2.x/SDXL, shared-attention "
+             "on SD 3 / FLUX)")] = None,
     blend: Annotated[str | None, typer.Option(
         help='LocalBlend words "SRC_WORD TGT_WORD" (an added or removed object: its word twice, "star star")',
     )] = None,
@@ -40,13 +51,14 @@ def edit_command(
         help="the region to edit, for editors that take one (kv-edit): an image of IMAGE's size, white = edit",
     )] = None,
     model: ModelOption = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
-    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    max_memory: MaxMemoryOption = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -62,10 +74,10 @@ def edit_command(
     from . import api
     from .images import load_image
     from .masks import load_mask
-    from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .models import inspect, load, native_resolution
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
-    from .prepare import check_mask, check_prompts, check_settings
+    from .prepare import check_mask, check_settings, prepare_edit
 
     # Everything that can be checked without the model is checked before loading it.
     for text, what in ((source, "source prompt"), (target, "target prompt")):
@@ -79,24 +91,26 @@ def edit_command(
                               parse_options(option, "--option"), blend)
     load_image(image, 64)  # readable, RGB-convertible, not tiny
     edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
-    check_mask(editor, edit_mask)
-    resolve_dtype(dtype, resolve_device(device))
-    check_offload(offload, resolve_device(device))
-    out = _output_path(out, image, inversion, editor)
-    tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
-    if tokenizer is not None:
-        check_prompts(tokenizer, source, target, settings.editor_options.get("blend_words"))
+    if editor is not None:
+        check_mask(editor, edit_mask)
+    if out is not None:
+        _output_path(out, image, inversion, editor or "")
+    # What the model's folder says, before any weight is read: components, tokenizers, the resolution and the
+    # memory it needs; then every model-side check of the edit on the weightless model (family, prompts, options).
+    model_record = inspect(model, device, dtype, resolution, offload, max_memory)
+    chosen = prepare_edit(model_record.pipe, source, target, settings, mask=edit_mask).settings
+    out = _output_path(out, image, inversion, chosen.editor)
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
     try:
         setup_threads()
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, max_memory=max_memory)
         started = time.perf_counter()
         result = api.edit(
             pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
             steps=steps, guidance_scale=guidance, seed=seed,
             inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
-            **settings.editor_options,
+            **chosen.editor_options,
         )
         result.settings["image"] = str(image)
         if mask is not None:
@@ -108,7 +122,7 @@ def edit_command(
     written = [out, out.with_suffix(".json")]
     if save_reconstruction:
         written.append(out.with_name(out.stem + ".reconstruction.png"))
-    typer.echo(f"wrote {', '.join(map(str, written))}: {inversion}+{editor}, "
+    typer.echo(f"wrote {', '.join(map(str, written))}: {inversion}+{chosen.editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
 
 

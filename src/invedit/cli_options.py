@@ -14,3 +14,10 @@ ResolutionOption = Annotated[int | None, typer.Option(
          "× 2 on SD3/FLUX)")]
 OffloadOption = Annotated[str | None, typer.Option(
     help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")]
+MaxMemoryOption = Annotated[str | None, typer.Option(
+    help="memory an edit may use, in GB (default: $INVEDIT_MAX_MEMORY, else the GPU's or this machine's); a "
+         "--resolution whose estimate exceeds it is refused before loading")]
+StepsOption = Annotated[int | None, typer.Option(help="sampling steps (default: the model folder's invedit.json, "
+                                                      "else 50)")]
+GuidanceOption = Annotated[float | None, typer.Option(
+    help="classifier-free guidance scale (default: the model folder's invedit.json, else 7.5; 1 on FLUX.1-schnell)")]

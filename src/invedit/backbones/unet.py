@@ -44,6 +44,8 @@ class StableDiffusion(Backbone):
 
     family = "sd"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
+    components: ClassVar[dict[str, str]] = {"unet": "the UNet", "vae": "the VAE", "scheduler": "the scheduler",
+                                            "text_encoder": "CLIP", "tokenizer": "CLIP's tokenizer"}
 
     @classmethod
     def prepare(cls, pipe, device: torch.device | None = None, steps_offset: int = 1, **options: Any):
@@ -114,6 +116,9 @@ class StableDiffusionXL(StableDiffusion):
 
     family = "sdxl"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
+    components: ClassVar[dict[str, str]] = {
+        "unet": "the UNet", "vae": "the VAE", "scheduler": "the scheduler", "text_encoder": "CLIP-L",
+        "text_encoder_2": "OpenCLIP-G", "tokenizer": "CLIP-L's tokenizer", "tokenizer_2": "OpenCLIP-G's tokenizer"}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

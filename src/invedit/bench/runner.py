@@ -42,7 +42,7 @@ EDITS_DIR = "edits"
 RUN_FORMAT = 1
 #: Record fields that legitimately differ between two runs of the same edit (timings, where the inversion came
 #: from); everything else in a record is a deterministic function of the inputs.
-VOLATILE_RECORD_KEYS = ("seconds", "seconds_inversion", "seconds_edit", "inversion_source")
+VOLATILE_RECORD_KEYS = ("seconds", "seconds_inversion", "seconds_edit", "seconds_spent", "inversion_source")
 
 
 @dataclass
