@@ -256,30 +256,38 @@ def ui_command(
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    max_memory: MaxMemoryOption = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
+    guidance: Annotated[float | None, typer.Option(
+        help="the page's default guidance scale (default: the model's: its invedit.json, else 7.5; 1 on "
+             "FLUX.1-schnell)")] = None,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
     import importlib.util
 
     from . import api
-    from .models import check_offload, load, resolve_device
+    from .models import check_offload, inspect, load, resolve_device
+    from .prepare import model_numbers
     from .ui.app import check_listen_address, serve
 
     api.check_steps(steps)
+    if guidance is not None:
+        api.check_guidance(guidance)
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
     check_offload(offload, resolve_device(device))
     check_listen_address(host, port)  # in use, not allowed, not this machine's: one line now, not after loading
     if importlib.util.find_spec("gradio") is None:  # found, not imported: serve() sets its temporary folder first
         raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'")
+    model_numbers(inspect(model, device, dtype, resolution, offload, max_memory, modules=False), steps, guidance)
     setup_threads()
-    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, max_memory=max_memory)
 
     def announce() -> None:
         typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)"
                                                               if host != "127.0.0.1" else ""))
 
-    serve(pipe, host, port, default_steps=steps, on_ready=announce)
+    serve(pipe, host, port, default_steps=steps, on_ready=announce, default_guidance=guidance)
 
 
 def _stdout_to_devnull() -> None:

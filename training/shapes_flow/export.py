@@ -44,6 +44,8 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
             "latent_scale": ck["latent_scale"], "shared_with": "shapes-64 (VAE, tokenizer, text encoder)",
             "held_out": [list(h) for h in scenes.HELD_OUT], "vocabulary": list(scenes.VOCABULARY)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-    settings = {"editor_defaults": EDITOR_DEFAULTS, "call_options": {"max_sequence_length": cfg.t5_tokens}}
+    # guidance 2: the target branch leaves the source's layout at 3.5 and above (docs/embedded-model.md)
+    settings = {"editor_defaults": EDITOR_DEFAULTS, "call_options": {"max_sequence_length": cfg.t5_tokens},
+                "guidance": 2.0}
     (out_dir / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     return out_dir
