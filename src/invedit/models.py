@@ -248,7 +248,6 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     check_offload(offload, dev)
     record = inspect(model, dev, torch_dtype, resolution, offload, max_memory, modules=False)
     folder, name = record.pipe.folder, record.name
-    type(record).check_requirements()
     if record.pipe.local:
         check_weights(folder, type(record), dict(record.pipe.config))
     source = str(folder) if record.pipe.local else name
@@ -267,7 +266,8 @@ def inspect(model: str | os.PathLike | None = None, device: str | torch.device |
             dtype: str | torch.dtype | None = None, resolution: int | None = None, offload: str | None = None,
             max_memory: float | str | None = None, modules: bool = True) -> Backbone:
     """The model as its folder describes it, without reading a weight (`invedit.preflight`): a `Backbone` whose
-    pipeline holds the configs (and, with ``modules``, the tokenizers, scheduler and a weightless denoiser), so
+    pipeline holds the configs and tokenizers (checked; with ``modules`` also the scheduler and a weightless
+    denoiser), so
     `invedit.prepare.prepare_edit` can check an edit on it before `load`. A hub id is read from the local cache,
     or only its configs are downloaded.
 
@@ -282,9 +282,7 @@ def inspect(model: str | os.PathLike | None = None, device: str | torch.device |
     record = inspect_folder(folder, name, index, family, resolution)
     record.pipe.local = local
     check_memory(record, folder, torch_dtype.itemsize, dev, offload, max_memory)
-    if modules:
-        add_modules(record)
-    return record
+    return add_modules(record, modules)
 
 
 #: Files of a hub checkpoint that describe it (no weights): what `inspect` downloads for a hub id not cached.

@@ -204,7 +204,11 @@ def check_tokenizer(tokenizer, where: str) -> None:
         raise InveditError(f"{where} holds no vocabulary; download it again")
     ids = tokenizer(PROBE_PROMPT, add_special_tokens=False).input_ids
     unknown = tokenizer.unk_token_id
-    if not ids or (unknown is not None and all(i == unknown for i in ids)):
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    # a known piece carries text: not the unknown token, not a bare word-start/-end marker
+    known = [p for i, p in zip(ids, pieces) if i != unknown and str(p).replace("</w>", "").replace("\u2581", "")
+             .replace("\u0120", "").strip()]
+    if not known:
         raise InveditError(f"{where} maps the prompt {PROBE_PROMPT!r} to unknown tokens only: its vocabulary is "
                            "missing or not this model's; download it again")
 
@@ -360,12 +364,14 @@ def inspect_folder(folder: Path, name: str, index: dict[str, Any], family: type[
     return record
 
 
-def add_modules(record: Backbone) -> Backbone:
-    """The tokenizers (checked), the scheduler and the meta-device denoiser on a record of `inspect_folder`."""
+def add_modules(record: Backbone, modules: bool = True) -> Backbone:
+    """The tokenizers (checked) and, with ``modules``, the scheduler and the meta-device denoiser on a record of
+    `inspect_folder`."""
     pipe, family = record.pipe, type(record)
     family.check_requirements()
     load_tokenizers(pipe, family, dict(pipe.config))
-    build_modules(pipe, family, dict(pipe.config), pipe.configs)
+    if modules:
+        build_modules(pipe, family, dict(pipe.config), pipe.configs)
     return record
 
 
