@@ -215,7 +215,7 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         inversion_options: options of the inversion method when inverting here.
         progress: show progress bars.
         mask: the region a mask-taking editor (``kv-edit``) edits, white = edit: a file, a PIL image or a 2-D array
-            (bool, 0–255 or 0–1) of the image's size (with an `Inverted`: any square), or an
+            (bool, 0/1 or 0–255 integers, 0–1 floats) of the image's size (with an `Inverted`: any square), or an
             `invedit.masks.EditMask`; refused for the other editors (`invedit.masks` says how it is read).
         **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` or ``blend_words="cat dog"`` for P2P
             (LocalBlend and the ×2 equaliser; a word missing from its own prompt but in the other one — an added
