@@ -316,8 +316,8 @@ def hub_configs(repo_id: str) -> Path:
     if isinstance(found, str):
         return Path(found).parent
     if _hub_offline():
-        raise ModelNotFoundError(f"{missing}HF_HUB_OFFLINE is set, so the hub is not asked; download it once while "
-                                 "online, or pass a local folder")
+        raise ModelNotFoundError(f"{missing}the hub is unreachable (HF_HUB_OFFLINE is set, so it is not asked); "
+                                 "download it once while online, or pass a local folder")
     with quiet_hub():
         try:
             HfApi().model_info(repo_id, timeout=10)
