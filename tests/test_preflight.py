@@ -210,7 +210,8 @@ def test_a_missing_hub_id_is_one_quiet_line_without_retries(monkeypatch, capfd):
     captured = capfd.readouterr()
     assert "Retry" not in captured.out + captured.err
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotFoundError, match=r"the hub is unreachable \(HF_HUB_OFFLINE is set, so it is not asked\)"):
+    with pytest.raises(ModelNotFoundError, match=r"the hub is unreachable \(HF_HUB_OFFLINE is set, so it is not "
+                                                 r"asked\)"):
         inspect("nobody/not-cached-anywhere")
 
 
