@@ -97,19 +97,17 @@ def test_the_bench_refuses_a_method_the_model_cannot_run_once_before_any_entry(c
     from invedit.toy.bench import write_toy_bench
 
     data = write_toy_bench(tmp_path / "data", 2, seed=0, size=64)
-    for methods, message in (("direct+p2p", "method direct+p2p: editor 'p2p' does not run on sd3 models"),
-                             ("rf-inversion+none", "method rf-inversion+none: inversion 'rf-inversion' runs on FLUX"),
-                             ("direct+shared-attention", "method direct+shared-attention: shared-attention "
-                                                         "start_step 0.9 must be below end_step 0.5")):
-        code, output = run("bench", data, "--methods", methods, "--model", config_only["sd3"], "--out",
-                           tmp_path / "run", "--no-cache", "-q", "-o", "start_step=0.9", "-o", "end_step=0.5")
-        if methods != "direct+shared-attention":  # the options are shared-attention's; give the others none
-            code, output = run("bench", data, "--methods", methods, "--model", config_only["sd3"], "--out",
-                               tmp_path / "run", "--no-cache", "-q")
-        assert code == 2 and output == f"error: {message}" + output.removeprefix(f"error: {message}"), output
-        assert output.count("\n") == 1 and not (tmp_path / "run").exists()
-    code, output = run("bench", data, "--methods", "direct+shared-attention", "--model", config_only["sd3"], "--out",
-                       tmp_path / "run", "--no-cache", "-q", "--steps", "2")
+    bench = ["bench", data, "--model", config_only["sd3"], "--out", tmp_path / "run", "--no-cache", "-q"]
+    for methods, options, message in (
+            ("direct+p2p", [], "method direct+p2p: editor 'p2p' does not run on sd3 models"),
+            ("rf-inversion+none", [], "method rf-inversion+none: inversion 'rf-inversion' runs on FLUX models only"),
+            ("direct+shared-attention,direct+none", ["-o", "direct+shared-attention:start_step=0.9",
+                                                     "-o", "direct+shared-attention:end_step=0.5"],
+             "method direct+shared-attention: shared-attention start_step 0.9 must be below end_step 0.5")):
+        code, output = run(*bench, "--methods", methods, *options)
+        assert code == 2 and output.startswith(f"error: {message}") and output.count("\n") == 1, output
+        assert not (tmp_path / "run").exists()  # refused before the run folder, the first entry or any weight
+    code, output = run(*bench, "--methods", "direct+shared-attention", "--steps", "2")
     assert code == 2 and NO_WEIGHTS in output and not (tmp_path / "run").exists(), output
 
 
@@ -232,13 +230,13 @@ def test_the_default_editor_and_guidance_follow_the_model(flow_pipe, pipe):
     assert result.settings["guidance_scale"] == 7.5
     assert result.settings["defaulted"] == {"editor": "family", "guidance_scale": "family"}
     model = backbone(flow_pipe)
-    model.recommended_guidance, model.recommended_steps = 3.0, 3  # as a folder's invedit.json sets them
+    model.recommended_guidance, model.recommended_steps = 3.0, 2  # as a folder's invedit.json sets them
     try:
         inverted = invedit.invert(flow_pipe, image, "a cat")
         result = invedit.edit(flow_pipe, inverted, None, "a dog", editor="none")
     finally:
         model.recommended_guidance = model.recommended_steps = None
-    assert inverted.steps == 3 and result.settings["guidance_scale"] == 3.0
+    assert inverted.steps == 2 and result.settings["guidance_scale"] == 3.0
     assert result.settings["defaulted"] == {"guidance_scale": "model"}
     assert backbone(pipe).default_editor == "p2p"
     with pytest.raises(InveditError, match="editor 'p2p' does not run on sd3 models"):
@@ -289,8 +287,8 @@ def test_an_integer_0_1_mask_is_a_mask():
 
 
 def test_a_reused_inversion_says_what_the_edit_spent(pipe):
-    inverted = invedit.invert(pipe, scene_image(), SOURCE, steps=3)
-    fresh = invedit.edit(pipe, scene_image(), SOURCE, TARGET, steps=3, editor="none")
+    inverted = invedit.invert(pipe, scene_image(), SOURCE, steps=2)
+    fresh = invedit.edit(pipe, scene_image(), SOURCE, TARGET, steps=2, editor="none")
     reused = invedit.edit(pipe, inverted, None, TARGET, editor="none")
     assert not fresh.inversion_reused and fresh.nfe_spent == fresh.nfe == fresh.nfe_inversion + fresh.nfe_edit
     assert reused.inversion_reused and reused.nfe_spent == reused.nfe_edit < reused.nfe
