@@ -228,10 +228,21 @@ class Backbone(ABC):
         """Tokens (grid cells) at the denoiser's full-resolution layers at image side ``resolution``."""
         return (resolution // self.vae_factor) ** 2
 
+    def _attention_level(self) -> int:
+        """The UNet level (0: full latent resolution) of its first attention block."""
+        types = self.denoiser.config.get("down_block_types") or ()
+        return next((i for i, name in enumerate(types) if "Attn" in name), 0)
+
+    def attention_tokens(self, resolution: int) -> int:
+        """Tokens of the denoiser's largest self-attention (the UNet's first level with attention)."""
+        return self.denoiser_tokens(resolution) // 4 ** self._attention_level()
+
     def attention_heads(self) -> int:
-        """Heads of the denoiser's full-resolution self-attention (for the attention map an editor reads)."""
+        """Heads of that self-attention (diffusers' UNet configs name them ``attention_head_dim``)."""
         heads = self.denoiser.config.get("attention_head_dim", 8)
-        return int(heads[0] if isinstance(heads, (list, tuple)) else heads)
+        if isinstance(heads, (list, tuple)):
+            heads = heads[min(self._attention_level(), len(heads) - 1)]
+        return int(heads)
 
     def memory_estimate(self, resolution: int, rows: int = 4, value_bytes: int = 4,
                         weight_bytes: int | None = None) -> dict[str, int]:
@@ -239,14 +250,14 @@ class Backbone(ABC):
         ``{"weights", "activations"}``.
 
         Activations: the denoiser's widest layer over ``rows`` rows (two branches × the CFG halves), about 16
-        values per token and channel (attention projections, the MLP's 4× expansion, residuals), plus one full
-        self-attention map (the editors that read attention form it: rows × heads × tokens²), plus the VAE decoder's
+        values per token and channel (attention projections, the MLP's 4× expansion, residuals), plus one map of its
+        largest self-attention (the editors that read attention form it: rows × heads × tokens²), plus the VAE decoder's
         full-resolution feature maps for the two decoded images (4 copies of its first level's channels). Weights:
         ``weight_bytes`` (the files' sizes) when known, else the denoiser's parameter count × ``value_bytes``.
         """
-        tokens = self.denoiser_tokens(resolution)
+        tokens, attended = self.denoiser_tokens(resolution), self.attention_tokens(resolution)
         denoiser = rows * tokens * self.activation_width() * 16 * value_bytes
-        attention = rows * self.attention_heads() * tokens * tokens * value_bytes
+        attention = rows * self.attention_heads() * attended * attended * value_bytes
         vae = 2 * resolution * resolution * int(self.pipe.vae.config.block_out_channels[0]) * 4 * value_bytes
         if weight_bytes is None:
             weight_bytes = sum(p.numel() for p in self.denoiser.parameters()) * value_bytes

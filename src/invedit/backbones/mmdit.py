@@ -103,6 +103,9 @@ class FlowTransformerBackbone(Backbone):
     def denoiser_tokens(self, resolution: int) -> int:
         return (resolution // self.vae_factor // self.patch) ** 2
 
+    def attention_tokens(self, resolution: int) -> int:
+        return self.denoiser_tokens(resolution)
+
     def attention_heads(self) -> int:
         return int(self.denoiser.config.num_attention_heads)
 
