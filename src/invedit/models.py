@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from .backbones import Backbone, attach, backbone, family_of_class
-from .backbones.unet import make_ddim_scheduler
+from .backbones.unet import check_steps_offset
 from .errors import InveditError, ModelNotFoundError
 from .preflight import (  # noqa: F401  (MODEL_SETTINGS_FILE, CALL_OPTIONS: re-exported for model exporters)
     CALL_OPTIONS,
@@ -244,7 +244,7 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    make_ddim_scheduler({}, steps_offset)  # checks steps_offset before the load
+    check_steps_offset(steps_offset)  # before the load (and before diffusers is imported)
     check_offload(offload, dev)
     record = inspect(model, dev, torch_dtype, resolution, offload, max_memory, modules=False)
     folder, name = record.pipe.folder, record.name

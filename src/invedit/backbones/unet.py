@@ -19,6 +19,12 @@ from .base import Backbone, LayerInfo, register_family
 PARTS = ("down", "mid", "up")
 
 
+def check_steps_offset(steps_offset) -> None:
+    """``steps_offset`` must be 0 or 1 (see `make_ddim_scheduler`)."""
+    if steps_offset not in (0, 1):
+        raise InveditError(f"steps_offset must be 0 or 1, got {steps_offset!r}")
+
+
 def make_ddim_scheduler(config: dict, steps_offset: int = 1):
     """The DDIM scheduler of reference-settings §1 on the checkpoint's betas and prediction type.
 
@@ -26,8 +32,7 @@ def make_ddim_scheduler(config: dict, steps_offset: int = 1):
     50 steps give t = 981, 961, …, 1 — what every reference run actually used, except Plug-and-Play's, which
     builds its scheduler without the pipeline and so runs 980, 960, …, 0 (``steps_offset=0``).
     """
-    if steps_offset not in (0, 1):
-        raise InveditError(f"steps_offset must be 0 or 1, got {steps_offset!r}")
+    check_steps_offset(steps_offset)
     from diffusers import DDIMScheduler
 
     with warnings.catch_warnings():
