@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from .backbones import Backbone, attach, backbone, family_of_class
-from .backbones.unet import check_steps_offset
+from .backbones.unet import check_steps_offset, make_ddim_scheduler  # noqa: F401  (make_ddim_scheduler: re-exported)
 from .errors import InveditError, ModelNotFoundError
 from .preflight import (  # noqa: F401  (MODEL_SETTINGS_FILE, CALL_OPTIONS: re-exported for model exporters)
     CALL_OPTIONS,
