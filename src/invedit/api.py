@@ -169,6 +169,36 @@ class EditResult:
                 "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
                 "seconds_edit": round(self.seconds_edit, 4)}
 
+    def link(self) -> dict[str, Any]:
+        """What the record of an edit made from this result (`edit_again`) says about it: ``image_sha256``, the
+        SHA-256 of this image as a PNG (the hash `save` lists under ``files`` for a ``.png``), and ``record``, this
+        edit's whole record (which holds its own ``previous`` when it was itself a re-edit, so the chain back to
+        the first image is complete). `saved_link` reads the same from a saved image and its JSON.
+        """
+        return {"image_sha256": hashlib.sha256(_png_bytes(self.image)).hexdigest(), "record": self.record()}
+
+    def edit_again(self, pipe, target_prompt: str, source_prompt: str | None = None, **kwargs: Any) -> EditResult:
+        """Edit this result's image again: ``invedit.edit(pipe, self, source_prompt, target_prompt, ...)`` with this
+        edit's inversion, editor, steps, guidance, seed and inversion options unless given in ``kwargs``.
+
+        The edited image is inverted afresh (under ``source_prompt``, default: this edit's target prompt), exactly
+        as if it had been saved as a PNG and given to `invedit.edit`; the new record's ``previous`` links this
+        edit (`link`). The editor's own options (blend words, a mask) are not carried over: they name this edit's
+        words and region.
+
+        Why not reuse this edit's target-branch trajectory as the new inversion: it would skip one VAE round trip,
+        but it is an inversion only for Direct Inversion (whose source branch may be pinned to any trajectory);
+        null-text's optimised embeddings, edit-friendly DDPM's noise maps, EDICT's coupled pair and the
+        inversion-free editors have no counterpart on the target branch, and it exists only in this process,
+        whereas re-inverting makes every chained edit a function of the saved PNG and its settings.
+        """
+        s = self.settings
+        inherited = {"inversion": s.get("inversion"), "editor": (s.get("editor") or {}).get("editor"),
+                     "steps": s.get("steps"), "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed"),
+                     "inversion_options": s.get("inversion_options")}
+        settings = {k: v for k, v in inherited.items() if v is not None}
+        return edit(pipe, self, source_prompt, target_prompt, **{**settings, **kwargs})
+
     def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False) -> Path:
         """Write the edited image (format from the suffix, PNG by default), its JSON record and optionally the
         reconstruction (``NAME.reconstruction.png``) as one atomic group; the record names each image's SHA-256.
@@ -179,11 +209,7 @@ class EditResult:
         images = [(path, self.image, Image.registered_extensions().get(path.suffix.lower(), "PNG"))]
         if reconstruction:
             images.append((path.with_name(path.stem + ".reconstruction.png"), self.reconstruction, "PNG"))
-        encoded = []
-        for target, image, fmt in images:
-            buffer = io.BytesIO()
-            image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
-            encoded.append((target, buffer.getvalue()))
+        encoded = [(target, _encoded(image, fmt)) for target, image, fmt in images]
         files = [(target, lambda f, data=data: f.write(data)) for target, data in encoded]
         if sidecar:
             record = {**self.record(), "files": {t.name: hashlib.sha256(d).hexdigest() for t, d in encoded}}
@@ -193,7 +219,37 @@ class EditResult:
         return path
 
 
-def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
+def saved_link(image: str | os.PathLike) -> dict[str, Any] | None:
+    """The link to the edit that wrote the image file ``image`` (`EditResult.link`'s shape), read from the JSON
+    `EditResult.save` wrote beside it; None unless that JSON exists and lists this very file's SHA-256 under
+    ``files`` (an image edited since, or another file of the same name, is not linked)."""
+    path = Path(image)
+    sidecar = path.with_suffix(".json")
+    if path.suffix.lower() == ".json" or not sidecar.is_file() or not path.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or files.get(path.name) != digest:
+        return None
+    return {"image_sha256": digest, "record": {k: v for k, v in record.items() if k != "files"}}
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    """The PNG file `EditResult.save` writes for ``image`` (Pillow's encoder is deterministic)."""
+    return _encoded(image, "PNG")
+
+
+def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | EditResult, source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str | None = None, steps: int | None = None,
          guidance_scale: float | None = None, seed: int = 0, inversion_options: dict[str, Any] | None = None,
          progress: bool = False, mask: Any = None, **editor_options: Any) -> EditResult:
@@ -201,8 +257,12 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
 
     Args:
         pipe: a pipeline from `invedit.load`.
-        image_or_inverted: a path, a PIL image, or an `Inverted` from `invedit.invert` (reused as is).
-        source_prompt: describes the input image (``None`` with an `Inverted`: its prompt).
+        image_or_inverted: a path, a PIL image, an `Inverted` from `invedit.invert` (reused as is), or an
+            `EditResult` to edit again: its image is inverted afresh, as the PNG it saves would be, and the record's
+            ``previous`` links it (`EditResult.link`; `EditResult.edit_again` also keeps its settings). An image
+            file that `EditResult.save` wrote is linked the same way, through its JSON (`saved_link`).
+        source_prompt: describes the input image (``None`` with an `Inverted`: its prompt; with an `EditResult`:
+            its target prompt).
         target_prompt: describes the wanted image.
         inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
         editor: editing method, e.g. ``"p2p"`` or ``"none"``; default: the model family's
@@ -225,6 +285,11 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     Raises:
         InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
     """
+    previous = image_or_inverted if isinstance(image_or_inverted, EditResult) else None
+    if previous is not None:  # re-invert the edited image (why, not its target trajectory: EditResult.edit_again)
+        image_or_inverted = previous.image
+        if source_prompt is None:
+            source_prompt = previous.settings.get("target_prompt", "")
     reused = isinstance(image_or_inverted, Inverted)
     if mask is not None:
         mask = load_mask(mask, None if reused else image_or_inverted)
@@ -266,6 +331,10 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     settings = record
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
+    link = previous.link() if previous is not None else (
+        saved_link(image_or_inverted) if isinstance(image_or_inverted, (str, os.PathLike)) else None)
+    if link is not None:
+        settings["previous"] = link
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings,

@@ -113,6 +113,9 @@ def edit_command(
             **chosen.editor_options,
         )
         result.settings["image"] = str(image)
+        previous = api.saved_link(image)  # IMAGE is an earlier edit's output: its record links that edit
+        if previous is not None:
+            result.settings["previous"] = previous
         if mask is not None:
             result.settings["mask"]["file"] = str(mask)
         result.save(out, reconstruction=save_reconstruction)
