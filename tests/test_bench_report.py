@@ -156,3 +156,37 @@ def test_instruction_trained_models_are_their_own_group(data, tmp_path):
     row = next(line for line in section.splitlines() if line.startswith("| none+instruct"))
     assert row.startswith("| none+instruct | 2 |") and " 10.00 " in row and " 20.00 " in row
     assert "15 flow steps" in report
+
+
+def test_the_mask_given_flag_marks_every_place_a_row_is_shown(data, tmp_path, monkeypatch):
+    """Issue 29: not only the flow table: Table 1, the per-type and toy tables, the plot's labels, the gallery and
+    summary.md mark the mask-reading method, and never the others."""
+    import matplotlib.axes
+
+    from invedit.bench.evaluate import aggregate, mask_given_methods, write_tables
+    from invedit.bench.report import read_metrics
+
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                        lambda self, text, *a, **k: (labels.append(text), original(self, text, *a, **k))[1])
+    methods = {"euler+kv-edit": spec("euler", "kv-edit"), "direct+rf-solver-edit": spec("direct", "rf-solver-edit")}
+    run = synthetic_run(tmp_path / "run", data, "flux", methods)  # no record field: the editor takes the mask
+    write_report(run)
+    report = (run / "report.md").read_text()
+    table_one = report.split("## Table 1 layout", 1)[1].split("\n## ", 1)[0]
+    assert f"| **euler+kv-edit** ({MASK_GIVEN}) | 2 |" in table_one
+    assert "| **direct+rf-solver-edit** | 2 |" in table_one
+    per_type = report.split("## Per edit type", 1)[1]
+    assert f"| euler+kv-edit ({MASK_GIVEN}) |" in per_type and f"direct+rf-solver-edit ({MASK_GIVEN})" not in report
+    assert sorted(set(labels)) == ["direct+rf-solver-edit", f"euler+kv-edit ({MASK_GIVEN})"]
+    gallery = (run / "gallery.html").read_text()
+    cells = gallery.split("<td>")
+    assert all(MASK_GIVEN in c for c in cells if "<b>euler+kv-edit</b>" in c)
+    assert not any(MASK_GIVEN in c for c in cells if "<b>direct+rf-solver-edit</b>" in c)
+    flagged = mask_given_methods(json.loads((run / "run.json").read_text()))  # as `invedit evaluate` flags them
+    assert flagged == {"euler+kv-edit"}
+    write_tables(run, read_metrics(run), flagged)
+    summary = (run / "summary.md").read_text()
+    assert f"| euler+kv-edit ({MASK_GIVEN}) | 2 |" in summary and "| direct+rf-solver-edit | 2 |" in summary
+    assert len(aggregate(read_metrics(run), ("method",))) == 2

@@ -139,8 +139,8 @@ def test_methods_refuse_the_model_kind_they_do_not_run_on():
 
 
 def test_cli_edits_a_flow_model_folder(tmp_path):
-    """`invedit edit --model <SD3 folder> --inversion direct --editor none` writes the edit and its record; the
-    default editor (P2P) is refused in one line (exit 2)."""
+    """`invedit edit --model <SD3 folder> --inversion direct --editor none` writes the edit and its record; without
+    --editor the family's (shared attention) edits."""
     from typer.testing import CliRunner
 
     from invedit.cli import app
@@ -154,9 +154,10 @@ def test_cli_edits_a_flow_model_folder(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_suffix(".json").read_text())
     assert (record["inversion"], record["editor"]["editor"], record["steps"]) == ("direct", "none", STEPS)
-    refused = CliRunner().invoke(app, [*base, "--inversion", "direct"])
-    assert refused.exit_code == 2
-    assert "editor 'p2p' does not run on sd3 models (flow schedule): it rewrites" in refused.output
+    default = CliRunner().invoke(app, [*base, "--inversion", "direct"])  # the family's editor (issue 29)
+    assert default.exit_code == 0, default.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["editor"]["editor"] == "shared-attention" and record["defaulted"]["editor"] == "family"
 
 
 def test_unsupported_pipelines_name_what_runs(tmp_path):
@@ -173,7 +174,7 @@ def test_flow_resolution_is_a_multiple_of_the_token_grid():
     pipe = tiny_pipeline(kind="sd3")
     assert backbone(prepare_pipeline(pipe, resolution=72)).resolution == 72
     with pytest.raises(InveditError, match=r"^resolution must be a multiple of 8 pixels \(the VAE factor × 2\), "
-                                           r"got 36$"):
+                                           r"got 36; e.g. 32 or 40$"):
         prepare_pipeline(pipe, resolution=36)
 
 

@@ -297,8 +297,9 @@ def test_bad_uploads_in_the_browser_are_one_line(server, example, tmp_path):
 
 
 def test_a_flow_model_page_starts_with_an_editor_that_runs_on_it(tmp_path):
-    """P2P needs a UNet: on an SD 3 / FLUX model the page starts with shared attention, and its shapes-world examples
-    carry no LocalBlend words (which only P2P takes)."""
+    """P2P needs a UNet: on an SD 3 / FLUX model the page starts with shared attention, lists only the methods the
+    family runs, starts at the model's guidance, and its shapes-world examples carry no LocalBlend words (which only
+    P2P takes)."""
     from invedit.testing import tiny_pipeline
     from invedit.ui.app import build_app
 
@@ -306,12 +307,22 @@ def test_a_flow_model_page_starts_with_an_editor_that_runs_on_it(tmp_path):
         config = build_app(EditSession(pipe, out_dir=tmp_path / "out"), work_dir=tmp_path).config
         props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
         samples = next(c["props"]["samples"] for c in config["components"] if c["type"] == "dataset")
+        page.choices = {key: [c[0] if isinstance(c, (list, tuple)) else c for c in props[key]["choices"]]
+                        for key in ("inversion", "editor")}
+        page.guidance = props["guidance"]["value"]
         return props["editor"]["value"], [row[3] for row in samples]
 
     editor, blends = page(tiny_pipeline(kind="sd3"))
     assert editor == "shared-attention" and blends and all(b == "" for b in blends)
+    # issue 29: only what the family runs is offered (no UNet editor, no DDIM-arithmetic inversion)
+    assert "p2p" not in page.choices["editor"] and "shared-attention" in page.choices["editor"]
+    assert "ddim" not in page.choices["inversion"] and "direct" in page.choices["inversion"]
+    assert "rf-inversion" not in page.choices["inversion"]  # FLUX only
     editor, blends = page(invedit.load(dtype="float32"))
-    assert editor == "p2p" and any(b for b in blends)
+    assert editor == "p2p" and any(b for b in blends) and page.guidance == 7.5
+    assert "shared-attention" in page.choices["editor"] and "uniedit" not in page.choices["editor"]
+    editor, _ = page(invedit.load("shapes-flow", dtype="float32"))
+    assert editor == "shared-attention" and page.guidance == 2.0  # its invedit.json's guidance
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,13 @@ from .masks import load_mask
 from .outputs import write_atomically
 from .prepare import (
     DEFAULT_INVERSION,
-    DEFAULT_STEPS,
     check_guidance,
     check_model_kind,
     check_seed,
     check_settings,
     check_steps,
     mask_argument,
+    model_numbers,
     prepare_edit,
 )
 from .prompts import check_prompt
@@ -65,7 +65,7 @@ def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[int], Non
 
 # ---- inversion -----------------------------------------------------------------------------------------------
 def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: str = DEFAULT_INVERSION,
-           steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int = 0, progress: bool = False,
+           steps: int | None = None, guidance_scale: float | None = None, seed: int = 0, progress: bool = False,
            **options: Any) -> Inverted:
     """Invert a real image under its source prompt, so that one inversion serves many edits.
 
@@ -74,8 +74,9 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
         image: path or PIL image; centre-cropped and resized to the model's resolution.
         prompt: the source prompt describing the image ("" inverts unconditionally).
         method: inversion method name (see `invedit.list_methods()`).
-        steps: DDIM steps (50 in the paper).
-        guidance_scale: the guidance the edits will use (methods that optimise against it need it).
+        steps: DDIM steps (default: the model folder's recommendation, else 50 as in the paper).
+        guidance_scale: the guidance the edits will use (methods that optimise against it need it; default: the
+            model's, `invedit.prepare.model_numbers`).
         seed: seed for methods that draw noise.
         progress: show a progress bar.
         **options: method options (e.g. ``offset_scale`` for ``direct``).
@@ -84,10 +85,13 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     """
     cls = get_inversion(method)
     options = cls.validate_options(options)
-    steps = check_steps(steps, pipe.scheduler.config.num_train_timesteps)
-    guidance_scale = check_guidance(guidance_scale)
+    if steps is not None:
+        check_steps(steps, pipe.scheduler.config.num_train_timesteps)
+    if guidance_scale is not None:
+        check_guidance(guidance_scale)
     seed = check_seed(seed)
     model = backbone(pipe)
+    steps, guidance_scale, _ = model_numbers(model, steps, guidance_scale)
     check_model_kind(model, inversion=method)
     prompt = check_prompt(prompt, model.tokenizer, "source prompt", allow_empty=True)
     image = load_image(image, model.resolution)
@@ -119,8 +123,12 @@ class EditResult:
         reconstruction: the decoded source branch (what the method reconstructs of the input).
         source: the input image as the model saw it (cropped, resized).
         latents: final latents (2, C, h, w): row 0 source, row 1 target.
-        nfe: UNet sample evaluations, inversion + edit (``nfe_inversion``, ``nfe_edit``).
-        seconds: wall time, inversion + edit (``seconds_inversion``, ``seconds_edit``).
+        nfe: network evaluations of the method, inversion + edit (``nfe_inversion`` + ``nfe_edit``), also when
+            the edit reused a given `Inverted` (``inversion_reused``): what the method costs per image, as the
+            benchmark tables count it. What this call itself spent is ``nfe_spent`` (the edit's alone when reused).
+        seconds: wall time, counted like ``nfe`` (``seconds_inversion`` + ``seconds_edit``; ``seconds_spent``).
+        inversion_reused: the edit stepped a given `Inverted` (made earlier, its cost paid there) instead of
+            inverting.
         settings: everything needed to reproduce the edit (prompts, methods, options, seed, model, versions).
     """
 
@@ -133,6 +141,7 @@ class EditResult:
     seconds_inversion: float
     seconds_edit: float
     settings: dict[str, Any] = field(default_factory=dict)
+    inversion_reused: bool = False
 
     @property
     def nfe(self) -> int:
@@ -142,9 +151,22 @@ class EditResult:
     def seconds(self) -> float:
         return self.seconds_inversion + self.seconds_edit
 
+    @property
+    def nfe_spent(self) -> int:
+        """Network evaluations this call spent: the edit's, plus the inversion's unless it was reused."""
+        return self.nfe_edit + (0 if self.inversion_reused else self.nfe_inversion)
+
+    @property
+    def seconds_spent(self) -> float:
+        """Wall time this call spent, counted like `nfe_spent`."""
+        return self.seconds_edit + (0.0 if self.inversion_reused else self.seconds_inversion)
+
     def record(self) -> dict[str, Any]:
-        """JSON-friendly record: settings plus cost."""
+        """JSON-friendly record: settings plus cost (``nfe``/``seconds``: inversion + edit; ``*_spent``: this
+        call's; see the class)."""
         return {**self.settings, "nfe": self.nfe, "nfe_inversion": self.nfe_inversion, "nfe_edit": self.nfe_edit,
+                "inversion_reused": self.inversion_reused, "nfe_spent": self.nfe_spent,
+                "seconds_spent": round(self.seconds_spent, 4),
                 "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
                 "seconds_edit": round(self.seconds_edit, 4)}
 
@@ -234,8 +256,8 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | EditResult | None,
          source_prompt: str | None,
-         target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
-         guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
+         target_prompt: str, inversion: str | None = None, editor: str | None = None, steps: int | None = None,
+         guidance_scale: float | None = None, seed: int = 0, inversion_options: dict[str, Any] | None = None,
          progress: bool = False, mask: Any = None, instruction: str | None = None,
          **editor_options: Any) -> EditResult:
     """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
@@ -254,14 +276,17 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
             its target prompt; optional with an instruction editor, which only records it).
         target_prompt: describes the wanted image (``None`` with an instruction editor).
         inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
-        editor: editing method, e.g. ``"p2p"`` or ``"none"``.
-        steps: DDIM steps (default 50; with an `Inverted`, its steps).
-        guidance_scale: classifier-free guidance of the edit (7.5 in the paper).
+        editor: editing method, e.g. ``"p2p"`` or ``"none"``; default: the model family's
+            (`Backbone.default_editor`: ``p2p`` on SD 1.x/2.x/SDXL, ``shared-attention`` on SD 3 / FLUX).
+        steps: DDIM steps (default: the model folder's recommendation, else 50; with an `Inverted`, its steps).
+        guidance_scale: classifier-free guidance of the edit (default: the model folder's recommendation, else
+            the family's: 7.5 as in the paper; 1 on FLUX.1-schnell). The record's ``defaulted`` says which
+            settings were filled in and from where.
         seed: seed of every random choice.
         inversion_options: options of the inversion method when inverting here.
         progress: show progress bars.
         mask: the region a mask-taking editor (``kv-edit``) edits, white = edit: a file, a PIL image or a 2-D array
-            (bool, 0–255 or 0–1) of the image's size (with an `Inverted`: any square), or an
+            (bool, 0/1 or 0–255 integers, 0–1 floats) of the image's size (with an `Inverted`: any square), or an
             `invedit.masks.EditMask`; refused for the other editors (`invedit.masks` says how it is read).
         instruction: what an instruction editor (``instruct``: FLUX.1 Kontext, Qwen-Image-Edit, with inversion
             ``"none"``) does to the image, e.g. "make the cat a dog", in place of the target prompt; refused for
@@ -293,13 +318,16 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
                                   inverted.options, editor_options)
         prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, inverted_prompt=inverted.prompt,
                                 mask=mask)
+        settings = prepared.settings
     else:
-        settings = check_settings(inversion or DEFAULT_INVERSION, editor, DEFAULT_STEPS if steps is None else steps,
-                                  guidance_scale, seed, inversion_options, editor_options,
+        settings = check_settings(inversion or DEFAULT_INVERSION, editor, steps, guidance_scale, seed,
+                                  inversion_options, editor_options,
                                   steps_limit=pipe.scheduler.config.num_train_timesteps)
         prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, mask=mask)
+        settings = prepared.settings
         inverted = invert(pipe, image_or_inverted, prepared.branch_prompt, settings.inversion, settings.steps,
                           settings.guidance_scale, settings.seed, progress, **settings.inversion_options)
+    editor = settings.editor
     guidance_scale, seed, target_prompt = settings.guidance_scale, settings.seed, prepared.target_prompt
     branch_prompt, model_defaults = prepared.branch_prompt, prepared.model_defaults
     source_prompt = prepared.source_prompt
@@ -322,8 +350,10 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
 
     prompts = ({"instruction": target_prompt, "target_prompt": None} if editor_cls.takes_instruction
                else {"target_prompt": target_prompt})
-    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, **prompts,
-                **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
+    record = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, **prompts,
+              **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats),
+              "defaulted": {k: v for k, v in settings.defaulted.items() if not (reused and k == "steps")}}
+    settings = record
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
     link = previous.link() if previous is not None else (
@@ -333,7 +363,8 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
     source = reconstruction if inverted.image is None else inverted.image  # a generated pair: its source
     return EditResult(image=image, reconstruction=reconstruction, source=source, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
-                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+                      seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings,
+                      inversion_reused=reused)
 
 
 def instruction_or_target(editor: str, target_prompt: str | None, instruction: str | None) -> str | None:
@@ -375,9 +406,10 @@ def _generated_start(pipe, source_prompt, target_prompt, inversion, editor, step
     if get_editor(editor).inversion_free:
         raise InveditError(f"editor {editor!r} edits an input image without inverting it; give an image")
     # Checked as an edit stepping a plain Euler trajectory: the generated pair is sampled exactly so.
-    settings = check_settings("euler", editor, DEFAULT_STEPS if steps is None else steps, guidance_scale, seed,
-                              None, editor_options, steps_limit=pipe.scheduler.config.num_train_timesteps)
+    settings = check_settings("euler", editor, steps, guidance_scale, seed, None, editor_options,
+                              steps_limit=pipe.scheduler.config.num_train_timesteps)
     prepared = prepare_edit(pipe, source_prompt, target_prompt, settings)
+    settings = prepared.settings  # complete: what was left to the model filled in
     start = Generated.from_seed(model, prepared.branch_prompt, settings.steps, settings.seed, settings.guidance_scale)
     return settings, prepared, start
 

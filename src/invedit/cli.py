@@ -16,11 +16,14 @@ from .cli_errors import cli_errors, raise_terminated
 from .cli_options import (
     DeviceOption,
     DtypeOption,
+    GuidanceOption,
     LoraOption,
+    MaxMemoryOption,
     ModelOption,
     OffloadOption,
     QuantizeOption,
     ResolutionOption,
+    StepsOption,
 )
 from .errors import InveditError
 from .runtime import setup_threads
@@ -43,7 +46,9 @@ def edit_command(
         help='what to do to the image, for the instruction editor (instruct: FLUX.1 Kontext, Qwen-Image-Edit), '
              'e.g. "make the cat a dog"; in place of --target')] = None,
     inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
-    editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
+    editor: Annotated[str | None, typer.Option(
+        help="editing method (see `invedit methods`; default: the model's: p2p on SD 1.x/2.x/SDXL, shared-attention "
+             "on SD 3 / FLUX)")] = None,
     blend: Annotated[str | None, typer.Option(
         help='LocalBlend words "SRC_WORD TGT_WORD" (an added or removed object: its word twice, "star star")',
     )] = None,
@@ -51,8 +56,8 @@ def edit_command(
         help="the region to edit, for editors that take one (kv-edit): an image of IMAGE's size, white = edit",
     )] = None,
     model: ModelOption = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
-    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
@@ -60,6 +65,7 @@ def edit_command(
     offload: OffloadOption = None,
     quantize: QuantizeOption = None,
     lora: LoraOption = None,
+    max_memory: MaxMemoryOption = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -81,27 +87,23 @@ def edit_command(
     from .images import load_image
     from .load_options import check_load_options
     from .masks import load_mask
-    from .models import (
-        load,
-        load_tokenizer,
-        native_resolution,
-        peek_family,
-        resolve_device,
-        resolve_dtype,
-    )
+    from .models import inspect, load, native_resolution, resolve_device
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
-    from .prepare import check_mask, check_model_kind, check_prompts, check_settings
+    from .prepare import check_mask, check_settings, prepare_edit
 
     # Everything that can be checked without the model is checked before loading it.
-    instructed = get_editor(editor).takes_instruction
+    if editor is None and instruction is not None:
+        raise InveditError("--instruction is for the instruction editor: add --editor instruct")
+    instructed = editor is not None and get_editor(editor).takes_instruction
     if not instructed:
         for text, flag, what in ((source, "'--source' / '-s'", "the prompt describing the image"),
                                  (target, "'--target' / '-t'", "the prompt describing the wanted image")):
             if text is None:
                 raise InveditError(f"Missing option {flag}. It gives {what} (the instruction editors take "
                                    "--instruction instead)")
-    target = api.instruction_or_target(editor, target, instruction)
+    if editor is not None:
+        target = api.instruction_or_target(editor, target, instruction)
     for text, what in ((source, "source prompt"), (target, "instruction" if instructed else "target prompt")):
         if text is not None and not text.strip() and not (instructed and what == "source prompt"):
             raise InveditError(f"the {what} is empty")
@@ -122,35 +124,33 @@ def edit_command(
     if not generate:
         load_image(image, 64)  # readable, RGB-convertible, not tiny
         edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
-        check_mask(editor, edit_mask)
-    resolve_dtype(dtype, resolve_device(device))
+        if editor is not None:
+            check_mask(editor, edit_mask)
     check_load_options(resolve_device(device), offload, quantize, lora)
-    out = _output_path(out, image or "generated", "generate" if generate else inversion, editor)
-    family = peek_family(model)  # from model_index.json: methods the family does not run are refused now
-    if family is not None:
-        check_model_kind(family, "euler" if generate else inversion, editor)
-    # prompts and blend words are checked before the model loads (instruction models: after, by their tokenizer)
-    instruction_model = family is not None and family.schedule_kind == "instruction"
-    tokenizer = None if instructed or instruction_model else load_tokenizer(model)
-    if tokenizer is not None:
-        blend_option = get_editor(editor).blend_option()
-        check_prompts(tokenizer, source, target, settings.editor_options.get(blend_option) if blend_option else None)
+    shown = "generate" if generate else inversion
+    if out is not None:
+        _output_path(out, image or "generated", shown, editor or "")
+    # What the model's folder says, before any weight is read: components, tokenizers, the resolution and the
+    # memory it needs; then every model-side check of the edit on the weightless model (family, prompts, options).
+    model_record = inspect(model, device, dtype, resolution, offload, max_memory)
+    chosen = prepare_edit(model_record.pipe, source, target, settings, mask=edit_mask).settings
+    out = _output_path(out, image or "generated", shown, chosen.editor)
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
     try:
         setup_threads()
         pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
-                    loras=lora)
+                    loras=lora, max_memory=max_memory)
         started = time.perf_counter()
         if generate:
             result = api.edit(pipe, None, source, target, editor=editor, steps=steps, guidance_scale=guidance,
-                              seed=seed, progress=not quiet, **settings.editor_options)
+                              seed=seed, progress=not quiet, **chosen.editor_options)
         else:
             result = api.edit(
                 pipe, load_image(image, native_resolution(pipe)), source, None if instructed else target,
                 inversion=inversion, editor=editor, steps=steps, guidance_scale=guidance, seed=seed,
                 inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
-                instruction=target if instructed else None, **settings.editor_options,
+                instruction=target if instructed else None, **chosen.editor_options,
             )
             result.settings["image"] = str(image)
             previous = api.saved_link(image)  # IMAGE is an earlier edit's output: its record links that edit
@@ -166,7 +166,7 @@ def edit_command(
     written = [out, out.with_suffix(".json")]
     if save_reconstruction or generate:
         written.append(out.with_name(f"{out.stem}.{second}.png"))
-    typer.echo(f"wrote {', '.join(map(str, written))}: {result.settings['inversion']}+{editor}, "
+    typer.echo(f"wrote {', '.join(map(str, written))}: {result.settings['inversion']}+{chosen.editor}, "
                f"NFE {result.nfe}, {time.perf_counter() - started:.1f} s")
 
 
@@ -306,32 +306,40 @@ def ui_command(
     offload: OffloadOption = None,
     quantize: QuantizeOption = None,
     lora: LoraOption = None,
+    max_memory: MaxMemoryOption = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
+    guidance: Annotated[float | None, typer.Option(
+        help="the page's default guidance scale (default: the model's: its invedit.json, else 7.5; 1 on "
+             "FLUX.1-schnell)")] = None,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
     import importlib.util
 
     from . import api
     from .load_options import check_load_options
-    from .models import load, resolve_device
+    from .models import inspect, load, resolve_device
+    from .prepare import model_numbers
     from .ui.app import check_listen_address, serve
 
     api.check_steps(steps)
+    if guidance is not None:
+        api.check_guidance(guidance)
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
     check_load_options(resolve_device(device), offload, quantize, lora)
     check_listen_address(host, port)  # in use, not allowed, not this machine's: one line now, not after loading
     if importlib.util.find_spec("gradio") is None:  # found, not imported: serve() sets its temporary folder first
         raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'")
+    model_numbers(inspect(model, device, dtype, resolution, offload, max_memory, modules=False), steps, guidance)
     setup_threads()
     pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
-                loras=lora)
+                loras=lora, max_memory=max_memory)
 
     def announce() -> None:
         typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)"
                                                               if host != "127.0.0.1" else ""))
 
-    serve(pipe, host, port, default_steps=steps, on_ready=announce)
+    serve(pipe, host, port, default_steps=steps, on_ready=announce, default_guidance=guidance)
 
 
 def _stdout_to_devnull() -> None:

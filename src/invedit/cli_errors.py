@@ -23,7 +23,14 @@ class Terminated(KeyboardInterrupt):
 
 
 def raise_terminated(signum, frame) -> None:
-    """SIGTERM handler: raise `Terminated`."""
+    """SIGTERM handler: raise `Terminated`; when the signal interrupts a finalizer (a ``__del__``, e.g. of the
+    tokenizers' compiled patterns while a model loads), where Python would print and swallow the exception, the
+    signal is sent again a moment later instead."""
+    if frame is not None and frame.f_code.co_name == "__del__":
+        import threading
+
+        threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+        return
     raise Terminated()
 
 

@@ -19,3 +19,10 @@ QuantizeOption = Annotated[str | None, typer.Option(
          "bnb-int8 (bitsandbytes; CUDA)")]
 LoraOption = Annotated[list[str] | None, typer.Option(
     "--lora", help="LoRA PATH_OR_ID[:SCALE] (.safetensors file, folder or hub id; scale 1 by default); repeatable")]
+MaxMemoryOption = Annotated[str | None, typer.Option(
+    help="memory an edit may use, in GB (default: $INVEDIT_MAX_MEMORY, else the GPU's or this machine's); a "
+         "--resolution whose estimate exceeds it is refused before loading")]
+StepsOption = Annotated[int | None, typer.Option(help="sampling steps (default: the model folder's invedit.json, "
+                                                      "else 50)")]
+GuidanceOption = Annotated[float | None, typer.Option(
+    help="classifier-free guidance scale (default: the model folder's invedit.json, else 7.5; 1 on FLUX.1-schnell)")]

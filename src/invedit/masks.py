@@ -107,6 +107,8 @@ def read_mask(source: str | os.PathLike | Image.Image | np.ndarray, name: str | 
     if np.issubdtype(array.dtype, np.integer):
         if array.min() < 0 or array.max() > 255:
             raise InveditError(f"{name} array of integers must hold grey levels 0–255")
+        if array.max() == 1:  # only 0 and 1: a 0/1 mask (as grey levels it would be all black)
+            return array == 1, name
         return array >= THRESHOLD, name
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:

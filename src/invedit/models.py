@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from .backbones import Backbone, attach, backbone, family_of_class
-from .backbones.unet import make_ddim_scheduler
+from .backbones.unet import check_steps_offset, make_ddim_scheduler  # noqa: F401  (make_ddim_scheduler: re-exported)
 from .errors import InveditError, ModelNotFoundError
 from .load_options import (  # noqa: F401  (check_offload, OFFLOAD_MODES: importable from here as before)
     LORA_WEIGHT_NAME,
@@ -24,6 +24,18 @@ from .load_options import (  # noqa: F401  (check_offload, OFFLOAD_MODES: import
     Quantization,
     check_load_options,
     check_offload,
+)
+from .preflight import (  # noqa: F401  (MODEL_SETTINGS_FILE, CALL_OPTIONS: re-exported for model exporters)
+    CALL_OPTIONS,
+    MODEL_SETTINGS_FILE,
+    add_modules,
+    check_memory,
+    check_weights,
+    inspect_folder,
+    pipeline_family,
+    read_index,
+    read_model_settings,
+    weight_files,
 )
 
 EMBEDDED_MODEL_NAME = "shapes-64"
@@ -91,17 +103,6 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith("/") or "\\" in model
 
 
-def _pipeline_family(index: dict[str, Any], where: str) -> type[Backbone]:
-    name = index.get("_class_name", "StableDiffusionPipeline")
-    family = family_of_class(name)
-    if family is not None:
-        return family
-    raise InveditError(f"{where}: {name} is not supported; invedit runs StableDiffusionPipeline (SD 1.x/2.x), "
-                       "StableDiffusionXLPipeline (SDXL base; the refiner is not used), StableDiffusion3Pipeline "
-                       "(SD3/3.5) and FluxPipeline (FLUX.1) checkpoints, and as instruction-trained baselines "
-                       "FluxKontextPipeline (FLUX.1 Kontext) and QwenImageEditPipeline (Qwen-Image-Edit)")
-
-
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool, quantization: Quantization | None = None):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -111,7 +112,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool, quantiza
     transformers_logging.disable_progress_bar()
 
     index = DiffusionPipeline.load_config(source, local_files_only=local_only)
-    family = _pipeline_family(index, source)
+    family = pipeline_family(index, source)
     family.check_requirements()
     loader = getattr(family, "load_pipeline", None)
     with warnings.catch_warnings(), _quiet_quantizers(quantization):
@@ -180,34 +181,19 @@ class _quiet_quantizers:
         return False
 
 
-def _check_folder(folder: Path) -> None:
-    if folder.is_file():
-        raise InveditError(f"{folder} is a single file; pass a diffusers folder (with model_index.json)")
-    index = folder / "model_index.json"
-    if not index.exists():
-        raise InveditError(f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
-    try:
-        config = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8 text
-        raise InveditError(f"cannot load model folder {folder}: model_index.json is unreadable or not valid JSON "
-                           f"({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(config, dict):
-        raise InveditError(f"cannot load model folder {folder}: model_index.json does not hold a JSON object")
-    _pipeline_family(config, str(folder))
-
-
 def prepare_pipeline(pipe, device: torch.device | None = None, steps_offset: int = 1, resolution: int | None = None,
                      name: str | None = None, editor_defaults: dict[str, dict[str, Any]] | None = None,
                      call_options: dict[str, Any] | None = None, quantize: str | None = None,
-                     loras: list[dict[str, Any]] | None = None):
+                     loras: list[dict[str, Any]] | None = None, guidance: float | None = None,
+                     steps: int | None = None):
     """Put a loaded pipeline into invedit's state (its family's scheduler, eval mode, quiet) and record what invedit
     knows about it (`invedit.backbones.backbone(pipe)`: ``name``, the ``resolution`` it works at, default the
-    model's native one, the ``editor_defaults`` and pipeline ``call_options`` its folder recommends, the
-    quantisation it was loaded with and the LoRAs `load_loras` loaded)."""
+    model's native one, the ``editor_defaults``, pipeline ``call_options``, ``guidance`` and ``steps`` its folder
+    recommends, the quantisation it was loaded with and the LoRAs `load_loras` loaded)."""
     family = backbone_class(pipe)
     family.prepare(pipe, device, steps_offset=steps_offset)
     attach(pipe, family(pipe, name=name, resolution=resolution, editor_defaults=editor_defaults,
-                        call_options=call_options, quantize=quantize, loras=loras))
+                        call_options=call_options, quantize=quantize, loras=loras, guidance=guidance, steps=steps))
     return pipe
 
 
@@ -361,21 +347,23 @@ def load_pretrained(loader: Callable[[str, bool], T], name: str, what: str) -> T
     path = Path(name).expanduser()
     if path.exists():
         try:
-            return loader(str(path), True)
+            with quiet_hub():
+                return loader(str(path), True)
         except InveditError:
             raise
         except (OSError, ValueError) as exc:
             raise InveditError(f"cannot load {what} folder {name}: {str(exc).splitlines()[0][:200]}") from None
     if _looks_like_path(name):
         raise ModelNotFoundError(f"{what} folder not found: {name}")
-    try:
-        return loader(name, True)
-    except (OSError, ValueError):
-        if not _hub_offline():
-            try:
-                return loader(name, False)
-            except (OSError, ValueError):
-                pass
+    with quiet_hub():  # huggingface_hub's retries would print a dozen lines before the one that matters
+        try:
+            return loader(name, True)
+        except (OSError, ValueError):
+            if not _hub_offline():
+                try:
+                    return loader(name, False)
+                except (OSError, ValueError):
+                    pass
     raise ModelNotFoundError(f"{what} {name!r} not found locally; the hub is unreachable or has no such model; "
                              "pass a local folder")
 
@@ -393,7 +381,7 @@ def resolve_model_source(model: str | os.PathLike | None) -> tuple[str, str]:
     name = str(model)
     path = Path(name).expanduser()
     if path.exists():
-        _check_folder(path)
+        read_index(path)
         return str(path), name
     if _looks_like_path(name):
         raise ModelNotFoundError(f"model folder not found: {name}")
@@ -442,8 +430,12 @@ def load_tokenizer(model: str | os.PathLike | None):
 
 def load(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, steps_offset: int = 1, resolution: int | None = None,
-         offload: str | None = None, quantize: str | None = None, loras=None):
+         offload: str | None = None, quantize: str | None = None, loras=None,
+         max_memory: float | str | None = None):
     """Load a Stable Diffusion pipeline ready for inversion and editing.
+
+    Everything the model's folder says is checked first, before any weight is read (`inspect`: components,
+    configs, tokenizers, the resolution and the memory it needs; the weight files' headers against the configs).
 
     Args:
         model: a Hugging Face hub id (e.g. ``"CompVis/stable-diffusion-v1-4"``), a local diffusers folder,
@@ -465,27 +457,33 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
             `invedit.load_options.LoraSpec`: a .safetensors file in diffusers' (or a format diffusers converts)
             LoRA layout, a folder holding one, or a hub id; loaded with diffusers' ``load_lora_weights`` (peft) and
             weighted by their scales. A LoRA none of whose weights fit the model is refused.
+        max_memory: the memory an edit may need, in GB (default: ``$INVEDIT_MAX_MEMORY``, else the device's);
+            a resolution whose estimate exceeds it is refused (`invedit.preflight.check_memory`).
     Returns:
         A `diffusers.StableDiffusionPipeline` or `diffusers.StableDiffusionXLPipeline` (detected from the
         checkpoint) with the DDIM scheduler of the paper (reference-settings §1).
     Raises:
         ModelNotFoundError: the model is not available offline and the hub cannot be reached.
-        InveditError: the folder is not a Stable Diffusion 1.x/2.x or SDXL base pipeline; a bad resolution; a
-            quantisation that cannot run here or is not installed; a LoRA that is missing or does not fit.
+        InveditError: the folder is not a pipeline invedit runs; a missing or broken component; a bad resolution or
+            one that needs more memory than the limit; a quantisation that cannot run here or is not installed; a
+            LoRA that is missing or does not fit.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    make_ddim_scheduler({}, steps_offset)  # checks steps_offset before the load
+    check_steps_offset(steps_offset)  # before the load (and before diffusers is imported)
     quantization, lora_specs = check_load_options(dev, offload, quantize, loras)
-    source, name = resolve_model_source(model)
+    record = inspect(model, dev, torch_dtype, resolution, offload, max_memory, modules=False)
+    folder, name = record.pipe.folder, record.name
+    if record.pipe.local:
+        check_weights(folder, type(record), dict(record.pipe.config))
+    source = str(folder) if record.pipe.local else name
     pipe = load_pretrained(lambda src, local_only: _from_pretrained(src, torch_dtype, local_only, quantization),
                            source, "model")
     lora_records = load_loras(pipe, lora_specs, name)
-    settings = read_model_settings(Path(source)) if Path(source).exists() else {}
     pipe = prepare_pipeline(pipe, None if offload else dev, steps_offset, resolution, name=name,
-                            editor_defaults=settings.get("editor_defaults", {}),
-                            call_options=settings.get("call_options", {}),
-                            quantize=quantization.name if quantization else None, loras=lora_records)
+                            editor_defaults=record.editor_defaults, call_options=record.call_options,
+                            quantize=quantization.name if quantization else None, loras=lora_records,
+                            guidance=record.recommended_guidance, steps=record.recommended_steps)
     if offload == "model":  # each network moves to the GPU while it runs (text encoders, then the denoiser, VAE)
         pipe.enable_model_cpu_offload(device=dev)
     elif offload == "sequential":  # each layer moves to the GPU while it runs: least memory, slowest
@@ -493,37 +491,102 @@ def load(model: str | os.PathLike | None = None, device: str | torch.device | No
     return pipe
 
 
-#: Optional file in a model folder: editor settings recommended for that model and the options its diffusers
-#: pipeline must be called with (the call arguments the model was trained with), e.g.
-#: ``{"editor_defaults": {"p2p": {"cross_replace_steps": 1.0}}, "call_options": {"max_sequence_length": 0}}``.
-MODEL_SETTINGS_FILE = "invedit.json"
-#: Pipeline call options a model folder may set (see `MODEL_SETTINGS_FILE`), with the range each takes.
-CALL_OPTIONS = {"max_sequence_length": (0, 512)}
+def inspect(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
+            dtype: str | torch.dtype | None = None, resolution: int | None = None, offload: str | None = None,
+            max_memory: float | str | None = None, modules: bool = True) -> Backbone:
+    """The model as its folder describes it, without reading a weight (`invedit.preflight`): a `Backbone` whose
+    pipeline holds the configs and tokenizers (checked; with ``modules`` also the scheduler and a weightless
+    denoiser), so
+    `invedit.prepare.prepare_edit` can check an edit on it before `load`. A hub id is read from the local cache,
+    or only its configs are downloaded.
+
+    Raises:
+        ModelNotFoundError / InveditError: as `load`, before any weight is read.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    check_offload(offload, dev)
+    folder, name, local = resolve_model_folder(model)
+    index, family = read_index(folder)
+    record = inspect_folder(folder, name, index, family, resolution)
+    record.pipe.local = local
+    check_memory(record, folder, torch_dtype.itemsize, dev, offload, max_memory)
+    return add_modules(record, modules)
 
 
-def read_model_settings(folder: Path) -> dict[str, dict[str, Any]]:
-    """A model folder's ``invedit.json`` (`MODEL_SETTINGS_FILE`), checked: ``{"editor_defaults": …,
-    "call_options": …}``, ``{}`` when it has none."""
-    path = Path(folder) / MODEL_SETTINGS_FILE
-    if not path.exists():
-        return {}
+#: Files of a hub checkpoint that describe it (no weights): what `inspect` downloads for a hub id not cached.
+CONFIG_PATTERNS = ["model_index.json", "invedit.json", "*/config.json", "*/scheduler_config.json", "tokenizer*/*"]
+
+
+def resolve_model_folder(model: str | os.PathLike | None) -> tuple[Path, str, bool]:
+    """``(folder with model_index.json, the model's name, whether the folder holds the checkpoint itself)``: the
+    embedded folder, a local folder, or a hub id's cached snapshot (its configs downloaded first when it is not
+    cached and the hub can be reached; ``False`` then: the weights load by the hub id)."""
+    source, name = resolve_model_source(model)
+    if Path(source).exists():
+        return Path(source), name, True
+    return hub_configs(name), name, False
+
+
+def hub_configs(repo_id: str) -> Path:
+    """The snapshot folder of a hub id's configs: from the local cache, else downloaded (configs only; one quiet
+    attempt at the hub, no retries).
+
+    Raises:
+        ModelNotFoundError: not cached, and the hub is off (``HF_HUB_OFFLINE``), unreachable or has no such model.
+    """
+    from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
+
+    missing = f"model {repo_id!r} not found locally; "
     try:
-        data = json.loads(path.read_text())
-        defaults = data.get("editor_defaults", {})
-        if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
-            raise ValueError("editor_defaults must map editor names to option objects")
-        call = data.get("call_options", {})
-        if not isinstance(call, dict):
-            raise ValueError("call_options must be an object")
-        for key, value in call.items():
-            if key not in CALL_OPTIONS:
-                raise ValueError(f"unknown call option {key!r} (known: {', '.join(CALL_OPTIONS)})")
-            low, high = CALL_OPTIONS[key]
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ValueError(f"call option {key} must be an integer in [{low}, {high}], got {value!r}")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InveditError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
-    return {"editor_defaults": defaults, "call_options": call}
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # noqa: BLE001 (an id the hub's rules refuse)
+        raise ModelNotFoundError(f"{missing}{repo_id!r} is not a valid hub id or folder") from None
+    if isinstance(found, str):
+        return Path(found).parent
+    if _hub_offline():
+        raise ModelNotFoundError(f"{missing}the hub is unreachable (HF_HUB_OFFLINE is set, so it is not asked); "
+                                 "download it once while online, or pass a local folder")
+    with quiet_hub():
+        try:
+            HfApi().model_info(repo_id, timeout=10)
+        except Exception as exc:  # noqa: BLE001 (unreachable, no such model, gated: one line each)
+            kind = type(exc).__name__
+            if "RepositoryNotFound" in kind or "GatedRepo" in kind:
+                raise ModelNotFoundError(f"{missing}the hub has no such model (or it is gated: accept its licence "
+                                         "and log in with `hf auth login`); pass a local folder") from None
+            raise ModelNotFoundError(f"{missing}the hub is unreachable or has no such model; pass a local folder") \
+                from None
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=CONFIG_PATTERNS))
+        except Exception:  # noqa: BLE001
+            raise ModelNotFoundError(f"{missing}its configs could not be downloaded; pass a local folder") from None
+
+
+class quiet_hub:  # noqa: N801 (a context manager used like a function)
+    """Hugging Face libraries' logging at errors only while loading: huggingface_hub prints every retry of an
+    unreachable hub (a dozen lines before invedit's one-line error), diffusers every ignored config key."""
+
+    NAMES = ("huggingface_hub", "diffusers", "transformers")
+
+    def __enter__(self):
+        import logging
+
+        self.levels = {n: logging.getLogger(n).level for n in self.NAMES}
+        for n in self.NAMES:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        self.warnings.__exit__(*exc)
+        for n, level in self.levels.items():
+            logging.getLogger(n).setLevel(level)
+        return False
 
 
 # Read-outs of a pipeline's record (`invedit.backbones.backbone(pipe)`), for callers that hold only the pipeline.

@@ -49,15 +49,22 @@ def check_guidance(guidance_scale: Any) -> float:
 @dataclass(frozen=True)
 class EditSettings:
     """An edit's method choice and numbers, checked: names known, numbers in range, option names and types
-    known (inversion options complete with the method's defaults; editor options as given)."""
+    known (inversion options complete with the method's defaults; editor options as given).
+
+    ``editor``, ``steps`` and ``guidance_scale`` may be None: "the model's" (`settings_for_model` fills them in
+    from the model's family and its folder's invedit.json, and ``defaulted`` says which were filled in and from
+    where: "family", "model" (invedit.json) or "invedit"). ``blend``: the ``--blend`` words while the editor is
+    not known yet."""
 
     inversion: str = DEFAULT_INVERSION
-    editor: str = "p2p"
-    steps: int = DEFAULT_STEPS
-    guidance_scale: float = 7.5
+    editor: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
     seed: int = 0
     inversion_options: dict[str, Any] = field(default_factory=dict)
     editor_options: dict[str, Any] = field(default_factory=dict)
+    blend: str | None = None
+    defaulted: dict[str, str] = field(default_factory=dict)
 
 
 def editor_options_with_blend(editor: str, options: dict[str, Any] | None, blend: str | None) -> dict[str, Any]:
@@ -77,22 +84,69 @@ def editor_options_with_blend(editor: str, options: dict[str, Any] | None, blend
     return options
 
 
-def check_settings(inversion: str = DEFAULT_INVERSION, editor: str = "p2p", steps: Any = DEFAULT_STEPS,
-                   guidance_scale: Any = 7.5, seed: Any = 0, inversion_options: dict[str, Any] | None = None,
+def check_options_dict(options: Any, what: str) -> dict[str, Any]:
+    """``options`` (None or a mapping of option names) as a dict; anything else refused in one line."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise InveditError(f"{what} must be a dict of option names to values, e.g. {{'offset_scale': 0.8}}, got "
+                           f"{type(options).__name__} {str(options)[:40]!r}")
+    return dict(options)
+
+
+def check_settings(inversion: str = DEFAULT_INVERSION, editor: str | None = None, steps: Any = None,
+                   guidance_scale: Any = None, seed: Any = 0, inversion_options: dict[str, Any] | None = None,
                    editor_options: dict[str, Any] | None = None, blend: str | None = None,
                    steps_limit: int = 1000) -> EditSettings:
-    """Check everything of an edit that needs no model (see `EditSettings`).
+    """Check everything of an edit that needs no model (see `EditSettings`; None: the model's default, checked
+    by `settings_for_model`).
 
     Raises:
         InveditError: the first problem, in one line.
     """
-    steps = check_steps(steps, steps_limit)
-    guidance_scale = check_guidance(guidance_scale)
+    steps = None if steps is None else check_steps(steps, steps_limit)
+    guidance_scale = None if guidance_scale is None else check_guidance(guidance_scale)
     seed = check_seed(seed)
-    inversion_options = get_inversion(inversion).validate_options(dict(inversion_options or {}))
+    inversion_options = get_inversion(inversion).validate_options(check_options_dict(inversion_options,
+                                                                                     "inversion_options"))
+    editor_options = check_options_dict(editor_options, "editor options")
+    if editor is None:
+        return EditSettings(inversion, None, steps, guidance_scale, seed, inversion_options, editor_options, blend)
     editor_options = editor_options_with_blend(editor, editor_options, blend)
     check_pairing(inversion, editor)
     return EditSettings(inversion, editor, steps, guidance_scale, seed, inversion_options, editor_options)
+
+
+def model_numbers(model, steps: int | None = None, guidance_scale: float | None = None
+                  ) -> tuple[int, float, dict[str, str]]:
+    """``(steps, guidance, defaulted)``: the given ones, else the model's (`Backbone.default_guidance`: its
+    folder's invedit.json, else its family's; steps: invedit.json, else `DEFAULT_STEPS`), checked against the
+    model (its training timesteps; FLUX.1-schnell's guidance). ``defaulted`` names those filled in and whose."""
+    defaulted: dict[str, str] = {}
+    if steps is None:
+        recommended = model.recommended_steps
+        steps, defaulted["steps"] = (recommended, "model") if recommended else (DEFAULT_STEPS, "invedit")
+    steps = check_steps(steps, int(model.pipe.scheduler.config.get("num_train_timesteps", 1000)))
+    if guidance_scale is None:
+        guidance_scale, defaulted["guidance_scale"] = model.default_guidance
+    guidance_scale = check_guidance(guidance_scale)
+    model.check_guidance_for_model(guidance_scale)
+    return steps, guidance_scale, defaulted
+
+
+def settings_for_model(settings: EditSettings, model) -> EditSettings:
+    """``settings`` with what was left to the model filled in (`model_numbers`; the editor: the family's
+    `Backbone.default_editor`) and checked against it (the editor's options, the pairing); ``model``: a
+    `Backbone`."""
+    steps, guidance, defaulted = model_numbers(model, settings.steps, settings.guidance_scale)
+    defaulted = {**settings.defaulted, **defaulted}
+    editor, options = settings.editor, settings.editor_options
+    if editor is None:
+        editor, defaulted["editor"] = model.default_editor, "family"
+        options = editor_options_with_blend(editor, options, settings.blend)
+        check_pairing(settings.inversion, editor)
+    return EditSettings(settings.inversion, editor, steps, guidance, settings.seed, settings.inversion_options,
+                        options, None, defaulted)
 
 
 def check_pairing(inversion: str, editor: str) -> None:
@@ -180,7 +234,10 @@ class PreparedEdit:
 
 def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSettings,
                  inverted_prompt: str | None = None, mask: Any = None) -> PreparedEdit:
-    """The model-side checks of an edit: prompts, the model's editor defaults, the source branch's prompt (which
+    """The model-side checks of an edit (``pipe``: a loaded pipeline, or the weightless one of
+    `invedit.models.inspect`, so that they run before the load): what was left to the model
+    (`settings_for_model`; the returned ``settings`` are complete), the family (`check_model_kind`), prompts, the
+    model's editor defaults, the source branch's prompt (which
     a given inversion, made under ``inverted_prompt``, must match), the mask (`check_mask`; ``mask``: an
     `invedit.masks.EditMask`) and a dry run of the editor (`Editor.create` builds it without side effects), so bad
     settings fail before any inversion.
@@ -189,9 +246,9 @@ def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSet
         InveditError: the first problem, in one line.
     """
     model = backbone(pipe)
+    settings = settings_for_model(settings, model)
     check_model_kind(model, settings.inversion, settings.editor)
     check_mask(settings.editor, mask)
-    check_steps(settings.steps, pipe.scheduler.config.num_train_timesteps)
     editor_cls = get_editor(settings.editor)
     instructed = editor_cls.takes_instruction  # the target is an instruction; a source prompt is optional
     if inverted_prompt is None:

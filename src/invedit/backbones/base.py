@@ -70,6 +70,15 @@ class Backbone(ABC):
     schedule_kind: ClassVar[str] = "ddim"
     #: Lowest versions of libraries this family is tested with, beyond the package's own requirements.
     requires: ClassVar[dict[str, str]] = {}
+    #: The editor an edit uses when none is named (``editor=None``): the one place the family's default lives.
+    default_editor: ClassVar[str] = "p2p"
+    #: The classifier-free guidance scale an edit uses when neither the caller nor the model folder's invedit.json
+    #: names one (the paper's 7.5).
+    family_guidance: ClassVar[float] = 7.5
+    #: Components the family's pipeline needs, by model_index.json name, with what each is (for messages); those
+    #: in `optional_components` may be saved as absent (``[null, null]``).
+    components: ClassVar[dict[str, str]] = {}
+    optional_components: ClassVar[tuple[str, ...]] = ()
     #: The pipeline component names of the denoiser and of the T5 text encoder (None: the family has none): what
     #: ``invedit.load(quantize=)`` quantises.
     denoiser_name: ClassVar[str] = "unet"
@@ -78,7 +87,8 @@ class Backbone(ABC):
     def __init__(self, pipe, name: str | None = None, resolution: int | None = None,
                  editor_defaults: dict[str, dict[str, Any]] | None = None,
                  call_options: dict[str, Any] | None = None, quantize: str | None = None,
-                 loras: list[dict[str, Any]] | None = None):
+                 loras: list[dict[str, Any]] | None = None, guidance: float | None = None,
+                 steps: int | None = None):
         self.pipe = pipe
         self.name = name or str(pipe.config.get("_name_or_path", "") or "unknown")
         self.resolution = self.check_resolution(resolution)
@@ -86,6 +96,9 @@ class Backbone(ABC):
         self.call_options = dict(call_options or {})
         self.quantize = quantize
         self.loras = [dict(r) for r in loras or ()]
+        #: The guidance scale and steps the model's folder recommends (invedit.json), None when it names none.
+        self.recommended_guidance = guidance
+        self.recommended_steps = steps
         self._fingerprint: str | None = None
 
     # ---- setup --------------------------------------------------------------------------------------------
@@ -175,19 +188,92 @@ class Backbone(ABC):
     def dtype(self) -> torch.dtype:
         return self.denoiser.dtype
 
+    @property
+    def smallest_resolution(self) -> int:
+        """The smallest image side accepted: a multiple of `resolution_multiple` no smaller than the smallest image
+        invedit inverts (`invedit.images.MIN_SIDE`)."""
+        from ..images import MIN_SIDE
+
+        step = self.resolution_multiple
+        return -(-MIN_SIDE // step) * step
+
     def check_resolution(self, resolution: int | None) -> int:
         """``resolution`` (``None``: the native one) as a valid image side.
 
         Raises:
-            InveditError: not a positive multiple of `resolution_multiple`.
+            InveditError: not an integer, below `smallest_resolution`, or not a multiple of `resolution_multiple`.
         """
         if resolution is None:
             return self.native_resolution
-        step = self.resolution_multiple
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
+        step, low = self.resolution_multiple, self.smallest_resolution
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < low:
+            raise InveditError(f"resolution must be an integer of at least {low} pixels (a multiple of {step}: the "
+                               f"VAE factor × {step // self.vae_factor}), got {resolution!r}")
+        if resolution % step:
             raise InveditError(f"resolution must be a multiple of {step} pixels (the VAE factor × "
-                               f"{step // self.vae_factor}), got {resolution!r}")
+                               f"{step // self.vae_factor}), got {resolution!r}; e.g. {resolution // step * step} "
+                               f"or {(resolution // step + 1) * step}")
         return resolution
+
+    @property
+    def default_guidance(self) -> tuple[float, str]:
+        """``(scale, where it comes from)`` of an edit that names none: the model folder's recommendation
+        ("model": its invedit.json), else the family's (`family_guidance`, "family")."""
+        if self.recommended_guidance is not None:
+            return float(self.recommended_guidance), "model"
+        return self.family_guidance_scale, "family"
+
+    @property
+    def family_guidance_scale(self) -> float:
+        """The family's default guidance (a property: FLUX.1-schnell's depends on its transformer's config)."""
+        return self.family_guidance
+
+    def check_guidance_for_model(self, guidance: float) -> None:  # noqa: B027 (optional hook)
+        """Refuse a guidance scale the model cannot use as given (FLUX.1-schnell overrides this)."""
+
+    # ---- memory --------------------------------------------------------------------------------------------
+    def activation_width(self) -> int:
+        """Channels per latent-grid token at the denoiser's widest full-resolution layer."""
+        return int(self.denoiser.config.block_out_channels[0])
+
+    def denoiser_tokens(self, resolution: int) -> int:
+        """Tokens (grid cells) at the denoiser's full-resolution layers at image side ``resolution``."""
+        return (resolution // self.vae_factor) ** 2
+
+    def _attention_level(self) -> int:
+        """The UNet level (0: full latent resolution) of its first attention block."""
+        types = self.denoiser.config.get("down_block_types") or ()
+        return next((i for i, name in enumerate(types) if "Attn" in name), 0)
+
+    def attention_tokens(self, resolution: int) -> int:
+        """Tokens of the denoiser's largest self-attention (the UNet's first level with attention)."""
+        return self.denoiser_tokens(resolution) // 4 ** self._attention_level()
+
+    def attention_heads(self) -> int:
+        """Heads of that self-attention (diffusers' UNet configs name them ``attention_head_dim``)."""
+        heads = self.denoiser.config.get("attention_head_dim", 8)
+        if isinstance(heads, (list, tuple)):
+            heads = heads[min(self._attention_level(), len(heads) - 1)]
+        return int(heads)
+
+    def memory_estimate(self, resolution: int, rows: int = 4, value_bytes: int = 4,
+                        weight_bytes: int | None = None) -> dict[str, int]:
+        """A lower estimate of the memory one edit needs at image side ``resolution``, in bytes:
+        ``{"weights", "activations"}``.
+
+        Activations: the denoiser's widest layer over ``rows`` rows (two branches × the CFG halves), about 16
+        values per token and channel (attention projections, the MLP's 4× expansion, residuals), plus one map of its
+        largest self-attention (the editors that read attention form it: rows × heads × tokens²), plus the VAE decoder's
+        full-resolution feature maps for the two decoded images (4 copies of its first level's channels). Weights:
+        ``weight_bytes`` (the files' sizes) when known, else the denoiser's parameter count × ``value_bytes``.
+        """
+        tokens, attended = self.denoiser_tokens(resolution), self.attention_tokens(resolution)
+        denoiser = rows * tokens * self.activation_width() * 16 * value_bytes
+        attention = rows * self.attention_heads() * attended * attended * value_bytes
+        vae = 2 * resolution * resolution * int(self.pipe.vae.config.block_out_channels[0]) * 4 * value_bytes
+        if weight_bytes is None:
+            weight_bytes = sum(p.numel() for p in self.denoiser.parameters()) * value_bytes
+        return {"weights": int(weight_bytes), "activations": int(denoiser + attention + vae)}
 
     def model_editor_defaults(self, editor: str) -> dict[str, Any]:
         """Options the model recommends for ``editor`` (explicit options and an inversion's pairing win)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InveditError
 from .base import register_family
 from .mmdit import FlowTransformerBackbone, clip_tokens, pack_pooled, unpack_pooled
 
@@ -44,12 +45,29 @@ class FluxBackbone(FlowTransformerBackbone):
     convention = "flux"
     default_t5_tokens = T5_TOKENS
     t5_name = "text_encoder_2"
+    components = {"transformer": "the MM-DiT transformer", "vae": "the VAE", "scheduler": "the flow scheduler",
+                  "text_encoder": "CLIP-L (the pooled embedding)", "text_encoder_2": "T5",
+                  "tokenizer": "CLIP-L's tokenizer", "tokenizer_2": "T5's tokenizer"}
     #: The guidance scale FLUX.1-dev's transformer is given when a call names none (FluxPipeline's default).
     embedded_guidance: float = 3.5
 
     @property
     def guidance_mode(self) -> str:
-        return "embedded" if self.denoiser.config.guidance_embeds else "none"
+        return "embedded" if self.denoiser.config.get("guidance_embeds", False) else "none"
+
+    @property
+    def family_guidance_scale(self) -> float:
+        """FLUX.1-schnell (no guidance input): 1, one conditional row per branch, as the model was distilled to
+        run; FLUX.1-dev: the family's default (given to the transformer as its guidance input)."""
+        return 1.0 if self.guidance_mode == "none" else self.family_guidance
+
+    def check_guidance_for_model(self, guidance: float) -> None:
+        """FLUX.1-schnell refuses guidance ≠ 1: it has no guidance input, so any other scale runs classifier-free
+        guidance over two rows, at twice the cost, which the guidance-distilled model was not trained for."""
+        if self.guidance_mode == "none" and guidance != 1:
+            raise InveditError(f"this FLUX model (FLUX.1-schnell: no guidance input) runs without guidance; guidance "
+                               f"{guidance:g} would run classifier-free guidance at twice the cost, which it was not "
+                               "trained for; pass --guidance 1 (guidance_scale=1), or leave it out")
 
     @property
     def native_resolution(self) -> int:

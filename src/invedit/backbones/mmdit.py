@@ -62,6 +62,9 @@ class FlowTransformerBackbone(Backbone):
     #: `invedit.flow.CONVENTIONS` key of the family.
     convention: str = ""
     schedule_kind = "flow"
+    #: Shared attention: on the embedded flow model mmdit-p2p at its official defaults trades 8 dB of background
+    #: for its success rate (benchmarks/mmdit_p2p_toy.md); `--editor mmdit-p2p` is one option away.
+    default_editor = "shared-attention"
     denoiser_name = "transformer"
     #: T5 tokens the family's pipeline reads by default (its ``max_sequence_length``).
     default_t5_tokens: int = 256
@@ -93,6 +96,19 @@ class FlowTransformerBackbone(Backbone):
     @property
     def resolution_multiple(self) -> int:
         return self.vae_factor * self.patch
+
+    def activation_width(self) -> int:
+        config = self.denoiser.config
+        return int(config.num_attention_heads) * int(config.attention_head_dim)
+
+    def denoiser_tokens(self, resolution: int) -> int:
+        return (resolution // self.vae_factor // self.patch) ** 2
+
+    def attention_tokens(self, resolution: int) -> int:
+        return self.denoiser_tokens(resolution)
+
+    def attention_heads(self) -> int:
+        return int(self.denoiser.config.num_attention_heads)
 
     def image_seq_len(self) -> int:
         """Image tokens the transformer sees at the working resolution (what FLUX's shift μ depends on)."""

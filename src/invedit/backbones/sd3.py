@@ -24,6 +24,11 @@ class SD3Backbone(FlowTransformerBackbone):
     convention = "sd3"
     default_t5_tokens = T5_TOKENS
     t5_name = "text_encoder_3"
+    components = {"transformer": "the MM-DiT transformer", "vae": "the VAE", "scheduler": "the flow scheduler",
+                  "text_encoder": "CLIP-L", "text_encoder_2": "CLIP-G", "text_encoder_3": "T5",
+                  "tokenizer": "CLIP-L's tokenizer", "tokenizer_2": "CLIP-G's tokenizer",
+                  "tokenizer_3": "T5's tokenizer"}
+    optional_components = ("text_encoder_3", "tokenizer_3")
 
     @property
     def patch(self) -> int:

@@ -19,6 +19,12 @@ from .base import Backbone, LayerInfo, register_family
 PARTS = ("down", "mid", "up")
 
 
+def check_steps_offset(steps_offset) -> None:
+    """``steps_offset`` must be 0 or 1 (see `make_ddim_scheduler`)."""
+    if steps_offset not in (0, 1):
+        raise InveditError(f"steps_offset must be 0 or 1, got {steps_offset!r}")
+
+
 def make_ddim_scheduler(config: dict, steps_offset: int = 1):
     """The DDIM scheduler of reference-settings §1 on the checkpoint's betas and prediction type.
 
@@ -26,8 +32,7 @@ def make_ddim_scheduler(config: dict, steps_offset: int = 1):
     50 steps give t = 981, 961, …, 1 — what every reference run actually used, except Plug-and-Play's, which
     builds its scheduler without the pipeline and so runs 980, 960, …, 0 (``steps_offset=0``).
     """
-    if steps_offset not in (0, 1):
-        raise InveditError(f"steps_offset must be 0 or 1, got {steps_offset!r}")
+    check_steps_offset(steps_offset)
     from diffusers import DDIMScheduler
 
     with warnings.catch_warnings():
@@ -44,6 +49,8 @@ class StableDiffusion(Backbone):
 
     family = "sd"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
+    components: ClassVar[dict[str, str]] = {"unet": "the UNet", "vae": "the VAE", "scheduler": "the scheduler",
+                                            "text_encoder": "CLIP", "tokenizer": "CLIP's tokenizer"}
 
     @classmethod
     def prepare(cls, pipe, device: torch.device | None = None, steps_offset: int = 1, **options: Any):
@@ -114,6 +121,9 @@ class StableDiffusionXL(StableDiffusion):
 
     family = "sdxl"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
+    components: ClassVar[dict[str, str]] = {
+        "unet": "the UNet", "vae": "the VAE", "scheduler": "the scheduler", "text_encoder": "CLIP-L",
+        "text_encoder_2": "OpenCLIP-G", "tokenizer": "CLIP-L's tokenizer", "tokenizer_2": "OpenCLIP-G's tokenizer"}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 
 from ..cli_errors import cli_errors
-from ..cli_options import DtypeOption, LoraOption, ModelOption, OffloadOption, QuantizeOption, ResolutionOption
+from ..cli_options import (
+    DtypeOption,
+    GuidanceOption,
+    LoraOption,
+    MaxMemoryOption,
+    ModelOption,
+    OffloadOption,
+    QuantizeOption,
+    ResolutionOption,
+    StepsOption,
+)
 from ..runtime import setup_threads
 
 
@@ -25,8 +35,8 @@ def bench_command(
     types: Annotated[str | None, typer.Option(help="edit types to run, e.g. 0,1,6 (default: all)")] = None,
     limit: Annotated[int | None, typer.Option(help="only the first N entries (by id)")] = None,
     model: ModelOption = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
-    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, mps (default: best; per process "
                                                     "under accelerate)")] = None,
@@ -35,6 +45,7 @@ def bench_command(
     offload: OffloadOption = None,
     quantize: QuantizeOption = None,
     lora: LoraOption = None,
+    max_memory: MaxMemoryOption = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
     allow_mixed: Annotated[bool, typer.Option(
@@ -58,7 +69,7 @@ def bench_command(
     setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
                         device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
-                        loras=lora, parity=parity,
+                        loras=lora, max_memory=max_memory, parity=parity,
                         edit_types=_types(types), allow_mixed=allow_mixed,
                         limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,

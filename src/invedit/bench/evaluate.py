@@ -321,7 +321,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
                 rows.append(row)
     summary.unavailable = {m: models.unavailable[NEEDS[m]] for m in wanted
                            if m in NEEDS and NEEDS[m] in models.unavailable}
-    write_tables(run_dir, rows)
+    write_tables(run_dir, rows, mask_given_methods(settings))
     return summary
 
 
@@ -481,26 +481,56 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:.0f}" if metric == "nfe" else f"{value:.2f}"
 
 
-def markdown_table(entries: list[dict[str, Any]], by: tuple[str, ...], metrics: list[str] | None = None) -> str:
-    """Markdown table of `aggregate` entries: ``metrics`` (default: every metric some entry has a value of)."""
+#: How every table, plot and gallery marks a method that reads the benchmark's ground-truth edit mask (KV-Edit):
+#: its background metrics are not comparable with those of the text-only methods.
+MASK_GIVEN = "mask given, not comparable"
+
+
+def mask_given_methods(settings: dict[str, Any]) -> set[str]:
+    """The run's methods whose editor reads the benchmark's edit mask (run.json's ``"mask_given": true``, or an
+    editor that takes a mask)."""
+    from ..editing import get_editor
+
+    flagged = set()
+    for name, spec in settings.get("methods", {}).items():
+        try:
+            takes = bool(getattr(get_editor(spec.get("editor", "")), "takes_mask", False))
+        except InveditError:  # an editor this version does not know
+            takes = False
+        if takes or spec.get("mask_given") is True:
+            flagged.add(name)
+    return flagged
+
+
+def method_label(method: str, flagged: set[str] | frozenset[str] = frozenset()) -> str:
+    """The method's name as tables show it: with `MASK_GIVEN` when it read the edit mask."""
+    return f"{method} ({MASK_GIVEN})" if method in flagged else method
+
+
+def markdown_table(entries: list[dict[str, Any]], by: tuple[str, ...], metrics: list[str] | None = None,
+                   flagged: set[str] | frozenset[str] = frozenset()) -> str:
+    """Markdown table of `aggregate` entries: ``metrics`` (default: every metric some entry has a value of);
+    methods in ``flagged`` marked `MASK_GIVEN`."""
     metrics = metrics or [m for m in ALL_METRICS if any(e[m] is not None for e in entries)]
     head = [*(("edit type",) if "edit_type" in by else ()), "method", "N", *(LABELS[m] for m in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         cells = [f"{e['edit_type']} {EDIT_TYPES.get(e['edit_type'], '')}".strip()] if "edit_type" in by else []
-        cells += [e["method"], str(e["n"]), *(format_value(m, e[m]) for m in metrics)]
+        cells += [method_label(e["method"], flagged), str(e["n"]), *(format_value(m, e[m]) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_tables(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """metrics.csv, summary.csv/.md and by_type.csv/.md, all as one atomic group."""
+def write_tables(run_dir: Path, rows: list[dict[str, Any]], flagged: set[str] | frozenset[str] = frozenset()
+                 ) -> None:
+    """metrics.csv, summary.csv/.md and by_type.csv/.md, all as one atomic group (the .md tables mark the
+    methods in ``flagged`` `MASK_GIVEN`)."""
     columns = [*KEY_COLUMNS, *ALL_METRICS]
     texts = {"metrics.csv": _csv_text(rows, columns)}
     for name, by in (("summary", ("method",)), ("by_type", ("edit_type", "method"))):
         entries = aggregate(rows, by)
         printable = [{k: ("" if v is None else v) for k, v in e.items()} for e in entries]
         texts[f"{name}.csv"] = _csv_text(printable, [*by, "n", *ALL_METRICS])
-        texts[f"{name}.md"] = markdown_table(entries, by)
+        texts[f"{name}.md"] = markdown_table(entries, by, flagged=flagged)
     write_atomically([(run_dir / name, lambda f, t=text: f.write(t.encode())) for name, text in texts.items()])
 

@@ -30,12 +30,15 @@ from .data import read_benchmark
 from .evaluate import (
     ALL_METRICS,
     LABELS,
+    MASK_GIVEN,
     PIE_METRICS,
     aggregate,
     cell_value,
     edit_mask,
     format_value,
     markdown_table,
+    mask_given_methods,
+    method_label,
     read_run,
 )
 from .runner import EDITS_DIR
@@ -130,7 +133,6 @@ PUBLISHED_FLOW: tuple[PublishedFlowRow, ...] = (
 )
 #: The metrics the flow table shows (the papers print these; CLIP scores are on other scales there).
 FLOW_METRICS = ("structure_distance", "psnr", "lpips", "clip_whole", "clip_edited")
-MASK_GIVEN = "mask given, not comparable"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -197,12 +199,14 @@ def paper_order(method: str) -> tuple:
     return rank(rest, EDITOR_ORDER), rest, rank(inversion, INVERSION_ORDER), inversion, method
 
 
-def table_one(summary: list[dict[str, Any]]) -> str:
-    """Our rows in the paper's layout, each followed by the paper's row of the same pair where it has one."""
+def table_one(summary: list[dict[str, Any]], flagged: set[str] | frozenset[str] = frozenset()) -> str:
+    """Our rows in the paper's layout, each followed by the paper's row of the same pair where it has one; methods
+    in ``flagged`` (they read the benchmark's edit mask) marked `MASK_GIVEN`."""
     head = ["method", "N", *(LABELS[m] for m in PIE_METRICS), "NFE", "s/edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
-        cells = [f"**{e['method']}**", str(e["n"]), *(format_value(m, e[m]) for m in PIE_METRICS),
+        name = f"**{e['method']}**" + (f" ({MASK_GIVEN})" if e["method"] in flagged else "")
+        cells = [name, str(e["n"]), *(format_value(m, e[m]) for m in PIE_METRICS),
                  format_value("nfe", e["nfe"]), format_value("seconds", e["seconds"])]
         lines.append("| " + " | ".join(cells) + " |")
         published = PUBLISHED.get(_pair_name(e["method"]))
@@ -281,8 +285,9 @@ def flow_table(summary: list[dict[str, Any]], records: dict[str, dict[str, Any]]
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict[str, Any]]) -> bytes:
-    """PNG: background PSNR against seconds per edit and against NFE per edit, one point per method."""
+def plot(summary: list[dict[str, Any]], flagged: set[str] | frozenset[str] = frozenset()) -> bytes:
+    """PNG: background PSNR against seconds per edit and against NFE per edit, one point per method (methods in
+    ``flagged``: a cross, labelled `MASK_GIVEN`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,8 +299,8 @@ def plot(summary: list[dict[str, Any]]) -> bytes:
         points = [(e[cost], e["psnr"], e["method"]) for e in summary
                   if e[cost] is not None and e["psnr"] is not None and not math.isnan(e[cost] + e["psnr"])]
         for x, y, name in points:
-            ax.scatter([x], [y], s=30)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.scatter([x], [y], s=30, marker="x" if name in flagged else "o")
+            ax.annotate(method_label(name, flagged), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_xlabel(label)
         ax.set_ylabel("background PSNR (dB)")
         xs = [p[0] for p in points if p[0] > 0]
@@ -317,11 +322,13 @@ def _png(image: Image.Image) -> bytes:
 
 
 def gallery(run_dir: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, bytes]:
-    """``gallery.html`` and its thumbnails (source and mask per image); edits link to the run's own files."""
+    """``gallery.html`` and its thumbnails (source and mask per image); edits link to the run's own files; methods
+    that read the benchmark's edit mask are marked `MASK_GIVEN`."""
     from ..images import load_image
 
     items = {item.id: item for item in read_benchmark(settings["data"])[0]}
     methods = sorted(settings["methods"])
+    flagged = mask_given_methods(settings)
     by_pair = {(r["method"], r["id"]): r for r in rows}
     files: dict[str, bytes] = {}
     body = []
@@ -342,6 +349,8 @@ def gallery(run_dir: Path, settings: dict[str, Any], rows: list[dict[str, Any]])
                 continue
             numbers = " · ".join(f"{LABELS[m].split()[0]} {format_value(m, cell_value(row.get(m)))}"
                                  for m in ("psnr", "clip_edited", "target_psnr") if row.get(m))
+            if method in flagged:
+                numbers += f"<br><i>{MASK_GIVEN}</i>"
             cells.append(f'<td><img src="{EDITS_DIR}/{html.escape(method)}/{edit.name}" width="{THUMBNAIL}" '
                          f'loading="lazy"><br><b>{html.escape(method)}</b><br><small>{numbers}</small></td>')
         caption = (f"{item_id} · {html.escape(item.edit_type_name)}: “{html.escape(item.source_prompt)}” → "
@@ -370,6 +379,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     toy = [m for m in ("target_psnr", "edit_success") if any(e[m] is not None for e in summary)]
     failures = open_failures(run_dir, rows)
     records = method_records(run_dir, settings)
+    flagged = mask_given_methods(settings) | {m for m, r in records.items() if r["mask_given"]}
     flow = {m: r for m, r in records.items() if r["family"] in flow_families()}
     instructed = {m: r for m, r in records.items() if r["family"] in instruction_families()}
     trained = [e for e in summary if e["method"] in instructed]
@@ -386,7 +396,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         "target prompt of the whole edit / the edit region. The paper's rows (Ju et al., ICLR 2024, Table 1: the "
         "700 PIE-Bench images on Stable Diffusion 1.4, PnP on 1.5) compare with ours only when this run is the "
         "same benchmark on the same model. n/a: the metric's network was not available to `invedit evaluate`.", "",
-        table_one(summary),
+        table_one(summary, flagged),
     ]
     if flow:
         lines += ["## Flow methods (SD 3 / FLUX)", "",
@@ -412,13 +422,14 @@ def write_report(run_dir: str | Path) -> list[Path]:
         lines += ["## Against the true targets (shapes world)", "",
                   "PSNR to the true target image inside the true edit region; success: the edit did what its kind "
                   "asks (colour / shape recognised, object added / removed; background edits have no criterion).",
-                  "", markdown_table(summary, ("method",), toy)]
+                  "", markdown_table(summary, ("method",), toy, flagged)]
     lines += ["## Per edit type", "", markdown_table(by_type, ("edit_type", "method"),
-                                                   [m for m in ALL_METRICS if any(e[m] is not None for e in by_type)])]
+                                                   [m for m in ALL_METRICS if any(e[m] is not None for e in by_type)],
+                                                   flagged)]
     lines += ["## Failures", ""]
     lines += [f"- {f['method']} {f['id']}: {f['error']}" for f in failures] or ["None."]
     lines += ["", "![quality vs cost](quality_vs_time.png)", "", "Gallery: [gallery.html](gallery.html)", ""]
-    files = {"report.md": "\n".join(lines).encode(), "quality_vs_time.png": plot(summary),
+    files = {"report.md": "\n".join(lines).encode(), "quality_vs_time.png": plot(summary, flagged),
              **gallery(run_dir, settings, rows)}
     write_atomically([(run_dir / name, lambda f, d=data: f.write(d)) for name, data in files.items()])
     return [run_dir / name for name in ("report.md", "quality_vs_time.png", "gallery.html")]

@@ -42,7 +42,7 @@ EDITS_DIR = "edits"
 RUN_FORMAT = 1
 #: Record fields that legitimately differ between two runs of the same edit (timings, where the inversion came
 #: from); everything else in a record is a deterministic function of the inputs.
-VOLATILE_RECORD_KEYS = ("seconds", "seconds_inversion", "seconds_edit", "inversion_source")
+VOLATILE_RECORD_KEYS = ("seconds", "seconds_inversion", "seconds_edit", "seconds_spent", "inversion_source")
 
 
 @dataclass
@@ -233,23 +233,28 @@ def _error_text(exc: BaseException) -> str:
 
 
 def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: list[MethodSpec], *,
-              model: str | None = None, steps: int = 50, guidance: float = 7.5, seed: int = 0,
+              model: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
               device: str | None = None, dtype: str | None = None, resolution: int | None = None,
               offload: str | None = None, quantize: str | None = None, loras: list[str] | None = None,
-              parity: bool = False,
+              max_memory: float | str | None = None, parity: bool = False,
               edit_types: list[str] | None = None, limit: int | None = None,
               cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print,
               allow_mixed: bool = False) -> BenchSummary:
     """Edit every (image, method) pair of this process's share that is not done yet (see the module docstring).
 
+    ``steps`` / ``guidance`` None: the model's (`invedit.prepare.model_numbers`). Before the model loads, its
+    folder is inspected (`invedit.models.inspect`) and every method is checked on it (`check_methods`), so a
+    method that cannot run on the model is refused once, not once per entry.
+
     Returns the summary; failures are in it, in the run's failure log, and were reported through ``say``.
     Raises:
-        InveditError: settings that cannot run at all (bad options, a folder run with other settings, a model
-            that does not load, a dataset folder that is not one).
+        InveditError: settings that cannot run at all (bad options, a method the model cannot run, a folder run
+            with other settings, a model that does not load, a dataset folder that is not one).
     """
     from .. import api
     from ..load_options import check_load_options
     from ..models import (
+        inspect,
         load,
         model_fingerprint,
         model_name,
@@ -260,8 +265,10 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
     from ..versions import versions
 
     started = time.perf_counter()
-    api.check_steps(steps)
-    api.check_guidance(guidance)
+    if steps is not None:
+        api.check_steps(steps)
+    if guidance is not None:
+        api.check_guidance(guidance)
     api.check_seed(seed)
     check_selection(edit_types, limit)
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
@@ -275,6 +282,11 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
     resolve_dtype(dtype, resolve_device(device))
     check_load_options(resolve_device(device), offload, quantize, loras)
+    model_view = inspect(model, device, dtype, resolution, offload, max_memory)  # no weight read yet
+    from ..prepare import model_numbers
+
+    steps, guidance, _ = model_numbers(model_view, steps, guidance)
+    check_methods(model_view, methods, items, steps, guidance, seed)
     if world > 1:  # the processes of one launch create the folder together
         run_dir.mkdir(parents=True, exist_ok=True)
         created: list[Path] = []
@@ -283,7 +295,7 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
 
     try:
         pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
-                    loras=loras)
+                    loras=loras, max_memory=max_memory)
         size = native_resolution(pipe)
         model_record = backbone(pipe)
         dtype_name = str(model_record.dtype).replace("torch.", "")
@@ -325,6 +337,52 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         say(f"note: recomputed an unreadable cached inversion ({message})")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def check_methods(model, methods: list[MethodSpec], items: list[BenchItem], steps: int, guidance: float,
+                  seed: int) -> None:
+    """Refuse, in one line, a method that cannot run on the model (``model``: a `Backbone`, typically the
+    weightless one of `invedit.models.inspect`): an inversion or editor of another family, an option out of range
+    at these steps. Each method's editor is dry-run (`invedit.prepare.prepare_edit`) on the first entry whose
+    prompts the model reads, with its source prompt as both prompts (no blend words: those are the entry's), so
+    what fails here fails for every entry.
+
+    Raises:
+        InveditError: ``method NAME: …``.
+    """
+    from ..prepare import EditSettings, check_model_kind, check_prompt, prepare_edit
+
+    probe = None
+    for item in items:
+        try:
+            check_prompt(item.source_prompt, model.tokenizer, "source prompt")
+            entry_mask(item, None)
+        except (InveditError, OSError):
+            continue
+        probe = item
+        break
+    for m in methods:
+        try:
+            check_model_kind(model, m.inversion, m.editor)
+            if probe is not None:
+                settings = EditSettings(m.inversion, m.editor, steps, guidance, seed, m.inversion_options,
+                                        m.editor_options)
+                prepare_edit(model.pipe, probe.source_prompt, probe.source_prompt, settings,
+                             mask=entry_mask(probe, m.editor))
+        except InveditError as exc:
+            raise InveditError(f"method {m.name}: {exc}") from None
+
+
+def entry_mask(item: BenchItem, editor: str | None):
+    """The entry's edit mask (its true region, without the evaluator's border) for an editor that takes one
+    (`Editor.takes_mask`: KV-Edit), else None; ``editor`` None: read it anyway (a check that it can be read)."""
+    from ..editing import get_editor
+    from ..masks import EditMask, image_size
+
+    if editor is not None and not get_editor(editor).takes_mask:
+        return None
+    width, height = image_size(item.image_path)
+    return EditMask.from_pixels(item.mask((height, width)), f"entry {item.id}", f"the mask of entry {item.id}")
 
 
 LOCKS_DIR = ".locks"
@@ -462,15 +520,8 @@ class _RunContext:
         return item.target_prompt, None
 
     def _mask(self, item: BenchItem, m: MethodSpec):
-        """The entry's edit mask (its true region, without the evaluator's border) for an editor that takes one
-        (`Editor.takes_mask`: KV-Edit), else None."""
-        from ..editing import get_editor
-        from ..masks import EditMask, image_size
-
-        if not get_editor(m.editor).takes_mask:
-            return None
-        width, height = image_size(item.image_path)
-        return EditMask.from_pixels(item.mask((height, width)), f"entry {item.id}", f"the mask of entry {item.id}")
+        """`entry_mask` of the method's editor."""
+        return entry_mask(item, m.editor)
 
     def _edit(self, item: BenchItem, m: MethodSpec, inverted, source: str, image_sha: str) -> None:
         from .. import api

@@ -87,18 +87,21 @@ def temporary_folder() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def serve(pipe, host: str, port: int, default_steps: int = 50, on_ready: Callable[[], None] | None = None) -> None:
+def serve(pipe, host: str, port: int, default_steps: int = 50, on_ready: Callable[[], None] | None = None,
+          default_guidance: float | None = None) -> None:
     """Run the page on ``host:port`` until Ctrl-C (or SIGTERM); everything it wrote is removed at exit.
 
     Args:
         pipe: the loaded pipeline.
         host, port: where to listen (see `check_listen_address`).
         default_steps: the page's default DDIM steps.
+        default_guidance: the page's default guidance scale (None: the model's, `Backbone.default_guidance`).
         on_ready: called once the server listens (the CLI prints the URL).
     """
     with temporary_folder() as root:
         (root / "results").mkdir()
-        app = build_app(EditSession(pipe, out_dir=root / "results"), default_steps, work_dir=root)
+        app = build_app(EditSession(pipe, out_dir=root / "results"), default_steps, work_dir=root,
+                        default_guidance=default_guidance)
         try:
             app.launch(server_name=host, server_port=port, quiet=True, prevent_thread_lock=True)
         except OSError as exc:  # taken between the check and now
@@ -174,23 +177,42 @@ def _defaults_text(editor: str, pipe) -> str:
     return f"{editor} options and defaults: {shown or 'none'}"
 
 
-def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Path | None = None):
+def usable_methods(model) -> tuple[list[str], list[str]]:
+    """(inversions, editors) that run on ``model`` (a `Backbone`): those of its schedule kind that its family does
+    not refuse (`invedit.prepare.check_model_kind`), as the page's dropdowns list them."""
+    from ..methods import list_methods
+    from ..prepare import check_model_kind
+
+    methods = list_methods()
+    usable: dict[str, list[str]] = {"inversion": [], "editor": []}
+    for kind, key in (("inversions", "inversion"), ("editors", "editor")):
+        for m in methods[kind]:
+            try:
+                check_model_kind(model, **{key: m["name"]})
+            except InveditError:
+                continue
+            usable[key].append(m["name"])
+    return usable["inversion"], usable["editor"]
+
+
+def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Path | None = None,
+              default_guidance: float | None = None):
     """The Blocks app (not launched); the example images are written into a new folder in ``work_dir`` (default:
-    the system's temporary folder)."""
+    the system's temporary folder). The dropdowns list the methods the model runs (`usable_methods`), starting at
+    its family's editor and guidance (``default_guidance``: None: the model's)."""
     import gradio as gr
 
     from ..backbones import backbone
-    from ..methods import list_methods
     from ..models import model_name
 
-    methods = list_methods()
-    inversions = [m["name"] for m in methods["inversions"]]
-    editors = [m["name"] for m in methods["editors"]]
+    model = backbone(session.pipe)
+    inversions, editors = usable_methods(model)
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    # the editor a page starts with: P2P on a UNet model, shared attention on a flow model (P2P needs a UNet)
-    unet_model = backbone(session.pipe).schedule_kind == "ddim"
-    first_editor = "p2p" if unet_model else "shared-attention"
+    # the editor a page starts with: the family's (P2P on a UNet model, shared attention on a flow model)
+    unet_model = model.schedule_kind == "ddim"
+    first_editor = model.default_editor
+    first_guidance = model.default_guidance[0] if default_guidance is None else default_guidance
     examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)), blend=unet_model)
 
     def run(image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
@@ -248,7 +270,8 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                     editor = gr.Dropdown(editors, value=first_editor, label="editor", elem_id="editor")
                 with gr.Accordion("advanced", open=False):
                     steps = gr.Slider(1, 200, value=default_steps, step=1, label="steps", elem_id="steps")
-                    guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="guidance scale", elem_id="guidance")
+                    guidance = gr.Slider(0, 20, value=first_guidance, step=0.5, label="guidance scale",
+                                         elem_id="guidance")
                     seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
                     defaults = gr.Markdown(_defaults_text(first_editor, session.pipe))
                     editor_options = gr.Textbox(label="editor options (KEY=VALUE, one per line)", lines=2,

@@ -36,10 +36,10 @@ class EditRequest:
     source_prompt: str
     target_prompt: str
     inversion: str = "direct"
-    editor: str = "p2p"
+    editor: str | None = None  # None: the model's default editor (`Backbone.default_editor`)
     blend_words: str = ""
-    steps: int = 50
-    guidance: float = 7.5
+    steps: int | None = 50  # None: the model's (its folder's invedit.json, else 50)
+    guidance: float | None = None  # None: the model's (`Backbone.default_guidance`)
     seed: int = 0
     editor_options: str = ""  # "KEY=VALUE" per line (or comma-separated), as `-o` on the command line
     inversion_options: str = ""
@@ -115,19 +115,20 @@ class EditSession:
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="invedit-ui-"))
         self.results: OrderedDict[str, EditOutcome] = OrderedDict()  # recent outcomes by their image's pixels
 
-    def _inversion_key(self, image: Image.Image, prompt: str, request: EditRequest, options: dict) -> str:
+    def _inversion_key(self, image: Image.Image, prompt: str, settings, options: dict) -> str:
         h = hashlib.sha256(image.tobytes())
-        h.update(json.dumps([image.size, prompt, backbone(self.pipe).fingerprint(), request.steps, request.guidance,
-                             request.seed, request.inversion, options], sort_keys=True, default=str).encode())
+        h.update(json.dumps([image.size, prompt, backbone(self.pipe).fingerprint(), settings.steps,
+                             settings.guidance_scale, settings.seed, settings.inversion, options], sort_keys=True,
+                            default=str).encode())
         return h.hexdigest()
 
     @staticmethod
     def _pixels_key(image: Image.Image) -> str:
         return hashlib.sha256(image.tobytes() + repr((image.mode, image.size)).encode()).hexdigest()
 
-    def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str, Any]:
-        """Everything that can be refused before any network call: (image, editor options, inversion options,
-        the source branch's prompt, the edit mask or None)."""
+    def check(self, request: EditRequest) -> tuple[Image.Image, Any, str, Any]:
+        """Everything that can be refused before any network call: (image, the edit's settings with the model's
+        defaults filled in (`invedit.prepare.EditSettings`), the source branch's prompt, the edit mask or None)."""
         from ..images import load_image
         from ..options import parse_options, split_items
         from ..prepare import check_settings, prepare_edit
@@ -151,7 +152,7 @@ class EditSession:
             if message != str(exc):
                 raise InveditError(message) from None
             raise
-        return image, settings.editor_options, settings.inversion_options, prepared.branch_prompt, mask
+        return image, prepared.settings, prepared.branch_prompt, mask
 
     def edit(self, request: EditRequest) -> EditOutcome:
         """Run one edit (see the module docstring); writes ``edit.png`` and ``edit.json`` in a fresh folder.
@@ -163,21 +164,22 @@ class EditSession:
 
         with self.lock:
             started = time.perf_counter()
-            image, editor_options, inversion_options, branch_prompt, mask = self.check(request)
-            key = self._inversion_key(image, branch_prompt, request, inversion_options)
+            image, settings, branch_prompt, mask = self.check(request)
+            key = self._inversion_key(image, branch_prompt, settings, settings.inversion_options)
             inverted = self.cache.get(key)
             cached = inverted is not None
             if cached:
                 self.cache.move_to_end(key)
             else:
-                inverted = api.invert(self.pipe, image, branch_prompt, request.inversion, request.steps,
-                                      request.guidance, request.seed, progress=True, **inversion_options)
+                inverted = api.invert(self.pipe, image, branch_prompt, settings.inversion, settings.steps,
+                                      settings.guidance_scale, settings.seed, progress=True,
+                                      **settings.inversion_options)
                 self.cache[key] = inverted
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
             result = api.edit(self.pipe, inverted, None, request.target_prompt, editor=request.editor,
                               guidance_scale=request.guidance, seed=request.seed, progress=True, mask=mask,
-                              **editor_options)
+                              **settings.editor_options)
             result.settings["source_prompt"] = " ".join(request.source_prompt.split())
             result.settings["inversion_cached"] = cached
             previous = self.results.get(self._pixels_key(image))
