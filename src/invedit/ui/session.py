@@ -78,9 +78,10 @@ class EditSession:
                              request.seed, request.inversion, options], sort_keys=True, default=str).encode())
         return h.hexdigest()
 
-    def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str, Any]:
+    def check(self, request: EditRequest) -> tuple[Image.Image, dict[str, Any], dict[str, Any], str, Any, Any]:
         """Everything that can be refused before any network call: (image, editor options, inversion options,
-        the source branch's prompt, the edit mask or None)."""
+        the prompt the image is inverted under, the edit mask or None, the features the editor reads from the
+        inversion or None)."""
         from ..images import load_image
         from ..masks import load_mask
         from ..options import parse_options, split_items
@@ -105,7 +106,8 @@ class EditSession:
             if message != str(exc):
                 raise InveditError(message) from None
             raise
-        return image, settings.editor_options, settings.inversion_options, prepared.branch_prompt, mask
+        return (image, settings.editor_options, settings.inversion_options, prepared.inversion_prompt, mask,
+                prepared.feature_request)
 
     def edit(self, request: EditRequest) -> EditOutcome:
         """Run one edit (see the module docstring); writes ``edit.png`` and ``edit.json`` in a fresh folder.
@@ -117,21 +119,23 @@ class EditSession:
 
         with self.lock:
             started = time.perf_counter()
-            image, editor_options, inversion_options, branch_prompt, mask = self.check(request)
-            key = self._inversion_key(image, branch_prompt, request, inversion_options)
+            image, editor_options, inversion_options, inversion_prompt, mask, record = self.check(request)
+            key = self._inversion_key(image, inversion_prompt, request,
+                                      {**inversion_options, "recorded_features": record and record.record()})
             inverted = self.cache.get(key)
             cached = inverted is not None
             if cached:
                 self.cache.move_to_end(key)
             else:
-                inverted = api.invert(self.pipe, image, branch_prompt, request.inversion, request.steps,
-                                      request.guidance, request.seed, progress=True, **inversion_options)
+                inverted = api.invert(self.pipe, image, inversion_prompt, request.inversion, request.steps,
+                                      request.guidance, request.seed, progress=True, record=record,
+                                      **inversion_options)
                 self.cache[key] = inverted
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
-            result = api.edit(self.pipe, inverted, None, request.target_prompt, editor=request.editor,
-                              guidance_scale=request.guidance, seed=request.seed, progress=True, mask=mask,
-                              **editor_options)
+            result = api.edit(self.pipe, inverted, request.source_prompt, request.target_prompt,
+                              editor=request.editor, guidance_scale=request.guidance, seed=request.seed,
+                              progress=True, mask=mask, **editor_options)
             result.settings["source_prompt"] = " ".join(request.source_prompt.split())
             result.settings["inversion_cached"] = cached
             folder = Path(tempfile.mkdtemp(dir=self.out_dir, prefix="edit-"))
