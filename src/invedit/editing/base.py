@@ -69,6 +69,9 @@ class Editor:
     #: The editor needs a mask of the region to edit (KV-Edit): ``create`` gets it as ``mask`` (an
     #: `invedit.masks.EditMask`); editors without it are given none (`invedit.prepare.check_mask`).
     takes_mask: ClassVar[bool] = False
+    #: Options that choose between the reference's behaviour and another (RF-Solver-Edit's ``features``, KV-Edit's
+    #: ``layout``): reports name the mode a result ran in.
+    modes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.active = True

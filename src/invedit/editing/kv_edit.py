@@ -198,6 +198,7 @@ class KVEdit(Editor):
                "convolutions would carry the target's background into the foreground")
     takes_mask = True
     requires_hooks = True
+    modes = ("layout",)
 
     def __init__(self, layers: dict[str, LayerInfo], counter: str | None, cells: np.ndarray, tokens: np.ndarray,
                  embedded: bool, options: dict[str, Any]):
@@ -279,11 +280,12 @@ class KVEdit(Editor):
     def feature_request(self, pinned: bool = False) -> FeatureRequest | None:
         """The reference layout: every block's keys/values at the levels its edited steps read (one below each
         step's start, and any solver midpoint). The exact layout with a source pinned to z* (Direct Inversion) at the
-        inversion's guidance: each edited step's own level. Otherwise none (the source rows are computed)."""
+        inversion's guidance, unmasked: each edited step's own level. Otherwise none (the source rows are
+        computed)."""
         edited = range(self.skip, self.steps)
         if self.reference:
             levels = {x for i in edited for x in (i + 0.5, i + 1.0)}
-        elif pinned and self.source_guidance is None:
+        elif pinned and self.source_guidance is None and not self.options["attn_mask"]:
             levels = {float(i) for i in edited}
         else:
             return None
@@ -296,7 +298,8 @@ class KVEdit(Editor):
     def bind(self, inverted) -> None:
         """The source rows are computed at the inversion's guidance unless ``source_guidance`` is given; the
         reference layout (and the exact one over a pinned source) reads the inversion's stored keys/values."""
-        reads_store = self.source_guidance is None and (self.reference or inverted.source_on_trajectory)
+        reads_store = self.reference or (self.source_guidance is None and not self.options["attn_mask"]
+                                         and inverted.source_on_trajectory)
         if self.source_guidance is None:
             self.source_guidance = float(inverted.options.get("inversion_guidance", 1.0))
         if tuple(inverted.latents.shape[-2:]) != self.cells.shape:
@@ -304,6 +307,10 @@ class KVEdit(Editor):
                                f"{tuple(inverted.latents.shape[-2:])}")
         store = inverted.features
         has_store = store is not None and set(self.kv_modules()) <= set(store.request.modules)
+        if self.reference and inverted.first_step:
+            raise InveditError(f"kv-edit layout='reference' reads the levels an inversion of every step stores; "
+                               f"{inverted.method!r} starts the edit at step {inverted.first_step}: pass "
+                               "layout='exact'")
         if self.reference and not has_store:
             raise InveditError("kv-edit layout='reference' reads the keys/values stored while inverting, and this "
                                "inversion stored none: let invedit.edit invert the image, invert with "

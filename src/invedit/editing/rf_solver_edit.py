@@ -90,6 +90,7 @@ class RFSolverEdit(SharedAttention):
     schedule: Any = None
     schedule_kinds = ("flow",)
     refusal = "it replaces values in FLUX's single-stream blocks"
+    modes = ("features",)
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +157,10 @@ class RFSolverEdit(SharedAttention):
             raise InveditError("rf-solver-edit features='inversion' reads the values stored while inverting, and this "
                                "inversion stored none: let invedit.edit invert the image, invert with "
                                "record=invedit.feature_request(...), or pass features='source'")
+        if inverted.first_step:
+            raise InveditError(f"rf-solver-edit features='inversion' reads the levels an inversion of every step "
+                               f"stores; {inverted.method!r} starts the edit at step {inverted.first_step}: pass "
+                               "features='source'")
         self.store, self.pinned = store, inverted.source_on_trajectory
         self.first_step, self.schedule = inverted.first_step, inverted.schedule
 

@@ -62,6 +62,7 @@ class UniEditEditor(Editor):
     defaults = {"omega": 5.0, "inversion_prompt": "empty"}
     schedule_kinds = ("flow",)
     refusal = "it fuses rectified-flow velocities (SD3/FLUX)"
+    modes = ("inversion_prompt",)
     requires_hooks = True
 
     def __init__(self, options: dict[str, Any]):
