@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
+# The suite runs in this many worker processes (pytest-xdist), one PyTorch thread each (tests/conftest.py); whole
+# test files go to one worker, so a module's fixtures are built once.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install install-min demo test test-current test-min lint bench clean
 
@@ -44,12 +48,12 @@ $(VENV_MIN)/.installed: pyproject.toml constraints-min.txt $(VENV)/.installed
 	rm -rf $(VENV_MIN)
 	$(PYTHON) -m venv $(VENV_MIN)
 	$(PY) -c '$(SITE_PACKAGES)' > "$$($(PY_MIN) -c '$(SITE_PACKAGES)')/zz-torch-from-dev-venv.pth"
-	$(PY_MIN) -m pip install $(PIP_FLAGS) --no-warn-conflicts -c constraints-min.txt -e . pytest
+	$(PY_MIN) -m pip install $(PIP_FLAGS) --no-warn-conflicts -c constraints-min.txt -e . pytest pytest-xdist
 	$(PY_MIN) .ci/check_versions.py constraints-min.txt
 	touch $@
 
 test-min: install-min
-	$(PY_MIN) -m pytest $(MIN_TESTS) -k "$(MIN_SKIP)"
+	$(PY_MIN) -m pytest $(PYTEST_PARALLEL) $(MIN_TESTS) -k "$(MIN_SKIP)"
 
 demo: install
 	$(VENV)/bin/invedit demo
@@ -57,7 +61,7 @@ demo: install
 test: test-current test-min
 
 test-current: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,13 @@ from PIL import Image, ImageDraw
 from invedit.testing import tiny_pipeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers) each worker computes on one PyTorch thread: two workers of
+    two threads each would oversubscribe a 2-core machine, and PyTorch's threads then wait for the busy cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
