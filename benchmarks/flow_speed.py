@@ -2,6 +2,7 @@
 
     python benchmarks/flow_speed.py                 # everything below (CPU: about 5 minutes)
     python benchmarks/flow_speed.py --parts nfe     # NFE per edit only (tiny models: seconds)
+    python benchmarks/flow_speed.py --parts published   # only the papers' step counts and the stores' memory
 
 Parts:
 - ``nfe``: NFE per edit (inversion + edit) of {euler, direct} × {none, shared-attention} at 28 and 50 steps on
@@ -380,6 +381,7 @@ def main() -> None:
                    torch=torch.__version__)
     if "nfe" in parts:
         results["nfe"] = nfe_part()
+    if "nfe" in parts or "published" in parts:
         results["nfe_published"] = published_steps_part()
         results["store_memory"] = store_memory()
     if "sd35" in parts:
