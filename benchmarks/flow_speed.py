@@ -78,12 +78,21 @@ PUBLISHED_STEPS: tuple[tuple[str, int, str, dict, int | None, int | None, str], 
     ("flux", 15, "uniedit+uniedit", {}, 28, 28, "10 + 18 = 28: Uni-Inv ⌊0.6·15⌋ + 1, then 9 × (source + target)"),
     ("sd3", 50, "none+flowedit", {}, None, 132, "33 calls × 4 CFG rows = 132 (n_max 33 of 50)"),
     ("flux", 28, "none+flowedit", {}, None, 48, "24 × 2 rows = 48 (n_max 24 of 28)"),
+    # The FlowEdit family (issue 33), each at its official config's step count.
+    ("sd3", 40, "none+dnaedit", {}, None, 108,
+     "27 + 27 × 2 = 81 rows; the official SD3 inversion batches its one row twice (27 × 2 + 27 × 2 = 108)"),
+    ("flux", 28, "none+dnaedit", {}, None, 48, "24 + 24 = 48 (T_start 4 of 28; one row each way)"),
+    ("sd3", 50, "none+drfs", {}, None, 200, "50 calls × 4 CFG rows = 200 (num_steps 50 of 50)"),
+    ("sd3", 33, "none+flowalign", {}, None, 99,
+     "33 × 3 rows = 99 (target CFG pair against the source prompt + source)"),
     ("flux", 28, "euler+kv-edit", {}, None, 52,
      "28 + 24 = 52: the gradio page inverts all N steps (K/V and latents stored), then the foreground tokens alone "
      "over N − skip (4 of 28); its `Flux_kv_edit.forward` inverts N − skip: 24 + 24 = 48"),
     ("flux", 28, "euler+kv-edit", {"layout": "exact"}, None, 52, "(invedit's same-level mode: source rows beside)"),
     ("flux", 28, "direct+kv-edit", {}, None, None, ""),
     ("flux", 28, "direct+kv-edit", {"layout": "exact"}, None, None, ""),
+    ("flux", 50, "stable-flow+stable-flow", {}, None, 150,
+     "50 + 100 = 150: inversion 1/step at guidance 1; edit [source, target] rows every step (run_stable_flow.py)"),
     ("flux", 15, "direct+rf-solver-edit", {}, None, None, ""),
     ("flux", 8, "direct+rf-solver-edit", {"inject": 1}, None, None, ""),
     ("flux", 15, "direct+rf-solver-edit", {"features": "source"}, None, None, ""),
@@ -271,6 +280,16 @@ NFE_NOTES = [
     "every step, so `direct+uniedit` (the whole 15 steps, Direct's full inversion) costs 45 against Uni-Inv's 28 "
     "(α = 0.6: 9 steps inverted and edited). FlowEdit counts CFG rows (SD 3: 4 per step); papers that count a "
     "CFG pair as one evaluation would print 66 for SD 3.",
+    "- **DNAEdit, DRFS, FlowAlign** (issue 33): equal to the reference code, except DNAEdit's SD 3 inversion, "
+    "whose official call batches its one conditional row twice (its CFG flag is still the target's) and combines "
+    "them at scale 1: 108 there, 81 here, the same numbers. FlowAlign reads three rows per step to FlowEdit's four "
+    "(its target's CFG pair uses the source prompt as the negative one, the source velocity is unguided) but "
+    "runs every step (FlowEdit skips the noisiest 17 of 50). DRFS counts like FlowEdit, all 50 steps.",
+    "- **Stable Flow**: equal to the reference code: Euler inversion at guidance 1 (N), then both rows every step "
+    "(its vital layers share keys/values at every step, so Direct's pinned source rows are always read): 150 at its "
+    "50 steps. The instruction-trained baselines (`none+instruct`, not in this table: their tiny pipelines are "
+    "`tiny_instruction_pipeline`'s) cost their pipeline's calls, counted in tests/test_instruct.py: FLUX.1 Kontext "
+    "one row per step (28 at its pipeline's default 28 steps), Qwen-Image-Edit two with true CFG (100 at 50).",
 ]
 
 

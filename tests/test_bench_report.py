@@ -82,7 +82,8 @@ def test_a_flux_run_prints_the_flow_table_with_published_rows_and_their_sources(
         "**fireflow+rf-solver-edit**", "↳ published: FireFlow", "↳ published: FireFlow",
         "**rf-solver+rf-solver-edit**", "↳ published: RF-Solver", "↳ published: RF-Solver",
         "*published, not in this run*", "↳ published: RF-Inversion", "↳ published: FlowEdit",
-        "↳ published: FlowEdit", "↳ published: UniEdit-Flow"]
+        "↳ published: FlowEdit", "↳ published: UniEdit-Flow", "↳ published: FlowEdit", "↳ published: DNAEdit",
+        "↳ published: DRFS"]
     assert rows[7].startswith("| **rf-solver+rf-solver-edit** | 2 | 10.00 | 20.00 | 100.00 |")
     assert rows[8] == ("| ↳ published: RF-Solver | 700 | 31.10 | 22.90 |  |  |  | 60 |  | FLUX.1-dev, 15 steps; "
                        "FireFlow's table (Deng et al., arXiv 2412.07517); RF-Solver: Wang et al., arXiv 2411.04746 |")
@@ -106,7 +107,12 @@ def test_a_flux_run_prints_the_flow_table_with_published_rows_and_their_sources(
         "SD 3; a later paper's reprint (which table not verified here); FlowEdit: Kulikov et al., arXiv 2412.08629 |",
         "FLUX.1-dev; a later paper's reprint (which table not verified here); FlowEdit: Kulikov et al., "
         "arXiv 2412.08629 |",
-        "FLUX.1-dev, 15 steps; UniEdit-Flow (Jiao et al., arXiv 2504.13109) |"]
+        "FLUX.1-dev, 15 steps; UniEdit-Flow (Jiao et al., arXiv 2504.13109) |",
+        "SD 3.5; DRFS's PIE-Bench comparison on SD 3.5 (Beaudouin et al., arXiv 2509.05342; which table not verified "
+        "here); FlowEdit: Kulikov et al., arXiv 2412.08629 |",
+        "SD 3.5; DRFS's PIE-Bench comparison on SD 3.5 (Beaudouin et al., arXiv 2509.05342; which table not verified "
+        "here); DNAEdit: Xie et al., arXiv 2506.01430 |",
+        "SD 3.5, 50 steps; DRFS (Beaudouin et al., CVPR 2026, arXiv 2509.05342; which table not verified here) |"]
     assert "re-runs of one method differ between papers by several points" in report
     # every published row is printed exactly once
     assert sum(row.startswith("| ↳ published: ") for row in rows) == len(PUBLISHED_FLOW)
@@ -119,6 +125,7 @@ def test_published_rows_follow_the_run_row_of_their_own_family(data, tmp_path):
     rows = flow_section((run / "report.md").read_text())
     assert rows[1].startswith("| **none+flowedit** | 2 |") and rows[1].endswith("| this run (sd3) |")
     assert rows[2].startswith("| ↳ published: FlowEdit | 700 | 27.24 | 22.13 |")
+    assert rows[3].startswith("| ↳ published: FlowEdit | 700 | 12.73 | 26.59 |")  # SD 3.5, DRFS's table
     later = rows[rows.index(next(r for r in rows if "not in this run" in r)):]
     assert any(r.startswith("| ↳ published: FlowEdit | 700 | 27.82 | 21.96 |") for r in later)
 
@@ -141,3 +148,17 @@ def test_an_sd_run_has_no_flow_table(data, tmp_path):
     assert "## Flow methods" not in report and "published: " not in report and "arXiv 2412.07517" not in report
     assert "15 DDIM steps" in report
     assert "| ↳ paper (PIE-Bench, SD 1.4) | 700 | 11.65 | 27.22 |" in report  # the SD table is unchanged
+
+
+def test_instruction_trained_models_are_their_own_group(data, tmp_path):
+    """A FLUX.1 Kontext run: its rows leave Table 1 and the flow table for "Instruction-trained, not training-free"."""
+    run = synthetic_run(tmp_path / "run", data, "flux-kontext", {"none+instruct": spec("none", "instruct")})
+    write_report(run)
+    report = (run / "report.md").read_text()
+    table_one, rest = report.split("## Table 1 layout\n", 1)[1].split("## Instruction-trained, not training-free\n", 1)
+    assert "none+instruct" not in table_one and "## Flow methods" not in report
+    section = rest.split("\n## ", 1)[0]
+    assert "not one of them" in section
+    row = next(line for line in section.splitlines() if line.startswith("| none+instruct"))
+    assert row.startswith("| none+instruct | 2 |") and " 10.00 " in row and " 20.00 " in row
+    assert "15 flow steps" in report

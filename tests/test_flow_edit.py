@@ -125,11 +125,12 @@ def test_methods_refuse_the_model_kind_they_do_not_run_on():
     flow, sd = tiny_pipeline(kind="sd3"), tiny_pipeline()
     with pytest.raises(InveditError, match=r"inversion 'null-text' does not run on sd3 models \(flow schedule\); "
                                            r"use one of: direct, euler, fireflow, none, rf-inversion, rf-solver, "
-                                           r"uniedit$"):
+                                           r"stable-flow, uniedit$"):
         invedit.invert(flow, scene_image(), SOURCE, "null-text", steps=STEPS)
     with pytest.raises(InveditError, match=r"editor 'p2p' does not run on sd3 models \(flow schedule\): it rewrites "
-                                           r"a UNet's cross-attention maps .*; use one of: flowedit, kv-edit, "
-                                           r"none, rf-solver-edit, shared-attention, uniedit$"):
+                                           r"a UNet's cross-attention maps .*; use one of: dnaedit, drfs, flowalign, "
+                                           r"flowedit, kv-edit, none, rf-solver-edit, shared-attention, stable-flow, "
+                                           r"uniedit$"):
         invedit.edit(flow, scene_image(), SOURCE, TARGET, inversion="direct", editor="p2p", steps=STEPS)
     with pytest.raises(InveditError, match=r"inversion 'euler' does not run on sd models \(ddim schedule\); use one "
                                            r"of: ddim, .*direct"):

@@ -220,10 +220,13 @@ def flow_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp_path):
-    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask) and
-    rf-solver-edit (FLUX) write the edit and its record; the rest refuse in one line saying why, exit code 2, nothing
-    written (flowedit: it pairs with inversion none only; rf-solver-edit: FLUX only)."""
-    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "flowedit", "rf-solver-edit", "kv-edit", *WHY}
+    """Every registered editor × {euler, direct}: none, shared-attention, uniedit, kv-edit (with --mask),
+    rf-solver-edit and stable-flow (FLUX) write the edit and its record; the rest refuse in one line saying why, exit
+    code 2, nothing written (the inversion-free flowedit, dnaedit, drfs, flowalign: they pair with inversion none only;
+    rf-solver-edit, stable-flow: FLUX only; instruct: it takes an instruction, not a target prompt)."""
+    free = {"flowedit", "dnaedit", "drfs", "flowalign"}
+    assert set(EDITORS) == {"none", "shared-attention", "uniedit", "rf-solver-edit", "kv-edit", "stable-flow",
+                            "instruct", *free, *WHY}
     for editor in sorted(EDITORS):
         for inversion in ("euler", "direct"):
             out = tmp_path / f"{editor}-{inversion}.png"
@@ -233,10 +236,20 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
             if editor == "kv-edit":
                 argv += ["--mask", str(flow_folders / "mask.png")]
             result = CliRunner().invoke(app, argv)
-            if editor == "flowedit":
+            if editor in free:
                 assert result.exit_code == 2, (editor, inversion, result.output)
-                assert result.stderr.strip() == (f"error: editor 'flowedit' needs no inversion; use it with inversion "
+                assert result.stderr.strip() == (f"error: editor {editor!r} needs no inversion; use it with inversion "
                                                  f"'none', not {inversion!r}")
+                assert not out.exists()
+            elif editor == "instruct":
+                assert result.exit_code == 2, (editor, inversion, result.output)
+                assert result.stderr.strip() == ("error: editor 'instruct' edits from an instruction, not a target "
+                                                 "prompt: give instruction= (--instruction) instead")
+                assert not out.exists()
+            elif editor == "stable-flow" and kind == "sd3":
+                assert result.exit_code == 2, (editor, inversion, result.output)
+                assert result.stderr.strip() == ("error: editor 'stable-flow' runs on FLUX models only: its vital "
+                                                 "layers are FLUX's double- and single-stream blocks (sd3 has none)")
                 assert not out.exists()
             elif editor == "rf-solver-edit" and kind == "sd3":
                 assert result.exit_code == 2, (editor, inversion, result.output)
@@ -247,8 +260,9 @@ def test_every_editor_from_the_cli_on_flow_model_folders(flow_folders, kind, tmp
             elif editor in WHY:
                 assert result.exit_code == 2, (editor, inversion, result.output)
                 assert result.stderr.strip() == (f"error: editor {editor!r} does not run on {kind} models (flow "
-                                                 f"schedule): {WHY[editor]}; use one of: flowedit, kv-edit, "
-                                                 f"none, rf-solver-edit, shared-attention, uniedit")
+                                                 f"schedule): {WHY[editor]}; use one of: dnaedit, drfs, "
+                                                 f"flowalign, flowedit, kv-edit, none, rf-solver-edit, "
+                                                 f"shared-attention, stable-flow, uniedit")
                 assert not out.exists()
             else:
                 assert result.exit_code == 0, (editor, inversion, result.output)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import invedit
@@ -17,6 +20,8 @@ from invedit.errors import InveditError
 from invedit.options import split_items as option_items
 from invedit.toy.scenes import make_edit_example
 from invedit.ui.session import EditRequest, EditSession
+
+from .bounds import measured
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
@@ -144,6 +149,25 @@ def test_edit_in_the_browser(server, page_session, example, tmp_path):
             if os.environ.get("INVEDIT_UI_SCREENSHOT"):  # the README's picture
                 page.wait_for_timeout(1000)
                 page.screenshot(path=os.environ["INVEDIT_UI_SCREENSHOT"], full_page=True)
+
+            # "edit this result again": the result becomes the image, its target prompt the source prompt.
+            first = max(page_session.out_dir.glob("edit-*/edit.png"), key=lambda p: p.stat().st_mtime)
+            page.locator("#again").click()
+            page.wait_for_function("t => document.querySelector('#source textarea').value === t",
+                                   arg=edit.target_prompt, timeout=60_000)
+            assert page.locator("#blend textarea").input_value() == ""
+            page.wait_for_function("() => document.querySelector('#input-image img') !== null", timeout=60_000)
+            assert np.array_equal(_shown_image(page, "input-image"), np.asarray(Image.open(first).convert("RGB")))
+            second_target = edit.target_prompt.replace("blue square", "red square")
+            page.locator("#target textarea").fill(second_target)
+            page.locator("#blend textarea").fill("blue red")
+            page.locator("#edit").click()
+            _status_contains(page, "again (linked in the record)")
+            record = json.loads(max(page_session.out_dir.glob("edit-*/edit.json"),
+                                    key=lambda p: p.stat().st_mtime).read_text())
+            assert record["source_prompt"] == edit.target_prompt and record["target_prompt"] == second_target
+            assert record["previous"]["image_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+            assert record["previous"]["record"]["target_prompt"] == edit.target_prompt
         finally:
             browser.close()
 
@@ -288,3 +312,159 @@ def test_a_flow_model_page_starts_with_an_editor_that_runs_on_it(tmp_path):
     assert editor == "shared-attention" and blends and all(b == "" for b in blends)
     editor, blends = page(invedit.load(dtype="float32"))
     assert editor == "p2p" and any(b for b in blends)
+
+
+@pytest.fixture(scope="module")
+def flow_server(tmp_path_factory):
+    """A page on the embedded flow model (shapes-flow: an SD3-shaped MM-DiT with a trained VAE, so that pixels can
+    be compared with the source's), where `kv-edit` runs."""
+    from invedit.ui.app import build_app
+
+    session = EditSession(invedit.load("shapes-flow", dtype="float32"), out_dir=tmp_path_factory.mktemp("flow-ui"))
+    app = build_app(session, default_steps=6, work_dir=tmp_path_factory.mktemp("flow-page"))
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}", session
+    app.close()
+
+
+def _choose(page, element: str, value: str) -> None:
+    """Pick ``value`` in a Gradio dropdown."""
+    page.locator(f"#{element} input").click()
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def _wait_for_painter(page, element: str) -> None:
+    """Wait until the painter shows the uploaded image (its update from the server done; before it, it asks for a
+    background: "select the draw tool to start")."""
+    page.wait_for_function("e => { const p = document.querySelector('#' + e); "
+                           "return p.querySelector('[data-testid=status-tracker]').classList.contains('hide') && "
+                           "!p.innerText.includes('select the draw tool') }", arg=element, timeout=60_000)
+
+
+def _paint_stroke(page, element: str, half_width: float) -> None:
+    """Drag the brush horizontally through the centre of the painter's canvas (where the image is shown)."""
+    box = page.locator(f"#{element} canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - half_width, y, steps=5)  # enter the canvas first, so the stroke starts here
+    page.wait_for_timeout(100)
+    page.mouse.down()
+    page.mouse.move(x + half_width, y, steps=20)
+    page.mouse.up()
+
+
+@needs_browser
+def test_paint_the_mask_in_the_browser_and_kv_edit_keeps_the_rest(flow_server):
+    """Paint a stroke over the image, run direct+kv-edit: the painted region is the mask (its record says
+    "painted"); outside it the edited latent is the image's own latent bit for bit, so outside the painted cells
+    (grown by one latent cell) the pixels are the reconstruction's up to the decoder's spread and the source's up to
+    the VAE's round trip (docs/test-bounds.md)."""
+    from playwright.sync_api import sync_playwright
+
+    from invedit.backbones import backbone
+
+    url, session = flow_server
+    edit = make_edit_example(100, "color", size=64)  # a green triangle and a red circle → an orange triangle
+    source = Image.fromarray(np.asarray(edit.source_image, dtype=np.uint8))
+    path = session.out_dir / "scene.png"
+    source.save(path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.locator("#input-image input[type=file]").set_input_files(str(path))
+            page.locator("#source textarea").fill(edit.source_prompt)
+            page.locator("#target textarea").fill(edit.target_prompt)
+            _choose(page, "editor", "kv-edit")
+            page.locator("#mask-section").get_by_text("mask (kv-edit only)").click()
+            _wait_for_painter(page, "painter")
+            _paint_stroke(page, "painter", half_width=40)
+            page.locator("#edit").click()
+            _status_contains(page, "NFE")
+            status = page.locator("#status").inner_text()
+            assert "kv-edit" in status and "mask painted" in status, status
+        finally:
+            browser.close()
+    outcome = next(reversed(session.results.values()))
+    painted = outcome.mask.pixels
+    rows, cols = np.flatnonzero(painted.any(axis=1)), np.flatnonzero(painted.any(axis=0))
+    assert 0.01 < painted.mean() < 0.3 and rows.max() - rows.min() < 16 and cols.max() - cols.min() > 16  # a stroke
+    assert outcome.result.settings["mask"]["source"] == "painted"
+    model = backbone(session.pipe)
+    cells = torch.from_numpy(outcome.mask.grid(model.resolution // model.vae_factor))
+    z0 = model.encode_image(source)[0]
+    target = outcome.result.latents[1]
+    assert torch.equal(target[:, ~cells], z0[:, ~cells])  # outside the painted cells: the image's latent, exactly
+    assert (target[:, cells] - z0[:, cells]).abs().amax(dim=0).min() > 1e-4  # inside: every cell edited
+    factor = model.vae_factor
+    grown = np.kron(_grow(cells.numpy()), np.ones((factor, factor), dtype=bool))
+    edited, recon = (np.asarray(im, dtype=float) for im in (outcome.result.image, outcome.result.reconstruction))
+    src = np.asarray(source, dtype=float)
+    outside = ~grown
+    # the decoder's GroupNorm statistics are image-wide: the edit moves every pixel a little
+    assert measured("painted kv-edit: edit vs reconstruction outside, max of 255",
+                    np.abs(edited - recon)[outside].max()) <= 32
+    assert measured("painted kv-edit: edit vs reconstruction outside, mean of 255",
+                    np.abs(edited - recon)[outside].mean()) <= 1
+    assert measured("painted kv-edit: (edit vs source) - (reconstruction vs source) outside, mean of 255",
+                    np.abs(edited - src)[outside].mean() - np.abs(recon - src)[outside].mean()) <= 0.5
+
+
+def _grow(cells: np.ndarray) -> np.ndarray:
+    """``cells`` and their 8 neighbours."""
+    padded = np.pad(cells, 1)
+    h, w = cells.shape
+    return np.any([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def _layer(size: tuple[int, int], box: tuple[int, int, int, int] | None, alpha: int = 153) -> Image.Image:
+    """A painter's layer: transparent, with an opaque-enough magenta rectangle (the brush) in ``box``."""
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    if box is not None:
+        layer.paste((255, 0, 255, alpha), box)
+    return layer
+
+
+def test_the_painted_layers_are_the_mask_and_an_empty_painting_is_none(example, tmp_path):
+    """Painted (alpha ≥ 128, over all layers) = edit; a painting with nothing on it is no mask, so the editors that
+    take none run while the page's painter holds an empty layer; painting and an uploaded mask together, or a
+    painting of another size than the image, are refused in one line."""
+    from invedit.masks import painted_pixels
+    from invedit.ui.session import request_mask
+
+    path, edit = example
+    request = EditRequest(path, edit.source_prompt, edit.target_prompt)
+    stroke = _layer((64, 64), (10, 30, 50, 34))
+    dot = _layer((64, 64), (2, 2, 4, 4))
+    faint = _layer((64, 64), (40, 40, 60, 60), alpha=127)
+    mask = request_mask(EditRequest(**{**request.__dict__, "painted": [stroke, dot, faint]}))
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[30:34, 10:50] = expected[2:4, 2:4] = True
+    assert np.array_equal(mask.pixels, expected) and mask.record()["source"] == "painted"
+    assert request_mask(EditRequest(**{**request.__dict__, "painted": [_layer((64, 64), None), faint]})) is None
+    assert request_mask(request) is None
+    uploaded = tmp_path / "mask.png"
+    Image.fromarray(expected).save(uploaded)
+    assert np.array_equal(request_mask(EditRequest(**{**request.__dict__, "mask": uploaded})).pixels, expected)
+    for fields, message in (({"painted": [stroke], "mask": uploaded}, "give the mask one way: paint it"),
+                            ({"painted": [_layer((800, 800), (0, 0, 9, 9))]},
+                             "the painted mask is 800x800 pixels but the image is 64x64")):
+        with pytest.raises(InveditError, match=message):
+            request_mask(EditRequest(**{**request.__dict__, **fields}))
+    with pytest.raises(InveditError, match="layers differ in size"):
+        painted_pixels([stroke, _layer((32, 32), None)])
+
+
+def test_the_painter_follows_the_image_with_a_brush_of_its_size(example, tmp_path):
+    """The page's painter gets the uploaded image as background, no layers, a brush 1/32 of the image's side (2 px
+    at 64, one latent cell wide); an upload the browser cannot show empties it (Edit then names the problem)."""
+    from invedit.ui.app import painted_layers, painter_background
+
+    path, _ = example
+    update = painter_background({"path": str(path), "orig_name": "scene.png"})
+    assert update["value"]["layers"] == [] and update["value"]["background"].size == (64, 64)
+    assert update["brush"].default_size == 2 and painter_background(None)["value"] is None
+    assert painter_background({"path": str(_not_an_image(tmp_path / "x.png"))})["value"] is None
+    assert painted_layers({"background": {"path": "b.png"}, "layers": [{"path": "l0.png"}, None]}) == ["l0.png"]
+    assert painted_layers(None) == []

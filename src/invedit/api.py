@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .backbones import backbone
-from .editing import get_editor
+from .editing import EDITORS, get_editor
 from .editing.attention import ValueTransforms
 from .errors import InveditError
 from .features import FeatureRequest
@@ -97,7 +97,8 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
     image = load_image(image, model.resolution)
     start = time.perf_counter()
     stats = RunStats()
-    cond, null = model.encode_prompts([prompt, ""]).split(1)
+    # an inversion-free method keeps z0 only and reads no prompt (instruction models encode none this way)
+    cond, null = (None, None) if cls.inversion_free else model.encode_prompts([prompt, ""]).split(1)
     callback, bar = _progress(steps, progress, f"invert ({method})")
     inputs = InversionInputs(
         model=model, z0=model.encode_image(image), prompt=prompt, cond=cond, null=null,
@@ -163,6 +164,36 @@ class EditResult:
                 "seconds": round(self.seconds, 4), "seconds_inversion": round(self.seconds_inversion, 4),
                 "seconds_edit": round(self.seconds_edit, 4)}
 
+    def link(self) -> dict[str, Any]:
+        """What the record of an edit made from this result (`edit_again`) says about it: ``image_sha256``, the
+        SHA-256 of this image as a PNG (the hash `save` lists under ``files`` for a ``.png``), and ``record``, this
+        edit's whole record (which holds its own ``previous`` when it was itself a re-edit, so the chain back to
+        the first image is complete). `saved_link` reads the same from a saved image and its JSON.
+        """
+        return {"image_sha256": hashlib.sha256(_png_bytes(self.image)).hexdigest(), "record": self.record()}
+
+    def edit_again(self, pipe, target_prompt: str, source_prompt: str | None = None, **kwargs: Any) -> EditResult:
+        """Edit this result's image again: ``invedit.edit(pipe, self, source_prompt, target_prompt, ...)`` with this
+        edit's inversion, editor, steps, guidance, seed and inversion options unless given in ``kwargs``.
+
+        The edited image is inverted afresh (under ``source_prompt``, default: this edit's target prompt), exactly
+        as if it had been saved as a PNG and given to `invedit.edit`; the new record's ``previous`` links this
+        edit (`link`). The editor's own options (blend words, a mask) are not carried over: they name this edit's
+        words and region.
+
+        Why not reuse this edit's target-branch trajectory as the new inversion: it would skip one VAE round trip,
+        but it is an inversion only for Direct Inversion (whose source branch may be pinned to any trajectory);
+        null-text's optimised embeddings, edit-friendly DDPM's noise maps, EDICT's coupled pair and the
+        inversion-free editors have no counterpart on the target branch, and it exists only in this process,
+        whereas re-inverting makes every chained edit a function of the saved PNG and its settings.
+        """
+        s = self.settings
+        inherited = {"inversion": s.get("inversion"), "editor": (s.get("editor") or {}).get("editor"),
+                     "steps": s.get("steps"), "guidance_scale": s.get("guidance_scale"), "seed": s.get("seed"),
+                     "inversion_options": s.get("inversion_options")}
+        settings = {k: v for k, v in inherited.items() if v is not None}
+        return edit(pipe, self, source_prompt, target_prompt, **{**settings, **kwargs})
+
     def save(self, path: str | os.PathLike, sidecar: bool = True, reconstruction: bool = False) -> Path:
         """Write the edited image (format from the suffix, PNG by default), its JSON record and optionally the
         reconstruction (``NAME.reconstruction.png``) as one atomic group; the record names each image's SHA-256.
@@ -173,11 +204,7 @@ class EditResult:
         images = [(path, self.image, Image.registered_extensions().get(path.suffix.lower(), "PNG"))]
         if reconstruction:
             images.append((path.with_name(path.stem + ".reconstruction.png"), self.reconstruction, "PNG"))
-        encoded = []
-        for target, image, fmt in images:
-            buffer = io.BytesIO()
-            image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
-            encoded.append((target, buffer.getvalue()))
+        encoded = [(target, _encoded(image, fmt)) for target, image, fmt in images]
         files = [(target, lambda f, data=data: f.write(data)) for target, data in encoded]
         if sidecar:
             record = {**self.record(), "files": {t.name: hashlib.sha256(d).hexdigest() for t, d in encoded}}
@@ -187,17 +214,52 @@ class EditResult:
         return path
 
 
-def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, source_prompt: str | None,
+def saved_link(image: str | os.PathLike) -> dict[str, Any] | None:
+    """The link to the edit that wrote the image file ``image`` (`EditResult.link`'s shape), read from the JSON
+    `EditResult.save` wrote beside it; None unless that JSON exists and lists this very file's SHA-256 under
+    ``files`` (an image edited since, or another file of the same name, is not linked)."""
+    path = Path(image)
+    sidecar = path.with_suffix(".json")
+    if path.suffix.lower() == ".json" or not sidecar.is_file() or not path.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or files.get(path.name) != digest:
+        return None
+    return {"image_sha256": digest, "record": {k: v for k, v in record.items() if k != "files"}}
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    """The PNG file `EditResult.save` writes for ``image`` (Pillow's encoder is deterministic)."""
+    return _encoded(image, "PNG")
+
+
+def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | EditResult, source_prompt: str | None,
          target_prompt: str, inversion: str | None = None, editor: str = "p2p", steps: int | None = None,
          guidance_scale: float = 7.5, seed: int = 0, inversion_options: dict[str, Any] | None = None,
-         progress: bool = False, mask: Any = None, **editor_options: Any) -> EditResult:
+         progress: bool = False, mask: Any = None, instruction: str | None = None,
+         **editor_options: Any) -> EditResult:
     """Edit a real image: invert it under ``source_prompt``, then denoise source and target branches together.
 
     Args:
         pipe: a pipeline from `invedit.load`.
-        image_or_inverted: a path, a PIL image, or an `Inverted` from `invedit.invert` (reused as is).
-        source_prompt: describes the input image (``None`` with an `Inverted`: its prompt).
-        target_prompt: describes the wanted image.
+        image_or_inverted: a path, a PIL image, an `Inverted` from `invedit.invert` (reused as is), or an
+            `EditResult` to edit again: its image is inverted afresh, as the PNG it saves would be, and the record's
+            ``previous`` links it (`EditResult.link`; `EditResult.edit_again` also keeps its settings). An image
+            file that `EditResult.save` wrote is linked the same way, through its JSON (`saved_link`).
+        source_prompt: describes the input image (``None`` with an `Inverted`: its prompt; with an `EditResult`:
+            its target prompt; optional with an instruction editor, which only records it).
+        target_prompt: describes the wanted image (``None`` with an instruction editor).
         inversion: inversion method (default ``"direct"``; with an `Inverted`, its method).
         editor: editing method, e.g. ``"p2p"`` or ``"none"``.
         steps: DDIM steps (default 50; with an `Inverted`, its steps).
@@ -208,6 +270,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
         mask: the region a mask-taking editor (``kv-edit``) edits, white = edit: a file, a PIL image or a 2-D array
             (bool, 0–255 or 0–1) of the image's size (with an `Inverted`: any square), or an
             `invedit.masks.EditMask`; refused for the other editors (`invedit.masks` says how it is read).
+        instruction: what an instruction editor (``instruct``: FLUX.1 Kontext, Qwen-Image-Edit, with inversion
+            ``"none"``) does to the image, e.g. "make the cat a dog", in place of the target prompt; refused for
+            the other editors.
         **editor_options: editor options, e.g. ``cross_replace_steps=0.4`` or ``blend_words="cat dog"`` for P2P
             (LocalBlend and the ×2 equaliser; a word missing from its own prompt but in the other one — an added
             or removed object, ``"star star"`` — contributes no map from the prompt that lacks it).
@@ -216,7 +281,13 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     Raises:
         InveditError: bad input (prompts, blend words, steps, guidance, names, options, image).
     """
+    previous = image_or_inverted if isinstance(image_or_inverted, EditResult) else None
+    if previous is not None:  # re-invert the edited image (why, not its target trajectory: EditResult.edit_again)
+        image_or_inverted = previous.image
+        if source_prompt is None:
+            source_prompt = previous.settings.get("target_prompt") or ""
     reused = isinstance(image_or_inverted, Inverted)
+    target_prompt = instruction_or_target(editor, target_prompt, instruction)
     if mask is not None:
         mask = load_mask(mask, None if reused else image_or_inverted)
     if reused:
@@ -245,18 +316,52 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted, so
     inverted.check_edit(guidance_scale)
 
     start = time.perf_counter()
-    final, stats = _run_edit(pipe, inverted, result_editor, branch_prompt, target_prompt, guidance_scale, seed,
-                             progress, f"edit ({inverted.method}+{editor})")
+    if editor_cls.takes_instruction:  # the model's own pipeline edits; the source stays z0 (its VAE reconstruction)
+        stats = RunStats()
+        edited = result_editor.run(backbone(pipe), inverted.image, target_prompt, inverted.steps, seed, stats)
+        final = torch.cat([inverted.z0.to(edited.device, edited.dtype), edited])
+    else:
+        final, stats = _run_edit(pipe, inverted, result_editor, branch_prompt, target_prompt, guidance_scale, seed,
+                                 progress, f"edit ({inverted.method}+{editor})")
     reconstruction, image = decode_latents(pipe, final)
     seconds_edit = time.perf_counter() - start
 
-    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, "target_prompt": target_prompt,
+    prompts = ({"instruction": target_prompt, "target_prompt": None} if editor_cls.takes_instruction
+               else {"target_prompt": target_prompt})
+    settings = {"source_prompt": source_prompt, "source_branch_prompt": branch_prompt, **prompts,
                 **_edit_record(pipe, inverted, result_editor, model_defaults, guidance_scale, seed, stats)}
     if prepared.mask is not None:
         settings["mask"] = prepared.mask.record()
+    link = previous.link() if previous is not None else (
+        saved_link(image_or_inverted) if isinstance(image_or_inverted, (str, os.PathLike)) else None)
+    if link is not None:
+        settings["previous"] = link
     return EditResult(image=image, reconstruction=reconstruction, source=inverted.image, latents=final.cpu(),
                       nfe_inversion=inverted.stats.nfe, nfe_edit=stats.nfe,
                       seconds_inversion=inverted.seconds, seconds_edit=seconds_edit, settings=settings)
+
+
+def instruction_or_target(editor: str, target_prompt: str | None, instruction: str | None) -> str | None:
+    """What the edit's target branch is conditioned on: an instruction editor's instruction, or the target prompt.
+
+    Raises:
+        InveditError: an instruction editor without an instruction or with a target prompt, or an instruction
+            for an editor that takes a target prompt.
+    """
+    editor_cls = get_editor(editor)
+    if editor_cls.takes_instruction:
+        if target_prompt is not None:
+            raise InveditError(f"editor {editor!r} edits from an instruction, not a target prompt: give "
+                               "instruction= (--instruction) instead")
+        if instruction is None:
+            raise InveditError(f"editor {editor!r} needs an instruction (instruction= in Python, --instruction on "
+                               "the command line), e.g. \"make the cat a dog\"")
+        return instruction
+    if instruction is not None:
+        takers = sorted(n for n, cls in EDITORS.items() if cls.takes_instruction)
+        raise InveditError(f"editor {editor!r} takes a target prompt, not an instruction; the instruction editors "
+                           f"({', '.join(takers)}) run instruction-trained models")
+    return target_prompt
 
 
 def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any], guidance_scale: float,
@@ -272,6 +377,7 @@ def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model.name,
         "model_kind": model.family, "resolution": model.resolution, "model_fingerprint": model.fingerprint(),
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+        "quantize": model.quantize, "loras": [dict(r) for r in model.loras],
         "nfe_backward": inverted.stats.nfe_backward + stats.nfe_backward,
         "nfe_backward_inversion": inverted.stats.nfe_backward, "nfe_backward_edit": stats.nfe_backward,
         "versions": versions(),

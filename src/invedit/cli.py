@@ -13,7 +13,15 @@ import typer
 
 from .bench.cli import bench_command, evaluate_command, report_command
 from .cli_errors import cli_errors, raise_terminated
-from .cli_options import DeviceOption, DtypeOption, ModelOption, OffloadOption, ResolutionOption
+from .cli_options import (
+    DeviceOption,
+    DtypeOption,
+    LoraOption,
+    ModelOption,
+    OffloadOption,
+    QuantizeOption,
+    ResolutionOption,
+)
 from .errors import InveditError
 from .runtime import setup_threads
 
@@ -29,8 +37,11 @@ app.command("report")(report_command)
 @cli_errors
 def edit_command(
     image: Annotated[str, typer.Argument(help="image to edit (PNG/JPEG/...)")],
-    source: Annotated[str, typer.Option("--source", "-s", help="prompt describing the image")],
-    target: Annotated[str, typer.Option("--target", "-t", help="prompt describing the wanted image")],
+    source: Annotated[str | None, typer.Option("--source", "-s", help="prompt describing the image")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="prompt describing the wanted image")] = None,
+    instruction: Annotated[str | None, typer.Option(
+        help='what to do to the image, for the instruction editor (instruct: FLUX.1 Kontext, Qwen-Image-Edit), '
+             'e.g. "make the cat a dog"; in place of --target')] = None,
     inversion: Annotated[str, typer.Option(help="inversion method (see `invedit methods`)")] = "direct",
     editor: Annotated[str, typer.Option(help="editing method (see `invedit methods`)")] = "p2p",
     blend: Annotated[str | None, typer.Option(
@@ -47,6 +58,8 @@ def edit_command(
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     out: Annotated[Path | None, typer.Option(help="output PNG (a .json sidecar is written beside it)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="editor option KEY=VALUE")] = None,
     inversion_option: Annotated[list[str] | None, typer.Option(
@@ -58,18 +71,36 @@ def edit_command(
     save_reconstruction: Annotated[bool, typer.Option(help="also write the reconstruction")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Edit IMAGE from the source prompt to the target prompt; writes a PNG and a JSON sidecar."""
+    """Edit IMAGE from the source prompt to the target prompt (or by an instruction, with an instruction-trained
+    model); writes a PNG and a JSON sidecar."""
     from . import api
+    from .editing import get_editor
     from .images import load_image
+    from .load_options import check_load_options
     from .masks import load_mask
-    from .models import check_offload, load, load_tokenizer, native_resolution, resolve_device, resolve_dtype
+    from .models import (
+        load,
+        load_tokenizer,
+        native_resolution,
+        peek_family,
+        resolve_device,
+        resolve_dtype,
+    )
     from .options import parse_options
     from .outputs import prepare_output_dir, remove_created
-    from .prepare import check_mask, check_prompts, check_settings
+    from .prepare import check_mask, check_model_kind, check_prompts, check_settings
 
     # Everything that can be checked without the model is checked before loading it.
-    for text, what in ((source, "source prompt"), (target, "target prompt")):
-        if not text.strip():
+    instructed = get_editor(editor).takes_instruction
+    if not instructed:
+        for text, flag, what in ((source, "'--source' / '-s'", "the prompt describing the image"),
+                                 (target, "'--target' / '-t'", "the prompt describing the wanted image")):
+            if text is None:
+                raise InveditError(f"Missing option {flag}. It gives {what} (the instruction editors take "
+                                   "--instruction instead)")
+    target = api.instruction_or_target(editor, target, instruction)
+    for text, what in ((source, "source prompt"), (target, "instruction" if instructed else "target prompt")):
+        if text is not None and not text.strip() and not (instructed and what == "source prompt"):
             raise InveditError(f"the {what} is empty")
     flags = {"offset_scale": offset_scale, "offset_interval": offset_interval,
              "correct_target": correct_target or None, "inversion_guidance": inversion_guidance}
@@ -81,24 +112,33 @@ def edit_command(
     edit_mask = None if mask is None else load_mask(mask, image)  # readable, the image's size, not empty
     check_mask(editor, edit_mask)
     resolve_dtype(dtype, resolve_device(device))
-    check_offload(offload, resolve_device(device))
+    check_load_options(resolve_device(device), offload, quantize, lora)
     out = _output_path(out, image, inversion, editor)
-    tokenizer = load_tokenizer(model)  # prompts and blend words are checked before the model loads
+    family = peek_family(model)  # from model_index.json: methods the family does not run are refused now
+    if family is not None:
+        check_model_kind(family, inversion, editor)
+    # prompts and blend words are checked before the model loads (instruction models: after, by their tokenizer)
+    instruction_model = family is not None and family.schedule_kind == "instruction"
+    tokenizer = None if instructed or instruction_model else load_tokenizer(model)
     if tokenizer is not None:
         check_prompts(tokenizer, source, target, settings.editor_options.get("blend_words"))
     created = prepare_output_dir(out.parent)  # fails now, not after the edit; undone if the edit fails
 
     try:
         setup_threads()
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
+                    loras=lora)
         started = time.perf_counter()
         result = api.edit(
-            pipe, load_image(image, native_resolution(pipe)), source, target, inversion=inversion, editor=editor,
-            steps=steps, guidance_scale=guidance, seed=seed,
+            pipe, load_image(image, native_resolution(pipe)), source, None if instructed else target,
+            inversion=inversion, editor=editor, steps=steps, guidance_scale=guidance, seed=seed,
             inversion_options=settings.inversion_options, progress=not quiet, mask=edit_mask,
-            **settings.editor_options,
+            instruction=target if instructed else None, **settings.editor_options,
         )
         result.settings["image"] = str(image)
+        previous = api.saved_link(image)  # IMAGE is an earlier edit's output: its record links that edit
+        if previous is not None:
+            result.settings["previous"] = previous
         if mask is not None:
             result.settings["mask"]["file"] = str(mask)
         result.save(out, reconstruction=save_reconstruction)
@@ -160,6 +200,8 @@ def demo_command(
                                                    "default: shapes-64")] = None,
     steps: Annotated[int, typer.Option(help="sampling steps")] = 50,
     dtype: Annotated[str | None, typer.Option(help="float32/float16/bfloat16 (default: bf16 on capable CPUs)")] = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     out: Annotated[Path, typer.Option(help="side-by-side PNG to write")] = Path("invedit-demo.png"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
@@ -169,7 +211,8 @@ def demo_command(
     from . import api
     from .backbones import backbone
     from .images import load_image
-    from .models import load, native_resolution
+    from .load_options import check_load_options
+    from .models import load, native_resolution, resolve_device
     from .toy.demo import run_demo
     from .toy.scenes import EDIT_KINDS, make_edit_example
 
@@ -182,8 +225,9 @@ def demo_command(
             raise InveditError("--source/--target/--blend go with --image; a generated scene has its own prompts")
     elif not (source and target):
         raise InveditError("--image needs --source and --target")
+    check_load_options(resolve_device(None), None, quantize, lora)
     setup_threads()
-    pipe = load(model, dtype=dtype or _default_demo_dtype())
+    pipe = load(model, dtype=dtype or _default_demo_dtype(), quantize=quantize, loras=lora)
     size = native_resolution(pipe)
     p2p = backbone(pipe).schedule_kind == "ddim"  # the flow demo's editor (shared attention) takes no blend words
     if blend and not p2p:
@@ -242,24 +286,28 @@ def ui_command(
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     steps: Annotated[int, typer.Option(help="the page's default DDIM steps")] = 50,
 ) -> None:
     """Start the web UI (Gradio) on the embedded model or --model; Ctrl-C stops it."""
     import importlib.util
 
     from . import api
-    from .models import check_offload, load, resolve_device
+    from .load_options import check_load_options
+    from .models import load, resolve_device
     from .ui.app import check_listen_address, serve
 
     api.check_steps(steps)
     if not 1 <= port <= 65535:
         raise InveditError(f"--port must be from 1 to 65535, got {port}")
-    check_offload(offload, resolve_device(device))
+    check_load_options(resolve_device(device), offload, quantize, lora)
     check_listen_address(host, port)  # in use, not allowed, not this machine's: one line now, not after loading
     if importlib.util.find_spec("gradio") is None:  # found, not imported: serve() sets its temporary folder first
         raise InveditError("the web UI needs gradio: pip install 'invedit[ui]'")
     setup_threads()
-    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+    pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
+                loras=lora)
 
     def announce() -> None:
         typer.echo(f"invedit ui on http://{host}:{port}" + ("  (reachable from your network)"

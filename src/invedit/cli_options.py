@@ -14,3 +14,8 @@ ResolutionOption = Annotated[int | None, typer.Option(
          "× 2 on SD3/FLUX)")]
 OffloadOption = Annotated[str | None, typer.Option(
     help="model or sequential: networks kept in CPU memory, each moved to the GPU to run (CUDA)")]
+QuantizeOption = Annotated[str | None, typer.Option(
+    help="quantise the denoiser and the T5 encoder as they load: int8 (optimum-quanto; CPU or CUDA), nf4 or "
+         "bnb-int8 (bitsandbytes; CUDA)")]
+LoraOption = Annotated[list[str] | None, typer.Option(
+    "--lora", help="LoRA PATH_OR_ID[:SCALE] (.safetensors file, folder or hub id; scale 1 by default); repeatable")]

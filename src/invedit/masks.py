@@ -125,6 +125,25 @@ def _image_pixels(image: Image.Image, name: str) -> np.ndarray:
     return np.asarray(image.convert("L")) >= THRESHOLD
 
 
+def painted_pixels(layers: list[str | os.PathLike | Image.Image], name: str = "painted mask") -> np.ndarray | None:
+    """The region painted on transparent layers (a brush in a browser's image editor): the union of the pixels whose
+    alpha is at least half (≥ `THRESHOLD`), bool (H, W); None when nothing is painted (no layer, or only
+    transparent ones).
+
+    Raises:
+        InveditError: an unreadable layer, or layers of different sizes.
+    """
+    region = None
+    for layer in layers:
+        image = _open(layer, name)
+        alpha = np.asarray(image.convert("RGBA").getchannel("A")) >= THRESHOLD
+        if region is not None and region.shape != alpha.shape:
+            raise InveditError(f"{name}: its layers differ in size ({region.shape[1]}x{region.shape[0]} and "
+                               f"{alpha.shape[1]}x{alpha.shape[0]} pixels)")
+        region = alpha if region is None else region | alpha
+    return region if region is not None and region.any() else None
+
+
 def image_size(source: str | os.PathLike | Image.Image) -> tuple[int, int]:
     """(width, height) of an image file (read from its header) or PIL image.
 

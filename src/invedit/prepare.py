@@ -196,12 +196,13 @@ def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSet
     check_model_kind(model, settings.inversion, settings.editor)
     check_mask(settings.editor, mask)
     check_steps(settings.steps, pipe.scheduler.config.num_train_timesteps)
+    editor_cls = get_editor(settings.editor)
+    instructed = editor_cls.takes_instruction  # the target is an instruction; a source prompt is optional
     if inverted_prompt is None:
-        source = check_prompt(source_prompt or "", model.tokenizer, "source prompt")
+        source = check_prompt(source_prompt or "", model.tokenizer, "source prompt", allow_empty=instructed)
     else:
         source = source_prompt
-    target = check_prompt(target_prompt, model.tokenizer, "target prompt")
-    editor_cls = get_editor(settings.editor)
+    target = check_prompt(target_prompt, model.tokenizer, "instruction" if instructed else "target prompt")
     model_defaults = model.model_editor_defaults(settings.editor)
     options = {**model_defaults, **settings.editor_options}
     branch_prompt = editor_cls.source_branch_prompt(source, options)

@@ -269,7 +269,7 @@ def _tiny_flow_vae(resolution: int, shift_factor: float, scaling_factor: float):
 
 
 def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, device: str | torch.device = "cpu",
-                       width: int = 32):
+                       width: int = 32, words: tuple[str, ...] = TINY_VOCABULARY):
     """A tiny random-weight `StableDiffusion3Pipeline` (``kind="sd3"``) or `FluxPipeline` (``"flux"``: guidance
     embedded like FLUX.1-dev; ``"flux-schnell"``: none), built offline in about a second.
 
@@ -286,6 +286,7 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
         resolution: image side in pixels (a multiple of 16).
         device: where to put it.
         width: text-encoder width.
+        words: the tokenizers' whole words (`TINY_VOCABULARY`; other words change the text encoders' weights).
     Returns:
         The diffusers pipeline, in eval mode, gradients off, progress bar off, its `invedit.backbones` record
         attached (working at ``resolution``).
@@ -310,10 +311,10 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
     if resolution % 16:
         raise ValueError("resolution must be a multiple of 16")
     with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
-        tokenizer = build_word_tokenizer(TINY_VOCABULARY, folder)
+        tokenizer = build_word_tokenizer(words, folder)
     with tempfile.TemporaryDirectory(prefix="invedit-tiny-tok-") as folder:
-        tokenizer_2 = build_word_tokenizer(TINY_VOCABULARY, folder)
-    t5_tokenizer = tiny_t5_tokenizer()
+        tokenizer_2 = build_word_tokenizer(words, folder)
+    t5_tokenizer = tiny_t5_tokenizer(words)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "sd3":
@@ -349,3 +350,147 @@ def tiny_flow_pipeline(kind: str = "sd3", seed: int = 0, resolution: int = 64, d
     from .models import prepare_pipeline
 
     return prepare_pipeline(pipe, torch.device(device), resolution=resolution, name=f"tiny-{kind}-{seed}-{resolution}")
+
+
+def tiny_lora(pipe, path, rank: int = 4, seed: int = 0, std: float = 0.5,
+              layers: tuple[str, ...] = ("to_q", "to_k", "to_v")) -> str:
+    """A random LoRA on the attention projections (``layers``) of ``pipe``'s denoiser, saved at ``path`` (a folder)
+    in diffusers' LoRA format by the pipeline class's own ``save_lora_weights``; returns the file's path.
+
+    A (rank × in) and B (out × rank) are Gaussian with standard deviation ``std`` (B is not zero, as it is when a
+    LoRA starts training, so the adapter changes every output it touches). Same seed → same file, bit for bit.
+    """
+    from pathlib import Path
+
+    from .backbones import backbone
+
+    model = backbone(pipe)
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, module in model.denoiser.named_modules():
+        if name.rpartition(".")[2] in layers and isinstance(module, torch.nn.Linear):
+            weights[f"{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * std
+            weights[f"{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * std
+    Path(path).mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(str(path), **{f"{model.denoiser_name}_lora_layers": weights})
+    return str(Path(path) / "pytorch_lora_weights.safetensors")
+
+
+# ---- tiny instruction-trained pipelines (FLUX.1 Kontext, Qwen-Image-Edit) -------------------------------------
+#: `tiny_instruction_pipeline` kinds.
+INSTRUCTION_KINDS = ("flux-kontext", "qwen-image-edit")
+#: Words of editing instructions (the shapes world's, `invedit.toy.bench.instruction`) beside `TINY_VOCABULARY`.
+INSTRUCTION_WORDS = ("change", "color", "to", "turn", "into", "add", "remove", "make", "it")
+#: The special tokens of Qwen2.5-VL's tokenizer that QwenImageEditPipeline's prompt template and the processor use.
+QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                       "<|image_pad|>", "<|video_pad|>")
+
+
+def tiny_qwen_tokenizer():
+    """A byte-level `transformers.Qwen2Tokenizer` built offline: ``<|endoftext|>``, the 256 byte symbols, one merge
+    chain per word of `TINY_VOCABULARY` and `INSTRUCTION_WORDS` (so each is one token after its leading space) and
+    Qwen2.5-VL's special tokens (`QWEN_SPECIAL_TOKENS`). Any text tokenizes (unknown words into bytes), as with the
+    real tokenizer."""
+    from transformers import Qwen2Tokenizer
+
+    from .word_tokenizer import _byte_alphabet
+
+    vocab = {"<|endoftext|>": 0}
+    for symbol in _byte_alphabet():
+        vocab[symbol] = len(vocab)
+    merges = []
+    space = _byte_alphabet()[32]  # GPT-2's printable stand-in for the space byte
+    for word in TINY_VOCABULARY + INSTRUCTION_WORDS:
+        piece = space
+        for char in word:
+            merges.append((piece, char))
+            piece += char
+            vocab.setdefault(piece, len(vocab))
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), unk_token=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    return tokenizer
+
+
+def tiny_instruction_pipeline(kind: str = "flux-kontext", seed: int = 0, resolution: int = 64,
+                              device: str | torch.device = "cpu"):
+    """A tiny random-weight instruction-trained pipeline built offline.
+
+    ``"flux-kontext"``: a `FluxKontextPipeline` over the networks of ``tiny_flow_pipeline("flux")`` (FLUX.1
+    Kontext's transformer is FLUX.1's; guidance embedded), its word-level tokenizers knowing `INSTRUCTION_WORDS`
+    too. ``"qwen-image-edit"``: a `QwenImageEditPipeline` with a
+    tiny `QwenImageTransformer2DModel`, a tiny `AutoencoderKLQwenImage` (4 latent channels, 8× spatial like the
+    real one), a tiny random `Qwen2_5_VLForConditionalGeneration` (2 text and 2 vision layers, 16 wide) with
+    `tiny_qwen_tokenizer` and a `Qwen2VLProcessor` that reads the image at 56×56 to 112×112 pixels (the real one
+    up to 3584×3584), and a `FlowMatchEulerDiscreteScheduler` with a dynamic exponential shift. Sizes follow
+    diffusers' own tests of these pipelines. That pipeline conditions on the image at about one megapixel whatever
+    the output size (`invedit.backbones.instruct`): a tiny edit takes some 20 s on a CPU, nearly all of it the VAE
+    encoding that megapixel.
+
+    Returns:
+        The pipeline, prepared as `invedit.load` prepares real checkpoints (working at ``resolution``).
+    Raises:
+        InveditError: library versions below those the instruction families are tested with.
+    """
+    from .backbones.instruct import InstructionBackbone
+    from .models import prepare_pipeline
+
+    InstructionBackbone.check_requirements()
+    if kind not in INSTRUCTION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, INSTRUCTION_KINDS))}; got {kind!r}")
+    if kind == "flux-kontext":
+        from diffusers import FluxKontextPipeline
+
+        flux = tiny_flow_pipeline("flux", seed, resolution, "cpu", words=TINY_VOCABULARY + INSTRUCTION_WORDS)
+        pipe = FluxKontextPipeline(**{k: v for k, v in flux.components.items()})
+    else:
+        pipe = _tiny_qwen_image_edit(seed, resolution)
+    return prepare_pipeline(pipe, torch.device(device), resolution=resolution, name=f"tiny-{kind}-{seed}-{resolution}")
+
+
+def _tiny_qwen_image_edit(seed: int, resolution: int):
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    if resolution % 16:
+        raise ValueError("resolution must be a multiple of 16")
+    tokenizer = tiny_qwen_tokenizer()
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+        ("vision_token_id", "<|vision_pad|>"), ("image_token_id", "<|image_pad|>"),
+        ("video_token_id", "<|video_pad|>"))}
+    z_dim = 4
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=4 * z_dim, out_channels=z_dim, num_layers=2, attention_head_dim=16,
+            num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+        vae = AutoencoderKLQwenImage(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True], latents_mean=[0.0] * z_dim,
+                                     latents_std=[1.0] * z_dim)
+        config = Qwen2_5_VLConfig(
+            text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
+                         "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                         "rope_theta": 1000000.0, "bos_token_id": None, "eos_token_id": 0, "pad_token_id": 0},
+            vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                           "out_hidden_size": 16},
+            hidden_size=16, vocab_size=len(tokenizer), **ids)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+                                 tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0,
+        shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
+    return QwenImageEditPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                 processor=processor, transformer=transformer)

@@ -53,6 +53,8 @@ class Backbone(ABC):
         editor_defaults: editor options the model recommends, by editor name (its folder's ``invedit.json``).
         call_options: arguments its diffusers pipeline is called with where they differ from the pipeline's
             defaults (its folder's ``invedit.json``; e.g. SD3's ``max_sequence_length``).
+        quantize: the quantisation its networks were loaded with (``invedit.load(quantize=)``), or None.
+        loras: the LoRAs loaded into it, one record each (``name``, ``scale``, ``file``, ``sha256``).
     """
 
     #: Short family name recorded with every result ("sd", "sdxl", …).
@@ -68,15 +70,22 @@ class Backbone(ABC):
     schedule_kind: ClassVar[str] = "ddim"
     #: Lowest versions of libraries this family is tested with, beyond the package's own requirements.
     requires: ClassVar[dict[str, str]] = {}
+    #: The pipeline component names of the denoiser and of the T5 text encoder (None: the family has none): what
+    #: ``invedit.load(quantize=)`` quantises.
+    denoiser_name: ClassVar[str] = "unet"
+    t5_name: ClassVar[str | None] = None
 
     def __init__(self, pipe, name: str | None = None, resolution: int | None = None,
                  editor_defaults: dict[str, dict[str, Any]] | None = None,
-                 call_options: dict[str, Any] | None = None):
+                 call_options: dict[str, Any] | None = None, quantize: str | None = None,
+                 loras: list[dict[str, Any]] | None = None):
         self.pipe = pipe
         self.name = name or str(pipe.config.get("_name_or_path", "") or "unknown")
         self.resolution = self.check_resolution(resolution)
         self.editor_defaults = dict(editor_defaults or {})
         self.call_options = dict(call_options or {})
+        self.quantize = quantize
+        self.loras = [dict(r) for r in loras or ()]
         self._fingerprint: str | None = None
 
     # ---- setup --------------------------------------------------------------------------------------------
@@ -110,6 +119,11 @@ class Backbone(ABC):
     def modules_of(cls, pipe) -> list[torch.nn.Module]:
         """The networks of the pipeline: denoiser, VAE, text encoders."""
         return [m for m in (cls.denoiser_of(pipe), pipe.vae, *cls.text_encoders_of(pipe)) if m is not None]
+
+    @classmethod
+    def quantized_components(cls) -> tuple[str, ...]:
+        """The components ``invedit.load(quantize=)`` quantises: the denoiser and the T5 encoder, if any."""
+        return (cls.denoiser_name,) + ((cls.t5_name,) if cls.t5_name else ())
 
     @classmethod
     @abstractmethod
@@ -185,16 +199,20 @@ class Backbone(ABC):
         "_use_default_values"})
 
     def fingerprint(self) -> str:
-        """Short hash of the model's identity (configs and a sample of weights), recorded with every result."""
+        """Short hash of the model's identity (configs, a sample of weights, the quantisation and each LoRA's file
+        hash and scale), recorded with every result: caches keyed by it never mix these."""
         if self._fingerprint is None:
             h = hashlib.sha256()
+            if self.quantize or self.loras:
+                h.update(json.dumps({"quantize": self.quantize,
+                                     "loras": [(r["sha256"], r["scale"]) for r in self.loras]}).encode())
             for module in self.modules_of(self.pipe):
                 config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
                 stable = {k: v for k, v in config.items() if k not in self.VOLATILE_CONFIG_KEYS}
                 h.update(json.dumps(stable, sort_keys=True, default=str).encode())
                 params = list(module.parameters())
                 for p in params[:: max(1, len(params) // 16)]:
-                    h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
+                    h.update(_sample(p))
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -225,6 +243,21 @@ class Backbone(ABC):
     @abstractmethod
     def attention_layers(self) -> list[tuple[str, torch.nn.Module, LayerInfo]]:
         """Every attention module editors may hook, with its `LayerInfo`, in forward order."""
+
+
+def _sample(p: torch.Tensor) -> bytes:
+    """The first 64 values of a parameter as float32 bytes; of a quantised one (its own tensor subclass, or packed
+    integers) the first 64 stored bytes."""
+    data = p.detach()
+    if type(data) is torch.Tensor or type(data) is torch.nn.Parameter:
+        if data.is_floating_point():
+            return data.float().flatten()[:64].cpu().numpy().tobytes()
+        return data.flatten()[:64].cpu().numpy().tobytes()
+    for name in ("_data", "qdata", "data"):  # optimum-quanto's WeightQBytesTensor keeps its int8 values in _data
+        inner = getattr(data, name, None)
+        if isinstance(inner, torch.Tensor) and type(inner) is torch.Tensor:
+            return inner.flatten()[:64].cpu().numpy().tobytes()
+    return str((type(data).__name__, tuple(data.shape))).encode()
 
 
 FAMILIES: dict[str, type[Backbone]] = {}

@@ -43,6 +43,7 @@ class FluxBackbone(FlowTransformerBackbone):
     pipeline_classes = ("FluxPipeline",)
     convention = "flux"
     default_t5_tokens = T5_TOKENS
+    t5_name = "text_encoder_2"
     #: The guidance scale FLUX.1-dev's transformer is given when a call names none (FluxPipeline's default).
     embedded_guidance: float = 3.5
 

@@ -62,6 +62,7 @@ class FlowTransformerBackbone(Backbone):
     #: `invedit.flow.CONVENTIONS` key of the family.
     convention: str = ""
     schedule_kind = "flow"
+    denoiser_name = "transformer"
     #: T5 tokens the family's pipeline reads by default (its ``max_sequence_length``).
     default_t5_tokens: int = 256
 
@@ -76,13 +77,13 @@ class FlowTransformerBackbone(Backbone):
         return pipe.transformer
 
     @classmethod
-    def load_pipeline(cls, source: str, dtype: torch.dtype, local_only: bool):
+    def load_pipeline(cls, source: str, dtype: torch.dtype, local_only: bool, **options):
         """The family's diffusers pipeline (the class model_index.json names) from a folder or hub id (what
-        `invedit.load` calls)."""
+        `invedit.load` calls; ``options``: more `from_pretrained` arguments, e.g. ``quantization_config``)."""
         from diffusers import DiffusionPipeline
 
         return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only,
-                                                 **absent_components(source))
+                                                 **absent_components(source), **options)
 
     @property
     def patch(self) -> int:

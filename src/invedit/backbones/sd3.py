@@ -23,6 +23,7 @@ class SD3Backbone(FlowTransformerBackbone):
     guidance_mode = "cfg"
     convention = "sd3"
     default_t5_tokens = T5_TOKENS
+    t5_name = "text_encoder_3"
 
     @property
     def patch(self) -> int:

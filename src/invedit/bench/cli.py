@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..cli_errors import cli_errors
-from ..cli_options import DtypeOption, ModelOption, OffloadOption, ResolutionOption
+from ..cli_options import DtypeOption, LoraOption, ModelOption, OffloadOption, QuantizeOption, ResolutionOption
 from ..runtime import setup_threads
 
 
@@ -33,6 +33,8 @@ def bench_command(
     dtype: DtypeOption = None,
     resolution: ResolutionOption = None,
     offload: OffloadOption = None,
+    quantize: QuantizeOption = None,
+    lora: LoraOption = None,
     parity: Annotated[bool, typer.Option(help="reference quirks: JPEG q75 outputs, Direct's reference batch layout, "
                                               "MasaCtrl's reference layer count")] = False,
     allow_mixed: Annotated[bool, typer.Option(
@@ -55,7 +57,8 @@ def bench_command(
     specs = parse_methods(methods, option, inversion_option, parity)
     setup_threads()
     summary = run_bench(data_dir, out, specs, model=model, steps=steps, guidance=guidance, seed=seed,
-                        device=device, dtype=dtype, resolution=resolution, offload=offload, parity=parity,
+                        device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
+                        loras=lora, parity=parity,
                         edit_types=_types(types), allow_mixed=allow_mixed,
                         limit=limit,
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), progress=not quiet,

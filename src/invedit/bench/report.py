@@ -115,6 +115,18 @@ PUBLISHED_FLOW: tuple[PublishedFlowRow, ...] = (
     PublishedFlowRow("KV-Edit", None, "kv-edit", "flux", "FLUX.1-dev", None,
                      {"structure_distance": 1.98, "psnr": 35.87, "lpips": 9.92},
                      "KV-Edit (Zhu et al., arXiv 2502.17363)", mask_given=True),
+    # The FlowEdit family on SD 3.5 (issue 33): one table comparing them, printed in the DRFS paper.
+    PublishedFlowRow("FlowEdit", "none", "flowedit", "sd3", "SD 3.5", None,
+                     {"structure_distance": 12.73, "psnr": 26.59},
+                     "DRFS's PIE-Bench comparison on SD 3.5 (Beaudouin et al., arXiv 2509.05342; which table not "
+                     "verified here); FlowEdit: Kulikov et al., arXiv 2412.08629"),
+    PublishedFlowRow("DNAEdit", "none", "dnaedit", "sd3", "SD 3.5", None,
+                     {"structure_distance": 14.19, "psnr": 26.66},
+                     "DRFS's PIE-Bench comparison on SD 3.5 (Beaudouin et al., arXiv 2509.05342; which table not "
+                     "verified here); DNAEdit: Xie et al., arXiv 2506.01430"),
+    PublishedFlowRow("DRFS", "none", "drfs", "sd3", "SD 3.5, 50 steps", None,
+                     {"structure_distance": 12.00, "psnr": 26.97},
+                     "DRFS (Beaudouin et al., CVPR 2026, arXiv 2509.05342; which table not verified here)"),
 )
 #: The metrics the flow table shows (the papers print these; CLIP scores are on other scales there).
 FLOW_METRICS = ("structure_distance", "psnr", "lpips", "clip_whole", "clip_edited")
@@ -201,6 +213,11 @@ def table_one(summary: list[dict[str, Any]]) -> str:
                      "" if seconds is None else f"{seconds:.1f} (A40)"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def instruction_families() -> set[str]:
+    """The instruction-trained model families (FLUX.1 Kontext, Qwen-Image-Edit: ``model_kind`` of their records)."""
+    return {cls.family for cls in FAMILIES.values() if cls.schedule_kind == "instruction"}
 
 
 def flow_families() -> set[str]:
@@ -358,10 +375,13 @@ def write_report(run_dir: str | Path) -> list[Path]:
     failures = open_failures(run_dir, rows)
     records = method_records(run_dir, settings)
     flow = {m: r for m, r in records.items() if r["family"] in flow_families()}
+    instructed = {m: r for m, r in records.items() if r["family"] in instruction_families()}
+    trained = [e for e in summary if e["method"] in instructed]
+    summary = [e for e in summary if e["method"] not in instructed]
     lines = [
         f"# PIE-Bench report: {run_dir.name}", "",
         f"Model `{settings['model']}` (fingerprint {settings['model_fingerprint']}), {settings['steps']} "
-        f"{'flow' if flow else 'DDIM'} steps, "
+        f"{'flow' if flow or instructed else 'DDIM'} steps, "
         f"guidance {settings['guidance_scale']}, seed {settings['seed']}, {settings['dtype']} on "
         f"{settings['device_type']}, parity mode {'on' if settings['parity'] else 'off'}, invedit "
         f"{settings['invedit']}. Dataset: `{settings['data']}`.", "",
@@ -383,6 +403,15 @@ def write_report(run_dir: str | Path) -> list[Path]:
                   "`benchmarks/flow_speed.md`). Mask given: the method reads the benchmark's ground-truth edit mask, "
                   "so its background metrics are not comparable with the mask-free methods.", "",
                   flow_table([e for e in summary if e["method"] in flow], flow)]
+    if trained:
+        lines += ["## Instruction-trained, not training-free", "",
+                  "Models trained to edit from an instruction (FLUX.1 Kontext, Qwen-Image-Edit), run by their own "
+                  "pipelines on each entry's `editing_instruction` with no inversion: baselines for the training-free "
+                  "methods above, on the same images and metrics, not one of them. CLIP scores still compare the edit "
+                  "with the entry's target prompt.", "",
+                  markdown_table(trained, ("method",), [m for m in ALL_METRICS
+                                                        if any(e[m] is not None for e in trained)])]
+    summary = summary + trained  # the plot and per-type tables show every method
     if toy:
         lines += ["## Against the true targets (shapes world)", "",
                   "PSNR to the true target image inside the true edit region; success: the edit did what its kind "

@@ -235,7 +235,8 @@ def _error_text(exc: BaseException) -> str:
 def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: list[MethodSpec], *,
               model: str | None = None, steps: int = 50, guidance: float = 7.5, seed: int = 0,
               device: str | None = None, dtype: str | None = None, resolution: int | None = None,
-              offload: str | None = None, parity: bool = False,
+              offload: str | None = None, quantize: str | None = None, loras: list[str] | None = None,
+              parity: bool = False,
               edit_types: list[str] | None = None, limit: int | None = None,
               cache_dir: str | os.PathLike | None = None, progress: bool = True, say=print,
               allow_mixed: bool = False) -> BenchSummary:
@@ -247,8 +248,8 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
             that does not load, a dataset folder that is not one).
     """
     from .. import api
+    from ..load_options import check_load_options
     from ..models import (
-        check_offload,
         load,
         model_fingerprint,
         model_name,
@@ -273,7 +274,7 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
     if rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_FILE).exists():
         raise InveditError(f"{run_dir} is not empty and holds no bench run; choose a new or empty folder")
     resolve_dtype(dtype, resolve_device(device))
-    check_offload(offload, resolve_device(device))
+    check_load_options(resolve_device(device), offload, quantize, loras)
     if world > 1:  # the processes of one launch create the folder together
         run_dir.mkdir(parents=True, exist_ok=True)
         created: list[Path] = []
@@ -281,14 +282,16 @@ def run_bench(data_dir: str | os.PathLike, run_dir: str | os.PathLike, methods: 
         created = prepare_output_dir(run_dir, "the run")  # removed again if the run cannot start
 
     try:
-        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload)
+        pipe = load(model, device=device, dtype=dtype, resolution=resolution, offload=offload, quantize=quantize,
+                    loras=loras)
         size = native_resolution(pipe)
         model_record = backbone(pipe)
         dtype_name = str(model_record.dtype).replace("torch.", "")
         settings = {"format": RUN_FORMAT, "data": str(data_dir), "model": model_name(pipe),
                     "model_fingerprint": model_fingerprint(pipe), "steps": steps, "guidance_scale": guidance,
                     "seed": seed, "dtype": dtype_name, "device_type": model_record.device.type, "resolution": size,
-                    "parity": parity,
+                    "parity": parity, "quantize": model_record.quantize,
+                    "loras": [{k: r[k] for k in ("name", "scale", "sha256")} for r in model_record.loras] or None,
                     "invedit": versions()["invedit"], "methods": {m.name: m.settings() for m in methods},
                     ENVIRONMENT_KEY: run_environment(model_record.device)}
         remember_settings(run_dir, settings, allow_mixed)
@@ -402,7 +405,8 @@ class _RunContext:
             try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
                 settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
                                         m.inversion_options, self._editor_options(item, m))
-                prepared = prepare_edit(self.pipe, item.source_prompt, item.target_prompt, settings,
+                target, instruction = self._target(item, m)
+                prepared = prepare_edit(self.pipe, item.source_prompt, instruction or target, settings,
                                         mask=self._mask(item, m))
             except InveditError as exc:
                 self._fail(item, m, str(exc))
@@ -452,6 +456,16 @@ class _RunContext:
             options["blend_words"] = parse_blend_words(item.blend_words)
         return options
 
+    @staticmethod
+    def _target(item: BenchItem, m: MethodSpec) -> tuple[str | None, str | None]:
+        """(target prompt, instruction) of the edit: the entry's ``editing_instruction`` for an instruction editor
+        (`Editor.takes_instruction`: FLUX.1 Kontext, Qwen-Image-Edit), else its target prompt."""
+        from ..editing import get_editor
+
+        if get_editor(m.editor).takes_instruction:
+            return None, item.instruction
+        return item.target_prompt, None
+
     def _mask(self, item: BenchItem, m: MethodSpec):
         """The entry's edit mask (its true region, without the evaluator's border) for an editor that takes one
         (`Editor.takes_mask`: KV-Edit), else None."""
@@ -469,8 +483,10 @@ class _RunContext:
         options = self._editor_options(item, m)
         try:
             mask = self._mask(item, m)
-            result = api.edit(self.pipe, inverted, item.source_prompt, item.target_prompt, editor=m.editor,
-                              guidance_scale=self.guidance, seed=self.seed, mask=mask, **options)
+            target, instruction = self._target(item, m)
+            result = api.edit(self.pipe, inverted, None if instruction else item.source_prompt, target, editor=m.editor,
+                              guidance_scale=self.guidance, seed=self.seed, mask=mask, instruction=instruction,
+                              **options)
             result.settings.update({
                 "source_prompt": item.source_prompt,  # the entry's (the editor's own source branch is recorded too)
                 "image": str(item.image_path.relative_to(self.data_dir)) if item.image_path.is_relative_to(
@@ -478,6 +494,7 @@ class _RunContext:
                 "inversion_source": source,
                 "bench": {"id": item.id, "method": m.name, "edit_type": item.edit_type,
                           "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
+                          **({"instruction": instruction} if instruction is not None else {}),
                           "blended_word": item.blend_words, "source_sha256": image_sha,
                           **({"mask_given": True} if mask is not None else {}),
                           **({"notes": item.notes} if item.notes else {})},

@@ -1,7 +1,11 @@
 """Editors, one file each, registered by name (see `Editor` for the contract)."""
 
 from . import (  # noqa: F401  (registration)
+    dnaedit,
+    drfs,
+    flowalign,
     flowedit,
+    instruct,
     kv_edit,
     masactrl,
     p2p,
@@ -9,6 +13,7 @@ from . import (  # noqa: F401  (registration)
     pnp,
     rf_solver_edit,
     shared_attention,
+    stable_flow,
     uniedit,
 )
 from .base import EDITORS, AttentionEditor, Editor, NoEditor, get_editor, register

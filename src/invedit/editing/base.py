@@ -72,6 +72,9 @@ class Editor:
     #: Options that choose between the reference's behaviour and another (RF-Solver-Edit's ``features``, KV-Edit's
     #: ``layout``): reports name the mode a result ran in.
     modes: ClassVar[tuple[str, ...]] = ()
+    #: The editor edits from an instruction (``instruction=``, ``--instruction``) in place of a target prompt: an
+    #: instruction-trained model's own pipeline (`invedit.editing.instruct`); a source prompt is optional.
+    takes_instruction: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.active = True

@@ -124,8 +124,64 @@ class FlowEditSampler(Sampler):
         return z_edit + (sigma_next - sigma) * delta
 
 
+class InversionFreeEditor(Editor):
+    """What the inversion-free flow editors share (FlowEdit and the samplers built on it: DNAEdit, DRFS,
+    FlowAlign): they pair with inversion "none" and supply the edit's sampler; their options are resolved against
+    the model family's official defaults (``families``: the families the official code runs); each branch's CFG
+    scale (or FLUX.1-dev's guidance input) is the ``source_guidance`` / ``target_guidance`` option; their noise
+    comes from ``noise_sampler`` (None: the edit's seeded generator in the family's official layout)."""
+
+    schedule_kinds = ("flow",)
+    inversion_free = True
+    #: Model families the official code supports (`check_family` refuses the others in one line).
+    families: ClassVar[tuple[str, ...]] = ("sd3", "flux")
+
+    def __init__(self, options: dict[str, Any], family: str):
+        super().__init__()
+        self.options, self.family = options, family
+        #: Where each step's noise comes from (None: the edit's seeded generator, `seeded_noise_sampler`); set it
+        #: to inject draws (k-diffusion's ``noise_sampler``).
+        self.noise_sampler: NoiseSampler | None = None
+
+    @classmethod
+    def check_family(cls, family: str) -> None:
+        """Refuse a model family the official code does not run on."""
+        if family not in cls.families:
+            names = {"sd3": "SD3", "flux": "FLUX"}
+            runs = " and ".join(names.get(f, f) for f in cls.families)
+            raise InveditError(f"editor {cls.name!r} has no settings for {family} models; it runs on {runs}")
+
+    @classmethod
+    def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
+        """Validated options with the family's official defaults filled in (each editor defines it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> InversionFreeEditor:
+        family = backbone(pipe).family
+        cls.check_family(family)
+        return cls(cls.resolved(family, steps, options), family)
+
+    @staticmethod
+    def resolve_guidance(opts: dict[str, Any], reference: dict[str, Any]) -> None:
+        """``source_guidance`` / ``target_guidance`` in place: given, or the reference's, checked in [0, 50]."""
+        for key in ("source_guidance", "target_guidance"):
+            opts[key] = check_number(key, reference[key] if opts[key] is None else opts[key], 0, 50)
+
+    def branch_guidance(self, scales: dict[str, float]) -> dict[str, float]:
+        """Each branch's own scale (the official src/tar guidance), in place of the edit's guidance scale."""
+        return {"source": self.options["source_guidance"], "target": self.options["target_guidance"]}
+
+    def noise(self, inverted, ctx: LoopContext) -> NoiseSampler:
+        """The edit's noise: ``noise_sampler``, or draws from the edit's seeded generator in the official layout."""
+        return self.noise_sampler or seeded_noise_sampler(ctx.generator, inverted.z0, self.family)
+
+    def settings(self) -> dict[str, Any]:
+        return {"editor": self.name, **self.options}
+
+
 @register
-class FlowEditEditor(Editor):
+class FlowEditEditor(InversionFreeEditor):
     """FlowEdit: inversion-free editing on SD3 / FLUX; pairs with inversion "none" and supplies the edit's sampler.
 
     Options (None: the official default of the model family; n_max scaled to the step count, `scaled_n_max`):
@@ -139,46 +195,22 @@ class FlowEditEditor(Editor):
                    "options: the family's official defaults")
     defaults: ClassVar[dict[str, Any]] = {"n_max": None, "n_min": 0, "n_avg": 1, "source_guidance": None,
                                           "target_guidance": None}
-    schedule_kinds = ("flow",)
     refusal = "it integrates an ODE between rectified flows (SD3/FLUX)"
-    inversion_free = True
-
-    def __init__(self, options: dict[str, Any], family: str):
-        super().__init__()
-        self.options, self.family = options, family
-        #: Where each step's noise comes from (None: the edit's seeded generator, `seeded_noise_sampler`); set it
-        #: to inject draws (k-diffusion's ``noise_sampler``).
-        self.noise_sampler: NoiseSampler | None = None
 
     @classmethod
     def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
         """Validated options with the family's official defaults filled in."""
         opts = cls.validate_options(options)
-        if family not in REFERENCE_DEFAULTS:
-            raise InveditError(f"editor 'flowedit' has no settings for {family} models; it runs on SD3 and FLUX")
+        cls.check_family(family)
         reference = REFERENCE_DEFAULTS[family]
         if opts["n_max"] is None:
             opts["n_max"] = scaled_n_max(family, steps)
-        for key in ("source_guidance", "target_guidance"):
-            opts[key] = check_number(key, reference[key] if opts[key] is None else opts[key], 0, 50)
+        cls.resolve_guidance(opts, reference)
         opts["n_max"] = check_number("n_max", opts["n_max"], 0, steps, integer=True)
         opts["n_min"] = check_number("n_min", opts["n_min"], 0, opts["n_max"], integer=True)
         opts["n_avg"] = check_number("n_avg", opts["n_avg"], 1, 1000, integer=True)
         return opts
 
-    @classmethod
-    def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> FlowEditEditor:
-        family = backbone(pipe).family
-        return cls(cls.resolved(family, steps, options), family)
-
-    def branch_guidance(self, scales: dict[str, float]) -> dict[str, float]:
-        """Each branch's own scale (FlowEdit's src/tar guidance), in place of the edit's guidance scale."""
-        return {"source": self.options["source_guidance"], "target": self.options["target_guidance"]}
-
     def sampler(self, inverted, ctx: LoopContext) -> FlowEditSampler:
         """FlowEdit's step policy for this edit, its noise from ``noise_sampler`` or the edit's seeded generator."""
-        noise = self.noise_sampler or seeded_noise_sampler(ctx.generator, inverted.z0, self.family)
-        return FlowEditSampler(inverted, ctx, self.options, noise)
-
-    def settings(self) -> dict[str, Any]:
-        return {"editor": self.name, **self.options}
+        return FlowEditSampler(inverted, ctx, self.options, self.noise(inverted, ctx))

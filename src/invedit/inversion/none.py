@@ -30,8 +30,9 @@ class NoInversion(Inverted):
 
     method = "none"
     description = "no inversion (z0 only, no network call); for inversion-free editors such as flowedit"
-    schedule_kinds = ("flow",)
-    refusal = "it serves inversion-free rectified-flow editors (FlowEdit on SD3/FLUX)"
+    schedule_kinds = ("flow", "instruction")
+    refusal = ("it serves inversion-free editors (FlowEdit on SD3/FLUX, the instruction-trained models' own "
+               "pipelines)")
     inversion_free = True
 
     @classmethod

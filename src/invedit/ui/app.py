@@ -22,6 +22,7 @@ from .session import EditRequest, EditSession
 #: queue, each getting its own result.
 CONCURRENT_EDITS = 1
 IMAGE_HEIGHT = 240  # display height in px (the embedded model's 64-px images are shown enlarged)
+PAINT_COLOR = ("#ff00ff", 0.6)  # the mask brush: magenta at 60% opacity (the image shows through; alpha 153 ≥ 128)
 EXAMPLE_KINDS = (("color", 0), ("shape", 1), ("add", 2), ("delete", 3), ("background", 4))
 
 
@@ -122,6 +123,39 @@ def uploaded_image(payload: dict | None) -> tuple[str | None, str | None]:
     return payload["path"], payload.get("orig_name") or Path(payload["path"]).name
 
 
+def painted_layers(payload: dict | None) -> list[str]:
+    """The paths of the layers painted in the page's mask painter (Gradio's image editor, unprocessed): each a
+    transparent PNG of the image's size, the brush strokes opaque."""
+    return [layer["path"] for layer in (payload or {}).get("layers") or [] if layer and layer.get("path")]
+
+
+def paint_brush(size: tuple[int, int] | None = None):
+    """The mask brush: `PAINT_COLOR`, its radius 1/32 of the image's shorter side (2 px on a 64-px image: a
+    stroke one latent cell wide; 16 px at 512), at least 2 px."""
+    import gradio as gr
+
+    radius = max(2, round(min(size) / 32)) if size else "auto"
+    return gr.Brush(default_size=radius, colors=[PAINT_COLOR], color_mode="fixed")
+
+
+def painter_background(payload: dict | None) -> dict:
+    """The mask painter's update when the image input changes: the image as its background, no layers (the
+    previous painting belonged to the previous image) and a brush sized to the image; empty for no image or a file
+    the browser cannot show (the Edit button then says what is wrong with it)."""
+    import gradio as gr
+
+    path, _ = uploaded_image(payload)
+    if path is None:
+        return gr.update(value=None)
+    try:
+        with Image.open(path) as im:
+            background = im.convert("RGB")
+    except Exception:  # noqa: BLE001 (any unreadable upload: the session's checks name the problem on Edit)
+        return gr.update(value=None)
+    return gr.update(value={"background": background, "layers": [], "composite": None},
+                     brush=paint_brush(background.size))
+
+
 def display_image(image: Image.Image, size: int = IMAGE_HEIGHT) -> Image.Image:
     """The image as the page shows it: small model outputs enlarged (nearest, so pixels stay pixels); the
     download is the original."""
@@ -160,11 +194,12 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
     examples = example_rows(Path(tempfile.mkdtemp(prefix="invedit-examples-", dir=work_dir)), blend=unet_model)
 
     def run(image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
-            inversion_options, mask=None, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+            inversion_options, mask=None, painted=None,
+            progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         image_path, image_name = uploaded_image(image)  # unprocessed inputs (preprocess=False below)
         mask_path, mask_name = uploaded_image(mask)
         request = EditRequest(image=image_path, image_name=image_name, mask=mask_path, mask_name=mask_name,
-                              source_prompt=source or "",
+                              painted=painted_layers(painted), source_prompt=source or "",
                               target_prompt=target or "",
                               inversion=inversion, editor=editor, blend_words=blend or "", steps=int(steps),
                               guidance=float(guidance), seed=int(seed), editor_options=editor_options or "",
@@ -172,12 +207,19 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
         try:
             outcome = session.edit(request)
         except InveditError as exc:
-            return None, None, None, f"**error:** {exc}", None
+            return None, None, None, f"**error:** {exc}", None, None
         except Exception as exc:  # noqa: BLE001 (a bug: keep the server up, say it in one line)
-            return None, None, None, f"**error:** unexpected {type(exc).__name__}: {str(exc)[:200]}", None
+            return None, None, None, f"**error:** unexpected {type(exc).__name__}: {str(exc)[:200]}", None, None
         r = outcome.result
         return (display_image(r.source), display_image(r.reconstruction), display_image(r.image), outcome.message(),
-                [str(outcome.image_path), str(outcome.record_path)])
+                [str(outcome.image_path), str(outcome.record_path)], outcome.follow_up())
+
+    def again(follow_up):
+        if not follow_up:
+            return (gr.update(),) * 5 + ("**error:** no result to edit again yet: press Edit first",)
+        return (follow_up["image"], follow_up["source_prompt"], follow_up["target_prompt"], follow_up["blend_words"],
+                follow_up["mask"], "The result is the new image and its target prompt the new source prompt: change "
+                "the target prompt and press Edit (the record will link the previous edit).")
 
     with gr.Blocks(title="invedit", analytics_enabled=False) as app:
         gr.Markdown("# invedit\nEdit a real image with a text prompt: invert it, then denoise a source and a "
@@ -187,9 +229,15 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
             with gr.Column():
                 image = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"],
                                  elem_id="input-image", format="png", height=IMAGE_HEIGHT)
-                mask = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="mask",
-                                label="mask (kv-edit only): the image's size, white = the region to edit",
-                                format="png", height=IMAGE_HEIGHT // 2)
+                with gr.Accordion("mask (kv-edit only): paint the region to edit, or upload a mask", open=False,
+                                  elem_id="mask-section"):
+                    painter = gr.ImageMask(type="filepath", sources=[], transforms=(), elem_id="painter",
+                                           label="paint over the image: painted = edit", format="png",
+                                           height=IMAGE_HEIGHT, layers=gr.LayerOptions(allow_additional_layers=False),
+                                           brush=paint_brush())
+                    mask = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="mask",
+                                    label="or upload a mask: the image's size, white = the region to edit",
+                                    format="png", height=IMAGE_HEIGHT // 2)
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
                 target = gr.Textbox(label="target prompt (the wanted image)", elem_id="target")
                 blend = gr.Textbox(label='blend words "SOURCE_WORD TARGET_WORD" (P2P LocalBlend, optional)',
@@ -216,11 +264,17 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                     edit_out = gr.Image(label="edit", format="png", interactive=False, elem_id="edit-out",
                                         height=IMAGE_HEIGHT)
                 status = gr.Markdown("Upload an image or pick an example, then press Edit.", elem_id="status")
+                again_button = gr.Button("edit this result again", elem_id="again")
                 files = gr.File(label="result PNG and settings JSON", file_count="multiple", elem_id="files")
+        follow_up = gr.State(None)  # the newest result's fields for "edit this result again"
         gr.Examples(examples, inputs=[image, source, target, blend], label="shapes-world examples")
         editor.change(lambda name: _defaults_text(name, session.pipe), editor, defaults)
+        # the painter shows the image to paint over; unprocessed, so that a bad upload reaches the Edit checks
+        image.change(painter_background, image, painter, preprocess=False, concurrency_limit=None)
         button.click(run, [image, source, target, inversion, editor, blend, steps, guidance, seed, editor_options,
-                           inversion_options, mask], [source_out, recon_out, edit_out, status, files],
+                           inversion_options, mask, painter], [source_out, recon_out, edit_out, status, files,
+                                                               follow_up],
                      concurrency_limit=CONCURRENT_EDITS, preprocess=False)  # the file itself: see uploaded_image
+        again_button.click(again, follow_up, [image, source, target, blend, mask, status], concurrency_limit=None)
     app.queue(default_concurrency_limit=CONCURRENT_EDITS)
     return app
