@@ -2,6 +2,7 @@
 
     python benchmarks/flow_speed.py                 # everything below (CPU: about 5 minutes)
     python benchmarks/flow_speed.py --parts nfe     # NFE per edit only (tiny models: seconds)
+    python benchmarks/flow_speed.py --parts published   # only the papers' step counts and the stores' memory
 
 Parts:
 - ``nfe``: NFE per edit (inversion + edit) of {euler, direct} × {none, shared-attention} at 28 and 50 steps on
@@ -60,36 +61,46 @@ VAE_16CH = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_cha
 
 
 #: Each flow method at its paper's PIE-Bench step count (FlowEdit: its official configs, SD3_exp.yaml /
-#: FLUX_exp.yaml): (family, steps, inversion+editor, editor options, published NFE or None, what the reference
-#: code evaluates, read from it). FLUX.1-dev rows are one network row per call (guidance distilled).
-PUBLISHED_STEPS: tuple[tuple[str, int, str, dict, int | None, str], ...] = (
-    ("flux", 15, "rf-solver+rf-solver-edit", {}, 60,
+#: FLUX_exp.yaml; KV-Edit: its gradio page's 28 steps): (family, steps, inversion+editor, editor options, published
+#: NFE or None, the official code's NFE, what the reference code evaluates, read from it). FLUX.1-dev rows are one
+#: network row per call (guidance distilled). Rows with a mode option run invedit's other mode; Direct rows have no
+#: official code.
+PUBLISHED_STEPS: tuple[tuple[str, int, str, dict, int | None, int | None, str], ...] = (
+    ("flux", 15, "rf-solver+rf-solver-edit", {}, 60, 60,
      "30 + 30 = 60: inversion 2/step; edit 2/step, the target alone (V read from the inversion's store)"),
-    ("flux", 15, "fireflow+rf-solver-edit", {}, 32, "16 + 16 = 32: N + 1 per pass, the target alone"),
-    ("flux", 8, "fireflow+rf-solver-edit", {"inject": 1}, 18, "9 + 9 = 18 (its 8-step scripts: inject 1)"),
-    ("flux", 28, "rf-inversion+none", {}, None,
+    ("flux", 15, "rf-solver+rf-solver-edit", {"features": "source"}, 60, 60, "(invedit's source-branch mode)"),
+    ("flux", 15, "fireflow+rf-solver-edit", {}, 32, 32, "16 + 16 = 32: N + 1 per pass, the target alone"),
+    ("flux", 8, "fireflow+rf-solver-edit", {"inject": 1}, 18, 18, "9 + 9 = 18 (its 8-step scripts: inject 1)"),
+    ("flux", 8, "fireflow+rf-solver-edit", {"inject": 1, "features": "source"}, 18, 18,
+     "(invedit's source-branch mode)"),
+    ("flux", 28, "rf-inversion+none", {}, None, 56,
      "28 + 28 = 56: one call per step each way (diffusers RFInversionFluxPipeline)"),
-    ("flux", 15, "uniedit+uniedit", {}, 28, "10 + 18 = 28: Uni-Inv ⌊0.6·15⌋ + 1, then 9 × (source + target)"),
-    ("sd3", 50, "none+flowedit", {}, None, "33 calls × 4 CFG rows = 132 (n_max 33 of 50)"),
-    ("flux", 28, "none+flowedit", {}, None, "24 × 2 rows = 48 (n_max 24 of 28)"),
+    ("flux", 15, "uniedit+uniedit", {}, 28, 28, "10 + 18 = 28: Uni-Inv ⌊0.6·15⌋ + 1, then 9 × (source + target)"),
+    ("sd3", 50, "none+flowedit", {}, None, 132, "33 calls × 4 CFG rows = 132 (n_max 33 of 50)"),
+    ("flux", 28, "none+flowedit", {}, None, 48, "24 × 2 rows = 48 (n_max 24 of 28)"),
     # The FlowEdit family (issue 33), each at its official config's step count.
-    ("sd3", 40, "none+dnaedit", {}, None,
+    ("sd3", 40, "none+dnaedit", {}, None, 108,
      "27 + 27 × 2 = 81 rows; the official SD3 inversion batches its one row twice (27 × 2 + 27 × 2 = 108)"),
-    ("flux", 28, "none+dnaedit", {}, None, "24 + 24 = 48 (T_start 4 of 28; one row each way)"),
-    ("sd3", 50, "none+drfs", {}, None, "50 calls × 4 CFG rows = 200 (num_steps 50 of 50)"),
-    ("sd3", 33, "none+flowalign", {}, None, "33 × 3 rows = 99 (target CFG pair against the source prompt + source)"),
-    ("flux", 28, "euler+kv-edit", {}, None,
-     "24 + 24 = 48: inversion N − skip (4 of 28), then the foreground tokens alone, K/V of the background cached"),
-    ("flux", 28, "direct+kv-edit", {}, None, ""),
-    ("flux", 50, "stable-flow+stable-flow", {}, None,
+    ("flux", 28, "none+dnaedit", {}, None, 48, "24 + 24 = 48 (T_start 4 of 28; one row each way)"),
+    ("sd3", 50, "none+drfs", {}, None, 200, "50 calls × 4 CFG rows = 200 (num_steps 50 of 50)"),
+    ("sd3", 33, "none+flowalign", {}, None, 99,
+     "33 × 3 rows = 99 (target CFG pair against the source prompt + source)"),
+    ("flux", 28, "euler+kv-edit", {}, None, 52,
+     "28 + 24 = 52: the gradio page inverts all N steps (K/V and latents stored), then the foreground tokens alone "
+     "over N − skip (4 of 28); its `Flux_kv_edit.forward` inverts N − skip: 24 + 24 = 48"),
+    ("flux", 28, "euler+kv-edit", {"layout": "exact"}, None, 52, "(invedit's same-level mode: source rows beside)"),
+    ("flux", 28, "direct+kv-edit", {}, None, None, ""),
+    ("flux", 28, "direct+kv-edit", {"layout": "exact"}, None, None, ""),
+    ("flux", 50, "stable-flow+stable-flow", {}, None, 150,
      "50 + 100 = 150: inversion 1/step at guidance 1; edit [source, target] rows every step (run_stable_flow.py)"),
-    ("flux", 15, "direct+rf-solver-edit", {}, None, ""),
-    ("flux", 8, "direct+rf-solver-edit", {"inject": 1}, None, ""),
-    ("flux", 15, "direct+uniedit", {}, None, ""),
-    ("flux", 15, "direct+shared-attention", {}, None, ""),
-    ("flux", 15, "direct+none", {}, None, ""),
-    ("flux", 28, "direct+none", {}, None, ""),
-    ("sd3", 50, "direct+none", {}, None, ""),
+    ("flux", 15, "direct+rf-solver-edit", {}, None, None, ""),
+    ("flux", 8, "direct+rf-solver-edit", {"inject": 1}, None, None, ""),
+    ("flux", 15, "direct+rf-solver-edit", {"features": "source"}, None, None, ""),
+    ("flux", 15, "direct+uniedit", {}, None, None, ""),
+    ("flux", 15, "direct+shared-attention", {}, None, None, ""),
+    ("flux", 15, "direct+none", {}, None, None, ""),
+    ("flux", 28, "direct+none", {}, None, None, ""),
+    ("sd3", 50, "direct+none", {}, None, None, ""),
 )
 
 
@@ -106,10 +117,10 @@ def published_steps_part() -> dict:
     image = Image.new("RGB", (64, 64), (120, 60, 30))
     pipes = {kind: tiny_pipeline(kind=kind) for kind in ("sd3", "flux")}
     out: dict = {}
-    for kind, steps, method, options, published, reference in PUBLISHED_STEPS:
+    for kind, steps, method, options, published, official, reference in PUBLISHED_STEPS:
         inversion, editor = method.split("+")
         key = f"{kind}/{steps}/{method}" + "".join(f"/{k}={v}" for k, v in options.items())
-        row: dict = {"published": published, "reference": reference, "options": options}
+        row: dict = {"published": published, "official": official, "reference": reference, "options": options}
         if inversion not in INVERSIONS or editor not in EDITORS:
             out[key] = {**row, "missing": True}
             continue
@@ -120,7 +131,29 @@ def published_steps_part() -> dict:
                               guidance_scale=3.5, **options)
         options = row["options"]
         out[key] = {**row, "nfe_inversion": result.nfe_inversion, "nfe_edit": result.nfe_edit}
+        if "inversion_features" in result.settings:
+            out[key]["stored_megabytes_tiny"] = result.settings["inversion_features"]["megabytes"]
     return out
+
+
+def store_memory() -> dict:
+    """Bytes of the features an inversion stores for each editor on FLUX.1-dev at 1024² (arithmetic, from its
+    config): 4096 image tokens (64 × 64 packed 2×2 patches) and 512 text tokens, hidden size 24 × 128, bf16 (the
+    model's dtype: the reference code keeps them as ``.cpu()`` of its bf16 model's tensors)."""
+    image, text, hidden, nbytes = 4096, 512, FLUX_DEV["num_attention_heads"] * FLUX_DEV["attention_head_dim"], 2
+    single = (text + image) * hidden * nbytes  # one single-stream block's projection: [text, image] tokens
+    double = image * hidden * nbytes  # one double-stream block's image projection
+    rf_blocks = 38 - 20  # single-stream blocks 20-37
+    per_call_rf = rf_blocks * single
+    kv_level = 2 * (FLUX_DEV["num_layers"] * double + FLUX_DEV["num_single_layers"] * single)
+    gb = 1e9
+    return {
+        "single_block_V_MB": single / 1e6, "double_block_image_K_or_V_MB": double / 1e6,
+        "rf_solver_edit": {"per_call_GB": per_call_rf / gb, "per_step_GB (RF-Solver: 2 calls)": 2 * per_call_rf / gb,
+                           "inject 2, RF-Solver (4 calls) GB": 4 * per_call_rf / gb,
+                           "inject 1, FireFlow (1 midpoint call) GB": per_call_rf / gb},
+        "kv_edit": {"per_level_GB": kv_level / gb, "28 steps, skip 4 (24 levels) GB": 24 * kv_level / gb},
+    }
 
 
 def nfe_part(steps_list: tuple[int, ...] = (28, 50)) -> dict:
@@ -231,17 +264,18 @@ def memory_part() -> dict:
 #: What the published-step-count table means (the counts are checked in tests/test_rf_solver_edit.py,
 #: tests/test_rf_solver.py and tests/test_uniedit.py).
 NFE_NOTES = [
-    "- **RF-Solver, FireFlow** (+ `rf-solver-edit`): invedit's count is the reference's plus one more pass of the "
-    "solver for the source branch (RF-Solver 2 per step: 90 = 60 + 30; FireFlow N + 1: 48 = 32 + 16 and 27 = 18 + "
-    "9). The reference denoises the target alone and reads the values it injects from those the inversion stored "
-    "at the mirrored step; invedit takes them from the source branch computed beside the target (the editor is "
-    "`shared-attention`), which also yields the reconstruction. Only the injected steps read the source rows: "
-    "after the last one (step `inject` − 1) the source pass produces the reconstruction alone, so for the edit "
-    "itself invedit does more work than needed — 26 of the 30 extra at 15 steps (RF-Solver, inject 2), 13 of 16 "
-    "(FireFlow, 15 steps), 7 of 9 (FireFlow, 8 steps, inject 1). A sampler that stopped the source branch after "
-    "the last injected step would cost 64, 35 and 20; not changed here (it would drop the reconstruction).",
-    "- **direct + rf-solver-edit**: Euler inversion (N), the target every step (N) and the source rows only at the "
-    "injected steps (Direct pins the source to z*): 32 at 15 steps — FireFlow's published count — and 17 at 8.",
+    "- **RF-Solver-Edit, FireFlow** (`rf-solver-edit`, default `features=inversion`): equal to the official code. "
+    "The inversion records the injected blocks' values (`invedit.features`) and the target is denoised alone: "
+    "60 at 15 steps, FireFlow 32 and 18. With `features=source` the values come from the source branch denoised "
+    "beside the target with the same solver (its reconstruction too): 90, 48 and 27.",
+    "- **direct + rf-solver-edit**: Euler inversion (N), the target every step (N); the injected steps read the "
+    "pinned source's values stored by the inversion at their own level, but the top level, which no inversion "
+    "evaluates, needs the source row once: 31 at 15 steps (the goal 30 + that row), 17 at 8 (inject 1). With "
+    "`features=source`: the source rows at every injected step, 32.",
+    "- **KV-Edit** (mask given; default `layout=reference`): the official gradio path, 28 + 24 = 52 at 28 steps "
+    "(the inversion records every block's image keys/values at the 24 levels the edit reads; the foreground alone "
+    "is denoised). `layout=exact` computes the source rows beside the foreground at the same level instead: 76. "
+    "`direct+kv-edit` reads the store in either layout (exact: at each step's own level, the pinned source's): 52.",
     "- **UniEdit-Flow, RF-Inversion, FlowEdit**: equal to the reference code. UniEdit's editor reads both branches "
     "every step, so `direct+uniedit` (the whole 15 steps, Direct's full inversion) costs 45 against Uni-Inv's 28 "
     "(α = 0.6: 9 steps inverted and edited). FlowEdit counts CFG rows (SD 3: 4 per step); papers that count a "
@@ -251,9 +285,6 @@ NFE_NOTES = [
     "them at scale 1: 108 there, 81 here, the same numbers. FlowAlign reads three rows per step to FlowEdit's four "
     "(its target's CFG pair uses the source prompt as the negative one, the source velocity is unguided) but "
     "runs every step (FlowEdit skips the noisiest 17 of 50). DRFS counts like FlowEdit, all 50 steps.",
-    "- **KV-Edit** (mask given): invedit inverts all N steps (the inversion is shared with the other editors; the "
-    "reference inverts N − skip) and runs the source rows beside the foreground every edited step to supply the "
-    "background keys/values the reference caches during its inversion: 28 + 48 = 76 at 28 steps against 48.",
     "- **Stable Flow**: equal to the reference code: Euler inversion at guidance 1 (N), then both rows every step "
     "(its vital layers share keys/values at every step, so Direct's pinned source rows are always read): 150 at its "
     "50 steps. The instruction-trained baselines (`none+instruct`, not in this table: their tiny pipelines are "
@@ -278,23 +309,51 @@ def write_markdown(results: dict, path: Path) -> None:
                 lines.append(f"| {'SD3/3.5' if kind == 'sd3' else 'FLUX.1-dev'} | {steps} | {' | '.join(cells)} |")
         lines.append("")
     if "nfe_published" in results:
-        lines += ["## NFE per edit at the papers' step counts", "",
-                  "Measured on the tiny pipelines (`RunStats`: rows evaluated, inversion + edit), beside the NFE the "
-                  "paper publishes and what its reference code evaluates (read from that code). invedit's loop "
-                  "denoises two branches, the source (its reconstruction) beside the target; the references denoise "
-                  "the target alone, reading what their editor needs (RF-Solver-Edit's and FireFlow's values) from "
-                  "the inversion's store.", "",
-                  "| model | steps | method | invedit NFE | published | reference code |", "|---|---|---|---|---|---|"]
+        lines += ["## NFE per edit at the papers' step counts: invedit against the official code", "",
+                  "Measured on the tiny pipelines (`RunStats`: rows evaluated, inversion + edit; a family's row layout "
+                  "is the real model's, so these are FLUX.1-dev's and SD 3's counts), beside what the official code "
+                  "evaluates at the same setting (read from that code, and counted on the tiny FLUX in "
+                  "`tests/test_flow_parity2.py`) and the NFE the paper publishes. Default options unless a mode is "
+                  "named; Direct pairings have no official code.", "",
+                  "| model | steps | method | invedit NFE | official code | ≤ official | published | "
+                  "what the official code evaluates |", "|---|---|---|---|---|---|---|---|"]
         for key, row in results["nfe_published"].items():
             kind, steps, method = key.split("/")[:3]
             options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
             name = f"{method} ({options})" if options else method
             model = "SD3/3.5" if kind == "sd3" else "FLUX.1-dev"
-            measured = ("not on this branch" if row.get("missing") else
-                        f"{row['nfe_inversion'] + row['nfe_edit']} ({row['nfe_inversion']} + {row['nfe_edit']})")
+            total = None if row.get("missing") else row["nfe_inversion"] + row["nfe_edit"]
+            measured = ("not on this branch" if total is None else
+                        f"{total} ({row['nfe_inversion']} + {row['nfe_edit']})")
+            official = row.get("official")
+            within = "" if official is None or total is None else ("yes" if total <= official else "**no**")
             published = "—" if row["published"] is None else str(row["published"])
-            lines.append(f"| {model} | {steps} | {name} | {measured} | {published} | {row['reference'] or '—'} |")
+            lines.append(f"| {model} | {steps} | {name} | {measured} | {'—' if official is None else official} | "
+                         f"{within} | {published} | {row['reference'] or '—'} |")
         lines += ["", *NFE_NOTES, ""]
+    if "store_memory" in results:
+        m = results["store_memory"]
+        rf, kv = m["rf_solver_edit"], m["kv_edit"]
+        lines += ["## Memory of the stored features (FLUX.1-dev at 1024², bf16, on the CPU)", "",
+                  "Arithmetic from FLUX.1-dev's config (hidden size 3072; 4096 image tokens + 512 text tokens), in "
+                  "the model's dtype as the official code keeps them (`.cpu()` of its bf16 tensors). A single-stream "
+                  f"block's V ([text, image]): {m['single_block_V_MB']:.1f} MB per call; a double-stream block's "
+                  f"image K or V: {m['double_block_image_K_or_V_MB']:.1f} MB.", "",
+                  "| editor | per call / level | per step | at the default setting |", "|---|---|---|---|",
+                  f"| rf-solver-edit (V of single blocks 20–37) | {rf['per_call_GB']:.2f} GB per call | "
+                  f"{rf['per_step_GB (RF-Solver: 2 calls)']:.2f} GB (RF-Solver: start + midpoint) | inject 2: "
+                  f"{rf['inject 2, RF-Solver (4 calls) GB']:.2f} GB; FireFlow inject 1 (one midpoint): "
+                  f"{rf['inject 1, FireFlow (1 midpoint call) GB']:.2f} GB |",
+                  f"| kv-edit, layout=reference (image K and V of all 57 blocks) | {kv['per_level_GB']:.2f} GB per "
+                  f"level | {kv['per_level_GB']:.2f} GB (one call) | 28 steps, skip 4: "
+                  f"{kv['28 steps, skip 4 (24 levels) GB']:.1f} GB |", "",
+                  "The single-stream blocks' stored projection includes the 512 text tokens (the official stores "
+                  "KV-Edit's image tokens only: 2.87 GB per level). `features=source` / `layout=exact` store "
+                  "nothing (they compute the source rows instead); Direct + kv-edit in the exact layout stores the "
+                  "same per level as the reference layout. On the tiny test model the stores are "
+                  + ", ".join(f"{k.split('/')[2]}: {v['stored_megabytes_tiny']:.2f} MB" for k, v in
+                              results["nfe_published"].items() if "stored_megabytes_tiny" in v
+                              and not v["options"]) + ".", ""]
     if "sd35" in results:
         s = results["sd35"]
         lines += ["## SD3.5-medium-shaped transformer at 1024² on this CPU (float32, random weights)", "",
@@ -341,7 +400,9 @@ def main() -> None:
                    torch=torch.__version__)
     if "nfe" in parts:
         results["nfe"] = nfe_part()
+    if "nfe" in parts or "published" in parts:
         results["nfe_published"] = published_steps_part()
+        results["store_memory"] = store_memory()
     if "sd35" in parts:
         results["sd35"] = sd35_part(args.repeats)
     if "nfe" in results and "sd35" in results:

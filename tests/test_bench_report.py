@@ -21,10 +21,11 @@ def data(tmp_path_factory):
     return write_toy_bench(tmp_path_factory.mktemp("data"), 1, seed=2, size=64)
 
 
-def synthetic_run(root: Path, data: Path, family: str, methods: dict[str, dict], mask_given: set[str] = frozenset()
-                  ) -> Path:
+def synthetic_run(root: Path, data: Path, family: str, methods: dict[str, dict], mask_given: set[str] = frozenset(),
+                  editors: dict[str, dict] | None = None) -> Path:
     """A run folder as `bench` + `evaluate` leave it: run.json, one record per method × 2 ids (``model_kind``
-    ``family``) and metrics.csv with struct = 10 + k, PSNR = 20 + k for the k-th method."""
+    ``family``, the editor settings ``editors`` gives) and metrics.csv with struct = 10 + k, PSNR = 20 + k for the
+    k-th method."""
     ids = sorted(json.loads((data / "mapping_file.json").read_text()))[:2]
     settings = {"format": 1, "data": str(data), "model": f"tiny-{family}", "model_fingerprint": "0" * 16, "steps": 15,
                 "guidance_scale": 3.5, "seed": 0, "dtype": "float32", "device_type": "cpu", "resolution": 64,
@@ -39,6 +40,8 @@ def synthetic_run(root: Path, data: Path, family: str, methods: dict[str, dict],
             record = {"model_kind": family, "inversion": methods[method]["inversion"], "nfe": 30 + k}
             if method in mask_given:
                 record["mask_given"] = True
+            if editors and method in editors:
+                record["editor"] = editors[method]
             (folder / f"{item}.json").write_text(json.dumps(record))
             metrics = dict.fromkeys(ALL_METRICS, "")
             metrics.update(structure_distance=10 + k, psnr=20 + k, lpips=100 + k, nfe=30 + k, seconds=1.5)
@@ -65,7 +68,9 @@ def test_a_flux_run_prints_the_flow_table_with_published_rows_and_their_sources(
                "fireflow+rf-solver-edit": spec("fireflow", "rf-solver-edit"),
                "direct+rf-solver-edit": spec("direct", "rf-solver-edit"),
                "euler+kv-edit": spec("euler", "kv-edit")}
-    run = synthetic_run(tmp_path / "run", data, "flux", methods, mask_given={"euler+kv-edit"})
+    editors = {"euler+kv-edit": {"editor": "kv-edit", "skip_step": 4, "layout": "reference"},
+               "rf-solver+rf-solver-edit": {"editor": "rf-solver-edit", "inject": 2, "features": "inversion"}}
+    run = synthetic_run(tmp_path / "run", data, "flux", methods, mask_given={"euler+kv-edit"}, editors=editors)
     write_report(run)
     report = (run / "report.md").read_text()
     assert "15 flow steps" in report
@@ -88,7 +93,8 @@ def test_a_flux_run_prints_the_flow_table_with_published_rows_and_their_sources(
     assert [r.split(" | ")[2:4] + r.split(" | ")[7:8] for r in fireflow] == [["28.30", "23.28", "32"],
                                                                              ["27.10", "23.03", "18"]]
     kv_run = next(row for row in rows if row.startswith("| **euler+kv-edit**"))
-    assert kv_run.endswith(f"this run (flux); **{MASK_GIVEN}** (the benchmark's edit mask) |")
+    assert kv_run.endswith(f"this run (flux); layout=reference; **{MASK_GIVEN}** (the benchmark's edit mask) |")
+    assert rows[7].endswith("| this run (flux); features=inversion |")  # the mode each row ran in
     kv_published = next(row for row in rows if row.startswith("| ↳ published: KV-Edit"))
     assert " | 1.98 | 35.87 | 9.92 | " in kv_published and kv_published.endswith(
         f"KV-Edit (Zhu et al., arXiv 2502.17363); **{MASK_GIVEN}** |")

@@ -1,7 +1,9 @@
 """KV-Edit: every background cell of the edited latent is the image's own latent (exactly, before decoding) on SD3 and
-FLUX; the target's background keys/values are the source's in every attention layer while its foreground keeps its
-own; only foreground tokens reach the target's foreground; the options act as the official code's; and the mask is
-read by one documented rule, with one-line refusals."""
+FLUX, in both layouts; the target's background keys/values are the source's in every attention layer while its
+foreground keeps its own (layout="exact": the source rows beside it; "reference": the keys/values stored while
+inverting, one level lower); only foreground tokens reach the target's foreground; over a pinned source (Direct) the
+stored keys/values are the source rows'; the options act as the official code's; and the mask is read by one
+documented rule, with one-line refusals. Parity with the official code: tests/test_flow_parity2.py."""
 
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def cells_of(pipe, mask: np.ndarray) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("inversion", ["direct", "euler"])
-@pytest.mark.parametrize("options", [{}, {"re_init": True, "skip_step": 0}, {"attn_mask": True, "attn_scale": 2.0}],
+@pytest.mark.parametrize("options", [{}, {"re_init": True, "skip_step": 0},
+                                     {"attn_mask": True, "attn_scale": 2.0, "layout": "exact"}],
                          ids=["defaults", "re_init", "attn_mask"])
 def test_every_background_cell_of_the_latent_is_the_images_exactly(flow_pipe, inversion, options):
     """At the latent grid, before decoding: outside the mask the edited latent equals z₀ = the VAE's latent of the
@@ -68,12 +71,14 @@ def test_the_foreground_follows_the_target_prompt_and_direct_equals_euler(flow_p
     trajectory, so direct+kv-edit and euler+kv-edit are the same edit (the Euler inversion both run)."""
     mask, cells = square_mask(), cells_of(flow_pipe, square_mask())
     inverted = {m: invedit.invert(flow_pipe, scene_image(), SOURCE, m, steps=STEPS) for m in ("direct", "euler")}
-    star = invedit.edit(flow_pipe, inverted["direct"], None, TARGET, editor="kv-edit", guidance_scale=4.0, mask=mask)
+    star = invedit.edit(flow_pipe, inverted["direct"], None, TARGET, editor="kv-edit", guidance_scale=4.0, mask=mask,
+                        layout="exact")
     green = invedit.edit(flow_pipe, inverted["direct"], None, "a green square on a striped background",
-                         editor="kv-edit", guidance_scale=4.0, mask=mask)
+                         editor="kv-edit", guidance_scale=4.0, mask=mask, layout="exact")
     assert (star.latents[1][:, cells] - green.latents[1][:, cells]).abs().max() > 1e-3
     assert torch.equal(star.latents[1][:, ~cells], green.latents[1][:, ~cells])
-    euler = invedit.edit(flow_pipe, inverted["euler"], None, TARGET, editor="kv-edit", guidance_scale=4.0, mask=mask)
+    euler = invedit.edit(flow_pipe, inverted["euler"], None, TARGET, editor="kv-edit", guidance_scale=4.0, mask=mask,
+                         layout="exact")
     assert torch.allclose(euler.latents, star.latents, atol=1e-5)
 
 
@@ -82,7 +87,7 @@ def run_once(pipe, mask, latents: Branches, **options) -> dict:
     the editor's hooks on; the raw outputs by row."""
     inverted = invedit.invert(pipe, scene_image(), SOURCE, "direct", steps=STEPS)
     editor = get_editor("kv-edit").create(pipe, SOURCE, TARGET, STEPS, mask=EditMask.from_pixels(mask),
-                                          skip_step=0, **options)
+                                          skip_step=0, layout="exact", **options)
     ctx = loop_context(pipe, inverted, editor, SOURCE, TARGET, 4.0, 0)
     with editor.attach(ctx.denoiser.model, ctx.denoiser.values):
         return ctx.denoiser.raw(0, ctx.schedule.timesteps[0], latents, {"target"})
@@ -152,8 +157,8 @@ def test_background_keys_values_are_the_sources_in_every_layer_and_the_scale_fal
     records = record_attention(monkeypatch)
     model = backbone(flow_pipe)
     mask = square_mask()
-    result = invedit.edit(flow_pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit",
-                          steps=STEPS, guidance_scale=4.0, mask=mask, skip_step=1, attn_scale=1.5)
+    result = invedit.edit(flow_pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit",
+                          steps=STEPS, guidance_scale=4.0, mask=mask, skip_step=1, attn_scale=1.5, layout="exact")
     tokens = torch.from_numpy(token_mask(cells_of(flow_pipe, mask).numpy(), model.patch))
     n = tokens.numel()
     layers = {name for name, _, info in model.attention_layers()}
@@ -193,7 +198,7 @@ def test_attn_mask_separates_the_sources_foreground_and_background(monkeypatch):
     pipe = tiny_pipeline(kind="flux")
     mask = square_mask()
     invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=STEPS,
-                 mask=mask, attn_mask=True, skip_step=3)
+                 mask=mask, attn_mask=True, skip_step=3, layout="exact")
     tokens = torch.from_numpy(token_mask(cells_of(pipe, mask).numpy(), 2))
     n = tokens.numel()
     _, _, name, rows, bias, _ = next(r for r in records if r[0] == "mask")
@@ -217,16 +222,22 @@ def test_skip_steps_cost_no_network_call_and_re_init_is_seeded():
     pipe = tiny_pipeline(kind="flux")
     inverted = invedit.invert(pipe, scene_image(), SOURCE, "direct", steps=STEPS)
     mask = square_mask()
-    nfe = {k: invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask, skip_step=k).nfe_edit
-           for k in (0, 1, 3)}
-    assert nfe == {0: 8, 1: 6, 3: 2}  # FLUX.1-dev: one target and one source row per step
+    nfe = {k: invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask, skip_step=k,
+                           layout="exact").nfe_edit for k in (0, 1, 3)}
+    assert nfe == {0: 8, 1: 6, 3: 2}  # FLUX.1-dev, no store: one target and one source row per step
     assert [default_skip(n) for n in (28, 50, 4, 3, 7)] == [4, 7, 1, 0, 1]
-    official = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=28,
-                            mask=mask)  # the official demo's 28 steps, 4 skipped: 24 edited steps × 2 rows
-    assert (official.nfe_inversion, official.nfe_edit) == (28, 48)
-    assert invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask).record()["editor"]["skip_step"] == 1
+    # the official demo's 28 steps, 4 skipped: the reference layout reads the stored keys/values (the official's
+    # 28 + 24 = 52); the exact layout over Euler computes a source row beside each of the 24 target rows
+    official = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit", steps=28,
+                            mask=mask)
+    assert (official.nfe_inversion, official.nfe_edit) == (28, 24)
+    exact = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit", steps=28,
+                         mask=mask, layout="exact")
+    assert (exact.nfe_inversion, exact.nfe_edit) == (28, 48)
+    assert invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask,
+                        layout="exact").record()["editor"]["skip_step"] == 1
     first, again, other = (invedit.edit(pipe, inverted, None, TARGET, editor="kv-edit", mask=mask, re_init=True,
-                                        seed=seed).latents for seed in (1, 1, 2))
+                                        seed=seed, layout="exact").latents for seed in (1, 1, 2))
     assert torch.equal(first, again) and not torch.equal(first, other)
     cells = cells_of(pipe, mask)
     assert torch.equal(first[1][:, ~cells], other[1][:, ~cells])
@@ -238,14 +249,15 @@ def test_the_source_rows_run_at_the_inversions_guidance():
     another inversion guidance brings both source halves."""
     pipe = tiny_pipeline(kind="sd3")
     mask = square_mask()
-    one = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=STEPS,
-                       guidance_scale=4.0, mask=mask, skip_step=0)
+    one = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit", steps=STEPS,
+                       guidance_scale=4.0, mask=mask, skip_step=0, layout="exact")
     assert one.nfe_edit == STEPS * 3 and one.record()["editor"]["source_guidance"] == 1.0
-    both = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=STEPS,
-                        guidance_scale=4.0, mask=mask, skip_step=0, inversion_options={"inversion_guidance": 1.5})
+    both = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit", steps=STEPS,
+                        guidance_scale=4.0, mask=mask, skip_step=0, inversion_options={"inversion_guidance": 1.5},
+                        layout="exact")
     assert both.nfe_edit == STEPS * 4 and both.record()["editor"]["source_guidance"] == 1.5
-    given = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=STEPS,
-                         guidance_scale=4.0, mask=mask, skip_step=0, source_guidance=4.0)
+    given = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit", steps=STEPS,
+                         guidance_scale=4.0, mask=mask, skip_step=0, source_guidance=4.0, layout="exact")
     assert given.nfe_edit == STEPS * 4
     assert not torch.equal(given.latents, one.latents)
 
@@ -256,6 +268,11 @@ BAD_OPTIONS = [
     ({"attn_scale": -1}, r"^attn_scale must be a number in \[0, inf\], got -1$"),
     ({"re_init": "yes"}, r"^editor 'kv-edit' option 're_init' must be true or false, got 'yes'$"),
     ({"source_guidance": 99}, r"^source_guidance must be a number in \[0, 50\], got 99$"),
+    ({"layout": "same"}, r"^kv-edit layout must be 'reference' \(official\) or 'exact', got 'same'$"),
+    ({"attn_mask": True}, r"^kv-edit attn_mask acts on the source rows, which layout='reference' does not compute "
+                          r"\(it reads the inversion's keys/values\); use layout='exact'$"),
+    ({"source_guidance": 2.0}, r"^kv-edit source_guidance acts on the source rows, which layout='reference' does not "
+                               r"compute"),
     ({"mask": None}, r"^editor 'kv-edit' edits only inside a mask: give one with --mask FILE \(mask= in Python; "
                      r"white = the region to edit\)$"),
 ]
@@ -352,8 +369,32 @@ def test_a_mask_with_an_inversion_is_any_square_and_recorded(flow_pipe):
     record names the mask by its pixels' hash."""
     inverted = invedit.invert(flow_pipe, scene_image(), SOURCE, "direct", steps=STEPS)
     big = np.kron(square_mask(), np.ones((4, 4), dtype=bool))  # 256 px, the same region
-    small = invedit.edit(flow_pipe, inverted, None, TARGET, editor="kv-edit", mask=square_mask())
-    large = invedit.edit(flow_pipe, inverted, None, TARGET, editor="kv-edit", mask=big)
+    small = invedit.edit(flow_pipe, inverted, None, TARGET, editor="kv-edit", mask=square_mask(), layout="exact")
+    large = invedit.edit(flow_pipe, inverted, None, TARGET, editor="kv-edit", mask=big, layout="exact")
     assert torch.equal(small.latents, large.latents)
     assert small.record()["mask"]["edited_fraction"] == large.record()["mask"]["edited_fraction"] == 0.140625
     assert small.record()["mask"]["sha256"] != large.record()["mask"]["sha256"]
+
+
+def test_over_a_pinned_source_the_stored_keys_values_are_the_source_rows():
+    """Direct Inversion's source branch is z*: in the exact layout direct+kv-edit reads each step's keys/values from
+    the store at the step's own level, where the Euler inversion evaluated (z*ₖ, σₖ) at the source's guidance, so it
+    is the edit euler+kv-edit makes with source rows beside the target (to float rounding: batch 1 against 2), for the
+    target's rows alone: 4 + 3 against 4 + 6 NFE on FLUX.1-dev. The reference layout reads one level lower (another
+    edit) and refuses an inversion that stored nothing."""
+    pipe = tiny_pipeline(kind="flux")
+    mask = square_mask()
+    stored = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=STEPS,
+                          guidance_scale=4.0, mask=mask, layout="exact")
+    rows = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="euler", editor="kv-edit", steps=STEPS,
+                        guidance_scale=4.0, mask=mask, layout="exact")
+    assert (stored.record()["editor"]["kv_from"], rows.record()["editor"]["kv_from"]) == ("inversion", "source rows")
+    assert (stored.nfe_inversion, stored.nfe_edit, rows.nfe_edit) == (STEPS, STEPS - 1, 2 * (STEPS - 1))
+    assert (stored.latents - rows.latents).abs().max() < 1e-5
+    reference = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="direct", editor="kv-edit", steps=STEPS,
+                             guidance_scale=4.0, mask=mask)
+    assert reference.nfe_edit == STEPS - 1 and (reference.latents - stored.latents).abs().max() > 1e-3
+    bare = invedit.invert(pipe, scene_image(), SOURCE, "euler", steps=STEPS)
+    with pytest.raises(InveditError, match=r"^kv-edit layout='reference' reads the keys/values stored while "
+                                           r"inverting, and this inversion stored none: "):
+        invedit.edit(pipe, bare, None, TARGET, editor="kv-edit", mask=mask)

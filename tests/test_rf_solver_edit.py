@@ -1,7 +1,10 @@
-"""RF-Solver-Edit's editor (`rf-solver-edit`, also FireFlow's): shared-attention at share="v", blocks="single" and
-steps [0, inject), bit for bit, with every flow inversion that steps a trajectory; ``inject`` counts steps from the
-first as the reference's ``inject_list`` does; the block indices are FLUX.1's; SD 3, UNets and bad options are
-refused in one line before any network call; it runs by name from the API, the CLI and `bench`."""
+"""RF-Solver-Edit's editor (`rf-solver-edit`, also FireFlow's). ``features="inversion"`` (default): the values
+stored while inverting, the target denoised alone, at the reference's NFE; with Direct Inversion the stored values
+are the pinned source's own. ``features="source"``: shared-attention at share="v", blocks="single" and steps
+[0, inject), bit for bit, with every flow inversion that steps a trajectory. ``inject`` counts steps from the first as
+the reference's ``inject_list`` does; the block indices are FLUX.1's; SD 3, UNets and bad options are refused in one
+line before any network call; it runs by name from the API, the CLI and `bench`. Parity with the official code:
+tests/test_flow_parity2.py."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from invedit.backbones import backbone
 from invedit.cli import app
 from invedit.editing.rf_solver_edit import FLUX1_SINGLE_BLOCKS, RFSolverEdit, single_blocks
 from invedit.errors import InveditError
+from invedit.sampling import RunStats
 from invedit.testing import tiny_pipeline
 
 from .conftest import scene_image
@@ -36,7 +40,8 @@ def test_it_is_shared_attention_on_values_of_the_later_single_blocks(flux_pipe, 
     blocks=single, start_layer=0.5, steps [0, 0.5) bit for bit, and differ from no editing; the record names the
     reference's options and the resolved blocks and steps."""
     inverted = invedit.invert(flux_pipe, scene_image(), SOURCE, inversion, steps=STEPS)
-    ours = invedit.edit(flux_pipe, inverted, SOURCE, TARGET, editor="rf-solver-edit", guidance_scale=3.0)
+    ours = invedit.edit(flux_pipe, inverted, SOURCE, TARGET, editor="rf-solver-edit", guidance_scale=3.0,
+                        features="source")
     shared = invedit.edit(flux_pipe, inverted, SOURCE, TARGET, editor="shared-attention", guidance_scale=3.0,
                           share="v", blocks="single", start_layer=0.5, end_layer=1.0, start_step=0.0, end_step=0.5)
     plain = invedit.edit(flux_pipe, inverted, SOURCE, TARGET, editor="none", guidance_scale=3.0)
@@ -44,15 +49,16 @@ def test_it_is_shared_attention_on_values_of_the_later_single_blocks(flux_pipe, 
     assert not torch.equal(ours.latents[1:], plain.latents[1:])
     assert (ours.nfe_inversion, ours.nfe_edit) == (shared.nfe_inversion, shared.nfe_edit)
     assert ours.record()["editor"] == {"editor": "rf-solver-edit", "inject": 2, "start_layer_index": 20,
-                                       "end_layer_index": 37, "controlled_blocks": ["single_transformer_blocks.1"],
-                                       "injected_steps": [0, 1]}
+                                       "end_layer_index": 37, "features": "source",
+                                       "controlled_blocks": ["single_transformer_blocks.1"], "injected_steps": [0, 1]}
 
 
 def test_every_single_block_and_one_step_equal_shared_attention_too():
     """start_layer_index 0 (FireFlow's scripts: 0-37) → both single blocks; inject 1 → step 0 only."""
     pipe = tiny_pipeline(kind="flux")
     inverted = invedit.invert(pipe, scene_image(), SOURCE, "fireflow", steps=STEPS)
-    ours = invedit.edit(pipe, inverted, SOURCE, TARGET, editor="rf-solver-edit", inject=1, start_layer_index=0)
+    ours = invedit.edit(pipe, inverted, SOURCE, TARGET, editor="rf-solver-edit", inject=1, start_layer_index=0,
+                        features="source")
     shared = invedit.edit(pipe, inverted, SOURCE, TARGET, editor="shared-attention", share="v", blocks="single",
                           start_layer=0.0, start_step=0.0, end_step=0.25)
     assert torch.equal(ours.latents, shared.latents)
@@ -84,14 +90,50 @@ def test_block_indices_are_flux1s_and_scale_to_other_depths():
     assert single_blocks(5, 5, 38) == range(5, 6)
 
 
-def test_it_costs_what_shared_attention_costs_at_the_published_15_steps():
-    """FLUX.1-dev (one row per branch), 15 steps, inject 2: Direct computes the target's row every step and the
-    source's at the two injected steps (15 + 15 + 2 = 32 with its Euler inversion); RF-Solver 30 + 2·30 = 90 and
-    FireFlow 16 + 2·16 = 48 denoise both branches every step (the reference 60 and 32: the target alone)."""
+def test_it_costs_the_published_nfe_at_15_steps():
+    """FLUX.1-dev (one row per branch), 15 steps, inject 2. Stored features (default): RF-Solver 30 + 30 = 60 and
+    FireFlow 16 + 16 = 32, the reference's (the target alone); Direct 15 + 15 + 1 (the source row at the top level,
+    which no inversion evaluates). features="source": Direct computes the source's rows at the two injected steps
+    (15 + 15 + 2 = 32), RF-Solver 30 + 2·30 = 90 and FireFlow 16 + 2·16 = 48 denoise both branches every step."""
     pipe = tiny_pipeline(kind="flux")
-    nfe = {inversion: invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion=inversion, editor="rf-solver-edit",
-                                   steps=15).nfe for inversion in ("direct", "rf-solver", "fireflow")}
-    assert nfe == {"direct": 32, "rf-solver": 90, "fireflow": 48}
+    nfe = {(inversion, features): invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion=inversion,
+                                               editor="rf-solver-edit", steps=15, features=features).nfe
+           for inversion in ("direct", "rf-solver", "fireflow") for features in ("inversion", "source")}
+    assert nfe == {("direct", "inversion"): 31, ("rf-solver", "inversion"): 60, ("fireflow", "inversion"): 32,
+                   ("direct", "source"): 32, ("rf-solver", "source"): 90, ("fireflow", "source"): 48}
+
+
+def test_stored_values_are_the_pinned_sources_own():
+    """Direct Inversion's source branch is z*: at level k it evaluates the model at (z*ₖ, σₖ), where the Euler
+    inversion did, so the values stored there are bit for bit those the source row computes (inversion and edit both
+    at guidance 1 under the source prompt). The store holds the levels the injected steps read (the top level none),
+    on the CPU, and the record says so; an inversion made without the store is refused in one line."""
+    pipe = tiny_pipeline(kind="flux")
+    model = backbone(pipe)
+    request = invedit.feature_request(pipe, "rf-solver-edit", STEPS, "direct")
+    assert request.modules == ("single_transformer_blocks.1.attn.to_v",)
+    assert request.levels == (0.0, 0.5, 1.0, 1.5, 2.0)
+    inverted = invedit.invert(pipe, scene_image(), SOURCE, "direct", steps=STEPS, record=request)
+    assert inverted.features.levels() == [1.0, 2.0]  # Euler inversion evaluates levels 1 … N only
+    cond = model.encode_prompts([SOURCE])
+    seen = {}
+    module = model.denoiser.get_submodule(request.modules[0])
+    handle = module.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out.detach().clone()))
+    try:
+        for level in (1, 2):
+            model.denoise(inverted.latents[STEPS - level][None], inverted.schedule.level_timesteps[level], cond,
+                          RunStats(), guidance=1.0)
+            stored = inverted.features.get(level, request.modules[0])
+            assert stored.device.type == "cpu" and torch.equal(stored, seen["v"].cpu())
+    finally:
+        handle.remove()
+    result = invedit.edit(pipe, inverted, SOURCE, TARGET, editor="rf-solver-edit", guidance_scale=1.0)
+    assert (result.nfe_inversion, result.nfe_edit) == (STEPS, STEPS + 1)
+    assert result.record()["inversion_features"]["stored_levels"] == ["1", "2"]
+    bare = invedit.invert(pipe, scene_image(), SOURCE, "rf-solver", steps=STEPS)
+    with pytest.raises(InveditError, match=r"^rf-solver-edit features='inversion' reads the values stored while "
+                                           r"inverting, and this inversion stored none: "):
+        invedit.edit(pipe, bare, SOURCE, TARGET, editor="rf-solver-edit")
 
 
 BAD = [
@@ -101,8 +143,9 @@ BAD = [
                                                        r"end_layer_index 25$"),
     ({"end_layer_index": 38}, r"^end_layer_index must be an integer in \[0, 37\], got 38$"),
     ({"inject": "two"}, r"^editor 'rf-solver-edit' option 'inject' must be a number, got 'two'$"),
-    ({"share": "kv"}, r"^editor 'rf-solver-edit' has no option 'share' \(options: end_layer_index, inject, "
-                      r"start_layer_index\)$"),
+    ({"share": "kv"}, r"^editor 'rf-solver-edit' has no option 'share' \(options: end_layer_index, features, "
+                      r"inject, start_layer_index\)$"),
+    ({"features": "cache"}, r"^rf-solver-edit features must be 'inversion' \(reference\) or 'source', got 'cache'$"),
 ]
 
 
@@ -142,7 +185,8 @@ def flux_folder(tmp_path_factory):
 def test_the_cli_lists_it_and_edits_with_its_options(flux_folder, tmp_path):
     listed = json.loads(CliRunner().invoke(app, ["methods", "--json"]).output)
     options = {m["name"]: m["options"] for m in listed["editors"]}
-    assert options["rf-solver-edit"] == {"inject": 2, "start_layer_index": 20, "end_layer_index": 37}
+    assert options["rf-solver-edit"] == {"inject": 2, "start_layer_index": 20, "end_layer_index": 37,
+                                         "features": "inversion"}
     for inversion in PAIRED_INVERSIONS:
         out = tmp_path / f"{inversion}.png"
         result = CliRunner().invoke(app, [
@@ -177,7 +221,8 @@ def test_bench_runs_every_pairing_on_flux_and_resumes(flux_folder, tmp_path):
         record = json.loads(path.read_text())
         assert record["editor"]["editor"] == "rf-solver-edit" and record["editor"]["injected_steps"] == [0]
         nfe[record["inversion"]] = (record["nfe_inversion"], record["nfe_edit"])
-    # one row per branch (FLUX.1-dev); Direct: the target each step + the source at the injected step
-    assert nfe == {"direct": (3, 3 + 1), "euler": (3, 2 * 3), "rf-solver": (6, 2 * 6), "fireflow": (4, 2 * 4)}
+    # one row per branch (FLUX.1-dev), the values stored while inverting: the target alone; Direct: the target each
+    # step + the source at the injected step 0 (the top level, which no inversion evaluates)
+    assert nfe == {"direct": (3, 3 + 1), "euler": (3, 3), "rf-solver": (6, 6), "fireflow": (4, 4)}
     again = run_bench(data, tmp_path / "run", methods, **run)
     assert (again.done, again.skipped, again.failed) == (0, 4, 0)

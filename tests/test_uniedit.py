@@ -163,7 +163,7 @@ def test_identical_prompts_are_plain_euler_sampling():
     pipe = tiny_pipeline(kind="flux")
     model = backbone(pipe)
     inverted = invedit.invert(pipe, scene_image(), SOURCE, "euler", steps=4)
-    result = invedit.edit(pipe, inverted, None, SOURCE, editor="uniedit", omega=5.0)
+    result = invedit.edit(pipe, inverted, None, SOURCE, editor="uniedit", omega=5.0, inversion_prompt="source")
     both = model.encode_prompts([SOURCE, SOURCE])
     z = inverted.latents[-1:].expand(2, -1, -1, -1)
     for i in range(4):
@@ -181,7 +181,8 @@ def test_uni_edit_over_the_backbone_as_the_reference_steps(flow_pipe):
     model = backbone(flow_pipe)
     guidance = {"guidance": 1.0} if model.guidance_mode == "embedded" else {}
     inverted = invedit.invert(flow_pipe, scene_image(), SOURCE, "uniedit", steps=5)
-    result = invedit.edit(flow_pipe, inverted, None, TARGET, editor="uniedit", omega=3.0, guidance_scale=7.5)
+    result = invedit.edit(flow_pipe, inverted, None, TARGET, editor="uniedit", omega=3.0, guidance_scale=7.5,
+                          inversion_prompt="source")
     both = model.encode_prompts([SOURCE, TARGET])
     z = inverted.latents[3:4].expand(2, -1, -1, -1)
     for i in range(2, 5):
@@ -195,13 +196,38 @@ def test_uni_edit_over_the_backbone_as_the_reference_steps(flow_pipe):
         z = inverted.schedule.step(fused.expand(2, -1, -1, -1), i, z)
     assert torch.equal(result.latents, z) and torch.equal(result.latents[0], result.latents[1])
     assert (result.nfe_inversion, result.nfe_edit) == (4, 6)
-    assert result.settings["editor"] == {"editor": "uniedit", "omega": 3.0, "velocity_guidance": 1.0}
+    assert result.settings["editor"] == {"editor": "uniedit", "omega": 3.0, "inversion_prompt": "source",
+                                         "velocity_guidance": 1.0}
 
 
 def test_uniedit_pair_costs_the_published_28_nfe_at_15_steps():
     result = invedit.edit(tiny_pipeline(kind="flux"), scene_image(), SOURCE, TARGET, inversion="uniedit",
                           editor="uniedit", steps=15)
     assert (result.nfe_inversion, result.nfe_edit) == (10, 18)
+
+
+def test_the_image_is_inverted_under_the_empty_prompt_by_default():
+    """inversion_prompt="empty" (the reference demo's): the edit inverts under "" and still evaluates [source, target];
+    the same edit from an inversion made under "" is the same edit; "source" inverts under the source prompt. An
+    inversion made under the other prompt is refused in one line, and so is an unknown choice."""
+    pipe = tiny_pipeline(kind="flux")
+    fresh = invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="uniedit", editor="uniedit", steps=5)
+    empty = invedit.invert(pipe, scene_image(), "", "uniedit", steps=5)
+    reused = invedit.edit(pipe, empty, SOURCE, TARGET, editor="uniedit")
+    assert torch.equal(fresh.latents, reused.latents)
+    assert (reused.settings["source_prompt"], reused.settings["source_branch_prompt"]) == (SOURCE, SOURCE)
+    given = invedit.invert(pipe, scene_image(), SOURCE, "uniedit", steps=5)
+    source = invedit.edit(pipe, given, None, TARGET, editor="uniedit", inversion_prompt="source")
+    assert not torch.equal(source.latents, reused.latents)
+    with pytest.raises(InveditError, match=r"^editor 'uniedit' inverts the image under '', but it was inverted under "
+                                           r"'a red square on a striped background'; invert under ''$"):
+        invedit.edit(pipe, given, None, TARGET, editor="uniedit")
+    with pytest.raises(InveditError, match=r"^source prompt differs from the prompt the image was inverted with$"):
+        invedit.edit(pipe, empty, SOURCE, TARGET, editor="uniedit", inversion_prompt="source")
+    with pytest.raises(InveditError, match=r"^uniedit inversion_prompt must be 'empty' \(reference\) or 'source', "
+                                           r"got 'target'$"):
+        invedit.edit(pipe, scene_image(), SOURCE, TARGET, inversion="uniedit", editor="uniedit", steps=5,
+                     inversion_prompt="target")
 
 
 def test_editor_options_and_model_kind_are_checked(tmp_path):
@@ -225,5 +251,6 @@ def test_editor_options_and_model_kind_are_checked(tmp_path):
         "--editor", "uniedit", "-o", "omega=2.5"])
     assert result.exit_code == 0, result.output
     record = json.loads(out.with_suffix(".json").read_text())
-    assert record["editor"] == {"editor": "uniedit", "omega": 2.5, "velocity_guidance": 1.0}
+    assert record["editor"] == {"editor": "uniedit", "omega": 2.5, "inversion_prompt": "empty",
+                                "velocity_guidance": 1.0}
     assert record["nfe"] == 4 + 2 * 3

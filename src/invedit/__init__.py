@@ -12,7 +12,7 @@ Comments cite "reference-settings §N": the sections of docs/reference-settings.
 code's settings in this project's words.
 """
 
-from .api import EditResult, edit, invert
+from .api import EditResult, edit, feature_request, invert
 from .backbones import Backbone, backbone
 from .errors import InveditError, ModelNotFoundError
 from .images import load_image
@@ -21,5 +21,5 @@ from .methods import list_methods
 from .models import load
 
 __version__ = "0.1.0"
-__all__ = ["Backbone", "EditResult", "InveditError", "Inverted", "ModelNotFoundError", "backbone", "edit", "invert",
-           "list_methods", "load", "load_image"]
+__all__ = ["Backbone", "EditResult", "InveditError", "Inverted", "ModelNotFoundError", "backbone", "edit",
+           "feature_request", "invert", "list_methods", "load", "load_image"]

@@ -20,6 +20,8 @@ from .backbones import backbone
 from .editing import EDITORS, get_editor
 from .editing.attention import ValueTransforms
 from .errors import InveditError
+from .features import FeatureRequest
+from .features import record as record_features
 from .images import load_image
 from .inversion import InversionInputs, Inverted, get_inversion
 from .masks import load_mask
@@ -66,7 +68,7 @@ def _progress(total: int, enabled: bool, desc: str) -> tuple[Callable[[int], Non
 # ---- inversion -----------------------------------------------------------------------------------------------
 def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: str = DEFAULT_INVERSION,
            steps: int | None = None, guidance_scale: float | None = None, seed: int = 0, progress: bool = False,
-           **options: Any) -> Inverted:
+           record: FeatureRequest | None = None, **options: Any) -> Inverted:
     """Invert a real image under its source prompt, so that one inversion serves many edits.
 
     Args:
@@ -79,9 +81,11 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
             model's, `invedit.prepare.model_numbers`).
         seed: seed for methods that draw noise.
         progress: show a progress bar.
+        record: features to record while inverting, for editors that read them instead of the source branch
+            (`feature_request`; `invedit.edit` asks for them itself when it inverts).
         **options: method options (e.g. ``offset_scale`` for ``direct``).
     Returns:
-        An `Inverted` (the z* trajectory and method state, NFE and seconds).
+        An `Inverted` (the z* trajectory and method state, the recorded features, NFE and seconds).
     """
     cls = get_inversion(method)
     options = cls.validate_options(options)
@@ -106,11 +110,23 @@ def invert(pipe, image: str | os.PathLike | Image.Image, prompt: str, method: st
         generator=torch.Generator("cpu").manual_seed(seed), callback=callback, image=image,
     )
     try:
-        inverted = cls.run(inputs, **options)
+        inverted, features = record_features(lambda run_inputs: cls.run(run_inputs, **options), inputs, record)
     finally:
         if bar is not None:
             bar.close()
-    return dataclasses.replace(inverted, image=image, model=model.name, seconds=time.perf_counter() - start)
+    return dataclasses.replace(inverted, image=image, model=model.name, seconds=time.perf_counter() - start,
+                               features=features)
+
+
+def feature_request(pipe, editor: str, steps: int, inversion: str = DEFAULT_INVERSION, source_prompt: str = "a",
+                    target_prompt: str = "a", mask: Any = None, **editor_options: Any) -> FeatureRequest | None:
+    """What ``editor`` with ``editor_options`` reads from an inversion of ``steps`` steps (pass it to `invert` as
+    ``record``), or None when it reads the source branch instead; `invedit.edit` does this itself when it inverts."""
+    settings = check_settings(inversion, editor, steps, 7.5, 0, None, editor_options,
+                              steps_limit=pipe.scheduler.config.num_train_timesteps)
+    if mask is not None:
+        mask = load_mask(mask, None)
+    return prepare_edit(pipe, source_prompt, target_prompt, settings, mask=mask).feature_request
 
 
 # ---- editing -------------------------------------------------------------------------------------------------
@@ -313,7 +329,8 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
                                                         guidance_scale, seed, inversion_options, editor_options, mask)
     elif reused:
         inverted = image_or_inverted
-        source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options)
+        source_prompt = _check_reuse(pipe, inverted, source_prompt, inversion, steps, inversion_options, editor,
+                                     editor_options)
         settings = check_settings(inverted.method, editor, inverted.steps, guidance_scale, seed,
                                   inverted.options, editor_options)
         prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, inverted_prompt=inverted.prompt,
@@ -325,8 +342,9 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
                                   steps_limit=pipe.scheduler.config.num_train_timesteps)
         prepared = prepare_edit(pipe, source_prompt, target_prompt, settings, mask=mask)
         settings = prepared.settings
-        inverted = invert(pipe, image_or_inverted, prepared.branch_prompt, settings.inversion, settings.steps,
-                          settings.guidance_scale, settings.seed, progress, **settings.inversion_options)
+        inverted = invert(pipe, image_or_inverted, prepared.inversion_prompt, settings.inversion, settings.steps,
+                          settings.guidance_scale, settings.seed, progress, prepared.feature_request,
+                          **settings.inversion_options)
     editor = settings.editor
     guidance_scale, seed, target_prompt = settings.guidance_scale, settings.seed, prepared.target_prompt
     branch_prompt, model_defaults = prepared.branch_prompt, prepared.model_defaults
@@ -424,6 +442,7 @@ def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any
         "blend_words": list(blend) if blend else None,
         "inversion": inverted.method, "inversion_options": inverted.options, "editor": editor.settings(),
         "editor_model_defaults": model_defaults,
+        **({"inversion_features": inverted.features.summary()} if inverted.features is not None else {}),
         "steps": inverted.steps, "guidance_scale": guidance_scale, "seed": seed, "model": model.name,
         "model_kind": model.family, "resolution": model.resolution, "model_fingerprint": model.fingerprint(),
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
@@ -435,17 +454,22 @@ def _edit_record(pipe, inverted: Inverted, editor, model_defaults: dict[str, Any
 
 
 def _check_reuse(pipe, inverted: Inverted, source_prompt: str | None, inversion: str | None, steps: int | None,
-                 inversion_options: dict[str, Any] | None) -> str:
-    """Refuse arguments that contradict a given inversion; return its source prompt."""
+                 inversion_options: dict[str, Any] | None, editor: str, editor_options: dict[str, Any]) -> str:
+    """Refuse arguments that contradict a given inversion; return the edit's source prompt: the given one when the
+    image was inverted under it, or under the prompt the editor inverts it under (`Editor.inversion_prompt`:
+    UniEdit-Flow's empty prompt), else the inversion's."""
     if inversion not in (None, inverted.method):
         raise InveditError(f"the given inversion was made with {inverted.method!r}, not {inversion!r}")
     if steps not in (None, inverted.steps):
         raise InveditError(f"the given inversion has {inverted.steps} steps, not {steps}")
-    if source_prompt is not None and check_prompt(source_prompt, pipe.tokenizer, allow_empty=True) != inverted.prompt:
-        raise InveditError("source prompt differs from the prompt the image was inverted with")
     if inversion_options:
         raise InveditError("inversion options apply when inverting; this inversion is already done")
-    return inverted.prompt
+    if source_prompt is None:
+        return inverted.prompt
+    source = check_prompt(source_prompt, pipe.tokenizer, allow_empty=True)
+    if source != inverted.prompt and get_editor(editor).inversion_prompt(source, editor_options) != inverted.prompt:
+        raise InveditError("source prompt differs from the prompt the image was inverted with")
+    return source
 
 
 def _resolve_editor_options(model_defaults: dict[str, Any], inverted: Inverted, editor: str,
@@ -473,7 +497,7 @@ def loop_context(pipe, inverted: Inverted, editor, source_prompt: str, target_pr
     guidance = editor.branch_guidance(inverted.branch_guidance(guidance_scale))
     denoiser = GuidedDenoiser(model, cond, null, guidance, editor, values=values,
                               embedded=model.guidance_mode == "embedded")
-    return LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed))
+    return LoopContext(inverted.schedule, denoiser, torch.Generator("cpu").manual_seed(seed), editor.source_needed)
 
 
 def _run_edit(pipe, inverted: Inverted, editor, source_prompt: str, target_prompt: str, guidance_scale: float,

@@ -143,6 +143,21 @@ class FlowSchedule:
         """Network timestep for `inverse_step` ``i``: the lower level σ_{i+1}, where the inversion step starts."""
         return self.level_timesteps[i + 1]
 
+    def level_position(self, t: float) -> float:
+        """Where network timestep ``t`` lies on the schedule, in levels: k at level k, k + f a fraction f of the way
+        from level k down to k + 1 (a solver's midpoint: k + 0.5), rounded to 1/1000 of a level so that a midpoint
+        computed from either end is one position. Raises ValueError outside the schedule."""
+        levels = self.level_timesteps
+        for k in range(len(levels) - 1):
+            upper, lower = levels[k], levels[k + 1]
+            if t == upper:
+                return float(k)
+            if lower <= t < upper:
+                return round(k + (upper - t) / (upper - lower), 3)
+        if t == levels[-1]:
+            return float(len(levels) - 1)
+        raise ValueError(f"timestep {t} lies outside the schedule")
+
     def step(self, model_output: torch.Tensor, i: int, sample: torch.Tensor) -> torch.Tensor:
         """Forward Euler step i: x_{σ_{i+1}} = x_{σ_i} + (σ_{i+1} − σ_i)·v (FlowMatchEulerDiscreteScheduler.step)."""
         dt = (self.sigmas[i + 1] - self.sigmas[i]).to(sample.device)

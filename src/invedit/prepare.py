@@ -1,5 +1,6 @@
 """Every check of an edit, in one place, before any network call: `check_settings` (no model needed) and
-`prepare_edit` (with the model: prompts, the model's recommended editor settings, the editor's dry run).
+`prepare_edit` (with the model: prompts, the model's recommended editor settings, the prompt the image is
+inverted under, the editor's dry run).
 
 `invedit edit`, the web page's session, `invedit bench` and `invedit.edit` all go through here, so they refuse
 the same inputs with the same one-line messages.
@@ -215,9 +216,9 @@ def check_prompts(tokenizer, source_prompt: str, target_prompt: str,
 
 @dataclass(frozen=True)
 class PreparedEdit:
-    """An edit that passed every check: its settings, prompts, the prompt its source branch is inverted and
-    denoised under, the editor options the model recommends (under the given ones), and the edit mask of a
-    mask-taking editor."""
+    """An edit that passed every check: its settings, prompts, the prompt its source branch is denoised under, the
+    prompt the image is inverted under (the same but for editors whose reference inverts under another one), the
+    editor options the model recommends (under the given ones), and the edit mask of a mask-taking editor."""
 
     settings: EditSettings
     source_prompt: str
@@ -225,6 +226,9 @@ class PreparedEdit:
     target_prompt: str
     model_defaults: dict[str, Any]
     mask: Any = None  # invedit.masks.EditMask (mask-taking editors only)
+    inversion_prompt: str = ""
+    #: What the editor reads from the inversion (`invedit.features.FeatureRequest`), None: the source branch.
+    feature_request: Any = None
 
     @property
     def editor_options(self) -> dict[str, Any]:
@@ -237,10 +241,10 @@ def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSet
     """The model-side checks of an edit (``pipe``: a loaded pipeline, or the weightless one of
     `invedit.models.inspect`, so that they run before the load): what was left to the model
     (`settings_for_model`; the returned ``settings`` are complete), the family (`check_model_kind`), prompts, the
-    model's editor defaults, the source branch's prompt (which
-    a given inversion, made under ``inverted_prompt``, must match), the mask (`check_mask`; ``mask``: an
-    `invedit.masks.EditMask`) and a dry run of the editor (`Editor.create` builds it without side effects), so bad
-    settings fail before any inversion.
+    model's editor defaults, the source branch's prompt and the prompt the image is inverted under (which a given
+    inversion, made under ``inverted_prompt``, must match), the mask (`check_mask`; ``mask``: an
+    `invedit.masks.EditMask`) and a dry run of the editor (`Editor.create` builds it without side effects; it also
+    says what the editor reads from the inversion), so bad settings fail before any inversion.
 
     Raises:
         InveditError: the first problem, in one line.
@@ -259,11 +263,16 @@ def prepare_edit(pipe, source_prompt: str, target_prompt: str, settings: EditSet
     model_defaults = model.model_editor_defaults(settings.editor)
     options = {**model_defaults, **settings.editor_options}
     branch_prompt = editor_cls.source_branch_prompt(source, options)
-    if inverted_prompt is not None and branch_prompt != inverted_prompt:
-        raise InveditError(f"editor {editor_cls.name!r} denoises the source under {branch_prompt!r}, but the image "
-                           f"was inverted under {inverted_prompt!r}; invert under {branch_prompt!r}")
-    editor_cls.create(pipe, branch_prompt, target, settings.steps, **options, **mask_argument(editor_cls, mask))
-    return PreparedEdit(settings, source, branch_prompt, target, model_defaults, mask)
+    inversion_prompt = editor_cls.inversion_prompt(source, options)
+    if inverted_prompt is not None and inversion_prompt != inverted_prompt:
+        raise InveditError(f"editor {editor_cls.name!r} inverts the image under {inversion_prompt!r}, but it was "
+                           f"inverted under {inverted_prompt!r}; invert under {inversion_prompt!r}")
+    editor = editor_cls.create(pipe, branch_prompt, target, settings.steps, **options,
+                               **mask_argument(editor_cls, mask))
+    inversion_cls = get_inversion(settings.inversion)
+    pinned = inversion_cls.pins_source(inversion_cls.validate_options(dict(settings.inversion_options)))
+    return PreparedEdit(settings, source, branch_prompt, target, model_defaults, mask, inversion_prompt,
+                        editor.feature_request(pinned))
 
 
 def mask_argument(editor_cls, mask: Any) -> dict[str, Any]:

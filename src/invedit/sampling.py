@@ -67,6 +67,10 @@ class DDIMSchedule:
         """Where the model is evaluated for `inverse_step` ``i``: the upper level t_i, as in the reference."""
         return self.timesteps[i]
 
+    def level_position(self, t: float) -> float:
+        """Index of timestep ``t`` among the schedule's (forward step i is evaluated at position i)."""
+        return float(self.timesteps.index(int(t)))
+
 
 def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor,
                prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,6 +261,7 @@ class GuidedDenoiser:
         nulls = {b: null[b] if null.get(b) is not None else self.null[b] for b in BRANCHES}
         x = torch.cat([latents.row(row) for row in rows])
         emb = torch.cat([self.cond[b] if h == "cond" else nulls[b] for b, h in rows])
+        self.editor.timestep = t  # where this call is evaluated (editors reading stored features place it)
         self.editor.begin_step(step - self.first_step, rows)
         if self.values is not None:
             self.values.set(rows, values or {})
@@ -315,11 +320,16 @@ class GradientModel:
 
 @dataclass
 class LoopContext:
-    """What an inversion's per-step hook can use: the schedule, the denoiser and a seeded generator."""
+    """What an inversion's per-step hook can use: the schedule, the denoiser and a seeded generator.
+
+    ``source_needed``: whether anything reads the source branch (False when the editor reads what it needs from the
+    inversion's stored features): samplers then denoise the target alone (`invedit.inversion.Sampler.branches`).
+    """
 
     schedule: DDIMSchedule
     denoiser: GuidedDenoiser
     generator: torch.Generator
+    source_needed: bool = True
 
 
 def denoise_two_branches(sampler, ctx: LoopContext, editor,

@@ -230,8 +230,9 @@ def flow_families() -> set[str]:
 
 
 def method_records(run_dir: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per method with an edit: its model family (the first record's ``model_kind``) and whether it was given
-    the benchmark's edit mask (a record's ``"mask_given": true``, or its editor's ``takes_mask``)."""
+    """Per method with an edit: its model family (the first record's ``model_kind``), whether it was given
+    the benchmark's edit mask (a record's ``"mask_given": true``, or its editor's ``takes_mask``) and the mode it ran
+    in (its editor's `Editor.modes` options as recorded, e.g. ``features=inversion``)."""
     from ..editing import get_editor
 
     out = {}
@@ -244,11 +245,14 @@ def method_records(run_dir: Path, settings: dict[str, Any]) -> dict[str, dict[st
         except (OSError, ValueError):
             continue
         try:
-            takes_mask = bool(getattr(get_editor(spec.get("editor", "")), "takes_mask", False))
+            editor = get_editor(spec.get("editor", ""))
         except InveditError:  # an editor this version does not know
-            takes_mask = False
+            editor = None
+        settings_ = record.get("editor") if isinstance(record.get("editor"), dict) else {}
+        modes = [f"{key}={settings_[key]}" for key in getattr(editor, "modes", ()) if key in settings_]
         out[method] = {"family": record.get("model_kind"),
-                       "mask_given": takes_mask or record.get("mask_given") is True}
+                       "mask_given": bool(getattr(editor, "takes_mask", False)) or record.get("mask_given") is True,
+                       "mode": ", ".join(modes)}
     return out
 
 
@@ -269,8 +273,8 @@ def flow_table(summary: list[dict[str, Any]], records: dict[str, dict[str, Any]]
     for e in summary:
         info = records.get(e["method"], {})
         family = info.get("family") or "?"
-        note = f"this run ({family})" + (f"; **{MASK_GIVEN}** (the benchmark's edit mask)" if info.get("mask_given")
-                                         else "")
+        note = f"this run ({family})" + (f"; {info['mode']}" if info.get("mode") else "") + (
+            f"; **{MASK_GIVEN}** (the benchmark's edit mask)" if info.get("mask_given") else "")
         cells = [f"**{e['method']}**", str(e["n"]), *(format_value(m, e[m]) for m in FLOW_METRICS),
                  format_value("nfe", e["nfe"]), format_value("seconds", e["seconds"]), note]
         lines.append("| " + " | ".join(cells) + " |")

@@ -458,21 +458,24 @@ class _RunContext:
                 self._fail(item, m, _error_text(exc))
             return
         groups: dict[tuple[str, str, str], list[MethodSpec]] = {}
+        requests: dict[tuple[str, str, str], Any] = {}
         for m in pending:
             try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
                 settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
                                         m.inversion_options, self._editor_options(item, m))
                 target, instruction = self._target(item, m)
-                prompt = prepare_edit(self.pipe, item.source_prompt, instruction or target, settings,
-                                      mask=self._mask(item, m)).branch_prompt
+                prepared = prepare_edit(self.pipe, item.source_prompt, instruction or target, settings,
+                                        mask=self._mask(item, m))
             except InveditError as exc:
                 self._fail(item, m, str(exc))
                 continue
-            key = (m.inversion, json.dumps(m.inversion_options, sort_keys=True, default=str), prompt)
+            key = (m.inversion, json.dumps(m.inversion_options, sort_keys=True, default=str), prepared.inversion_prompt)
             groups.setdefault(key, []).append(m)
-        for (_, _, prompt), group in groups.items():
+            if prepared.feature_request is not None:  # one inversion records what every method of its group reads
+                requests[key] = prepared.feature_request.merged(requests.get(key))
+        for key, group in groups.items():
             try:
-                inverted, source = self._inversion(image, image_sha, prompt, group[0])
+                inverted, source = self._inversion(image, image_sha, key[2], group[0], requests.get(key))
             except Exception as exc:  # noqa: BLE001 (recorded; the run goes on)
                 for m in group:
                     self._fail(item, m, _error_text(exc))
@@ -481,19 +484,22 @@ class _RunContext:
                 self._edit(item, m, inverted, source, image_sha)
                 source = "run"  # the next method of the group shares it
 
-    def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec):
+    def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec, record=None):
+        """The group's inversion (from the cache, or computed and cached), recording ``record`` (the features its
+        methods read, `invedit.features.FeatureRequest`): part of the cache key."""
         from .. import api
         from ..models import model_fingerprint
         from ..versions import versions
 
+        keyed = {**m.inversion_options, **({"recorded_features": record.record()} if record is not None else {})}
         key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, m.inversion,
-                            m.inversion_options, self.guidance, self.seed, self.dtype, backbone(self.pipe).device.type,
+                            keyed, self.guidance, self.seed, self.dtype, backbone(self.pipe).device.type,
                             self.size, versions()["invedit"])
         cached = self.cache.get(key, backbone(self.pipe).device)
         if cached is not None:
             return cached, "cache"
         inverted = api.invert(self.pipe, image, prompt, m.inversion, self.steps, self.guidance, self.seed,
-                              **m.inversion_options)
+                              record=record, **m.inversion_options)
         self.cache.put(key, inverted)  # never fails the edit (a failed write is warned about once)
         self.summary.nfe_inversion += inverted.stats.nfe
         return inverted, "computed"
@@ -530,8 +536,9 @@ class _RunContext:
         try:
             mask = self._mask(item, m)
             target, instruction = self._target(item, m)
-            result = api.edit(self.pipe, inverted, None, target, editor=m.editor, guidance_scale=self.guidance,
-                              seed=self.seed, mask=mask, instruction=instruction, **options)
+            result = api.edit(self.pipe, inverted, None if instruction else item.source_prompt, target, editor=m.editor,
+                              guidance_scale=self.guidance, seed=self.seed, mask=mask, instruction=instruction,
+                              **options)
             result.settings.update({
                 "source_prompt": item.source_prompt,  # the entry's (the editor's own source branch is recorded too)
                 "image": str(item.image_path.relative_to(self.data_dir)) if item.image_path.is_relative_to(

@@ -69,6 +69,9 @@ class Editor:
     #: The editor needs a mask of the region to edit (KV-Edit): ``create`` gets it as ``mask`` (an
     #: `invedit.masks.EditMask`); editors without it are given none (`invedit.prepare.check_mask`).
     takes_mask: ClassVar[bool] = False
+    #: Options that choose between the reference's behaviour and another (RF-Solver-Edit's ``features``, KV-Edit's
+    #: ``layout``): reports name the mode a result ran in.
+    modes: ClassVar[tuple[str, ...]] = ()
     #: The editor edits from an instruction (``instruction=``, ``--instruction``) in place of a target prompt: an
     #: instruction-trained model's own pipeline (`invedit.editing.instruct`); a source prompt is optional.
     takes_instruction: ClassVar[bool] = False
@@ -78,6 +81,7 @@ class Editor:
         self.rows: list[Row] = []
         self.step = 0
         self.layer_calls = 0  # hooked layers and modules called since `attach`
+        self.timestep: Any = None  # the network timestep of the current call (set by the denoiser)
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +90,14 @@ class Editor:
 
     @classmethod
     def source_branch_prompt(cls, source_prompt: str, options: dict[str, Any]) -> str:
-        """The prompt the source branch is inverted and denoised under (MasaCtrl's reference: the empty one)."""
+        """The prompt the source branch is denoised under (MasaCtrl's reference: the empty one)."""
         return source_prompt
+
+    @classmethod
+    def inversion_prompt(cls, source_prompt: str, options: dict[str, Any]) -> str:
+        """The prompt the image is inverted under: the source branch's (`source_branch_prompt`) unless the editor's
+        reference inverts under another one (UniEdit-Flow's demo: the empty prompt, ``inversion_prompt="empty"``)."""
+        return cls.source_branch_prompt(source_prompt, options)
 
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> Editor:
@@ -133,6 +143,18 @@ class Editor:
     def bind(self, inverted) -> None:  # noqa: B027 (optional hook)
         """Called once per edit, before its loop is built, with the frozen `invedit.inversion.Inverted` it steps
         (KV-Edit reads its guidance and trajectory); default: nothing."""
+
+    def feature_request(self, pinned: bool = False):
+        """What the editor reads from the inversion's feature store (an `invedit.features.FeatureRequest`: modules'
+        outputs and latents at noise levels, recorded while inverting), or None: it reads the source branch.
+        ``pinned``: the inversion's edits set the source branch to z* (`Inverted.pins_source`)."""
+        return None
+
+    @property
+    def source_needed(self) -> bool:
+        """Whether the edit reads the source branch (its rows or its latents); False: the loop denoises the target
+        alone (the editor reads what it needs from the inversion's stored features)."""
+        return True
 
     def wrap_sampler(self, sampler):
         """The edit's step policy: the inversion's per-edit sampler, or one the editor puts around it (KV-Edit

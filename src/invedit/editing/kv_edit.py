@@ -16,17 +16,39 @@ A token is foreground when any of its latent cells is in the mask (the official 
 token's 2×2 cells × channels); cells of a foreground token that lie outside the mask are re-set to the source each
 step, as the official code does.
 
-How invedit runs it. The source branch runs beside the target in the same batch and is pinned to the inversion's
-trajectory z* (what Direct Inversion does; KV-Edit pins it for any inversion), so "the cache" is the source row's
-keys/values at the same step: forward hooks on each attention's ``to_k`` / ``to_v`` copy the source row's
-background image tokens into the target row of the same CFG half (before the per-token q/k norm and the rotary
-embedding, which then act on them exactly as on the cached ones; FLUX's single-stream blocks project
-[text, image] together: the last ``n_image`` tokens are the image, counted from the first double-stream block).
+How invedit runs it (``layout``):
+
+- ``layout="reference"`` (default; the official gradio page's path): the inversion runs all N steps and records
+  (`invedit.features`) every attention block's image keys/values at each level the edit reads; the source branch is
+  not denoised. The foreground starts from the latent the official stores under its top key, z*_{σ_1} (the input
+  of the inversion's last step: nearly pure noise, whatever ``skip_step``), and denoising step i (at σ_i) reads the
+  background keys/values and the background latent stored under the step's timestep, which the official's
+  inversion computed one level lower, at (z*_{σ_{i+1}}, σ_{i+1}). Forward hooks on each attention's ``to_k`` /
+  ``to_v`` put the stored background image tokens into the target rows (before the per-token q/k norm and the
+  rotary embedding, which then act on them exactly as on the official cached ones; FLUX's single-stream blocks
+  project [text, image] together: the last ``n_image`` tokens are the image). Cost: N + (N − skip_step) NFE, 28 + 24
+  = 52 at the demo's 28 steps, the official count. Memory: the image keys/values of every block at N − skip_step
+  levels, on the CPU in the model's dtype as the official keeps them (FLUX.1-dev at 1024², bf16: 2 × 4096 × 3072 ×
+  2 B = 50 MB per double-stream block, 57 MB per single-stream block, whose stored projection includes the 512
+  text tokens; 3.1 GB per level, 75 GB for the demo's 24 levels).
+- ``layout="exact"``: same level. At step i the target (at σ_i) reads the source's keys/values and background at
+  σ_i, and the target starts from the trajectory's latent at the first edited level. The source branch runs beside
+  the target in the same batch, pinned to z* (one source row per step and CFG half it reads: 28 + 2·24 = 76 NFE at
+  28 steps on FLUX.1-dev), and no store is kept; with Direct Inversion (whose source branch is z* itself) the
+  keys/values come from the store at the step's own level instead, which is the pinned source's exactly when the
+  inversion ran under its prompt and guidance (an Euler inversion evaluates the model at (z*ₖ, σₖ)): 28 + 24 = 52.
+  Why one might prefer it: the background context and latent the target sees are at the target's own noise level
+  (the official pairs a step at σ_i with a context from σ_{i+1}, and starts the foreground from σ_1 whatever
+  ``skip_step``: with skip_step 4 of 28 the official's foreground starts from a noisier latent than the level it is
+  denoised at), so a consistent ODE step; ``source_guidance`` and ``attn_mask`` act on the source rows; and
+  without Direct it needs no store (the reference layout's keys/values of every block and level cost tens of GB
+  on FLUX.1-dev at 1024²). With both changes the official code agrees with it to ~1e-6.
+
 The target's background tokens are still computed as queries, but their keys and values are replaced in every
 layer, so they never reach a foreground token: the foreground's output equals the official foreground-only
-forward; their own velocities are discarded by the re-composition (`KVEditSampler`). So direct+kv-edit and
-euler+kv-edit are the same edit (KV-Edit reads its source from the trajectory either way); another inversion
-(rf-solver, fireflow) changes the trajectory that feeds it.
+forward; their own velocities are discarded by the re-composition (`KVEditSampler`). Another inversion (rf-solver,
+fireflow) changes the trajectory that feeds it (and, in the reference layout, its midpoint calls read the stored
+midpoints).
 
 Options (official defaults: ``gradio_kv_edit.py``'s page and ``SamplingOptions``):
 
@@ -43,18 +65,15 @@ Options (official defaults: ``gradio_kv_edit.py``'s page and ``SamplingOptions``
 - ``source_guidance``: the guidance the source rows (the cache) are computed with. None: the inversion's
   ``inversion_guidance`` (the official caches during the inversion, at its ``inversion_guidance``); on SD 3 a
   target CFG half reads the source row of the same half when the source computes it, else its conditional row.
+- ``layout``: "reference" (default) or "exact", above. ``attn_mask`` and ``source_guidance`` act on source rows,
+  which the reference layout does not compute: they are refused there.
 
 Differences from the official code, on purpose or by construction:
 
-- the cache is recomputed beside the target (one source row per step, per CFG half it reads) instead of stored
-  from the inversion pass (the official keeps every layer's K/V of every step in CPU memory); the inversion
-  itself runs all N steps (it is shared with other editors) where the official inverts only N − skip_step;
-- same level: at step i the target (at σ_i) reads the source's keys/values and background at σ_i. The official
-  reads its cache one level lower: its inversion stores each step's input under the step's upper timestep, so
-  denoising at σ_i reads what was computed at σ_{i+1} (and, since its "fix start img bug" commit, starts the
-  foreground from z*_{σ_{s+1}}, not z*_{σ_s});
-- ``attn_mask`` acts on the source rows during the edit; the official applies it during the inversion, so its
-  z* trajectory is masked as well (invedit's inversions are unmasked and shared);
+- the inversion is invedit's, shared with other editors: it runs all N steps (the official gradio page does too;
+  its ``Flux_kv_edit.forward`` inverts only N − skip_step) and is unmasked: ``attn_mask`` acts on the source rows
+  during the edit (``layout="exact"``), where the official applies it during the inversion, so that its z*
+  trajectory is masked as well;
 - the mask is max-pooled to the latent grid (`invedit.masks`); the official interpolates it bilinearly and keeps
   every cell above 0;
 - the official runs FLUX only; on SD 3 the same rules apply to its joint attention (no reference exists).
@@ -74,6 +93,7 @@ from torch.overrides import TorchFunctionMode
 from ..backbones import backbone
 from ..backbones.base import LayerInfo
 from ..errors import InveditError, check_number
+from ..features import FeatureRequest, FeatureStore
 from ..masks import EditMask
 from ..sampling import HALVES, Branches, Row, halves_needed
 from .base import Editor, ForwardHook, register
@@ -82,6 +102,8 @@ from .base import Editor, ForwardHook, register
 SDPA_ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 #: The official demo's steps and skipped steps (``gradio_kv_edit.py``: 28 denoising steps, 4 skipped).
 REFERENCE_STEPS, REFERENCE_SKIP = 28, 4
+#: Where the background keys/values and latents come from (see the module docstring).
+LAYOUTS = ("reference", "exact")
 
 
 def default_skip(steps: int) -> int:
@@ -131,6 +153,11 @@ class KVEditSampler:
             noise = torch.randn(z0.shape, generator=self.ctx.generator).to(z0.device)
             fresh = (1 - sigma) * z0 + sigma * noise
             latents = Branches(latents.source, torch.where(self._mask(fresh), fresh, latents.target))
+        elif info.edit_index == editor.skip and editor.reference:  # the official's start: its top key's latent
+            top = self.inverted.z_star_after(0)
+            latents = Branches(latents.source, torch.where(self._mask(top), top, latents.target))
+        if editor.reference:  # the background the official stored under the step's timestep: one level lower
+            latents = Branches(latents.source, torch.where(self._mask(after), latents.target, after))
         out = self.inner.step(info, latents)
         return Branches(after.clone(), torch.where(self._mask(after), out.target, after))
 
@@ -165,12 +192,13 @@ class KVEdit(Editor):
     description = ("KV-Edit (ICCV'25): inside --mask the target is re-generated attending over the source's "
                    "background keys/values; outside it the latent is the image's, exactly (SD3/FLUX)")
     defaults: dict[str, Any] = {"skip_step": None, "re_init": False, "attn_scale": 1.0, "attn_mask": False,
-                                "source_guidance": None}
+                                "source_guidance": None, "layout": "reference"}
     schedule_kinds = ("flow",)
     refusal = ("it caches the image tokens' keys/values of a transformer's joint attention (SD3/FLUX); a UNet's "
                "convolutions would carry the target's background into the foreground")
     takes_mask = True
     requires_hooks = True
+    modes = ("layout",)
 
     def __init__(self, layers: dict[str, LayerInfo], counter: str | None, cells: np.ndarray, tokens: np.ndarray,
                  embedded: bool, options: dict[str, Any]):
@@ -187,6 +215,13 @@ class KVEdit(Editor):
         self._value: torch.Tensor | None = None  # the current layer's to_v output (where the image tokens sit)
         self._image_first: dict[str, bool] = {}
         self._modes: list[_AttentionBias] = []
+        self.reference = options["layout"] == "reference"
+        self.steps: int = options["steps"]
+        self.store: FeatureStore | None = None  # the inversion's keys/values, when the edit reads them (`bind`)
+        self.pinned = False
+        self.schedule: Any = None
+        self.first_step = 0
+        self.position: float | None = None  # the stored level this call reads
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +232,13 @@ class KVEdit(Editor):
         opts["attn_scale"] = check_number("attn_scale", opts["attn_scale"], 0)
         if opts["source_guidance"] is not None:
             opts["source_guidance"] = check_number("source_guidance", opts["source_guidance"], 0, 50)
+        if opts["layout"] not in LAYOUTS:
+            raise InveditError(f"kv-edit layout must be 'reference' (official) or 'exact', got {opts['layout']!r}")
+        if opts["layout"] == "reference":
+            for key, off in (("attn_mask", False), ("source_guidance", None)):
+                if opts[key] != off:
+                    raise InveditError(f"kv-edit {key} acts on the source rows, which layout='reference' does not "
+                                       "compute (it reads the inversion's keys/values); use layout='exact'")
         return opts
 
     @classmethod
@@ -225,19 +267,63 @@ class KVEdit(Editor):
                 raise InveditError("kv-edit in single-stream blocks needs a double-stream block to count the image "
                                    "tokens; this model has none")
             counter = joint[0].name
-        opts.update({"edited_cells": int(cells.sum()), "latent_cells": int(cells.size),
+        opts.update({"steps": steps, "edited_cells": int(cells.sum()), "latent_cells": int(cells.size),
                      "edited_tokens": int(tokens.sum()), "image_tokens": int(tokens.size)})
         return cls({info.name: info for info in infos}, counter, cells, tokens,
                    model.guidance_mode == "embedded", opts)
 
     # ---- the edit's setup ----------------------------------------------------------------------------------
+    # ---- features from the inversion ------------------------------------------------------------------------
+    def kv_modules(self) -> list[str]:
+        return [f"{name}.{projection}" for name in sorted(self.layers) for projection in ("to_k", "to_v")]
+
+    def feature_request(self, pinned: bool = False) -> FeatureRequest | None:
+        """The reference layout: every block's keys/values at the levels its edited steps read (one below each
+        step's start, and any solver midpoint). The exact layout with a source pinned to z* (Direct Inversion) at the
+        inversion's guidance, unmasked: each edited step's own level. Otherwise none (the source rows are
+        computed)."""
+        edited = range(self.skip, self.steps)
+        if self.reference:
+            levels = {x for i in edited for x in (i + 0.5, i + 1.0)}
+        elif pinned and self.source_guidance is None and not self.options["attn_mask"]:
+            levels = {float(i) for i in edited}
+        else:
+            return None
+        return FeatureRequest(tuple(self.kv_modules()), tuple(sorted(levels)))
+
+    @property
+    def source_needed(self) -> bool:
+        return not self.reference
+
     def bind(self, inverted) -> None:
-        """The source rows are computed at the inversion's guidance unless ``source_guidance`` is given."""
+        """The source rows are computed at the inversion's guidance unless ``source_guidance`` is given; the
+        reference layout (and the exact one over a pinned source) reads the inversion's stored keys/values."""
+        reads_store = self.reference or (self.source_guidance is None and not self.options["attn_mask"]
+                                         and inverted.source_on_trajectory)
         if self.source_guidance is None:
             self.source_guidance = float(inverted.options.get("inversion_guidance", 1.0))
         if tuple(inverted.latents.shape[-2:]) != self.cells.shape:
             raise InveditError(f"the mask's latent grid {self.cells.shape} is not the inversion's "
                                f"{tuple(inverted.latents.shape[-2:])}")
+        store = inverted.features
+        has_store = store is not None and set(self.kv_modules()) <= set(store.request.modules)
+        if self.reference and inverted.first_step:
+            raise InveditError(f"kv-edit layout='reference' reads the levels an inversion of every step stores; "
+                               f"{inverted.method!r} starts the edit at step {inverted.first_step}: pass "
+                               "layout='exact'")
+        if self.reference and not has_store:
+            raise InveditError("kv-edit layout='reference' reads the keys/values stored while inverting, and this "
+                               "inversion stored none: let invedit.edit invert the image, invert with "
+                               "record=invedit.feature_request(...), or pass layout='exact'")
+        if reads_store and has_store:  # (exact layout without the store: the pinned source's rows are computed)
+            self.store, self.pinned = store, inverted.source_on_trajectory
+            self.schedule, self.first_step = inverted.schedule, inverted.first_step
+
+    def read_position(self) -> float:
+        """The stored level this call reads: the official's keying in the reference layout (a step's call at σ_i
+        reads σ_{i+1}; a midpoint the same midpoint), the call's own level over a pinned source."""
+        position = self.schedule.level_position(float(self.timestep))
+        return position + 1 if self.reference and position == int(position) else position
 
     def branch_guidance(self, scales: dict[str, float]) -> dict[str, float]:
         source = scales["source"] if self.source_guidance is None else self.source_guidance
@@ -253,10 +339,20 @@ class KVEdit(Editor):
     def rows_read(self, step: int) -> frozenset[Row]:
         if step < self.skip:
             return frozenset()
+        if self.store is not None and (self.reference or self.store.has(step + self.first_step)):
+            return frozenset()  # read from the store (a pinned source's top level, never inverted, is computed)
         return frozenset(("source", half) for half in self.source_halves)
 
     def begin_step(self, step: int, rows: list[Row]) -> None:
         super().begin_step(step, rows)
+        self.position = None
+        if self.store is not None and step >= self.skip:
+            position = self.read_position()
+            if self.store.has(position):
+                self.position = position
+            elif self.reference:
+                raise InveditError(f"kv-edit layout='reference': the inversion stored no keys/values at level "
+                                   f"{position:g} (this inversion does not evaluate the model there)")
         pairs = []
         for t, (branch, half) in enumerate(rows):
             if branch != "target":
@@ -265,7 +361,9 @@ class KVEdit(Editor):
             if s is None:
                 s = next((self.row_index("source", h) for h in (*self.source_halves, *HALVES)
                           if self.row_index("source", h) is not None), None)
-            if s is not None:
+            if self.position is not None:
+                pairs.append((t, None))  # from the store
+            elif s is not None:
                 pairs.append((t, s))
         self.pairs = pairs
         self.kv_step = step >= self.skip and bool(pairs)
@@ -334,8 +432,16 @@ class KVEdit(Editor):
             background = self._background_tokens(output.device)[None, :, None]
             image = slice(output.shape[1] - n, None)
             out = output.clone()
+            stored = None
+            if self.position is not None:
+                stored = self.store.get(self.position, f"{info.name}.{'to_v' if keep_value else 'to_k'}")
             for t, s in self.pairs:
-                out[t, image] = torch.where(background, output[s, image], output[t, image])
+                if s is None:
+                    row = stored[0 if len(stored) == 1 else HALVES.index(self.rows[t][1])]
+                    source = row[-n:].to(output.device, output.dtype)
+                else:
+                    source = output[s, image]
+                out[t, image] = torch.where(background, source, output[t, image])
             if keep_value:
                 self._value = out
             return out
@@ -401,4 +507,6 @@ class KVEdit(Editor):
         return latents
 
     def settings(self) -> dict[str, Any]:
-        return {"editor": self.name, **self.options, "source_guidance": self.source_guidance}
+        options = {k: v for k, v in self.options.items() if k != "steps"}
+        return {"editor": self.name, **options, "source_guidance": self.source_guidance,
+                "kv_from": "inversion" if self.store is not None else "source rows"}

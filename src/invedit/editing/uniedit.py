@@ -12,6 +12,14 @@ so both branches take the same step and stay one latent (the reconstruction is t
 prompts (g = 0) it is the plain sampler. Both velocities are taken at guidance 1 (the reference's setting: ω is
 the guidance), so the edit's ``guidance_scale`` is not used. Paired with the ``uniedit`` inversion (α = 0.6) the
 edit runs the last ⌊α·N⌋ steps: 10 + 18 = 28 NFE at 15 steps on FLUX.1-dev, the published count.
+
+``inversion_prompt``: the prompt the image is inverted under, as MasaCtrl's ``source_branch`` chooses its source
+branch's. "empty" (default): the empty prompt, as the reference's demo (``demo_edit.py``) inverts, while the edit
+still evaluates [source, target]; "source": the source prompt (then one inversion serves the other editors too). An
+inversion made under the other prompt is refused in one line. The reference demo's own ``image2latent``
+(``utils.py``) computes mean·scale + shift instead of (mean − shift)·scale, a constant offset of the input latent
+(0.158 on FLUX's VAE): an upstream bug that invedit does not copy; its latents are normalised as every FLUX
+pipeline's.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..errors import check_number
+from ..errors import InveditError, check_number
 from ..sampling import Branches
 from .base import Editor, register
 
@@ -28,6 +36,8 @@ from .base import Editor, register
 SOURCE_ROW, TARGET_ROW = ("source", "cond"), ("target", "cond")
 #: The reference's guard against a constant difference (``mask_max − mask_min + 1e-7``).
 MASK_EPS = 1e-7
+#: What ``inversion_prompt`` may be: the reference demo's empty prompt, or the source prompt.
+INVERSION_PROMPTS = ("empty", "source")
 
 
 def uni_edit_velocity(v_src: torch.Tensor, v_trg: torch.Tensor, omega: float, channel_dim: int) -> torch.Tensor:
@@ -49,14 +59,27 @@ class UniEditEditor(Editor):
 
     name = "uniedit"
     description = "Uni-Edit (UniEdit-Flow, ICLR'26): region-aware velocity fusion on one latent, strength omega"
-    defaults = {"omega": 5.0}
+    defaults = {"omega": 5.0, "inversion_prompt": "empty"}
     schedule_kinds = ("flow",)
     refusal = "it fuses rectified-flow velocities (SD3/FLUX)"
+    modes = ("inversion_prompt",)
     requires_hooks = True
 
     def __init__(self, options: dict[str, Any]):
         super().__init__()
         self.options = options
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        opts = super().validate_options(options)
+        if opts["inversion_prompt"] not in INVERSION_PROMPTS:
+            raise InveditError(f"uniedit inversion_prompt must be 'empty' (reference) or 'source', got "
+                               f"{opts['inversion_prompt']!r}")
+        return opts
+
+    @classmethod
+    def inversion_prompt(cls, source_prompt: str, options: dict[str, Any]) -> str:
+        return "" if cls.validate_options(options)["inversion_prompt"] == "empty" else source_prompt
 
     @classmethod
     def create(cls, pipe, source_prompt: str, target_prompt: str, steps: int, **options: Any) -> UniEditEditor:

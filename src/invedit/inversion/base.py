@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import InveditError, check_number, merge_options
+from ..features import FeatureStore
 from ..sampling import Branches, DDIMSchedule, LoopContext, Row, RunStats, StepInfo
 
 
@@ -73,6 +74,8 @@ class Inverted(ABC):
     model: str = ""
     guidance_scale: float = 7.5
     first_step: int = 0  # first loop step the edit runs (edit-friendly DDPM and EDICT skip the noisiest)
+    #: Features recorded while inverting for the editors that read them (`invedit.features`; None: none asked).
+    features: FeatureStore | None = None
 
     # ---- the method ---------------------------------------------------------------------------------------
     @classmethod
@@ -132,6 +135,18 @@ class Inverted(ABC):
         """Options for ``editor`` that this method's reference pairs it with (the user's options override)."""
         return {}
 
+    @classmethod
+    def pins_source(cls, options: dict[str, Any]) -> bool:
+        """Whether an inversion with these (validated) options sets the source branch to z* at every step of its
+        edits (Direct Inversion at full offsets): the source then evaluates the model at (z*ₖ, level k), where the
+        inversion evaluated it, so editors may read it from the inversion's stored features."""
+        return False
+
+    @property
+    def source_on_trajectory(self) -> bool:
+        """`pins_source` for this result's options."""
+        return self.pins_source(self.options)
+
     def branch_guidance(self, guidance_scale: float) -> dict[str, float]:
         """CFG scale per branch during the edit (both the edit's scale by default)."""
         return {"source": guidance_scale, "target": guidance_scale}
@@ -186,9 +201,15 @@ class Sampler:
         """Whether the source branch's latent update reads its model output."""
         return True
 
+    def branches(self, info: StepInfo) -> set[str]:
+        """The branches whose update reads the model this step: the target, and the source when its update reads
+        its output (`needs_source`) and the edit reads the source branch (`LoopContext.source_needed`)."""
+        source = self.needs_source(info) and (self.ctx is None or self.ctx.source_needed)
+        return {"target", "source"} if source else {"target"}
+
     def step(self, info: StepInfo, latents: Branches) -> Branches:
         """Guided step of both branches (the schedule's `step`), then `correct`."""
-        branches = {"target", "source"} if self.needs_source(info) else {"target"}
+        branches = self.branches(info)
         out = self.ctx.denoiser(info.index, info.t, latents, branches, self.null_embeddings(info),
                                 self.value_transforms(info))
         schedule = self.ctx.schedule
@@ -197,7 +218,10 @@ class Sampler:
         return self.correct(info, source, target)
 
     def correct(self, info: StepInfo, source: torch.Tensor | None, target: torch.Tensor) -> Branches:
-        """Per-step correction after the update (identity: plain DDIM)."""
+        """Per-step correction after the update (identity: plain DDIM). A source branch nothing reads is not
+        denoised: it stays the image's own latent z₀ (the result's reconstruction is then the VAE round trip)."""
+        if source is None and self.ctx is not None and not self.ctx.source_needed:
+            return Branches(self.inverted.z0.clone(), target)
         if source is None:
             raise RuntimeError(f"{self.inverted.method}: source output skipped but no correction sets it")
         return Branches(source, target)

@@ -121,6 +121,11 @@ class DirectInverted(Inverted):
         return opts
 
     @classmethod
+    def pins_source(cls, options: dict[str, Any]) -> bool:
+        """At full offsets every step (the fused layout) the source branch is z* itself."""
+        return options["offset_scale"] == 1.0 and options["offset_interval"] == 1 and options["layout"] == "fused"
+
+    @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DirectInverted:
         opts = options
         latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,

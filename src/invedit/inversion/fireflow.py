@@ -4,8 +4,8 @@ A midpoint solver that reuses each step's midpoint velocity as the next step's s
 step evaluates the model at its start (the reference's ``denoise_fireflow``): x_mid = x + (h/2)·v,
 v_mid = v(x_mid, t + h/2), x_next = x + h·v_mid, and v ← v_mid for the next step. N steps cost N + 1 network
 evaluations per pass and branch row: the reference's edit (inversion + target) is 16 + 16 = 32 NFE at 15 steps,
-9 + 9 = 18 at 8. invedit's loop also denoises the source branch with the same solver (its reconstruction): one
-more N + 1.
+9 + 9 = 18 at 8, as ``rf-solver-edit`` with its default stored features costs; an editor that reads the source
+branch also denoises it with the same solver (its reconstruction): one more N + 1.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ class FireFlowSampler(Sampler):
         den, schedule = self.ctx.denoiser, self.ctx.schedule
         null, values = self.null_embeddings(info), self.value_transforms(info)
         _, t_mid, h = interval(schedule, info.index)
+        branches = self.branches(info)
         v = self.carried
-        if v is None:
-            v = den(info.index, info.t, latents, set(BRANCHES), null, values)
-        mid = Branches(*(half_step(latents[b], v[b], h) for b in BRANCHES))
-        self.carried = den(info.index, t_mid, mid, set(BRANCHES), null, values)
-        return self.correct(info, *(midpoint_update(latents[b], self.carried[b], h) for b in BRANCHES))
+        if v is None or not branches <= set(v):
+            v = den(info.index, info.t, latents, branches, null, values)
+        mid = Branches(*(half_step(latents[b], v[b], h) if b in branches else latents[b] for b in BRANCHES))
+        self.carried = den(info.index, t_mid, mid, branches, null, values)
+        new = {b: midpoint_update(latents[b], self.carried[b], h) for b in branches}
+        return self.correct(info, new.get("source"), new["target"])
 
 
 @register

@@ -5,8 +5,9 @@ and one at the midpoint t + h/2, from which the time derivative v′ = (v_mid �
 x_next = x + h·v + ½h²·v′ (`invedit.flow.taylor_step`; 2 network evaluations per step and branch row). The
 inversion runs it from z₀ up to the noisiest level under the source prompt (the reference's guidance 1), and the
 edit runs the same solver on both branches from z*_T, so the source branch reconstructs the image as closely as
-the solver allows. The reference's 15-step FLUX.1-dev edit costs 30 + 30 NFE (it denoises the target only and
-injects features stored during the inversion); invedit's loop also denoises the source branch: 30 + 60.
+the solver allows. The reference's 15-step FLUX.1-dev edit costs 30 + 30 NFE: it denoises the target only and
+injects values stored during the inversion, as ``rf-solver-edit`` does by default (``features="inversion"``, the
+store of `invedit.features`); an editor that reads the source branch also denoises it: 30 + 60.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class RFSolverSampler(Sampler):
 
     def step(self, info: StepInfo, latents: Branches) -> Branches:
         den, schedule = self.ctx.denoiser, self.ctx.schedule
-        branches = set(BRANCHES) if self.needs_source(info) else {"target"}
+        branches = self.branches(info)
         null, values = self.null_embeddings(info), self.value_transforms(info)
         _, t_mid, h = interval(schedule, info.index)
         v = den(info.index, info.t, latents, branches, null, values)

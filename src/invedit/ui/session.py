@@ -126,9 +126,10 @@ class EditSession:
     def _pixels_key(image: Image.Image) -> str:
         return hashlib.sha256(image.tobytes() + repr((image.mode, image.size)).encode()).hexdigest()
 
-    def check(self, request: EditRequest) -> tuple[Image.Image, Any, str, Any]:
+    def check(self, request: EditRequest) -> tuple[Image.Image, Any, str, Any, Any]:
         """Everything that can be refused before any network call: (image, the edit's settings with the model's
-        defaults filled in (`invedit.prepare.EditSettings`), the source branch's prompt, the edit mask or None)."""
+        defaults filled in (`invedit.prepare.EditSettings`), the prompt the image is inverted under, the edit mask
+        or None, the features the editor reads from the inversion or None)."""
         from ..images import load_image
         from ..options import parse_options, split_items
         from ..prepare import check_settings, prepare_edit
@@ -152,7 +153,7 @@ class EditSession:
             if message != str(exc):
                 raise InveditError(message) from None
             raise
-        return image, prepared.settings, prepared.branch_prompt, mask
+        return image, prepared.settings, prepared.inversion_prompt, mask, prepared.feature_request
 
     def edit(self, request: EditRequest) -> EditOutcome:
         """Run one edit (see the module docstring); writes ``edit.png`` and ``edit.json`` in a fresh folder.
@@ -164,22 +165,23 @@ class EditSession:
 
         with self.lock:
             started = time.perf_counter()
-            image, settings, branch_prompt, mask = self.check(request)
-            key = self._inversion_key(image, branch_prompt, settings, settings.inversion_options)
+            image, settings, inversion_prompt, mask, record = self.check(request)
+            key = self._inversion_key(image, inversion_prompt, settings,
+                                      {**settings.inversion_options, "recorded_features": record and record.record()})
             inverted = self.cache.get(key)
             cached = inverted is not None
             if cached:
                 self.cache.move_to_end(key)
             else:
-                inverted = api.invert(self.pipe, image, branch_prompt, settings.inversion, settings.steps,
-                                      settings.guidance_scale, settings.seed, progress=True,
+                inverted = api.invert(self.pipe, image, inversion_prompt, settings.inversion, settings.steps,
+                                      settings.guidance_scale, settings.seed, progress=True, record=record,
                                       **settings.inversion_options)
                 self.cache[key] = inverted
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
-            result = api.edit(self.pipe, inverted, None, request.target_prompt, editor=request.editor,
-                              guidance_scale=request.guidance, seed=request.seed, progress=True, mask=mask,
-                              **settings.editor_options)
+            result = api.edit(self.pipe, inverted, request.source_prompt, request.target_prompt,
+                              editor=request.editor, guidance_scale=request.guidance, seed=request.seed,
+                              progress=True, mask=mask, **settings.editor_options)
             result.settings["source_prompt"] = " ".join(request.source_prompt.split())
             result.settings["inversion_cached"] = cached
             previous = self.results.get(self._pixels_key(image))
