@@ -100,6 +100,23 @@ def test_options_reach_the_pipeline(kontext):
     assert result.nfe_edit == 2 * STEPS and result.record()["source_prompt"] == "a red square"
 
 
+def test_the_web_page_edits_by_the_instruction_in_its_target_box(kontext):
+    """On an instruction model the page's target box holds the instruction: the session's edit equals
+    `invedit.edit` with that instruction (latents bit for bit), and "edit this result again" starts the next
+    instruction empty."""
+    from invedit.ui.session import EditRequest, EditSession
+
+    image = scene_image()
+    outcome = EditSession(kontext).edit(EditRequest(image, "a red square", INSTRUCTION, inversion="none",
+                                                    editor="instruct", steps=STEPS, seed=SEED))
+    direct = invedit.edit(kontext, image, "a red square", None, inversion="none", editor="instruct", steps=STEPS,
+                          seed=SEED, instruction=INSTRUCTION)
+    assert torch.equal(outcome.result.latents, direct.latents)
+    assert (outcome.result.settings["instruction"], outcome.result.settings["target_prompt"]) == (INSTRUCTION, None)
+    follow_up = outcome.follow_up()
+    assert (follow_up["source_prompt"], follow_up["target_prompt"]) == ("", "")
+
+
 def _refuse_any_call(monkeypatch, pipe):
     monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("the pipeline was called"))
     monkeypatch.setattr(backbone(pipe).pipe.vae, "encode", lambda *a, **k: pytest.fail("the VAE was called"))
@@ -190,7 +207,7 @@ def test_the_cli_edits_by_instruction_and_refuses_the_rest_before_loading(kontex
 
 def test_bench_runs_them_on_the_instruction_and_the_report_groups_them(kontext_folder, tmp_path):
     """`bench` on PIE-Bench-format data: the entry's ``editing_instruction`` is the instruction (recorded beside
-    the entry's prompts); other methods fail per entry in one line; the report lists it under its own heading."""
+    the entry's prompts); other methods are refused in one line before the first entry; the report lists it under its own heading."""
     from invedit.bench.methods import parse_methods
     from invedit.bench.report import instruction_families
     from invedit.bench.runner import run_bench
@@ -198,12 +215,16 @@ def test_bench_runs_them_on_the_instruction_and_the_report_groups_them(kontext_f
 
     data = write_toy_bench(tmp_path / "data", 1, seed=3, size=64)
     entries = json.loads((data / "mapping_file.json").read_text())
-    summary = run_bench(data, tmp_path / "run", parse_methods("none+instruct,direct+p2p"),
+    with pytest.raises(InveditError, match=r"^method direct\+p2p: inversion 'direct' does not run on flux-kontext "
+                                           r"models \(instruction schedule\); use one of: none$"):
+        run_bench(data, tmp_path / "refused", parse_methods("none+instruct,direct+p2p"),
+                  model=str(kontext_folder / "model"), steps=STEPS, resolution=64, limit=2, progress=False,
+                  say=lambda m: None)
+    assert not (tmp_path / "refused").exists()  # refused before the first entry
+    summary = run_bench(data, tmp_path / "run", parse_methods("none+instruct"),
                         model=str(kontext_folder / "model"), steps=STEPS, resolution=64, limit=2, progress=False,
                         say=lambda m: None)
-    assert (summary.done, summary.failed) == (2, 2)
-    assert {f["error"] for f in summary.failures} == {"inversion 'direct' does not run on flux-kontext models "
-                                                      "(instruction schedule); use one of: none"}
+    assert (summary.done, summary.failed) == (2, 0)
     for path in sorted((tmp_path / "run" / "edits" / "none+instruct").glob("*.json")):
         record = json.loads(path.read_text())
         entry = entries[record["bench"]["id"]]

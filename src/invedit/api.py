@@ -385,15 +385,15 @@ def edit(pipe, image_or_inverted: str | os.PathLike | Image.Image | Inverted | E
                       inversion_reused=reused)
 
 
-def instruction_or_target(editor: str, target_prompt: str | None, instruction: str | None) -> str | None:
+def instruction_or_target(editor: str | None, target_prompt: str | None, instruction: str | None) -> str | None:
     """What the edit's target branch is conditioned on: an instruction editor's instruction, or the target prompt.
 
     Raises:
         InveditError: an instruction editor without an instruction or with a target prompt, or an instruction
             for an editor that takes a target prompt.
     """
-    editor_cls = get_editor(editor)
-    if editor_cls.takes_instruction:
+    editor_cls = None if editor is None else get_editor(editor)  # None: the model's default (not an instruction one)
+    if editor_cls is not None and editor_cls.takes_instruction:
         if target_prompt is not None:
             raise InveditError(f"editor {editor!r} edits from an instruction, not a target prompt: give "
                                "instruction= (--instruction) instead")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -93,8 +94,6 @@ def edit_command(
     from .prepare import check_mask, check_settings, prepare_edit
 
     # Everything that can be checked without the model is checked before loading it.
-    if editor is None and instruction is not None:
-        raise InveditError("--instruction is for the instruction editor: add --editor instruct")
     instructed = editor is not None and get_editor(editor).takes_instruction
     if not instructed:
         for text, flag, what in ((source, "'--source' / '-s'", "the prompt describing the image"),
@@ -104,6 +103,8 @@ def edit_command(
                                    "--instruction instead)")
     if editor is not None:
         target = api.instruction_or_target(editor, target, instruction)
+    elif instruction is not None:
+        raise InveditError("--instruction is for the instruction editor: add --editor instruct")
     for text, what in ((source, "source prompt"), (target, "instruction" if instructed else "target prompt")):
         if text is not None and not text.strip() and not (instructed and what == "source prompt"):
             raise InveditError(f"the {what} is empty")
@@ -355,6 +356,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, raise_terminated)
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, as errors are
     # click's exceptions, or those of the copy of click that newer typer versions carry (typer._click)
     exceptions = sys.modules[typer.BadParameter.__module__]
     aborts = (typer.Abort, getattr(exceptions, "Abort", typer.Abort))

@@ -51,3 +51,8 @@ def check_number(name: str, value, low: float = float("-inf"), high: float = flo
         kind = "an integer" if integer else "a number"
         raise InveditError(f"{name} must be {kind} in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
     return int(value) if integer else float(value)
+
+
+class InveditWarning(UserWarning):
+    """A setting that runs, but not as the model was made to run (the command line prints it as one
+    ``warning: …`` line)."""

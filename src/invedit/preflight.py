@@ -161,7 +161,7 @@ def component_configs(folder: Path, index: dict[str, Any], family: type[Backbone
             raise InveditError(f"{where}: {name}/{file} ({what}'s config) is missing; download it again")
         config = _read_json(sub / file, where, f"{name}/{file}")
         kind = "vae" if name == "vae" else name if name in REQUIRED_KEYS else None
-        for key in REQUIRED_KEYS.get(kind or "", ()):
+        for key in getattr(family, "required_config_keys", REQUIRED_KEYS).get(kind or "", ()):
             value = config.get(key)
             if value is None or value == [] or isinstance(value, bool):
                 raise InveditError(f"{where}: {name}/{file} has no {key} (an empty or foreign config); download "
@@ -349,6 +349,7 @@ def inspect_folder(folder: Path, name: str, index: dict[str, Any], family: type[
     Raises:
         InveditError: a missing or broken component, a bad resolution, a bad invedit.json.
     """
+    family.check_requirements()  # a family the installed libraries cannot run: said first, in one line
     configs = component_configs(folder, index, family)
     pipe = ConfigPipeline(folder, index, configs)
     for component, config in configs.items():

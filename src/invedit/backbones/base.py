@@ -270,10 +270,14 @@ class Backbone(ABC):
         tokens, attended = self.denoiser_tokens(resolution), self.attention_tokens(resolution)
         denoiser = rows * tokens * self.activation_width() * 16 * value_bytes
         attention = rows * self.attention_heads() * attended * attended * value_bytes
-        vae = 2 * resolution * resolution * int(self.pipe.vae.config.block_out_channels[0]) * 4 * value_bytes
+        vae = 2 * resolution * resolution * self.vae_decoder_channels() * 4 * value_bytes
         if weight_bytes is None:
             weight_bytes = sum(p.numel() for p in self.denoiser.parameters()) * value_bytes
         return {"weights": int(weight_bytes), "activations": int(denoiser + attention + vae)}
+
+    def vae_decoder_channels(self) -> int:
+        """Channels of the VAE decoder's full-resolution level (`memory_estimate`)."""
+        return int(self.pipe.vae.config.block_out_channels[0])
 
     def model_editor_defaults(self, editor: str) -> dict[str, Any]:
         """Options the model recommends for ``editor`` (explicit options and an inversion's pairing win)."""

@@ -4,9 +4,11 @@ FLUX.1-schnell takes none (Black Forest Labs 2024)."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from ..errors import InveditError
+from ..errors import InveditWarning
 from .base import register_family
 from .mmdit import FlowTransformerBackbone, clip_tokens, pack_pooled, unpack_pooled
 
@@ -62,12 +64,14 @@ class FluxBackbone(FlowTransformerBackbone):
         return 1.0 if self.guidance_mode == "none" else self.family_guidance
 
     def check_guidance_for_model(self, guidance: float) -> None:
-        """FLUX.1-schnell refuses guidance ≠ 1: it has no guidance input, so any other scale runs classifier-free
-        guidance over two rows, at twice the cost, which the guidance-distilled model was not trained for."""
+        """FLUX.1-schnell at guidance ≠ 1 warns in one line: it has no guidance input, so any other scale runs
+        classifier-free guidance over two rows, at twice the cost, which the guidance-distilled model was not
+        trained for (the default, 1, runs it as distilled). A warning, not a refusal: CFG rows on schnell are a
+        setting some comparisons use on purpose."""
         if self.guidance_mode == "none" and guidance != 1:
-            raise InveditError(f"this FLUX model (FLUX.1-schnell: no guidance input) runs without guidance; guidance "
-                               f"{guidance:g} would run classifier-free guidance at twice the cost, which it was not "
-                               "trained for; pass --guidance 1 (guidance_scale=1), or leave it out")
+            warnings.warn(f"FLUX.1-schnell has no guidance input: guidance {guidance:g} runs classifier-free "
+                          "guidance over two rows, at twice the cost, which it was not trained for; leave the "
+                          "guidance out (1) to run it as distilled", InveditWarning, stacklevel=2)
 
     @property
     def native_resolution(self) -> int:

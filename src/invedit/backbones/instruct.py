@@ -43,7 +43,7 @@ class InstructionBackbone(Backbone):
     #: The families are tested with these (diffusers added both pipelines long after invedit's lowest 0.30).
     requires = {"diffusers": "0.42.1", "transformers": "5.25.0"}
     #: The guidance an edit uses when the editor is given none (the model card's example).
-    recommended_guidance: ClassVar[float] = 2.5
+    instruction_guidance: ClassVar[float] = 2.5
     #: The negative prompt of true CFG (None: no true CFG).
     default_negative_prompt: ClassVar[str | None] = None
     #: The model's licence, in a few words (README, records).
@@ -114,7 +114,7 @@ class FluxKontextBackbone(InstructionBackbone, FluxBackbone):
 
     family = "flux-kontext"
     pipeline_classes = ("FluxKontextPipeline",)
-    recommended_guidance = 2.5  # the model card's and diffusers' example (the pipeline's default is 3.5)
+    instruction_guidance = 2.5  # the model card's and diffusers' example (the pipeline's default is 3.5)
     licence = "FLUX.1 [dev] Non-Commercial License"
 
     def call_arguments(self, image, instruction, steps, guidance, negative_prompt):
@@ -139,15 +139,38 @@ class QwenImageEditBackbone(InstructionBackbone):
 
     family = "qwen-image-edit"
     pipeline_classes = ("QwenImageEditPipeline",)
-    recommended_guidance = 4.0  # the model card's true_cfg_scale
+    instruction_guidance = 4.0  # the model card's true_cfg_scale
     default_negative_prompt = " "  # the model card's
     licence = "Apache-2.0"
     #: QwenImageEditPipeline's ``default_sample_size`` (latent cells).
     default_sample_size = 128
+    components = {"transformer": "the MM-DiT transformer", "vae": "the VAE", "scheduler": "the flow scheduler",
+                  "text_encoder": "Qwen2.5-VL", "tokenizer": "Qwen2.5-VL's tokenizer"}
+    denoiser_name = "transformer"
+    #: Config keys checked before the load (its VAE is a causal 3-D one, configured unlike SD's).
+    required_config_keys = {"vae": ("temperal_downsample", "base_dim"),
+                            "transformer": ("num_attention_heads", "attention_head_dim")}
+
+    def vae_decoder_channels(self) -> int:
+        return int(self.pipe.vae.config.base_dim)
+
+    # memory (`Backbone.memory_estimate`): an MM-DiT over 2×2 patches, the condition image's tokens appended
+    def activation_width(self) -> int:
+        config = self.denoiser.config
+        return int(config.num_attention_heads) * int(config.attention_head_dim)
+
+    def denoiser_tokens(self, resolution: int) -> int:
+        return 2 * (resolution // self.vae_factor // 2) ** 2
+
+    def attention_tokens(self, resolution: int) -> int:
+        return self.denoiser_tokens(resolution)
+
+    def attention_heads(self) -> int:
+        return int(self.denoiser.config.num_attention_heads)
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** len(self.pipe.vae.temperal_downsample)
+        return 2 ** len(self.pipe.vae.config.temperal_downsample)
 
     @property
     def resolution_multiple(self) -> int:

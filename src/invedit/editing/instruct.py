@@ -56,7 +56,7 @@ class InstructEditor(Editor):
         opts = cls.validate_options(options)
         model = backbone(pipe)
         if opts["guidance"] is None:
-            opts["guidance"] = float(model.recommended_guidance)
+            opts["guidance"] = float(model.instruction_guidance)
         if opts["negative_prompt"] is None:
             opts["negative_prompt"] = model.default_negative_prompt
         return cls(opts)

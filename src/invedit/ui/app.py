@@ -261,7 +261,8 @@ def build_app(session: EditSession, default_steps: int = 50, work_dir: str | Pat
                                     label="or upload a mask: the image's size, white = the region to edit",
                                     format="png", height=IMAGE_HEIGHT // 2)
                 source = gr.Textbox(label="source prompt (describes the image)", elem_id="source")
-                target = gr.Textbox(label="target prompt (the wanted image)", elem_id="target")
+                target = gr.Textbox(label="target prompt (the wanted image; the instruction with the instruct editor)",
+                                    elem_id="target")
                 blend = gr.Textbox(label='blend words "SOURCE_WORD TARGET_WORD" (LocalBlend of p2p / mmdit-p2p, '
                                          'optional)',
                                    elem_id="blend")

@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from ..backbones import backbone
+from ..editing import get_editor
 from ..errors import InveditError
 
 
@@ -77,6 +78,9 @@ class EditOutcome:
         the new source prompt (and as the target to change); blend words and masks cleared (they named this edit's
         words and region)."""
         target = self.result.settings["target_prompt"]
+        if target is None:  # an instruction edit: the next instruction starts empty, as does the source prompt
+            return {"image": str(self.image_path), "source_prompt": "", "target_prompt": "", "blend_words": "",
+                    "mask": None}
         return {"image": str(self.image_path), "source_prompt": target, "target_prompt": target, "blend_words": "",
                 "mask": None}
 
@@ -179,9 +183,12 @@ class EditSession:
                 self.cache[key] = inverted
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
-            result = api.edit(self.pipe, inverted, request.source_prompt, request.target_prompt,
+            # an instruction editor (FLUX.1 Kontext, Qwen-Image-Edit) reads the target box as its instruction
+            instructed = get_editor(settings.editor).takes_instruction
+            result = api.edit(self.pipe, inverted, request.source_prompt, None if instructed else request.target_prompt,
                               editor=request.editor, guidance_scale=request.guidance, seed=request.seed,
-                              progress=True, mask=mask, **settings.editor_options)
+                              progress=True, mask=mask, instruction=request.target_prompt if instructed else None,
+                              **settings.editor_options)
             result.settings["source_prompt"] = " ".join(request.source_prompt.split())
             result.settings["inversion_cached"] = cached
             previous = self.results.get(self._pixels_key(image))
