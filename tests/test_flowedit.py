@@ -200,9 +200,9 @@ def test_an_edit_is_reproducible_byte_for_byte_from_its_seed(tmp_path):
 @pytest.mark.parametrize(("inversion", "editor", "message"), [
     ("direct", "flowedit", "editor 'flowedit' needs no inversion; use it with inversion 'none', not 'direct'"),
     ("none", "p2p", "inversion 'none' keeps no trajectory for editor 'p2p'; pair it with an inversion-free editor "
-                    "(dnaedit, drfs, flowalign, flowedit) or choose an inversion"),
+                    "(dnaedit, drfs, flowalign, flowedit, instruct) or choose an inversion"),
     ("none", "none", "inversion 'none' keeps no trajectory for editor 'none'; pair it with an inversion-free editor "
-                     "(dnaedit, drfs, flowalign, flowedit) or choose an inversion"),
+                     "(dnaedit, drfs, flowalign, flowedit, instruct) or choose an inversion"),
 ])
 def test_pairings_that_mean_nothing_are_refused_in_one_line(inversion, editor, message):
     from invedit.bench.methods import parse_methods
@@ -217,8 +217,8 @@ def test_pairings_that_mean_nothing_are_refused_in_one_line(inversion, editor, m
 
 def test_flowedit_refuses_unet_models():
     with pytest.raises(InveditError, match=r"^inversion 'none' does not run on sd models \(ddim schedule\): it serves "
-                                           r"inversion-free rectified-flow editors \(FlowEdit on SD3/FLUX\); use one "
-                                           r"of: ddim, .*direct"):
+                                           r"inversion-free editors \(FlowEdit on SD3/FLUX, the instruction-trained "
+                                           r"models' own pipelines\); use one of: ddim, .*direct"):
         invedit.edit(tiny_pipeline(), scene_image(), SOURCE, TARGET, inversion="none", editor="flowedit", steps=4)
 
 

@@ -207,7 +207,8 @@ def test_the_cli_edits_by_instruction_and_refuses_the_rest_before_loading(kontex
 
 def test_bench_runs_them_on_the_instruction_and_the_report_groups_them(kontext_folder, tmp_path):
     """`bench` on PIE-Bench-format data: the entry's ``editing_instruction`` is the instruction (recorded beside
-    the entry's prompts); other methods are refused in one line before the first entry; the report lists it under its own heading."""
+    the entry's prompts); other methods are refused in one line before the first entry; the report lists it under
+    its own heading."""
     from invedit.bench.methods import parse_methods
     from invedit.bench.report import instruction_families
     from invedit.bench.runner import run_bench
