@@ -48,7 +48,7 @@ $(VENV_MIN)/.installed: pyproject.toml constraints-min.txt $(VENV)/.installed
 	rm -rf $(VENV_MIN)
 	$(PYTHON) -m venv $(VENV_MIN)
 	$(PY) -c '$(SITE_PACKAGES)' > "$$($(PY_MIN) -c '$(SITE_PACKAGES)')/zz-torch-from-dev-venv.pth"
-	$(PY_MIN) -m pip install $(PIP_FLAGS) --no-warn-conflicts -c constraints-min.txt -e . pytest pytest-xdist
+	$(PY_MIN) -m pip install $(PIP_FLAGS) --no-warn-conflicts -c constraints-min.txt -e . pytest pytest-xdist peft
 	$(PY_MIN) .ci/check_versions.py constraints-min.txt
 	touch $@
 
