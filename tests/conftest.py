@@ -22,6 +22,17 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+#: The test files that take longest (the 512-px parity runs, subprocesses, the shipped models), run first: pytest-xdist
+#: hands whole files to whichever worker is free, so a long file left to the end keeps one core idle meanwhile.
+SLOW_FILES = ("test_parity.py", "test_editors_parity.py", "test_bench_runner.py", "test_embedded_model.py",
+              "test_pix2pix_zero.py", "test_sdxl.py", "test_ui.py", "test_embedded_flow_model.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 @pytest.fixture(scope="session")
 def pipe():
     """Tiny random-weight Stable Diffusion pipeline (64 px images, 16×16 latents)."""

@@ -184,7 +184,7 @@ def test_cli_bench_summary_and_exit_codes(model_dir, dataset, tmp_path):
 
 def _bench_process(dataset, out, model_dir, cache) -> list[str]:
     return [sys.executable, "-m", "invedit", "bench", str(dataset), "--methods", "direct+p2p,ddim+p2p", "--out",
-            str(out), "--model", str(model_dir), "--steps", "12", "--cache-dir", str(cache), "-q"]
+            str(out), "--model", str(model_dir), "--steps", "6", "--cache-dir", str(cache), "-q"]
 
 
 def _comparable(run_dir: Path) -> dict[str, object]:

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 import invedit
-from invedit.api import decode_latents, encode_image, loop_context
+from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
-from invedit.editing.p2p import PromptToPrompt
 from invedit.images import psnr
+from invedit.inversion.direct import DirectSampler
 
 from .bounds import max_abs, mean_abs, measured
 
@@ -37,16 +37,28 @@ def parity_runs(parity_pipe):
     """``parity_runs(inversion, **options) -> (Inverted, EditResult)`` of the parity case, each run once per module
     (a 512-px, 50-step edit costs seconds; two tests read the reference layout's run)."""
     runs: dict[tuple, tuple] = {}
+    run_offsets: dict[tuple, list] = {}
 
     def run(inversion: str, **options):
         key = (inversion, tuple(sorted(options.items())))
         if key not in runs:
             inv = invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, inversion, steps=50,
                                  guidance_scale=7.5, **options)
-            runs[key] = inv, invedit.edit(parity_pipe, inv, None, TARGET, guidance_scale=7.5)
+            prepare = DirectSampler.prepare
+
+            def keep_offsets(sampler):  # the offsets the edit itself added (the reference layout computes them first)
+                prepare(sampler)
+                run_offsets[key] = sampler.source_offsets
+
+            DirectSampler.prepare = keep_offsets
+            try:
+                runs[key] = inv, invedit.edit(parity_pipe, inv, None, TARGET, guidance_scale=7.5)
+            finally:
+                DirectSampler.prepare = prepare
         return runs[key]
 
     run.pipe = parity_pipe
+    run.offsets = lambda inversion, **options: run_offsets.get((inversion, tuple(sorted(options.items()))))
     return run
 
 
@@ -98,9 +110,8 @@ def test_edit_reproduces_reference(parity_runs, inversion, options, name):
 def test_direct_offsets_match_the_reference_offsets(parity_runs):
     _, ref = reference("directinversion+p2p")
     inv, _ = parity_runs("direct", layout="reference")
-    editor = PromptToPrompt.create(parity_runs.pipe, SOURCE, TARGET, inv.steps)
-    sampler = inv.sampler(loop_context(parity_runs.pipe, inv, editor, SOURCE, TARGET, 7.5, seed=0))
-    sampler.prepare()  # the reference layout's separate offset pass
+    offsets = parity_runs.offsets("direct", layout="reference")  # what that edit's separate offset pass added
+    assert offsets is not None and len(offsets) == inv.steps
     # Rounding reaches 1.4e-4 in a few of 16 384 elements (AVX2 kernels), so the max bounds outliers and the mean
     # catches a systematic error: worst max / mean over CPUs 1.4e-4 / 4.3e-6; the UNet evaluated at t − 1 instead of
     # t gives 3.5e-4 / 2.6e-5 after the first steps and 0.013 later (docs/test-bounds.md).
@@ -113,7 +124,7 @@ def test_direct_offsets_match_the_reference_offsets(parity_runs):
     for k, i in enumerate(ref["noise_loss_index"].tolist()):
         # worst 0.00029 over CPU kernels and thread counts (docs/test-bounds.md)
         assert measured("parity direct offsets vs reference, max",
-                        max_abs(sampler.source_offsets[i][0], ref["noise_loss_subset"][k][0])) <= 1e-3
+                        max_abs(offsets[i][0], ref["noise_loss_subset"][k][0])) <= 1e-3
 
 
 def test_fixture_images_are_the_npz_arrays():

@@ -124,7 +124,8 @@ def _cli_extra(inversion: str, editor: str, encoder: str) -> list[str]:
 
 
 @pytest.mark.parametrize("inversion", sorted(n for n, c in INVERSIONS.items() if "ddim" in c.schedule_kinds))
-def test_every_inversion_with_every_editor_from_the_cli(xl_dir, tmp_path, image, inversion):
+def test_every_inversion_with_every_editor_from_the_cli(xl, xl_dir, tmp_path, image, inversion):
+    fingerprint = model_fingerprint(xl)  # the folder's (test_the_folder_loads_as_an_sdxl_pipeline)
     encoder = tiny_image_encoder(tmp_path / "encoder") if inversion == "style-diffusion" else ""
     image.save(tmp_path / "in.png")
     for editor in ("p2p", "masactrl", "pnp", "pix2pix-zero", "none"):
@@ -139,7 +140,7 @@ def test_every_inversion_with_every_editor_from_the_cli(xl_dir, tmp_path, image,
         assert result.exit_code == 0, f"{inversion}+{editor}: {result.output}"
         record = json.loads(out.with_suffix(".json").read_text())
         assert record["inversion"] == inversion and record["editor"]["editor"] == editor
-        assert record["nfe"] > 0 and record["model_fingerprint"] == model_fingerprint(invedit.load(xl_dir))
+        assert record["nfe"] > 0 and record["model_fingerprint"] == fingerprint
 
 
 def test_an_sd1_only_option_on_sdxl_is_one_line(xl_dir, tmp_path, image):

@@ -227,8 +227,11 @@ def test_the_server_keeps_its_files_in_one_folder_and_removes_it_at_exit(example
     port = _free_port()
     env = {**os.environ, "TMPDIR": str(temp), "INVEDIT_THREADS": "1"}
     env.pop("GRADIO_TEMP_DIR", None)
+    # Ctrl-C is SIGINT at its default: a suite started in the background (`make test &`) hands its children SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "invedit.cli", "ui", "--port", str(port), "--steps", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == f"invedit ui on http://127.0.0.1:{port}"  # once it listens
         from gradio_client import Client, handle_file

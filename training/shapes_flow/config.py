@@ -52,13 +52,13 @@ class FlowTrainConfig:
     # the fine-tune stage (`--stage finetune`, training/shapes_flow/finetune.py): continues from an exported model's
     # transformer on freshly rendered scenes with the flow loss + ``ground_weight`` × a grounding loss on the joint
     # blocks' image→text attention (each object word's map on its object, background words' on the background)
-    ft_scenes: int = 5000  # rendered and encoded once (latent posteriors + grounding targets), drawn from each step
-    ft_steps: int = 300
+    ft_scenes: int = 20000  # rendered and encoded once (latent posteriors + grounding targets), drawn from each step
+    ft_steps: int = 4000
     ft_batch: int = 32
     ft_lr: float = 1e-4
-    ft_warmup: int = 30
+    ft_warmup: int = 100
     ft_decay_from: float = 0.3
-    ft_ema_decay: float = 0.99
+    ft_ema_decay: float = 0.998
     ground_weight: float = 0.1
 
     @property
