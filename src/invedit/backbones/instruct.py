@@ -20,6 +20,7 @@ auto-resize picks for a square image). Qwen-Image-Edit always conditions on the 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -61,14 +62,14 @@ class InstructionBackbone(Backbone):
         return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only)
 
     # ---- the edit ------------------------------------------------------------------------------------------
+    @abstractmethod
     def call_arguments(self, image: Image.Image, instruction: str, steps: int, guidance: float,
                        negative_prompt: str | None) -> dict[str, Any]:
         """The pipeline's keyword arguments for one edit (without the generator and output type)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unpack(self, latents: torch.Tensor) -> torch.Tensor:
         """The pipeline's latent output (packed tokens) as (1, C, h, w) float32."""
-        raise NotImplementedError
 
     def instruct(self, image: Image.Image, instruction: str, steps: int, guidance: float,
                  negative_prompt: str | None, seed: int, stats) -> torch.Tensor:

@@ -3,6 +3,8 @@ CLIP + T5 text encoders whose pooled CLIP embedding rides along as the condition
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from PIL import Image
 
@@ -151,11 +153,11 @@ class FlowTransformerBackbone(Backbone):
         noise = torch.randn((1, self.latent_channels, side, side), generator=generator, dtype=self.denoiser.dtype)
         return noise.float().to(self.device)
 
+    @abstractmethod
     def text_layout(self) -> list[tuple[object, int, int, int]]:
         """How the conditioning's text tokens (what joint attention sees as text) are laid out, one entry per
         tokenizer: ``(tokenizer, first word's position, tokens kept, offset in the text tokens)``; a word's
         columns are ``offset + p`` for its token positions ``p`` (`invedit.prompts.word_token_indices`)."""
-        raise NotImplementedError
 
     def _layer_groups(self) -> list[tuple[str, str]]:
         """``(ModuleList attribute, place)`` of the transformer's block lists, in forward order."""

@@ -17,6 +17,7 @@ channels-last there), FLUX's in the packed (1, h/2·w/2, 4C) token layout. The d
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -124,7 +125,7 @@ class FlowEditSampler(Sampler):
         return z_edit + (sigma_next - sigma) * delta
 
 
-class InversionFreeEditor(Editor):
+class InversionFreeEditor(Editor, ABC):
     """What the inversion-free flow editors share (FlowEdit and the samplers built on it: DNAEdit, DRFS,
     FlowAlign): they pair with inversion "none" and supply the edit's sampler; their options are resolved against
     the model family's official defaults (``families``: the families the official code runs); each branch's CFG
@@ -152,9 +153,9 @@ class InversionFreeEditor(Editor):
             raise InveditError(f"editor {cls.name!r} has no settings for {family} models; it runs on {runs}")
 
     @classmethod
+    @abstractmethod
     def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
         """Validated options with the family's official defaults filled in (each editor defines it)."""
-        raise NotImplementedError
 
     @classmethod
     def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> InversionFreeEditor:
