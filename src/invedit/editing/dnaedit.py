@@ -26,10 +26,9 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import check_number
-from ..inversion.base import Sampler
 from ..sampling import Branches, LoopContext, StepInfo
 from .base import register
-from .flowedit import InversionFreeEditor, NoiseSampler
+from .flowedit import InversionFreeEditor, InversionFreeSampler, NoiseSampler
 
 #: The official configs per model family (configs/DNAEdit_SD3_exp.yaml, DNAEdit_FLUX_exp.yaml): steps T_steps and
 #: the options at T_steps steps.
@@ -47,14 +46,12 @@ def scaled_t_start(family: str, steps: int) -> int:
     return max(0, steps - active)
 
 
-class DNAEditSampler(Sampler):
-    """One DNAEdit edit over the "none" inversion's z₀: `prepare` aligns the noise (the source velocities and
-    offsets of every active step), the steps move the target; the source branch stays x_src."""
+class DNAEditSampler(InversionFreeSampler):
+    """One DNAEdit edit: `prepare` aligns the noise (the source velocities and offsets of every active step), the
+    steps move the target from the aligned start."""
 
     def __init__(self, inverted, ctx: LoopContext, options: dict[str, Any], noise_sampler: NoiseSampler):
-        super().__init__(inverted, ctx)
-        self.options, self.noise_sampler = options, noise_sampler
-        self.x_src = inverted.z0.float()
+        super().__init__(inverted, ctx, options, noise_sampler)
         self.offsets: dict[int, torch.Tensor] = {}
         self.velocities: dict[int, torch.Tensor] = {}
 

@@ -32,10 +32,9 @@ import torch
 
 from ..errors import InveditError, check_number
 from ..flow import noisy_sample
-from ..inversion.base import Sampler
 from ..sampling import Branches, LoopContext, StepInfo
 from .base import register
-from .flowedit import InversionFreeEditor, NoiseSampler
+from .flowedit import InversionFreeEditor, InversionFreeSampler
 
 #: exp.yaml's settings (edit.py's ``--eta`` default is also 1); the DRFS function's own defaults differ (eta 0,
 #: "random", lr 0.1, guidance 3.5 / 13.5).
@@ -75,14 +74,8 @@ def make_optimizer(name: str, param: torch.Tensor, lr: float) -> torch.optim.Opt
     return getattr(torch.optim, name)([param], lr=lr)
 
 
-class DRFSSampler(Sampler):
-    """One DRFS edit over the "none" inversion's z₀: the target is the optimised latent (a leaf tensor the
-    optimiser owns), the source branch stays x_src."""
-
-    def __init__(self, inverted, ctx: LoopContext, options: dict[str, Any], noise_sampler: NoiseSampler):
-        super().__init__(inverted, ctx)
-        self.options, self.noise_sampler = options, noise_sampler
-        self.x_src = inverted.z0.float()
+class DRFSSampler(InversionFreeSampler):
+    """One DRFS edit: the target is the optimised latent (a leaf tensor the optimiser owns)."""
 
     @property
     def first_step(self) -> int:
@@ -99,9 +92,6 @@ class DRFSSampler(Sampler):
             self.z.requires_grad_(True)
             self.optimizer = make_optimizer(self.options["optimizer"], self.z, lr)
         self.sgd_lr: float | torch.Tensor = lr if isinstance(lr, float) else 0.02
-
-    def start_latents(self) -> Branches:
-        return Branches(self.x_src.clone(), self.x_src.clone())
 
     def shift(self, i: int) -> float:
         """c_t / t at step ``i``: η·i/T ("progressive", descending), η ("progressive", random), or the number."""

@@ -23,29 +23,20 @@ from typing import Any, ClassVar
 
 from ..errors import check_number
 from ..flow import noisy_sample
-from ..inversion.base import Sampler
 from ..sampling import Branches, LoopContext, StepInfo
 from .base import register
-from .flowedit import InversionFreeEditor, NoiseSampler, plain_noise
+from .flowedit import InversionFreeEditor, InversionFreeSampler, NoiseSampler, plain_noise
 
 #: The official defaults (run_edit.py's arguments; the regularizer weight is a constant in sd3_edit.py).
 REFERENCE_DEFAULTS: dict[str, Any] = {"steps": 33, "source_guidance": 1.0, "target_guidance": 13.5, "zeta": 0.01}
 
 
-class FlowAlignSampler(Sampler):
-    """One FlowAlign edit over the "none" inversion's z₀: the source branch stays x_src, the target is x."""
-
-    def __init__(self, inverted, ctx: LoopContext, options: dict[str, Any], noise_sampler: NoiseSampler):
-        super().__init__(inverted, ctx)
-        self.options, self.noise_sampler = options, noise_sampler
-        self.x_src = inverted.z0.float()
+class FlowAlignSampler(InversionFreeSampler):
+    """One FlowAlign edit: the target is x."""
 
     @property
     def first_step(self) -> int:
         return 0
-
-    def start_latents(self) -> Branches:
-        return Branches(self.x_src.clone(), self.x_src.clone())
 
     def step(self, info: StepInfo, latents: Branches) -> Branches:
         schedule, i = self.ctx.schedule, info.index

@@ -79,22 +79,27 @@ def seeded_noise_sampler(generator: torch.Generator, like: torch.Tensor, family:
     return lambda sigma, sigma_next: draw(generator, like)
 
 
-class FlowEditSampler(Sampler):
-    """One FlowEdit edit over the "none" inversion's z₀: the source branch stays x_src (its reconstruction is the
-    VAE's), the target is z_edit. Options are the editor's, resolved (`FlowEditEditor.resolved`)."""
+class InversionFreeSampler(Sampler):
+    """An inversion-free edit over the "none" inversion's z₀ (FlowEdit, FlowAlign, DRFS, DNAEdit): both branches
+    start at x_src and the source branch stays there (its reconstruction is the VAE's); ``options`` are the
+    editor's, resolved (`InversionFreeEditor.resolved`); ``noise_sampler`` draws the editor's seeded noise."""
 
     def __init__(self, inverted, ctx: LoopContext, options: dict[str, Any], noise_sampler: NoiseSampler):
         super().__init__(inverted, ctx)
         self.options, self.noise_sampler = options, noise_sampler
         self.x_src = inverted.z0.float()
 
+    def start_latents(self) -> Branches:
+        return Branches(self.x_src.clone(), self.x_src.clone())
+
+
+class FlowEditSampler(InversionFreeSampler):
+    """One FlowEdit edit: the target is z_edit."""
+
     @property
     def first_step(self) -> int:
         """Steps with T − i > n_max are skipped (the official loop's ``continue``)."""
         return self.ctx.schedule.steps - self.options["n_max"]
-
-    def start_latents(self) -> Branches:
-        return Branches(self.x_src.clone(), self.x_src.clone())
 
     def needs_source(self, info: StepInfo) -> bool:
         """The source's velocity is read at FlowEdit steps only (not in the last ``n_min`` sampling steps)."""
