@@ -31,11 +31,12 @@ from invedit.toy.bench import write_toy_bench
 #: DDIM / Direct with each of the other editors.
 METHODS = ("direct+p2p,null-text+p2p,negative-prompt+p2p,null-latent+p2p,ddpm+p2p,edict+p2p,ddim+p2p,"
            "direct+masactrl,ddim+masactrl,direct+pnp,ddim+pnp,direct+pix2pix-zero,ddim+pix2pix-zero")
-#: Every flow inversion with the editors it pairs with on SD 3 (RF-Inversion and rf-solver-edit are FLUX-only),
-#: FlowEdit (no inversion), KV-Edit (the entry's mask given).
+#: Every flow inversion with the editors it pairs with on SD 3 (RF-Inversion, rf-solver-edit and Stable Flow are
+#: FLUX-only), MM-DiT Prompt-to-Prompt, the inversion-free editors (FlowEdit, FlowAlign, DRFS, DNAEdit), KV-Edit
+#: (the entry's mask given).
 FLOW_METHODS = ("euler+none,direct+none,euler+shared-attention,direct+shared-attention,rf-solver+shared-attention,"
-                "fireflow+shared-attention,uniedit+uniedit,direct+uniedit,euler+uniedit,none+flowedit,direct+kv-edit,"
-                "euler+kv-edit")
+                "fireflow+shared-attention,euler+mmdit-p2p,direct+mmdit-p2p,uniedit+uniedit,direct+uniedit,"
+                "euler+uniedit,none+flowedit,none+flowalign,none+drfs,none+dnaedit,direct+kv-edit,euler+kv-edit")
 HERE = Path(__file__).parent
 OUT = HERE / "shapes_table1"
 FLOW_OUT = HERE / "shapes_flow_table1"
