@@ -6,7 +6,6 @@ image and latents for DDIM+P2P, Direct Inversion+P2P and Null-text+P2P on a tiny
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,12 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
+from invedit.inversion import Inverted, get_inversion
 from invedit.inversion.direct import DirectSampler
+from invedit.inversion.null_text import NullTextInverted
 
 from .bounds import max_abs, mean_abs, measured
+from .trajectories import as_method
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"
 SOURCE = "a yellow square on a striped background"
@@ -33,17 +35,23 @@ def parity_pipe():
 
 
 @pytest.fixture(scope="module")
-def parity_runs(parity_pipe):
-    """``parity_runs(inversion, **options) -> (Inverted, EditResult)`` of the parity case, each run once per module
-    (a 512-px, 50-step edit costs seconds; two tests read the reference layout's run)."""
+def ddim_trajectory(parity_pipe) -> Inverted:
+    """The parity case's DDIM inversion (guidance 1, 50 steps; the edits' guidance 7.5 recorded)."""
+    return invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, "ddim", steps=50, guidance_scale=7.5)
+
+
+@pytest.fixture(scope="module")
+def parity_runs(parity_pipe, ddim_trajectory):
+    """``parity_runs(inversion, **options) -> (Inverted, EditResult)`` of the parity case (``ddim`` or ``direct``),
+    each run once per module (a 512-px, 50-step edit costs seconds; two tests read the reference layout's run).
+    Both methods invert by DDIM at guidance 1, so the module inverts once (`trajectories.as_method`)."""
     runs: dict[tuple, tuple] = {}
     run_offsets: dict[tuple, list] = {}
 
     def run(inversion: str, **options):
         key = (inversion, tuple(sorted(options.items())))
         if key not in runs:
-            inv = invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, inversion, steps=50,
-                                 guidance_scale=7.5, **options)
+            inv = as_method(ddim_trajectory, get_inversion(inversion), options)
             prepare = DirectSampler.prepare
 
             def keep_offsets(sampler):  # the offsets the edit itself added (the reference layout computes them first)
@@ -133,15 +141,16 @@ def test_fixture_images_are_the_npz_arrays():
     assert Image.open(PARITY / "inputs" / "caseB.png").size == (512, 512)
 
 
-def test_null_text_edit_reproduces_reference_given_its_null_embeddings(parity_pipe):
+def test_null_text_edit_reproduces_reference_given_its_null_embeddings(parity_pipe, ddim_trajectory):
     """The editing half of null-text inversion (per-step nulls in both branches + P2P) matches the reference.
 
     The optimisation half cannot be compared image to image on this random-weight model: it is chaotic (a 1e-6
     change of the input latent moves our own result to 22 dB from itself), so it is checked step by step below.
     """
     expected, ref = reference("null-text-inversion+p2p")
-    inv = invedit.invert(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, "null-text", inner_steps=0)
-    inv = dataclasses.replace(inv, nulls=tuple(u.to(inv.latents.device) for u in ref["uncond_embeddings"]))
+    # null-text's trajectory is the DDIM inversion's; its nulls are the reference's
+    inv = as_method(ddim_trajectory, NullTextInverted, {"inner_steps": 0},
+                    nulls=tuple(u.to(parity_pipe.device) for u in ref["uncond_embeddings"]))
     # Start from the reference's z_T too: its nulls were fitted to that trajectory, and our z_T (3e-5 away) drifts
     # by a CPU-dependent amount under the optimised nulls (0.013 here, 0.025 on another CPU).
     inv.latents[-1] = ref["xT_latent"].to(inv.latents.device)
