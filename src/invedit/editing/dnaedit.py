@@ -111,12 +111,12 @@ class DNAEditEditor(InversionFreeEditor):
     refusal = "it edits along rectified flows (SD3/FLUX)"
 
     @classmethod
-    def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
-        """Validated options with the family's official config filled in."""
-        opts = cls.validate_options(options)
-        cls.check_family(family)
-        reference = REFERENCE_DEFAULTS[family]
-        cls.resolve_guidance(opts, reference)
+    def official_defaults(cls, family: str) -> dict[str, Any]:
+        return REFERENCE_DEFAULTS[family]
+
+    @classmethod
+    def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]
+                    ) -> dict[str, Any]:
         t_start = scaled_t_start(family, steps) if opts["T_start"] is None else opts["T_start"]
         opts["T_start"] = check_number("T_start", t_start, 0, steps - 1, integer=True)
         opts["mvg"] = check_number("mvg", reference["mvg"] if opts["mvg"] is None else opts["mvg"], 0, 1)

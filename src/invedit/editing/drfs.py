@@ -156,12 +156,14 @@ class DRFSEditor(InversionFreeEditor):
     families = ("sd3",)
 
     @classmethod
-    def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
-        opts = cls.validate_options(options)
-        cls.check_family(family)
-        cls.resolve_guidance(opts, REFERENCE_DEFAULTS)
-        opts["eta"] = check_number("eta", REFERENCE_DEFAULTS["eta"] if opts["eta"] is None else opts["eta"], 0, 10)
-        shift = REFERENCE_DEFAULTS["shift"] if opts["shift"] is None else opts["shift"]
+    def official_defaults(cls, family: str) -> dict[str, Any]:
+        return REFERENCE_DEFAULTS
+
+    @classmethod
+    def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]
+                    ) -> dict[str, Any]:
+        opts["eta"] = check_number("eta", reference["eta"] if opts["eta"] is None else opts["eta"], 0, 10)
+        shift = reference["shift"] if opts["shift"] is None else opts["shift"]
         if isinstance(shift, str) and shift != "progressive":
             raise InveditError(f"shift must be 'progressive' or a number, got {shift!r}")
         opts["shift"] = shift if shift == "progressive" else check_number("shift", shift, -10, 10)
@@ -174,7 +176,7 @@ class DRFSEditor(InversionFreeEditor):
             raise InveditError("scheduler_strategy 'random' draws a step in [2, steps - 2]: it needs steps >= 4")
         if opts["optimizer"] not in OPTIMIZERS:
             raise InveditError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {opts['optimizer']!r}")
-        lr = REFERENCE_DEFAULTS["lr"] if opts["lr"] is None else opts["lr"]
+        lr = reference["lr"] if opts["lr"] is None else opts["lr"]
         if isinstance(lr, str):
             if lr not in ("custom", "FE"):
                 raise InveditError(f"lr must be 'custom', 'FE' or a number, got {lr!r}")

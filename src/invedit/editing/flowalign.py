@@ -69,11 +69,13 @@ class FlowAlignEditor(InversionFreeEditor):
     families = ("sd3",)
 
     @classmethod
-    def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
-        opts = cls.validate_options(options)
-        cls.check_family(family)
-        cls.resolve_guidance(opts, REFERENCE_DEFAULTS)
-        zeta = REFERENCE_DEFAULTS["zeta"] if opts["zeta"] is None else opts["zeta"]
+    def official_defaults(cls, family: str) -> dict[str, Any]:
+        return REFERENCE_DEFAULTS
+
+    @classmethod
+    def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]
+                    ) -> dict[str, Any]:
+        zeta = reference["zeta"] if opts["zeta"] is None else opts["zeta"]
         opts["zeta"] = check_number("zeta", zeta, 0, 1)
         return opts
 

@@ -158,21 +158,33 @@ class InversionFreeEditor(Editor, ABC):
             raise InveditError(f"editor {cls.name!r} has no settings for {family} models; it runs on {runs}")
 
     @classmethod
-    @abstractmethod
     def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
-        """Validated options with the family's official defaults filled in (each editor defines it)."""
+        """Validated options with the family's official defaults filled in: the checks every inversion-free editor
+        shares (known names, the family, each branch's guidance in [0, 50], given or official), then the editor's
+        own (`resolve_own`)."""
+        opts = cls.validate_options(options)
+        cls.check_family(family)
+        reference = cls.official_defaults(family)
+        for key in ("source_guidance", "target_guidance"):
+            opts[key] = check_number(key, reference[key] if opts[key] is None else opts[key], 0, 50)
+        return cls.resolve_own(opts, family, steps, reference)
+
+    @classmethod
+    @abstractmethod
+    def official_defaults(cls, family: str) -> dict[str, Any]:
+        """The official code's settings for ``family`` (``source_guidance`` and ``target_guidance`` at least)."""
+
+    @classmethod
+    @abstractmethod
+    def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """The editor's own options in ``opts`` (validated, guidance resolved) checked, None filled from
+        ``reference`` (`official_defaults`) or scaled to ``steps``; returns ``opts``."""
 
     @classmethod
     def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> InversionFreeEditor:
         family = backbone(pipe).family
-        cls.check_family(family)
         return cls(cls.resolved(family, steps, options), family)
-
-    @staticmethod
-    def resolve_guidance(opts: dict[str, Any], reference: dict[str, Any]) -> None:
-        """``source_guidance`` / ``target_guidance`` in place: given, or the reference's, checked in [0, 50]."""
-        for key in ("source_guidance", "target_guidance"):
-            opts[key] = check_number(key, reference[key] if opts[key] is None else opts[key], 0, 50)
 
     def branch_guidance(self, scales: dict[str, float]) -> dict[str, float]:
         """Each branch's own scale (the official src/tar guidance), in place of the edit's guidance scale."""
@@ -204,15 +216,14 @@ class FlowEditEditor(InversionFreeEditor):
     refusal = "it integrates an ODE between rectified flows (SD3/FLUX)"
 
     @classmethod
-    def resolved(cls, family: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
-        """Validated options with the family's official defaults filled in."""
-        opts = cls.validate_options(options)
-        cls.check_family(family)
-        reference = REFERENCE_DEFAULTS[family]
-        if opts["n_max"] is None:
-            opts["n_max"] = scaled_n_max(family, steps)
-        cls.resolve_guidance(opts, reference)
-        opts["n_max"] = check_number("n_max", opts["n_max"], 0, steps, integer=True)
+    def official_defaults(cls, family: str) -> dict[str, Any]:
+        return REFERENCE_DEFAULTS[family]
+
+    @classmethod
+    def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]
+                    ) -> dict[str, Any]:
+        n_max = scaled_n_max(family, steps) if opts["n_max"] is None else opts["n_max"]
+        opts["n_max"] = check_number("n_max", n_max, 0, steps, integer=True)
         opts["n_min"] = check_number("n_min", opts["n_min"], 0, opts["n_max"], integer=True)
         opts["n_avg"] = check_number("n_avg", opts["n_avg"], 1, 1000, integer=True)
         return opts
