@@ -1,4 +1,4 @@
-from training.shapes_flow.train import main
+from training.shapes_flow.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

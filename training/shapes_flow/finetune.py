@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from invedit.toy import scenes
 from training.shapes_flow.config import UNET_MODEL_DIR, FlowTrainConfig
 from training.shapes_flow.models import build_transformer, encode_captions, load_shared, shifted_sigma
+from training.shapes_flow.train import sample
 from training.shapes_unet.common import StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
 from training.shapes_unet.data import save_grid, to_tensor
 from training.shapes_unet.grounding import grounding_loss, grounding_targets
@@ -131,8 +132,6 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
     one; ``stop_at``: stop once that many are done, the LR schedule unchanged); returns True once done. Each step
     draws ``cfg.ft_batch`` scenes of `finetune_cache` (a latent sampled from each one's posterior) from a generator
     seeded by the seed and the step."""
-    from training.shapes_flow.train import sample
-
     ckpt_path = run_dir / "finetune.ckpt.pt"
     vae, tokenizer, text = load_shared(unet_dir, cfg)
     weights, shift, scale, init_sha = init_from(init_dir)

@@ -1,6 +1,5 @@
-"""Train the embedded flow model: an SD3-shaped rectified-flow transformer (MM-DiT) on the shapes world.
-
-``python -m training.shapes_flow [--out DIR] [--minutes M] [--resume] [--export] [--smoke]``
+"""The embedded flow model's base training: an SD3-shaped rectified-flow transformer (MM-DiT) on the shapes world
+(its command line: training/shapes_flow/cli.py).
 
 The VAE, word tokenizer and text encoder are the embedded UNet model's, frozen (the text encoder gains an identity
 projection and fills both of SD3's CLIP slots; there is no T5). Only an `SD3Transformer2DModel` is trained, with the
@@ -12,10 +11,7 @@ run dir every few minutes and continues with ``--resume``; ``--export`` writes t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,10 +22,7 @@ import torch
 from invedit.flow import FlowSchedule
 from invedit.sampling import guided
 from training.shapes_flow.config import (
-    DEFAULT_RUN_DIR,
-    SMOKE,
     UNET_MODEL_DIR,
-    WEIGHTS_DIR,
     FlowTrainConfig,
 )
 from training.shapes_flow.models import (
@@ -39,7 +32,7 @@ from training.shapes_flow.models import (
     load_shared,
     shifted_sigma,
 )
-from training.shapes_unet.common import PRECISION, StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
+from training.shapes_unet.common import StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
 from training.shapes_unet.data import save_grid, scene_cache, to_uint8
 from training.shapes_unet.unet import PREVIEW_PROMPTS, color_accuracy
 from training.shapes_unet.vae import cached_latent_stats
@@ -157,54 +150,3 @@ def train(cfg: FlowTrainConfig, run_dir: Path, deadline: float, gov: ThreadGover
     checkpoint()
     preview()
     return step >= cfg.steps
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.shapes_flow", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run directory (checkpoints, logs)")
-    ap.add_argument("--minutes", type=float, default=None, help="wall-clock bound for this invocation")
-    ap.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    ap.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
-                    help="train (--no-train: only export)")
-    ap.add_argument("--export", action="store_true", help="export the EMA pipeline after training")
-    ap.add_argument("--export-dir", type=Path, default=WEIGHTS_DIR)
-    ap.add_argument("--smoke", action="store_true", help="tiny configuration, for checking the script")
-    ap.add_argument("--stage", choices=("base", "finetune"), default="base",
-                    help="base: train from the seed; finetune: continue --init's transformer with the flow + "
-                         "grounding loss (training/shapes_flow/finetune.py)")
-    ap.add_argument("--init", type=Path, default=WEIGHTS_DIR,
-                    help="exported model folder the fine-tune starts from (default: the shipped one)")
-    ap.add_argument("--stop-at", type=int, default=None,
-                    help="finetune: stop (and checkpoint) once this many steps are done, short of ft_steps")
-    ap.add_argument("--max-threads", type=int, default=None,
-                    help="at most this many intra-op threads (default: the config's max_threads)")
-    args = ap.parse_args(argv)
-    PRECISION["value"] = "fp32"  # the shared VAE's latent pass (training.shapes_unet.vae.latent_stats)
-    cfg = FlowTrainConfig(**SMOKE) if args.smoke else FlowTrainConfig()
-    run_dir: Path = args.out
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.json"
-    ckpt = "finetune.ckpt.pt" if args.stage == "finetune" else "flow.ckpt.pt"
-    if args.train:
-        if (run_dir / ckpt).exists() and not args.resume:
-            ap.error(f"{run_dir} has a checkpoint: pass --resume to continue, or choose another --out")
-        if cfg_path.exists() and FlowTrainConfig.from_dict(json.loads(cfg_path.read_text())) != cfg:
-            ap.error(f"{run_dir} was trained with another configuration ({cfg_path})")
-        cfg_path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
-        deadline = time.time() + (args.minutes * 60 if args.minutes else math.inf)
-        gov = ThreadGovernor(min(cfg.max_threads, args.max_threads or cfg.max_threads))
-        if args.stage == "finetune":
-            from training.shapes_flow.finetune import finetune
-
-            done = finetune(cfg, run_dir, args.init, deadline, gov, stop_at=args.stop_at)
-        else:
-            done = train(cfg, run_dir, deadline, gov)
-        print("training finished" if done else "stopped (time bound); continue with --resume", file=sys.stderr)
-    if args.export:
-        from training.shapes_flow.export import export
-
-        if not any((run_dir / name).exists() for name in ("flow.ckpt.pt", "finetune.ckpt.pt")):
-            print("nothing to export yet (no checkpoint)", file=sys.stderr)
-            return 1
-        print(f"exported to {export(run_dir, args.export_dir)}", file=sys.stderr)
-    return 0

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from training.shapes_flow import train
+from training.shapes_flow import cli
 from training.shapes_flow.config import SMOKE, UNET_MODEL_DIR, FlowTrainConfig
 from training.shapes_flow.models import build_scheduler, shifted_sigma
 
@@ -18,7 +18,7 @@ from training.shapes_flow.models import build_scheduler, shifted_sigma
 @pytest.fixture(scope="module")
 def smoke_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("flow-smoke")
-    assert train.main(["--smoke", "--out", str(root / "run"), "--export", "--export-dir", str(root / "export")]) == 0
+    assert cli.main(["--smoke", "--out", str(root / "run"), "--export", "--export-dir", str(root / "export")]) == 0
     return root
 
 
@@ -78,13 +78,13 @@ def test_training_is_a_function_of_the_seed_and_a_checkpoint_is_not_overwritten(
     from safetensors.torch import load_file
 
     torch.manual_seed(123)  # another global RNG state
-    assert train.main(["--smoke", "--out", str(tmp_path / "run"), "--export", "--export-dir",
+    assert cli.main(["--smoke", "--out", str(tmp_path / "run"), "--export", "--export-dir",
                        str(tmp_path / "export")]) == 0
     name = "transformer/diffusion_pytorch_model.safetensors"
     a, b = load_file(smoke_export / "export" / name), load_file(tmp_path / "export" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(SystemExit):
-        train.main(["--smoke", "--out", str(tmp_path / "run")])
+        cli.main(["--smoke", "--out", str(tmp_path / "run")])
 
 
 def test_joint_attention_recorder_computes_the_models_attention_and_records_image_to_text_maps():
@@ -113,7 +113,7 @@ def test_finetune_continues_an_export_as_a_function_of_the_seed(smoke_export, tm
 
     def finetune(name: str, *extra: str) -> dict:
         out = tmp_path / name
-        assert train.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
+        assert cli.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
                            str(out / "run"), "--export", "--export-dir", str(out / "export"), *extra]) == 0
         return load_file(out / "export" / "transformer/diffusion_pytorch_model.safetensors")
 
@@ -134,5 +134,5 @@ def test_finetune_continues_an_export_as_a_function_of_the_seed(smoke_export, tm
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert json.loads((tmp_path / "c" / "export" / "training.json").read_text())["finetune_steps_done"] == 2
     with pytest.raises(SystemExit):  # the run's checkpoint is not overwritten
-        train.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
+        cli.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
                     str(tmp_path / "a" / "run")])
