@@ -105,10 +105,13 @@ def test_methods_sharing_an_inversion_invert_once_and_the_cache_serves_later_run
     other = bench(dataset, tmp_path / "b", "direct+p2p,direct+masactrl", model=model_dir, cache=tmp_path / "cache",
                   options=["direct+masactrl:start_step=1"])
     assert other.nfe_inversion == n * STEPS and other.nfe_saved_from_cache == n * STEPS
-    # A changed option, and a changed prompt, miss the cache.
-    changed = bench(dataset, tmp_path / "c", "direct+p2p", model=model_dir, cache=tmp_path / "cache",
+    # An option of the trajectory, and a changed prompt, miss the cache; Direct's offsets act only while editing.
+    offsets = bench(dataset, tmp_path / "c0", "direct+p2p", model=model_dir, cache=tmp_path / "cache",
                     inversion_options=["offset_scale=0.8"])
-    assert changed.nfe_inversion == n * STEPS and changed.nfe_saved_from_cache == 0
+    assert offsets.nfe_inversion == 0 and offsets.nfe_saved_from_cache == n * STEPS
+    changed = bench(dataset, tmp_path / "c", "direct+p2p", model=model_dir, cache=tmp_path / "cache",
+                    inversion_options=["inversion_guidance=2"])
+    assert changed.nfe_inversion == 2 * n * STEPS and changed.nfe_saved_from_cache == 0  # guided: 2 rows a step
     edited = tmp_path / "data2"
     shutil.copytree(dataset, edited)
     mapping = json.loads((edited / "mapping_file.json").read_text())
@@ -117,6 +120,27 @@ def test_methods_sharing_an_inversion_invert_once_and_the_cache_serves_later_run
     (edited / "mapping_file.json").write_text(json.dumps(mapping))
     again = bench(edited, tmp_path / "d", "direct+p2p", model=model_dir, cache=tmp_path / "cache")
     assert again.nfe_inversion == STEPS and again.nfe_saved_from_cache == (n - 1) * STEPS
+
+
+def test_ddim_and_direct_with_any_offsets_share_one_inversion_and_edit_as_if_alone(model_dir, dataset, tmp_path):
+    """DDIM and Direct Inversion run the same DDIM inversion (Direct's offsets act only while editing): one
+    inversion per image serves all three methods, and each edit is byte for byte that of a run of its method
+    alone."""
+    n, methods = 5, "ddim+p2p,direct+p2p,direct+p2p@08"
+    shared = bench(dataset, tmp_path / "shared", methods, model=model_dir,
+                   inversion_options=["direct+p2p@08:offset_scale=0.8"])
+    assert (shared.done, shared.failed) == (3 * n, 0)
+    assert shared.nfe_inversion == n * STEPS and shared.nfe_saved_in_run == 2 * n * STEPS
+    together = _comparable(tmp_path / "shared")
+    for name in methods.split(","):
+        alone = bench(dataset, tmp_path / name, name, model=model_dir,
+                      inversion_options=["direct+p2p@08:offset_scale=0.8"] if name.endswith("@08") else None)
+        assert alone.nfe_inversion == n * STEPS
+        for path, value in _comparable(tmp_path / name).items():  # images and records (but for their timings)
+            assert together[path] == value, path
+    options = {json.loads(p.read_text())["bench"]["method"]: json.loads(p.read_text())["inversion_options"]
+               for p in (tmp_path / "shared" / EDITS_DIR).rglob("*.json")}
+    assert options["direct+p2p@08"]["offset_scale"] == 0.8 and options["direct+p2p"]["offset_scale"] == 1.0
 
 
 def test_a_rerun_skips_finished_pairs_and_refuses_other_settings(model_dir, dataset, tmp_path):

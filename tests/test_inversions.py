@@ -190,3 +190,25 @@ def test_every_inversion_guidance_is_checked_the_same_way():
         with pytest.raises(invedit.InveditError, match="inversion_guidance must be"):
             cls.validate_options({"inversion_guidance": -3})
         assert cls.validate_options({"inversion_guidance": 2})["inversion_guidance"] == 2
+
+
+def test_ddim_and_direct_share_their_trajectory_and_a_shared_one_edits_bit_for_bit(pipe, image):
+    """`Inverted.as_method`: Direct's options act only while editing, so a DDIM inversion serves Direct with any
+    offsets exactly; a method with another trajectory (another inversion guidance, optimised nulls, a nudged
+    latent) is refused in one line."""
+    from invedit.errors import InveditError
+    from invedit.inversion.direct import DirectInverted, StableFlowInverted
+    from invedit.inversion.null_text import NullTextInverted
+
+    ddim = invedit.invert(pipe, image, SOURCE, "ddim", steps=4)
+    direct = invedit.invert(pipe, image, SOURCE, "direct", steps=4, offset_scale=0.8)
+    served = ddim.as_method(DirectInverted, {"offset_scale": 0.8})
+    assert type(served) is DirectInverted and served.options == direct.options
+    assert torch.equal(served.latents, direct.latents) and served.stats == direct.stats
+    a, b = (invedit.edit(pipe, inv, None, TARGET, blend_words="red blue") for inv in (served, direct))
+    assert torch.equal(a.latents, b.latents) and a.image.tobytes() == b.image.tobytes()
+    assert a.settings["inversion"] == "direct" and a.settings["inversion_options"]["offset_scale"] == 0.8
+    for method, options in ((DirectInverted, {"inversion_guidance": 2}), (NullTextInverted, {}),
+                            (StableFlowInverted, {})):
+        with pytest.raises(InveditError, match=f"cannot serve {method.method} .*trajectories differ"):
+            ddim.as_method(method, options)

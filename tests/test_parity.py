@@ -6,6 +6,7 @@ image and latents for DDIM+P2P, Direct Inversion+P2P and Null-text+P2P on a tiny
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,11 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
-from invedit.inversion import Inverted, get_inversion
+from invedit.inversion import Inverted
 from invedit.inversion.direct import DirectSampler
 from invedit.inversion.null_text import NullTextInverted
 
 from .bounds import max_abs, mean_abs, measured
-from .trajectories import as_method
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"
 SOURCE = "a yellow square on a striped background"
@@ -44,14 +44,14 @@ def ddim_trajectory(parity_pipe) -> Inverted:
 def parity_runs(parity_pipe, ddim_trajectory):
     """``parity_runs(inversion, **options) -> (Inverted, EditResult)`` of the parity case (``ddim`` or ``direct``),
     each run once per module (a 512-px, 50-step edit costs seconds; two tests read the reference layout's run).
-    Both methods invert by DDIM at guidance 1, so the module inverts once (`trajectories.as_method`)."""
+    Both methods invert by DDIM at guidance 1, so the module inverts once (`Inverted.as_method`)."""
     runs: dict[tuple, tuple] = {}
     run_offsets: dict[tuple, list] = {}
 
     def run(inversion: str, **options):
         key = (inversion, tuple(sorted(options.items())))
         if key not in runs:
-            inv = as_method(ddim_trajectory, get_inversion(inversion), options)
+            inv = ddim_trajectory.as_method(inversion, options)
             prepare = DirectSampler.prepare
 
             def keep_offsets(sampler):  # the offsets the edit itself added (the reference layout computes them first)
@@ -148,9 +148,11 @@ def test_null_text_edit_reproduces_reference_given_its_null_embeddings(parity_pi
     change of the input latent moves our own result to 22 dB from itself), so it is checked step by step below.
     """
     expected, ref = reference("null-text-inversion+p2p")
-    # null-text's trajectory is the DDIM inversion's; its nulls are the reference's
-    inv = as_method(ddim_trajectory, NullTextInverted, {"inner_steps": 0},
-                    nulls=tuple(u.to(parity_pipe.device) for u in ref["uncond_embeddings"]))
+    # null-text's trajectory is the DDIM inversion's (a copy: z_T is overwritten below); its nulls the reference's
+    trajectory = {f.name: getattr(ddim_trajectory, f.name) for f in dataclasses.fields(Inverted)}
+    inv = NullTextInverted(**{**trajectory, "latents": ddim_trajectory.latents.clone(),
+                              "options": NullTextInverted.validate_options({"inner_steps": 0}),
+                              "nulls": tuple(u.to(parity_pipe.device) for u in ref["uncond_embeddings"])})
     # Start from the reference's z_T too: its nulls were fitted to that trajectory, and our z_T (3e-5 away) drifts
     # by a CPU-dependent amount under the optimised nulls (0.013 here, 0.025 on another CPU).
     inv.latents[-1] = ref["xT_latent"].to(inv.latents.device)

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..backbones import backbone
 from ..errors import InveditError
+from ..inversion import Inverted, get_inversion
 from ..outputs import PathLock, folder_lock, path_inside, prepare_output_dir, remove_created, umask
 from .cache import InversionCache, file_sha256, inversion_key, open_cache
 from .data import EDIT_TYPES, BenchItem, check_id, read_benchmark
@@ -86,6 +87,25 @@ def finished(image: Path, record: Path) -> bool:
         return file_sha256(image) == files[image.name]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def trajectory_of(m: MethodSpec) -> dict[str, Any]:
+    """What ``m``'s inversion computes: ``{"trajectory": key}`` where its method's trajectory serves other methods
+    too (`Inverted.trajectory_key`), else its method and options."""
+    method = get_inversion(m.inversion)
+    key = method.trajectory_key(method.validate_options(m.inversion_options))
+    if key is not None:
+        return {"trajectory": list(key)}
+    return {"method": m.inversion, "options": m.inversion_options}
+
+
+def as_spec(inverted: Inverted, m: MethodSpec) -> Inverted:
+    """``inverted`` as the result of ``m``'s inversion: itself where it is one, else `Inverted.as_method`."""
+    method = get_inversion(m.inversion)
+    options = method.validate_options(m.inversion_options)
+    if type(inverted) is method and inverted.options == options:
+        return inverted
+    return inverted.as_method(method, options)
 
 
 def clear_leftovers(run_dir: Path, methods: list[MethodSpec], item_id: str) -> None:
@@ -446,7 +466,9 @@ class _RunContext:
         return True
 
     def run_item(self, item: BenchItem, pending: list[MethodSpec]) -> None:
-        """Invert ``item`` once per distinct inversion its pending methods need, then run each method."""
+        """Invert ``item`` once per distinct trajectory its pending methods need (methods with equal
+        `Inverted.trajectory_key`, e.g. ``ddim`` and ``direct`` with any offsets, share one), then run each
+        method."""
         from ..images import load_image
         from ..prepare import EditSettings, prepare_edit
 
@@ -469,19 +491,19 @@ class _RunContext:
             except InveditError as exc:
                 self._fail(item, m, str(exc))
                 continue
-            key = (m.inversion, json.dumps(m.inversion_options, sort_keys=True, default=str), prepared.inversion_prompt)
+            key = (json.dumps(trajectory_of(m), sort_keys=True, default=str), prepared.inversion_prompt)
             groups.setdefault(key, []).append(m)
             if prepared.feature_request is not None:  # one inversion records what every method of its group reads
                 requests[key] = prepared.feature_request.merged(requests.get(key))
         for key, group in groups.items():
             try:
-                inverted, source = self._inversion(image, image_sha, key[2], group[0], requests.get(key))
+                inverted, source = self._inversion(image, image_sha, key[1], group[0], requests.get(key))
             except Exception as exc:  # noqa: BLE001 (recorded; the run goes on)
                 for m in group:
                     self._fail(item, m, _error_text(exc))
                 continue
             for m in group:
-                self._edit(item, m, inverted, source, image_sha)
+                self._edit(item, m, as_spec(inverted, m), source, image_sha)
                 source = "run"  # the next method of the group shares it
 
     def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec, record=None):
@@ -491,10 +513,12 @@ class _RunContext:
         from ..models import model_fingerprint
         from ..versions import versions
 
-        keyed = {**m.inversion_options, **({"recorded_features": record.record()} if record is not None else {})}
-        key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, m.inversion,
-                            keyed, self.guidance, self.seed, self.dtype, backbone(self.pipe).device.type,
-                            self.size, versions()["invedit"])
+        trajectory = trajectory_of(m)  # a trajectory several methods share is cached under its own name
+        keyed = {**(trajectory if "trajectory" in trajectory else m.inversion_options),
+                 **({"recorded_features": record.record()} if record is not None else {})}
+        key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps,
+                            "shared" if "trajectory" in trajectory else m.inversion, keyed, self.guidance, self.seed,
+                            self.dtype, backbone(self.pipe).device.type, self.size, versions()["invedit"])
         cached = self.cache.get(key, backbone(self.pipe).device)
         if cached is not None:
             return cached, "cache"

@@ -7,10 +7,11 @@ steps differently from guided DDIM, its own `Sampler`.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -96,6 +97,32 @@ class Inverted(ABC):
     @abstractmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> Inverted:
         """Invert ``inputs.z0`` under ``inputs.prompt``; ``options`` are validated (each method implements it)."""
+
+    @classmethod
+    def trajectory_key(cls, options: dict[str, Any]) -> tuple | None:
+        """What the z* trajectory computed with these (validated) ``options`` is a function of, beyond the image,
+        prompt, model and steps: methods whose keys are equal (and not None) run the same computation, so one
+        result serves them all (`as_method`; e.g. ``ddim`` and ``direct``, whose other options act only while
+        editing). None (the default): the method's result is its own."""
+        return None
+
+    def as_method(self, method: str | type[Inverted], options: dict[str, Any] | None = None) -> Inverted:
+        """This result as a result of ``method`` (a name or an `Inverted` subclass) with ``options``: the same
+        trajectory, prompt, schedule, image, recorded features and cost (the tensors shared: results are never
+        changed), bit for bit what ``method``'s own run returns, at no network call. Refused in one line unless
+        both have the same `trajectory_key` and ``method`` keeps nothing beyond the trajectory."""
+        if isinstance(method, str):
+            from .registry import get_inversion
+
+            method = get_inversion(method)
+        opts = method.validate_options(options or {})
+        key = self.trajectory_key(self.options)
+        shared = {f.name for f in fields(Inverted)}
+        if key is None or method.trajectory_key(opts) != key or {f.name for f in fields(method)} != shared:
+            raise InveditError(f"a {self.method} inversion with {self.options} cannot serve {method.method} with "
+                               f"{opts}: their trajectories differ")
+        common = {name: getattr(self, name) for name in shared}
+        return method(**{**common, "options": opts, "stats": copy.copy(self.stats)})
 
     @classmethod
     def result(cls, inputs: InversionInputs, latents: torch.Tensor, options: dict[str, Any], **fields: Any) -> Inverted:

@@ -20,6 +20,12 @@ class DDIMInverted(Inverted):
     defaults = {"inversion_guidance": 1.0}
 
     @classmethod
+    def trajectory_key(cls, options: dict[str, Any]) -> tuple:
+        """DDIM inversion (Euler on a flow) under the source prompt at ``inversion_guidance``: shared with
+        ``direct``."""
+        return ("ddim_invert", float(options["inversion_guidance"]))
+
+    @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DDIMInverted:
         opts = options
         latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,

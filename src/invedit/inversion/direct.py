@@ -126,6 +126,11 @@ class DirectInverted(Inverted):
         return options["offset_scale"] == 1.0 and options["offset_interval"] == 1 and options["layout"] == "fused"
 
     @classmethod
+    def trajectory_key(cls, options: dict[str, Any]) -> tuple:
+        """The DDIM (Euler) inversion ``ddim`` runs: the offsets and the layout act only while editing."""
+        return ("ddim_invert", float(options["inversion_guidance"]))
+
+    @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DirectInverted:
         opts = options
         latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
@@ -157,6 +162,11 @@ class StableFlowInverted(DirectInverted):
         opts = super().validate_options(options)
         opts["latent_nudging"] = check_number("latent_nudging", opts["latent_nudging"], 0, 10, low_open=True)
         return opts
+
+    @classmethod
+    def trajectory_key(cls, options: dict[str, Any]) -> tuple:
+        """Direct's inversion of the nudged latent λ·z₀."""
+        return (*super().trajectory_key(options), "latent_nudging", float(options["latent_nudging"]))
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> StableFlowInverted:
