@@ -503,7 +503,12 @@ class _RunContext:
                     self._fail(item, m, _error_text(exc))
                 continue
             for m in group:
-                self._edit(item, m, as_spec(inverted, m), source, image_sha)
+                try:
+                    served = as_spec(inverted, m)
+                except InveditError as exc:  # a method whose trajectory key promises more than it keeps
+                    self._fail(item, m, str(exc))
+                    continue
+                self._edit(item, m, served, source, image_sha)
                 source = "run"  # the next method of the group shares it
 
     def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec, record=None):
