@@ -143,6 +143,20 @@ def test_ddim_and_direct_with_any_offsets_share_one_inversion_and_edit_as_if_alo
     assert options["direct+p2p@08"]["offset_scale"] == 0.8 and options["direct+p2p"]["offset_scale"] == 1.0
 
 
+def test_a_method_its_groups_inversion_cannot_serve_fails_alone(model_dir, dataset, tmp_path, monkeypatch):
+    """A trajectory key that promises more than the method keeps (here null-text's, claiming DDIM's) groups it
+    with DDIM, `Inverted.as_method` refuses it, and only that method fails; the run goes on."""
+    from invedit.inversion.ddim import DDIMInverted
+    from invedit.inversion.null_text import NullTextInverted
+
+    ddim_key = DDIMInverted.trajectory_key(DDIMInverted.validate_options({}))
+    monkeypatch.setattr(NullTextInverted, "trajectory_key", classmethod(lambda cls, options: ddim_key))
+    summary = bench(dataset, tmp_path / "run", "ddim+p2p,null-text+p2p", model=model_dir)
+    assert (summary.done, summary.failed) == (5, 5)
+    assert {f["method"] for f in summary.failures} == {"null-text+p2p"}
+    assert all("cannot serve null-text" in f["error"] for f in summary.failures), summary.failures
+
+
 def test_a_rerun_skips_finished_pairs_and_refuses_other_settings(model_dir, dataset, tmp_path):
     bench(dataset, tmp_path / "run", "direct+p2p", model=model_dir)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
