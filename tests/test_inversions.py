@@ -202,6 +202,7 @@ def test_ddim_and_direct_share_their_trajectory_and_a_shared_one_edits_bit_for_b
 
     ddim = invedit.invert(pipe, image, SOURCE, "ddim", steps=4)
     direct = invedit.invert(pipe, image, SOURCE, "direct", steps=4, offset_scale=0.8)
+    assert ddim.as_method("ddim") is ddim  # already that result
     served = ddim.as_method(DirectInverted, {"offset_scale": 0.8})
     assert type(served) is DirectInverted and served.options == direct.options
     assert torch.equal(served.latents, direct.latents) and served.stats == direct.stats

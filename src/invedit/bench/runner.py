@@ -32,7 +32,7 @@ from typing import Any
 
 from ..backbones import backbone
 from ..errors import InveditError
-from ..inversion import Inverted, get_inversion
+from ..inversion import get_inversion
 from ..outputs import PathLock, folder_lock, path_inside, prepare_output_dir, remove_created, umask
 from .cache import InversionCache, file_sha256, inversion_key, open_cache
 from .data import EDIT_TYPES, BenchItem, check_id, read_benchmark
@@ -89,23 +89,13 @@ def finished(image: Path, record: Path) -> bool:
         return False
 
 
-def trajectory_of(m: MethodSpec) -> dict[str, Any]:
-    """What ``m``'s inversion computes: ``{"trajectory": key}`` where its method's trajectory serves other methods
-    too (`Inverted.trajectory_key`), else its method and options."""
+def trajectory_of(m: MethodSpec) -> tuple[str, dict[str, Any]]:
+    """What ``m``'s inversion computes, as (name, options) for grouping and the cache key: ``("shared",
+    {"trajectory": key})`` where its method's trajectory serves other methods too (`Inverted.trajectory_key`),
+    else its method and options."""
     method = get_inversion(m.inversion)
     key = method.trajectory_key(method.validate_options(m.inversion_options))
-    if key is not None:
-        return {"trajectory": list(key)}
-    return {"method": m.inversion, "options": m.inversion_options}
-
-
-def as_spec(inverted: Inverted, m: MethodSpec) -> Inverted:
-    """``inverted`` as the result of ``m``'s inversion: itself where it is one, else `Inverted.as_method`."""
-    method = get_inversion(m.inversion)
-    options = method.validate_options(m.inversion_options)
-    if type(inverted) is method and inverted.options == options:
-        return inverted
-    return inverted.as_method(method, options)
+    return ("shared", {"trajectory": list(key)}) if key is not None else (m.inversion, m.inversion_options)
 
 
 def clear_leftovers(run_dir: Path, methods: list[MethodSpec], item_id: str) -> None:
@@ -504,7 +494,7 @@ class _RunContext:
                 continue
             for m in group:
                 try:
-                    served = as_spec(inverted, m)
+                    served = inverted.as_method(m.inversion, m.inversion_options)
                 except InveditError as exc:  # a method whose trajectory key promises more than it keeps
                     self._fail(item, m, str(exc))
                     continue
@@ -518,12 +508,10 @@ class _RunContext:
         from ..models import model_fingerprint
         from ..versions import versions
 
-        trajectory = trajectory_of(m)  # a trajectory several methods share is cached under its own name
-        keyed = {**(trajectory if "trajectory" in trajectory else m.inversion_options),
-                 **({"recorded_features": record.record()} if record is not None else {})}
-        key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps,
-                            "shared" if "trajectory" in trajectory else m.inversion, keyed, self.guidance, self.seed,
-                            self.dtype, backbone(self.pipe).device.type, self.size, versions()["invedit"])
+        name, options = trajectory_of(m)  # a trajectory several methods share is cached under its own name
+        keyed = {**options, **({"recorded_features": record.record()} if record is not None else {})}
+        key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, name, keyed, self.guidance,
+                            self.seed, self.dtype, backbone(self.pipe).device.type, self.size, versions()["invedit"])
         cached = self.cache.get(key, backbone(self.pipe).device)
         if cached is not None:
             return cached, "cache"

@@ -109,10 +109,7 @@ class DNAEditEditor(InversionFreeEditor):
     defaults: ClassVar[dict[str, Any]] = {"T_start": None, "mvg": None, "source_guidance": None,
                                           "target_guidance": None}
     refusal = "it edits along rectified flows (SD3/FLUX)"
-
-    @classmethod
-    def official_defaults(cls, family: str) -> dict[str, Any]:
-        return REFERENCE_DEFAULTS[family]
+    official = REFERENCE_DEFAULTS
 
     @classmethod
     def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]

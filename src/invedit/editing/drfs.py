@@ -153,11 +153,7 @@ class DRFSEditor(InversionFreeEditor):
                                           "scheduler_strategy": "descending", "lr": None, "optimizer": "SGD", "B": 1,
                                           "source_guidance": None, "target_guidance": None}
     refusal = "it edits along rectified flows (SD3)"
-    families = ("sd3",)
-
-    @classmethod
-    def official_defaults(cls, family: str) -> dict[str, Any]:
-        return REFERENCE_DEFAULTS
+    official = {"sd3": REFERENCE_DEFAULTS}  # the official code runs SD 3 only
 
     @classmethod
     def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]

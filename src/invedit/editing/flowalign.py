@@ -66,11 +66,7 @@ class FlowAlignEditor(InversionFreeEditor):
                    "none (SD3; official: 33 steps, CFG 13.5)")
     defaults: ClassVar[dict[str, Any]] = {"source_guidance": None, "target_guidance": None, "zeta": None}
     refusal = "it edits along rectified flows (SD3)"
-    families = ("sd3",)
-
-    @classmethod
-    def official_defaults(cls, family: str) -> dict[str, Any]:
-        return REFERENCE_DEFAULTS
+    official = {"sd3": REFERENCE_DEFAULTS}  # the official code runs SD 3 only
 
     @classmethod
     def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]

@@ -133,14 +133,15 @@ class FlowEditSampler(InversionFreeSampler):
 class InversionFreeEditor(Editor, ABC):
     """What the inversion-free flow editors share (FlowEdit and the samplers built on it: DNAEdit, DRFS,
     FlowAlign): they pair with inversion "none" and supply the edit's sampler; their options are resolved against
-    the model family's official defaults (``families``: the families the official code runs); each branch's CFG
-    scale (or FLUX.1-dev's guidance input) is the ``source_guidance`` / ``target_guidance`` option; their noise
-    comes from ``noise_sampler`` (None: the edit's seeded generator in the family's official layout)."""
+    the model family's official settings (``official``, keyed by the families the official code runs); each
+    branch's CFG scale (or FLUX.1-dev's guidance input) is the ``source_guidance`` / ``target_guidance`` option;
+    their noise comes from ``noise_sampler`` (None: the edit's seeded generator in the family's official layout)."""
 
     schedule_kinds = ("flow",)
     inversion_free = True
-    #: Model families the official code supports (`check_family` refuses the others in one line).
-    families: ClassVar[tuple[str, ...]] = ("sd3", "flux")
+    #: The official code's settings per model family it runs on (``source_guidance`` and ``target_guidance`` at
+    #: least); `check_family` refuses the other families in one line.
+    official: ClassVar[dict[str, dict[str, Any]]]
 
     def __init__(self, options: dict[str, Any], family: str):
         super().__init__()
@@ -152,9 +153,9 @@ class InversionFreeEditor(Editor, ABC):
     @classmethod
     def check_family(cls, family: str) -> None:
         """Refuse a model family the official code does not run on."""
-        if family not in cls.families:
+        if family not in cls.official:
             names = {"sd3": "SD3", "flux": "FLUX"}
-            runs = " and ".join(names.get(f, f) for f in cls.families)
+            runs = " and ".join(names.get(f, f) for f in cls.official)
             raise InveditError(f"editor {cls.name!r} has no settings for {family} models; it runs on {runs}")
 
     @classmethod
@@ -164,22 +165,17 @@ class InversionFreeEditor(Editor, ABC):
         own (`resolve_own`)."""
         opts = cls.validate_options(options)
         cls.check_family(family)
-        reference = cls.official_defaults(family)
+        reference = cls.official[family]
         for key in ("source_guidance", "target_guidance"):
             opts[key] = check_number(key, reference[key] if opts[key] is None else opts[key], 0, 50)
         return cls.resolve_own(opts, family, steps, reference)
 
     @classmethod
     @abstractmethod
-    def official_defaults(cls, family: str) -> dict[str, Any]:
-        """The official code's settings for ``family`` (``source_guidance`` and ``target_guidance`` at least)."""
-
-    @classmethod
-    @abstractmethod
     def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]
                     ) -> dict[str, Any]:
         """The editor's own options in ``opts`` (validated, guidance resolved) checked, None filled from
-        ``reference`` (`official_defaults`) or scaled to ``steps``; returns ``opts``."""
+        ``reference`` (``official[family]``) or scaled to ``steps``; returns ``opts``."""
 
     @classmethod
     def create(cls, pipe, source_prompt, target_prompt, steps, **options) -> InversionFreeEditor:
@@ -214,10 +210,7 @@ class FlowEditEditor(InversionFreeEditor):
     defaults: ClassVar[dict[str, Any]] = {"n_max": None, "n_min": 0, "n_avg": 1, "source_guidance": None,
                                           "target_guidance": None}
     refusal = "it integrates an ODE between rectified flows (SD3/FLUX)"
-
-    @classmethod
-    def official_defaults(cls, family: str) -> dict[str, Any]:
-        return REFERENCE_DEFAULTS[family]
+    official = REFERENCE_DEFAULTS
 
     @classmethod
     def resolve_own(cls, opts: dict[str, Any], family: str, steps: int, reference: dict[str, Any]

@@ -109,13 +109,16 @@ class Inverted(ABC):
     def as_method(self, method: str | type[Inverted], options: dict[str, Any] | None = None) -> Inverted:
         """This result as a result of ``method`` (a name or an `Inverted` subclass) with ``options``: the same
         trajectory, prompt, schedule, image, recorded features and cost (the tensors shared: results are never
-        changed), bit for bit what ``method``'s own run returns, at no network call. Refused in one line unless
-        both have the same `trajectory_key` and ``method`` keeps nothing beyond the trajectory."""
+        changed), bit for bit what ``method``'s own run returns, at no network call: itself when it is already that
+        result. Refused in one line unless both have the same `trajectory_key` and ``method`` keeps nothing beyond
+        the trajectory."""
         if isinstance(method, str):
             from .registry import get_inversion
 
             method = get_inversion(method)
         opts = method.validate_options(options or {})
+        if type(self) is method and opts == self.options:
+            return self
         key = self.trajectory_key(self.options)
         shared = {f.name for f in fields(Inverted)}
         if key is None or method.trajectory_key(opts) != key or {f.name for f in fields(method)} != shared:

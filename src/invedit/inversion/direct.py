@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from ..errors import InveditError, check_number
-from ..sampling import Branches, StepInfo, ddim_invert, guided
+from ..sampling import Branches, StepInfo, guided
 from .base import InversionInputs, Inverted, Sampler
+from .ddim import ddim_trajectory, ddim_trajectory_key
 from .registry import register
 
 
@@ -128,15 +129,11 @@ class DirectInverted(Inverted):
     @classmethod
     def trajectory_key(cls, options: dict[str, Any]) -> tuple:
         """The DDIM (Euler) inversion ``ddim`` runs: the offsets and the layout act only while editing."""
-        return ("ddim_invert", float(options["inversion_guidance"]))
+        return ddim_trajectory_key(options)
 
     @classmethod
     def run(cls, inputs: InversionInputs, **options: Any) -> DirectInverted:
-        opts = options
-        latents = ddim_invert(inputs.model.denoise, inputs.schedule, inputs.z0, inputs.cond, inputs.null,
-                              opts["inversion_guidance"], inputs.stats, inputs.callback,
-                              embedded=inputs.model.guidance_mode == "embedded")
-        return cls.result(inputs, latents, opts)
+        return cls.result(inputs, ddim_trajectory(inputs, options), options)
 
 
 @register
