@@ -16,12 +16,31 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from training.shapes_flow.config import DEFAULT_RUN_DIR, SMOKE, WEIGHTS_DIR, FlowTrainConfig
 from training.shapes_flow.export import export
 from training.shapes_flow.finetune import finetune
 from training.shapes_flow.train import train
 from training.shapes_unet.common import PRECISION, ThreadGovernor
+
+_KINDS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def overrides(items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` items as typed `FlowTrainConfig` fields (each value parsed as the field's default is typed)."""
+    fields = {f.name: f for f in dataclasses.fields(FlowTrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        kind = type(getattr(FlowTrainConfig(), name))
+        try:
+            out[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+        except ValueError:
+            raise ValueError(f"--set {item}: {name} takes {_KINDS.get(kind, kind.__name__)}") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="exported model folder the fine-tune starts from (default: the shipped one)")
     ap.add_argument("--stop-at", type=int, default=None,
                     help="finetune: stop (and checkpoint) once this many steps are done, short of ft_steps")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                    help="override one FlowTrainConfig field (repeatable), e.g. --set ft_steps=8000; recorded in "
+                         "the run's config.json and the weights' training.json")
     ap.add_argument("--max-threads", type=int, default=None,
                     help="at most this many intra-op threads (default: the config's max_threads)")
     args = ap.parse_args(argv)
     PRECISION["value"] = "fp32"  # the shared VAE's latent pass (training.shapes_unet.vae.latent_stats)
-    cfg = FlowTrainConfig(**SMOKE) if args.smoke else FlowTrainConfig()
+    try:
+        cfg = FlowTrainConfig(**{**(SMOKE if args.smoke else {}), **overrides(args.overrides)})
+    except ValueError as exc:
+        ap.error(str(exc))
     run_dir: Path = args.out
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"

@@ -49,7 +49,9 @@ def export(run_dir: str | Path = DEFAULT_RUN_DIR, out_dir: str | Path = WEIGHTS_
     pipe.to(torch.float16)
     if finetuned:  # read before out_dir (which may be the initial model's folder) is replaced
         init = json.loads((Path(ck["init_dir"]) / "training.json").read_text())
-        stage = {"steps_done": init["steps_done"], "finetune_steps_done": ck["ft_step"],
+        # a fine-tune of a fine-tuned model: the steps of every fine-tune so far, each stage's record nested
+        stage = {"steps_done": init["steps_done"],
+                 "finetune_steps_done": init.get("finetune_steps_done", 0) + ck["ft_step"],
                  "finetuned_from": {"sha256": ck["init_sha256"], "training": init}}
     else:
         stage = {"steps_done": ck["step"]}

@@ -136,3 +136,30 @@ def test_finetune_continues_an_export_as_a_function_of_the_seed(smoke_export, tm
     with pytest.raises(SystemExit):  # the run's checkpoint is not overwritten
         cli.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
                     str(tmp_path / "a" / "run")])
+
+
+def test_a_second_finetune_with_overrides_records_both_stages_and_bad_overrides_are_refused(smoke_export, tmp_path,
+                                                                                           capsys):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli.main(["--smoke", "--stage", "finetune", "--init", str(smoke_export / "export"), "--out",
+                     str(first / "run"), "--export", "--export-dir", str(first / "export")]) == 0
+    assert cli.main(["--smoke", "--stage", "finetune", "--init", str(first / "export"), "--out", str(second / "run"),
+                     "--set", "ft_steps=3", "--set", "ft_lr=2e-4", "--export", "--export-dir",
+                     str(second / "export")]) == 0
+    info = json.loads((second / "export" / "training.json").read_text())
+    previous = json.loads((first / "export" / "training.json").read_text())
+    assert info["finetune_steps_done"] == SMOKE["ft_steps"] + 3  # every fine-tune's steps
+    assert info["config"]["ft_steps"] == 3 and info["config"]["ft_lr"] == 2e-4
+    assert info["finetuned_from"]["training"] == previous
+    run_config = json.loads((second / "run" / "config.json").read_text())
+    assert (run_config["ft_steps"], run_config["layers"]) == (3, SMOKE["layers"])  # the smoke model, overridden
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(first / "export" / name), load_file(second / "export" / name)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    for bad, says in (("ft_stepz=3", "expected FIELD=VALUE"), ("ft_steps=many", "ft_steps takes an integer"),
+                      ("ft_steps", "expected FIELD=VALUE")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["--smoke", "--out", str(tmp_path / "bad"), "--set", bad])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
