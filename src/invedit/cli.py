@@ -217,7 +217,8 @@ def demo_command(
     blend: Annotated[str | None, typer.Option(help='LocalBlend words "SRC TGT" (with --image)')] = None,
     model: Annotated[str | None, typer.Option(help="hub id, folder or embedded model (shapes-64, shapes-flow); "
                                                    "default: shapes-64")] = None,
-    steps: Annotated[int, typer.Option(help="sampling steps")] = 50,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's recommendation, else "
+                                                   "50)")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32/float16/bfloat16 (default: bf16 on capable CPUs)")] = None,
     quantize: QuantizeOption = None,
     lora: LoraOption = None,
@@ -236,7 +237,8 @@ def demo_command(
     from .toy.scenes import EDIT_KINDS, make_edit_example
 
     started = time.perf_counter()
-    api.check_steps(steps)
+    if steps is not None:
+        api.check_steps(steps)
     if image is None:
         if kind not in EDIT_KINDS:
             raise InveditError(f"unknown edit kind {kind!r}; choose one of: {', '.join(EDIT_KINDS)}")

@@ -62,15 +62,15 @@ def edit_metrics(edit: Edit | None, outcome: MethodOutcome, source: np.ndarray) 
 #: What the demo compares, by the model's schedule kind: (label, inversion, editor), the plain inversion first.
 DEMO_METHODS = {"ddim": (("DDIM+P2P", "ddim", "p2p"), ("Direct+P2P", "direct", "p2p")),
                 "flow": (("Euler+SA", "euler", "shared-attention"), ("Direct+SA", "direct", "shared-attention"))}
-#: The demo's guidance by schedule kind: the paper's 7.5 on a UNet; 2 on the embedded flow model, whose target
-#: branch leaves the source's layout at 3.5 and above whatever the editor (docs/embedded-model.md, "The flow model").
-DEMO_GUIDANCE = {"ddim": 7.5, "flow": 2.0}
 
 
 def run_demo(pipe, edit: Edit | None, image: Image.Image, source_prompt: str, target_prompt: str,
-             blend: str | None, steps: int, seed: int, out: Path, progress: bool) -> tuple[Path, dict[str, dict]]:
-    """Run the model's `DEMO_METHODS` on one image (``blend``: P2P's LocalBlend words, ignored by other editors);
-    write the side-by-side; return it and the metrics."""
+             blend: str | None, steps: int | None, seed: int, out: Path,
+             progress: bool) -> tuple[Path, dict[str, dict]]:
+    """Run the model's `DEMO_METHODS` on one image (``blend``: P2P's LocalBlend words, ignored by other editors) at
+    the model's recommended guidance and ``steps`` (None: its recommended steps too; the paper's 7.5 and 50 for a
+    model that recommends none; the embedded flow model recommends 2 and 28, docs/embedded-model.md); write the
+    side-by-side; return it and the metrics."""
     from ..api import edit as run_edit
     from ..backbones import backbone
 
@@ -81,8 +81,7 @@ def run_demo(pipe, edit: Edit | None, image: Image.Image, source_prompt: str, ta
         start = time.perf_counter()
         options = {"blend_words": blend} if editor == "p2p" else {}
         result = run_edit(pipe, image, source_prompt, target_prompt, inversion=inversion, editor=editor,
-                          steps=steps, guidance_scale=DEMO_GUIDANCE[kind], seed=seed, progress=progress,
-                          **options)
+                          steps=steps, seed=seed, progress=progress, **options)
         outcomes.append(MethodOutcome(name, result.image, result.reconstruction, result.nfe,
                                       time.perf_counter() - start))
     source = np.asarray(image)
