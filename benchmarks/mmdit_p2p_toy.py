@@ -34,6 +34,8 @@ HERE = Path(__file__).parent
 #: Editor configurations: (editor, options; the item's blend words are added for mmdit-p2p).
 CONFIGS = {
     "shared": ("shared-attention", {}),
+    "shared-half-depth": ("shared-attention", {"start_layer": 0.5}),
+    "shared-half-steps": ("shared-attention", {"end_step": 0.5}),
     "default": ("mmdit-p2p", {}),
     "noblend": ("mmdit-p2p", {"local_blend_words": None}),
     "r05": ("mmdit-p2p", {"replace_steps": 0.5}),
@@ -42,6 +44,8 @@ CONFIGS = {
     "lb1": ("mmdit-p2p", {"local_blend_steps": 1.0}),
     "r1": ("mmdit-p2p", {"replace_steps": 1.0}),
     "r1lb1": ("mmdit-p2p", {"replace_steps": 1.0, "local_blend_steps": 1.0}),
+    "r075lb1": ("mmdit-p2p", {"replace_steps": 0.75, "local_blend_steps": 1.0}),
+    "r075lb1t05": ("mmdit-p2p", {"replace_steps": 0.75, "local_blend_steps": 1.0, "local_blend_threshold": 0.5}),
     "r05lb1": ("mmdit-p2p", {"replace_steps": 0.5, "local_blend_steps": 1.0}),
     "r1lb1t05": ("mmdit-p2p", {"replace_steps": 1.0, "local_blend_steps": 1.0, "local_blend_threshold": 0.5}),
     "lb1t05": ("mmdit-p2p", {"local_blend_steps": 1.0, "local_blend_threshold": 0.5}),

@@ -57,22 +57,41 @@ def test_diffusers_own_pipeline_generates_what_invedit_samples(flow_model):
     assert torch.equal(ours[-1:], ref)
 
 
+def generate(flow_model, prompts: list[str], steps: int = 20, guidance: float = 7.5) -> list[np.ndarray]:
+    """Euler samples with classifier-free guidance through invedit's backbone, seed 0."""
+    model = backbone(flow_model)
+    schedule = model.schedule(steps)
+    cond, null = model.encode_prompts(prompts), model.encode_prompts([""]).expand(len(prompts), -1, -1)
+    z = torch.randn(len(prompts), 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    for i in range(steps):
+        u, c = model.denoise(torch.cat([z, z]), schedule.timesteps[i], torch.cat([null, cond]), RunStats()).chunk(2)
+        z = schedule.step(guided({"uncond": u, "cond": c}, guidance), i, z)
+    return [np.asarray(im) for im in decode_latents(flow_model, z)]
+
+
 def test_it_draws_the_prompted_colour(flow_model):
     """Generation through invedit (Euler, CFG 7.5): the prompted colour dominates the image."""
     from invedit.toy.metrics import majority_color
     from invedit.toy.scenes import COLORS
 
-    model = backbone(flow_model)
-    prompts = [f"a {c} circle on a gray background" for c in COLORS]
-    schedule = model.schedule(20)
-    cond, null = model.encode_prompts(prompts), model.encode_prompts([""]).expand(len(prompts), -1, -1)
-    z = torch.randn(len(prompts), 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    for i in range(20):
-        u, c = model.denoise(torch.cat([z, z]), schedule.timesteps[i], torch.cat([null, cond]), RunStats()).chunk(2)
-        z = schedule.step(guided({"uncond": u, "cond": c}, 7.5), i, z)
-    images = [np.asarray(im) for im in decode_latents(flow_model, z)]
+    images = generate(flow_model, [f"a {c} circle on a gray background" for c in COLORS])
     hits = sum(majority_color(im) == colour for im, colour in zip(images, COLORS))
     assert measured("shapes-flow generation colour hits of 6", hits) >= 5
+
+
+def test_it_draws_triangles_and_squares(flow_model):
+    """Generation (Euler, CFG 7.5): the prompted shape is recognised by the benchmark's judge. The first weights
+    drew blobs (squares 17%, triangles 58% of benchmarks/flow_toy_quality.md's prompts; 2 and 4 of these 6 each);
+    the shipped ones 62% / 92% there, 5 and 6 of 6 here (AVX2, one thread)."""
+    from invedit.toy.metrics import dominant_object
+    from invedit.toy.scenes import COLORS
+
+    hits = {}
+    for shape in ("triangle", "square"):
+        images = generate(flow_model, [f"a {c} {shape} on a gray background" for c in COLORS])
+        hits[shape] = sum(dominant_object(im)[1] == shape for im in images)
+    assert measured("shapes-flow generation triangle hits of 6", hits["triangle"]) >= 5, hits
+    assert measured("shapes-flow generation square hits of 6", hits["square"]) >= 4, hits
 
 
 def test_euler_inversion_reconstructs_at_guidance_one(flow_model):
