@@ -29,13 +29,13 @@ _KINDS = {int: "an integer", float: "a number", str: "a string"}
 
 def overrides(items: list[str]) -> dict[str, Any]:
     """``FIELD=VALUE`` items as typed `FlowTrainConfig` fields (each value parsed as the field's default is typed)."""
-    fields = {f.name: f for f in dataclasses.fields(FlowTrainConfig)}
+    defaults = dataclasses.asdict(FlowTrainConfig())
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
-        kind = type(getattr(FlowTrainConfig(), name))
+        if not sep or name not in defaults:
+            raise ValueError(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
+        kind = type(defaults[name])
         try:
             out[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
         except ValueError:

@@ -469,8 +469,9 @@ class _RunContext:
             for m in pending:
                 self._fail(item, m, _error_text(exc))
             return
-        groups: dict[tuple[str, str, str], list[MethodSpec]] = {}
-        requests: dict[tuple[str, str, str], Any] = {}
+        groups: dict[tuple[str, str], list[MethodSpec]] = {}  # (trajectory, inversion prompt) -> its methods
+        trajectories: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        requests: dict[tuple[str, str], Any] = {}
         for m in pending:
             try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
                 settings = EditSettings(m.inversion, m.editor, self.steps, self.guidance, self.seed,
@@ -481,13 +482,16 @@ class _RunContext:
             except InveditError as exc:
                 self._fail(item, m, str(exc))
                 continue
-            key = (json.dumps(trajectory_of(m), sort_keys=True, default=str), prepared.inversion_prompt)
+            trajectory = trajectory_of(m)
+            key = (json.dumps(trajectory, sort_keys=True, default=str), prepared.inversion_prompt)
+            trajectories.setdefault(key, trajectory)
             groups.setdefault(key, []).append(m)
             if prepared.feature_request is not None:  # one inversion records what every method of its group reads
                 requests[key] = prepared.feature_request.merged(requests.get(key))
         for key, group in groups.items():
             try:
-                inverted, source = self._inversion(image, image_sha, key[1], group[0], requests.get(key))
+                inverted, source = self._inversion(image, image_sha, key[1], trajectories[key], group[0],
+                                                   requests.get(key))
             except Exception as exc:  # noqa: BLE001 (recorded; the run goes on)
                 for m in group:
                     self._fail(item, m, _error_text(exc))
@@ -501,14 +505,16 @@ class _RunContext:
                 self._edit(item, m, served, source, image_sha)
                 source = "run"  # the next method of the group shares it
 
-    def _inversion(self, image, image_sha: str, prompt: str, m: MethodSpec, record=None):
-        """The group's inversion (from the cache, or computed and cached), recording ``record`` (the features its
+    def _inversion(self, image, image_sha: str, prompt: str, trajectory: tuple[str, dict[str, Any]], m: MethodSpec,
+                   record=None):
+        """The group's inversion (from the cache, or computed by its first method ``m`` and cached) under the
+        group's ``trajectory`` (`trajectory_of`, its cache name and options), recording ``record`` (the features its
         methods read, `invedit.features.FeatureRequest`): part of the cache key."""
         from .. import api
         from ..models import model_fingerprint
         from ..versions import versions
 
-        name, options = trajectory_of(m)  # a trajectory several methods share is cached under its own name
+        name, options = trajectory  # a trajectory several methods share is cached under its own name
         keyed = {**options, **({"recorded_features": record.record()} if record is not None else {})}
         key = inversion_key(image_sha, prompt, model_fingerprint(self.pipe), self.steps, name, keyed, self.guidance,
                             self.seed, self.dtype, backbone(self.pipe).device.type, self.size, versions()["invedit"])
