@@ -9,9 +9,11 @@ PY := $(VENV)/bin/python
 # gradio...); the tests compile what they import, once (TEST_ENV).
 PIP_FLAGS ?= -q --no-compile
 # The suite runs in this many worker processes (pytest-xdist), one PyTorch thread each (tests/conftest.py); whole
-# test files go to one worker, so a module's fixtures are built once.
+# test files go to one worker, so a module's fixtures are built once. --no-loadscope-reorder: files are handed out
+# in the order tests/conftest.py gives them (the longest first), not by their number of tests (xdist's default),
+# which left a long file with few tests to the end while the other worker sat idle.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # The suite starts some forty Python processes (its workers, the CLI, bench and UI subprocesses). Where bytecode
 # caching is off (PYTHONDONTWRITEBYTECODE, as on this workplace's machines) each would compile torch, diffusers and
 # transformers from source again, about 10 s a process: the tests keep the bytecode of what they import in the
@@ -68,7 +70,7 @@ $(VENV_MIN)/.installed: pyproject.toml constraints-min.txt $(VENV)/.installed
 	rm -rf $(VENV_MIN)
 	$(PYTHON) -m venv $(VENV_MIN)
 	$(PY) -c '$(SITE_PACKAGES)' > "$$($(PY_MIN) -c '$(SITE_PACKAGES)')/zz-torch-from-dev-venv.pth"
-	$(call pip_install,$(PY_MIN),-c constraints-min.txt -e . pytest pytest-xdist peft)
+	$(call pip_install,$(PY_MIN),-c constraints-min.txt -e . pytest 'pytest-xdist>=3.8' peft)
 	$(PY_MIN) .ci/check_versions.py constraints-min.txt
 	touch $@
 
