@@ -10,8 +10,8 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --no-compile
 # The suite runs in this many worker processes (pytest-xdist), one PyTorch thread each (tests/conftest.py); whole
 # test files go to one worker, so a module's fixtures are built once. --no-loadscope-reorder: files are handed out
-# in the order tests/conftest.py gives them (the longest first), not by their number of tests (xdist's default),
-# which left a long file with few tests to the end while the other worker sat idle.
+# in the order tests/conftest.py gives them (the longest first), not re-sorted by their number of tests (xdist's
+# default), so a long file with few tests is not left to the end while the other worker idles.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # The suite starts some forty Python processes (its workers, the CLI, bench and UI subprocesses). Where bytecode
