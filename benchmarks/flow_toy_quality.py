@@ -35,34 +35,12 @@ import invedit
 from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
-from invedit.sampling import RunStats, guided
+from invedit.toy.generation import generate
 from invedit.toy.metrics import dominant_object
 from invedit.toy.scenes import BACKGROUNDS, COLORS, SHAPES, make_scene
 from invedit.versions import versions
 
 HERE = Path(__file__).parent
-
-
-@torch.no_grad()
-def generate(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch: int = 32) -> list[np.ndarray]:
-    """Euler samples (uint8 arrays) with classifier-free guidance, on the model's own schedule, through invedit's
-    backbone (the conditioning and the transformer call the editors use)."""
-    model = backbone(pipe)
-    schedule = model.schedule(steps)
-    side = model.resolution // model.vae_factor
-    channels = model.denoiser.config.in_channels
-    gen = torch.Generator("cpu").manual_seed(seed)
-    out = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start:start + batch]
-        cond = model.encode_prompts(chunk)
-        null = model.encode_prompts([""]).expand(len(chunk), -1, -1)
-        z = torch.randn(len(chunk), channels, side, side, generator=gen)
-        for i in range(steps):
-            u, c = model.denoise(torch.cat([z, z]), schedule.timesteps[i], torch.cat([null, cond]), RunStats()).chunk(2)
-            z = schedule.step(guided({"uncond": u, "cond": c}, guidance), i, z)
-        out += [np.asarray(im) for im in decode_latents(pipe, z)]
-    return out
 
 
 def part_generation(pipe, seed: int, steps: int, guidance: float) -> dict:

@@ -27,19 +27,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 import invedit
 from invedit.api import decode_latents, encode_image
-from invedit.backbones import backbone
 from invedit.bench.data import load_benchmark
 from invedit.editing.base import get_editor, reference_editor_options
 from invedit.images import psnr
 from invedit.models import model_editor_defaults
-from invedit.prompts import encode_prompts
-from invedit.sampling import DDIMSchedule, RunStats, ddim_step, guided
 from invedit.toy.bench import write_toy_bench
+from invedit.toy.generation import generate
 from invedit.toy.metrics import (
     background_psnr,
     dominant_object,
@@ -79,26 +76,6 @@ def part_vae(pipe, n: int) -> dict:
     return {"n": n, "psnr_mean": float(np.mean(values)), "psnr_min": float(np.min(values))}
 
 
-@torch.no_grad()
-def generate(pipe, prompts: list[str], seed: int, steps: int = 50, guidance: float = 7.5, batch: int = 16):
-    """DDIM samples (uint8 arrays) for ``prompts`` with invedit's own DDIM arithmetic."""
-    schedule = DDIMSchedule.from_pipe(pipe, steps)
-    unet = pipe.unet
-    h = w = int(unet.config.sample_size)
-    out = []
-    gen = torch.Generator("cpu").manual_seed(seed)
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start:start + batch]
-        cond = encode_prompts(pipe, chunk)
-        null = encode_prompts(pipe, [""]).expand(len(chunk), -1, -1)
-        z = torch.randn(len(chunk), 4, h, w, generator=gen).to(unet.device)
-        for i, t in enumerate(schedule.timesteps):
-            u, c = backbone(pipe).denoise(torch.cat([z, z]), t, torch.cat([null, cond]), RunStats()).chunk(2)
-            z = ddim_step(schedule, guided({"uncond": u, "cond": c}, guidance), i, z)
-        out += [np.asarray(im) for im in decode_latents(pipe, z)]
-    return out
-
-
 def part_generation(pipe, seed: int) -> dict:
     prompts, wanted = [], []
     for color in COLORS:
@@ -106,7 +83,7 @@ def part_generation(pipe, seed: int) -> dict:
             for bg in BACKGROUNDS:
                 prompts.append(f"a {color} {shape} on a {bg} background")
                 wanted.append((color, shape, bg))
-    images = generate(pipe, prompts, seed)
+    images = generate(pipe, prompts, seed, batch=16)
     found = [dominant_object(im) for im in images]
     color_ok = [f[0] == w[0] for f, w in zip(found, wanted)]
     shape_ok = [f[1] == w[1] for f, w in zip(found, wanted)]

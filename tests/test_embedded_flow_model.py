@@ -15,7 +15,8 @@ from invedit.api import decode_latents, encode_image
 from invedit.backbones import backbone
 from invedit.images import psnr
 from invedit.models import embedded_model_path, native_resolution
-from invedit.sampling import RunStats, guided
+from invedit.sampling import RunStats
+from invedit.toy.generation import generate
 from invedit.toy.metrics import background_psnr, region_color
 from invedit.toy.scenes import VOCABULARY, make_edit_example, make_scene
 
@@ -57,24 +58,12 @@ def test_diffusers_own_pipeline_generates_what_invedit_samples(flow_model):
     assert torch.equal(ours[-1:], ref)
 
 
-def generate(flow_model, prompts: list[str], steps: int = 20, guidance: float = 7.5) -> list[np.ndarray]:
-    """Euler samples with classifier-free guidance through invedit's backbone, seed 0."""
-    model = backbone(flow_model)
-    schedule = model.schedule(steps)
-    cond, null = model.encode_prompts(prompts), model.encode_prompts([""]).expand(len(prompts), -1, -1)
-    z = torch.randn(len(prompts), 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    for i in range(steps):
-        u, c = model.denoise(torch.cat([z, z]), schedule.timesteps[i], torch.cat([null, cond]), RunStats()).chunk(2)
-        z = schedule.step(guided({"uncond": u, "cond": c}, guidance), i, z)
-    return [np.asarray(im) for im in decode_latents(flow_model, z)]
-
-
 def test_it_draws_the_prompted_colour(flow_model):
     """Generation through invedit (Euler, CFG 7.5): the prompted colour dominates the image."""
     from invedit.toy.metrics import majority_color
     from invedit.toy.scenes import COLORS
 
-    images = generate(flow_model, [f"a {c} circle on a gray background" for c in COLORS])
+    images = generate(flow_model, [f"a {c} circle on a gray background" for c in COLORS], steps=20)
     hits = sum(majority_color(im) == colour for im, colour in zip(images, COLORS))
     assert measured("shapes-flow generation colour hits of 6", hits) >= 5
 
@@ -88,7 +77,7 @@ def test_it_draws_triangles_and_squares(flow_model):
 
     hits = {}
     for shape in ("triangle", "square"):
-        images = generate(flow_model, [f"a {c} {shape} on a gray background" for c in COLORS])
+        images = generate(flow_model, [f"a {c} {shape} on a gray background" for c in COLORS], steps=20)
         hits[shape] = sum(dominant_object(im)[1] == shape for im in images)
     assert measured("shapes-flow generation triangle hits of 6", hits["triangle"]) >= 5, hits
     assert measured("shapes-flow generation square hits of 6", hits["square"]) >= 4, hits

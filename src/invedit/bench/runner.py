@@ -469,8 +469,8 @@ class _RunContext:
             for m in pending:
                 self._fail(item, m, _error_text(exc))
             return
-        groups: dict[tuple[str, str], list[MethodSpec]] = {}  # (trajectory, inversion prompt) -> its methods
-        trajectories: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        # (trajectory, inversion prompt) -> (the trajectory, its methods)
+        groups: dict[tuple[str, str], tuple[tuple[str, dict[str, Any]], list[MethodSpec]]] = {}
         requests: dict[tuple[str, str], Any] = {}
         for m in pending:
             try:  # every check, the editor's dry run included, before inverting: refusals cost no inversion
@@ -484,14 +484,12 @@ class _RunContext:
                 continue
             trajectory = trajectory_of(m)
             key = (json.dumps(trajectory, sort_keys=True, default=str), prepared.inversion_prompt)
-            trajectories.setdefault(key, trajectory)
-            groups.setdefault(key, []).append(m)
+            groups.setdefault(key, (trajectory, []))[1].append(m)
             if prepared.feature_request is not None:  # one inversion records what every method of its group reads
                 requests[key] = prepared.feature_request.merged(requests.get(key))
-        for key, group in groups.items():
+        for key, (trajectory, group) in groups.items():
             try:
-                inverted, source = self._inversion(image, image_sha, key[1], trajectories[key], group[0],
-                                                   requests.get(key))
+                inverted, source = self._inversion(image, image_sha, key[1], trajectory, group[0], requests.get(key))
             except Exception as exc:  # noqa: BLE001 (recorded; the run goes on)
                 for m in group:
                     self._fail(item, m, _error_text(exc))
