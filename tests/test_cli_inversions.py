@@ -65,7 +65,7 @@ def test_every_editor_with_ddim_and_direct_from_the_cli(model_dir, tmp_path, inv
         assert record["nfe_edit"] == {"masactrl": 16, "pnp": 3 * 4 + 3, "pix2pix-zero": 4 * 6, "p2p": 16,
                                       "none": 16}[editor]
     assert record["nfe"] == record["nfe_inversion"] + record["nfe_edit"]
-    assert record["nfe_backward"] == (4 * 3 if editor == "pix2pix-zero" else 0)  # its guided rows, backward
+    assert record["nfe_backward"] == (4 * 2 if editor == "pix2pix-zero" else 0)  # its two target rows, backward
     if editor == "masactrl":
         assert record["source_branch_prompt"] == ""  # the reference's empty source prompt
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import invedit
-from invedit.editing.pix2pix_zero import TARGET_ROWS, Pix2PixZero
+from invedit.editing.pix2pix_zero import SOURCE_COND, TARGET_ROWS, Pix2PixZero
 from invedit.prompts import encode_prompts
 from invedit.sampling import Branches
 
@@ -48,11 +48,15 @@ def test_the_guidance_step_lowers_the_cross_attention_loss(pipe, image, monkeypa
 
     def guide_and_check(self, step, t, latents, model):
         moved = original(self, step, t, latents, model)
-        self.collecting, self.loss = True, None
-        with torch.no_grad():
-            model(moved, [("source", "cond"), *TARGET_ROWS])
-        self.collecting = False
+        assert self.phase is None and self.reference == {} and self.loss is None  # nothing kept past the step
+        with torch.no_grad():  # the same loss at the moved latents: the source's maps, then the target's rows
+            self.phase = "reference"
+            model(moved, [SOURCE_COND], grad=False)
+            self.phase = "guide"
+            model(moved, list(TARGET_ROWS))
+        self.phase = None
         losses.append((self.last_loss, float(self.loss)))
+        self.loss, self.reference = None, {}
         assert set(moved.rows) == set(TARGET_ROWS) and torch.equal(moved.target, moved.rows[TARGET_ROWS[0]])
         return moved
 
@@ -60,8 +64,10 @@ def test_the_guidance_step_lowers_the_cross_attention_loss(pipe, image, monkeypa
     result = invedit.edit(pipe, image, SOURCE, TARGET, inversion="direct", editor="pix2pix-zero", steps=5,
                           cross_attention_guidance=1.0)
     assert len(losses) == 5 and all(after < before for before, after in losses)
-    # per step: the guided call (source row + two target rows, forward and backward), then the two target rows
-    assert result.settings["nfe_backward_edit"] == 5 * 3 and result.nfe_edit == 5 * (3 + 2) + 5 * 3
+    # per step, forward: the source row alone (no graph) and the two target rows with autograd; this test's second
+    # look at the loss (1 + 2 rows); the update's two target rows (Direct reads no source row). Backward: the two
+    # target rows only
+    assert result.settings["nfe_backward_edit"] == 5 * 2 and result.nfe_edit == 5 * ((1 + 2) + (1 + 2) + 2)
 
 
 def test_zero_guidance_is_the_direction_alone(pipe, image):

@@ -11,8 +11,9 @@ the one the update moves, as in the reference. The unconditional prompt of both 
 (the reference's negative prompt is the caption), so the source branch's guidance is inert and its
 unconditional row is skipped.
 
-The source maps come from the source row computed in the same UNet call as the target's guided rows, so
-nothing is stored across steps.
+At each step the source row is called first without a graph and its maps are kept for that step only (the
+reference, too, computes its maps in a pass of their own); the target's two rows are then called with autograd,
+so the backward pass covers those two rows alone, not the source row a shared call would drag through it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class Pix2PixZero(AttentionEditor):
         super().__init__()
         self.weight, self.options = weight, options
         self.source_sentences, self.target_sentences = source_sentences, target_sentences
-        self.collecting = False
+        self.phase: str | None = None  # "reference" (source maps kept) | "guide" (target loss) | None
+        self.reference: dict[str, torch.Tensor] = {}  # layer name -> the source's maps at this step
         self.loss: torch.Tensor | None = None
         self.direction: torch.Tensor | None = None
 
@@ -88,13 +90,14 @@ class Pix2PixZero(AttentionEditor):
         return info.is_cross
 
     def attend(self, info: LayerInfo, attn, query, key, value):
-        if not self.collecting:
+        if self.phase is None:
             return None
-        s = self.row_index(*SOURCE_COND)
+        probs = attention_probs(attn, query, key)  # (rows, heads, queries, 77)
+        if self.phase == "reference":
+            self.reference[info.name] = probs[self.row_index(*SOURCE_COND)]
+            return None
         targets = [self.row_index(*row) for row in TARGET_ROWS]
-        probs = attention_probs(attn, query, key)  # (rows, heads, queries, 77), with gradient
-        reference = probs[s].detach()
-        loss = ((probs[targets] - reference) ** 2).sum((-1, -2)).mean()
+        loss = ((probs[targets] - self.reference[info.name]) ** 2).sum((-1, -2)).mean()
         self.loss = loss if self.loss is None else self.loss + loss
         return F.scaled_dot_product_attention(query, key, value)
 
@@ -106,14 +109,17 @@ class Pix2PixZero(AttentionEditor):
                                f"{latents.target.shape[0]} chains per branch")
         halves = [latents.row(row).detach().clone().requires_grad_(True) for row in TARGET_ROWS]
         moved = Branches(latents.source, latents.target, rows=dict(zip(TARGET_ROWS, halves)))
-        self.collecting, self.loss = True, None
+        self.loss, self.reference = None, {}
         try:
-            model(moved, [SOURCE_COND, *TARGET_ROWS])
+            self.phase = "reference"
+            model(latents, [SOURCE_COND], grad=False)
+            self.phase = "guide"
+            model(moved, list(TARGET_ROWS))
         finally:
-            self.collecting = False
+            self.phase = None
         grads = model.grad(self.loss, halves)
         self.last_loss = float(self.loss.detach())
-        self.loss = None
+        self.loss, self.reference = None, {}
         stepped = [(x - self.weight * g).detach() for x, g in zip(halves, grads)]
         return Branches(latents.source, stepped[0], rows=dict(zip(TARGET_ROWS, stepped)))
 
