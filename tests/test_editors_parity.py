@@ -4,6 +4,9 @@ The fixture (tests/fixtures/parity/outputs/{ddim,directinversion}+{masactrl,pnp}
 images and final latents for the parity case (README there). The reference settings are selected by options:
 MasaCtrl's layer count hard-coded for SD (``layers="reference"``; its empty source prompt is invedit's default
 too) and Plug-and-Play's 980…0 timesteps (``invedit.load(..., steps_offset=0)``).
+
+Each pipe inverts the case once, under the prompt its editor inverts under: the DDIM runs reuse the Direct result's
+trajectory (`Inverted.as_method`, bit for bit DDIM's own run), as a benchmark's methods sharing an inversion do.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 import invedit
+from invedit.editing import get_editor
 from invedit.images import psnr
 
 from .bounds import max_abs, mean_abs, measured
@@ -39,11 +43,27 @@ def pnp_pipe():
     return invedit.load(PARITY / "model", device="cpu", dtype="float32", steps_offset=0)
 
 
+def inverted_for(pipe, editor: str, **options):
+    """The parity case inverted with Direct Inversion under the prompt ``editor`` inverts it under."""
+    prompt = get_editor(editor).inversion_prompt(SOURCE, options)
+    return invedit.invert(pipe, PARITY / "inputs" / "caseB.png", prompt, "direct")
+
+
+@pytest.fixture(scope="module")
+def masactrl_inverted(parity_pipe):
+    return inverted_for(parity_pipe, "masactrl", layers="reference")
+
+
+@pytest.fixture(scope="module")
+def pnp_inverted(pnp_pipe):
+    return inverted_for(pnp_pipe, "pnp")
+
+
 @pytest.mark.parametrize("inversion, name", [("direct", "directinversion+masactrl"), ("ddim", "ddim+masactrl")])
-def test_masactrl_reproduces_reference(parity_pipe, inversion, name):
+def test_masactrl_reproduces_reference(parity_pipe, masactrl_inverted, inversion, name):
     expected, ref = reference(name)
-    result = invedit.edit(parity_pipe, PARITY / "inputs" / "caseB.png", SOURCE, TARGET, inversion=inversion,
-                          editor="masactrl", layers="reference")
+    result = invedit.edit(parity_pipe, masactrl_inverted.as_method(inversion), SOURCE, TARGET, editor="masactrl",
+                          layers="reference")
     assert result.settings["source_branch_prompt"] == "" and result.settings["editor"]["controlled_blocks"] == [10]
     # 50.1 dB (Direct) / 51.6 dB (DDIM) measured natively. The reference's attention runs through einsum in
     # hooked layers and SDPA elsewhere, which this chaotic model amplifies (its README: ≈ 0.014 in latents).
@@ -58,9 +78,9 @@ def test_masactrl_reproduces_reference(parity_pipe, inversion, name):
                         max_abs(result.latents[0], ref["x0_latent"][0])) <= 1e-4
 
 
-def test_pnp_with_direct_inversion_reproduces_reference(pnp_pipe):
+def test_pnp_with_direct_inversion_reproduces_reference(pnp_pipe, pnp_inverted):
     expected, ref = reference("directinversion+pnp")
-    result = invedit.edit(pnp_pipe, PARITY / "inputs" / "caseB.png", SOURCE, TARGET, inversion="direct", editor="pnp")
+    result = invedit.edit(pnp_pipe, pnp_inverted, SOURCE, TARGET, editor="pnp")
     # lowest 56.8 over native and AVX2 kernels, 2 threads (docs/test-bounds.md)
     assert measured("parity directinversion+pnp image, dB", psnr(np.asarray(result.image), expected)) >= 35
     # worst 0.0059 over native and AVX2 kernels, 2 threads (docs/test-bounds.md)
@@ -70,7 +90,7 @@ def test_pnp_with_direct_inversion_reproduces_reference(pnp_pipe):
     assert result.nfe_edit == 140
 
 
-def test_pnp_with_ddim_resamples_the_source_like_the_reference(pnp_pipe):
+def test_pnp_with_ddim_resamples_the_source_like_the_reference(pnp_pipe, pnp_inverted):
     """DDIM+PnP: the source branch is the reference's re-sampling (source prompt, no guidance) step for step.
 
     The reference feeds the source row one step late and starts the target from the latent after the first
@@ -78,19 +98,18 @@ def test_pnp_with_ddim_resamples_the_source_like_the_reference(pnp_pipe):
     differs from the reference's (18 dB) while its source chain matches the reference's to rounding.
     """
     _, ref = reference("ddim+pnp")
-    result = invedit.edit(pnp_pipe, PARITY / "inputs" / "caseB.png", SOURCE, TARGET, inversion="ddim", editor="pnp")
+    result = invedit.edit(pnp_pipe, pnp_inverted.as_method("ddim"), SOURCE, TARGET, editor="pnp")
     last_source = ref["edit_step_source_latents_subset"][-1]  # the re-sampled latent after the last step
     # worst 0.0054 over native and AVX2 kernels, 2 threads; a guided source (CFG 7.5) is far off (docs/test-bounds.md)
     assert measured("parity ddim+pnp source chain vs reference, max", max_abs(result.latents[0], last_source[0])) < 0.05
     assert result.nfe_edit == 40 * 4 + 10 * 3  # feature "" row (first 40 steps), re-sampling row, two target rows
 
 
-def test_pnp_with_ddim_and_source_lag_reproduces_reference(pnp_pipe):
+def test_pnp_with_ddim_and_source_lag_reproduces_reference(pnp_pipe, pnp_inverted):
     """``source_lag=True`` copies the reference's DDIM layout (source row one step late, edit from the latent
     after the first re-sampling step): then the edit matches."""
     expected, ref = reference("ddim+pnp")
-    result = invedit.edit(pnp_pipe, PARITY / "inputs" / "caseB.png", SOURCE, TARGET, inversion="ddim", editor="pnp",
-                          source_lag=True)
+    result = invedit.edit(pnp_pipe, pnp_inverted.as_method("ddim"), SOURCE, TARGET, editor="pnp", source_lag=True)
     # 54.9 dB natively; the aligned default gives 18 dB (docs/test-bounds.md)
     assert measured("parity ddim+pnp source_lag image, dB", psnr(np.asarray(result.image), expected)) >= 35
     # 0.0064 natively (docs/test-bounds.md)
