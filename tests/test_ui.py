@@ -411,8 +411,8 @@ def test_paint_the_mask_in_the_browser_and_kv_edit_keeps_the_rest(flow_server):
     target = outcome.result.latents[1]
     assert torch.equal(target[:, ~cells], z0[:, ~cells])  # outside the painted cells: the image's latent, exactly
     assert (target[:, cells] - z0[:, cells]).abs().amax(dim=0).min() > 1e-4  # inside: every cell edited
-    factor = model.vae_factor
-    grown = np.kron(_grow(cells.numpy()), np.ones((factor, factor), dtype=bool))
+    cell_px = np.ones((model.vae_factor,) * 2, dtype=bool)  # the pixels of one latent cell
+    grown = np.kron(_grow(cells.numpy()), cell_px)
     edited, recon = (np.asarray(im, dtype=float) for im in (outcome.result.image, outcome.result.reconstruction))
     src = np.asarray(source, dtype=float)
     outside = ~grown
@@ -425,7 +425,7 @@ def test_paint_the_mask_in_the_browser_and_kv_edit_keeps_the_rest(flow_server):
                     np.abs(edited - src)[outside].mean() - np.abs(recon - src)[outside].mean()) <= 0.5
     # in the ring of cells next to the painted ones the decoder's receptive field mixes in the edit (the README's
     # "up to N of 255 next to the painted cells"; docs/test-bounds.md)
-    ring = grown & ~np.kron(cells.numpy(), np.ones((factor, factor), dtype=bool))
+    ring = grown & ~np.kron(cells.numpy(), cell_px)
     assert measured("painted kv-edit: edit vs reconstruction in the cells next to the painted ones, max of 255",
                     np.abs(edited - recon)[ring].max()) <= 96
 
