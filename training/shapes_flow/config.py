@@ -60,6 +60,19 @@ class FlowTrainConfig:
     ft_decay_from: float = 0.3
     ft_ema_decay: float = 0.998
     ground_weight: float = 0.1
+    #: oversampling of one shape in the fine-tune's scenes: a rendered scene without ``ft_boost_shape`` is kept with
+    #: probability ``ft_boost_keep`` (1.0: every scene, as the first five fine-tunes drew them; 0.5, the sixth's,
+    #: raises that shape's share of the objects from about a quarter (23% of 2 000 scenes) to a third (34%))
+    ft_boost_shape: str = "star"
+    ft_boost_keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        from invedit.toy.scenes import SHAPES
+
+        if self.ft_boost_shape not in SHAPES:
+            raise ValueError(f"ft_boost_shape must be one of {', '.join(SHAPES)}, not {self.ft_boost_shape!r}")
+        if not 0 < self.ft_boost_keep <= 1:
+            raise ValueError(f"ft_boost_keep must be in (0, 1], not {self.ft_boost_keep}")
 
     @property
     def width(self) -> int:

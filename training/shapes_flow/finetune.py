@@ -91,16 +91,28 @@ def scene_targets(scene: scenes.Scene, grid: int) -> tuple[np.ndarray, np.ndarra
     return (np.array([tok for tok, _ in targets]), np.stack([mask.ravel() for _, mask in targets]))
 
 
+def draw_scene(rng: np.random.Generator, cfg: FlowTrainConfig) -> scenes.Scene:
+    """One training scene (held-out combinations excluded); one without ``cfg.ft_boost_shape`` is kept with
+    probability ``cfg.ft_boost_keep`` and otherwise drawn again (at 1.0 no extra number is drawn, so the stream is
+    the one the earlier fine-tunes used)."""
+    while True:
+        scene = scenes.make_scene(rng, size=cfg.size, include_held_out=False)
+        if cfg.ft_boost_keep == 1.0 or any(o.shape == cfg.ft_boost_shape for o in scene.objects) \
+                or rng.random() < cfg.ft_boost_keep:
+            return scene
+
+
 @torch.no_grad()
 def finetune_cache(cfg: FlowTrainConfig, run_dir: Path, vae) -> dict:
     """``cfg.ft_scenes`` training scenes (held-out combinations excluded) rendered from the seed, stored in the run
     dir: captions, the VAE's latent posterior (mean, std) and the grounding targets of each."""
-    path = run_dir / f"ft-scenes-{cfg.seed}-{cfg.ft_scenes}-{cfg.size}.pt"
+    boost = "" if cfg.ft_boost_keep == 1.0 else f"-{cfg.ft_boost_shape}{cfg.ft_boost_keep:g}"
+    path = run_dir / f"ft-scenes-{cfg.seed}-{cfg.ft_scenes}-{cfg.size}{boost}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     rng = np.random.default_rng(cfg.seed + 50)
     grid = cfg.size // 4 // cfg.patch_size
-    ss = [scenes.make_scene(rng, size=cfg.size, include_held_out=False) for _ in range(cfg.ft_scenes)]
+    ss = [draw_scene(rng, cfg) for _ in range(cfg.ft_scenes)]
     means, stds = [], []
     for i in range(0, len(ss), 64):
         dist = vae.encode(to_tensor(np.stack([s.image for s in ss[i:i + 64]]))).latent_dist

@@ -159,7 +159,28 @@ def test_a_second_finetune_with_overrides_records_both_stages_and_bad_overrides_
     a, b = load_file(first / "export" / name), load_file(second / "export" / name)
     assert not all(torch.equal(a[k], b[k]) for k in a)
     for bad, says in (("ft_stepz=3", "expected FIELD=VALUE"), ("ft_steps=many", "ft_steps takes an integer"),
-                      ("ft_steps", "expected FIELD=VALUE")):
+                      ("ft_steps", "expected FIELD=VALUE"), ("ft_boost_shape=hexagon", "ft_boost_shape must be one of"),
+                      ("ft_boost_keep=0", "ft_boost_keep must be in (0, 1]")):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["--smoke", "--out", str(tmp_path / "bad"), "--set", bad])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_finetune_scenes_oversample_the_boosted_shape_and_keep_the_earlier_stream_at_keep_1():
+    import numpy as np
+
+    from invedit.toy import scenes
+    from training.shapes_flow.finetune import draw_scene
+
+    def objects(keep: float, n: int = 400) -> list[scenes.SceneObject]:  # small renders: the draw is the same
+        rng = np.random.default_rng(3)
+        return [o for _ in range(n) for o in draw_scene(rng, FlowTrainConfig(size=16, ft_boost_keep=keep)).objects]
+
+    rng = np.random.default_rng(3)  # keep 1: the stream the first five fine-tunes drew, number for number
+    plain = [o for _ in range(400) for o in scenes.make_scene(rng, size=16, include_held_out=False).objects]
+    assert objects(1.0) == plain
+
+    def star_share(objs: list[scenes.SceneObject]) -> float:
+        return sum(o.shape == "star" for o in objs) / len(objs)
+
+    assert star_share(plain) < 0.25 and star_share(objects(0.5)) > 0.3  # here 20% of the objects → 33%
