@@ -70,6 +70,20 @@ def test_the_guidance_step_lowers_the_cross_attention_loss(pipe, image, monkeypa
     assert result.settings["nfe_backward_edit"] == 5 * 2 and result.nfe_edit == 5 * ((1 + 2) + (1 + 2) + 2)
 
 
+def test_ddim_updates_reuse_the_guides_source_row(pipe, image, monkeypatch):
+    """Under DDIM the update needs the source row the guide just computed at the same latent: it is read, not
+    recomputed, and the edit is what computing it again gives (up to the batch's float rounding)."""
+    inv = invedit.invert(pipe, image, SOURCE, "ddim", steps=4)
+    reused = invedit.edit(pipe, inv, None, TARGET, editor="pix2pix-zero", cross_attention_guidance=1.0)
+    monkeypatch.setattr(Pix2PixZero, "guide_rows_reusable", False)
+    again = invedit.edit(pipe, inv, None, TARGET, editor="pix2pix-zero", cross_attention_guidance=1.0)
+    # per step: the guide's source row and two target rows; the update's two target rows (+ the source row again)
+    assert (reused.nfe_edit, again.nfe_edit) == (4 * (1 + 2 + 2), 4 * (1 + 2 + 3))
+    assert reused.settings["nfe_backward_edit"] == again.settings["nfe_backward_edit"] == 4 * 2
+    for a, b in zip(reused.latents, again.latents):
+        assert measured("pix2pix-zero ddim reused source row vs recomputed, max", max_abs(a, b)) < 1e-4
+
+
 def test_zero_guidance_is_the_direction_alone(pipe, image):
     result = invedit.edit(pipe, image, SOURCE, TARGET, inversion="direct", editor="pix2pix-zero", steps=4,
                           cross_attention_guidance=0)

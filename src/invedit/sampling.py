@@ -237,6 +237,9 @@ class GuidedDenoiser:
     #: The model takes the guidance scale as an input (FLUX.1-dev, `Backbone.guidance_mode` "embedded"): one
     #: conditional row per branch, each called with its branch's scale, and no CFG combination.
     embedded: bool = False
+    #: Conditional rows an editor's ``guide`` computed without a graph at this step, for the update to read when it
+    #: evaluates the same row at the same, unmodified latent: row -> (step, latent, its ``_version``, output).
+    carried: dict[Row, tuple[int, torch.Tensor, int, torch.Tensor]] = field(default_factory=dict)
 
     def halves(self, branch: str) -> tuple[str, ...]:
         """The rows (CFG halves) a branch's update reads."""
@@ -254,9 +257,17 @@ class GuidedDenoiser:
         """Model output of every computed row (before CFG), keyed by (branch, half).
 
         ``values``: the inversion's per-row transforms of the cross-attention value context (rows not computed
-        are ignored). ``rows``: compute exactly these rows (default: what the updates and the editor read).
+        are ignored). ``rows``: compute exactly these rows (default: what the updates and the editor read, less
+        the rows the step's guide carried, `carry`).
         """
-        rows = self.rows_for(step, branches) if rows is None else rows
+        carried = {}
+        if rows is None:
+            rows = self.rows_for(step, branches)
+            carried = {row: self.carried[row][3] for row in rows if self._carried(row, step, latents, values)}
+            rows = [row for row in rows if row not in carried]
+            self.carried = {}  # the update consumes what its step's guide carried
+        if not rows:
+            return carried
         null = null or {}
         nulls = {b: null[b] if null.get(b) is not None else self.null[b] for b in BRANCHES}
         x = torch.cat([latents.row(row) for row in rows])
@@ -271,7 +282,20 @@ class GuidedDenoiser:
         out = self.model.denoise(x, t, emb, self.stats, **extra)
         if values and (self.values is None or self.values.calls == 0):
             raise InveditError("value transforms were set but no attention layer applied them (no value hooks)")
-        return dict(zip(rows, out.split(1)))
+        return {**carried, **dict(zip(rows, out.split(1)))}
+
+    def carry(self, step: int, latents: Branches, outputs: dict[Row, torch.Tensor]) -> None:
+        """Keep ``outputs`` (rows computed without a graph, no value transforms) for this step's update."""
+        self.carried = {row: (step, latents.row(row), latents.row(row)._version, out.detach())
+                        for row, out in outputs.items() if row[1] == "cond"}
+
+    def _carried(self, row: Row, step: int, latents: Branches, values) -> bool:
+        """Whether the update's ``row`` is a carried one: same step, the very latent (not modified since), and no
+        value transforms (the carried call had none either)."""
+        if row not in self.carried or values:
+            return False
+        at, latent, version, _ = self.carried[row]
+        return at == step and latents.row(row) is latent and latent._version == version
 
     def __call__(self, step: int, t: int, latents: Branches, branches: set[str],
                  null: dict[str, torch.Tensor | None] | None = None,
@@ -304,13 +328,18 @@ class GradientModel:
     null: dict[str, torch.Tensor | None] | None = None
     values: dict[Row, Callable[[torch.Tensor], torch.Tensor]] | None = None
     rows_called: int = 0
+    #: The editor's ``guide_rows_reusable``: outputs of calls without a graph are carried to the step's update.
+    reusable: bool = False
 
     def __call__(self, latents: Branches, rows: list[Row], grad: bool = True) -> dict[Row, torch.Tensor]:
         """Outputs of ``rows`` (``grad=False``: a plain forward pass, no graph kept)."""
         with torch.set_grad_enabled(grad):
             ordered = [r for r in ROW_ORDER if r in rows]
             self.rows_called = len(ordered)
-            return self.denoiser.raw(self.step, self.t, latents, set(), self.null, self.values, rows=ordered)
+            out = self.denoiser.raw(self.step, self.t, latents, set(), self.null, self.values, rows=ordered)
+        if not grad and self.reusable and not self.values:
+            self.denoiser.carry(self.step, latents, out)
+        return out
 
     def grad(self, loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """d loss / d inputs through the last call (its rows counted in ``nfe_backward``)."""
@@ -353,7 +382,7 @@ def denoise_two_branches(sampler, ctx: LoopContext, editor,
             info = StepInfo.at(ctx.schedule, i, first)
             if editor.guides:
                 model = GradientModel(ctx.denoiser, ctx.schedule, i, info.t, sampler.null_embeddings(info),
-                                      sampler.value_transforms(info))
+                                      sampler.value_transforms(info), reusable=editor.guide_rows_reusable)
                 latents = editor.guide(info.edit_index, info.t, latents, model)
             with torch.no_grad():
                 latents = sampler.step(info, latents)

@@ -58,6 +58,10 @@ class Editor:
     requires_hooks: ClassVar[bool] = False
     #: Whether ``guide`` changes the latents (the loop then gives it a gradient-capable model).
     guides: ClassVar[bool] = False
+    #: Whether a row ``guide`` computes without a graph is what the step's update would compute for it (the editor
+    #: leaves that row's forward pass as a plain one in both calls): the update then reads it instead of calling
+    #: the model again (`invedit.sampling.GuidedDenoiser.raw`).
+    guide_rows_reusable: ClassVar[bool] = False
     #: The kinds of schedule (`Backbone.schedule_kind`) whose models the editor runs on: its hooks know the UNet's
     #: attention and DDIM's arithmetic unless it names "flow" too.
     schedule_kinds: ClassVar[tuple[str, ...]] = ("ddim",)

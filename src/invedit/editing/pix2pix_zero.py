@@ -13,7 +13,10 @@ unconditional row is skipped.
 
 At each step the source row is called first without a graph and its maps are kept for that step only (the
 reference, too, computes its maps in a pass of their own); the target's two rows are then called with autograd,
-so the backward pass covers those two rows alone, not the source row a shared call would drag through it.
+so the backward pass covers those two rows alone, not the source row a shared call would drag through it. That
+source-row pass is a plain forward pass at the source latent the update evaluates next, so an inversion whose update
+reads the source branch (DDIM; Direct Inversion reads none) takes its output from there instead of computing the row
+twice (`guide_rows_reusable`): one network evaluation a step fewer.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Pix2PixZero(AttentionEditor):
     description = "Pix2Pix-Zero: edit direction in embedding space + cross-attention guidance (weight 0.1)"
     defaults: dict[str, Any] = {"cross_attention_guidance": 0.1, "source_sentences": None, "target_sentences": None}
     guides = True
+    guide_rows_reusable = True  # the source row's pass is a plain one (its maps are only read): DDIM's update reuses it
 
     def __init__(self, weight: float, source_sentences: list[str], target_sentences: list[str],
                  options: dict[str, Any]):
