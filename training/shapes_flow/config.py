@@ -93,9 +93,9 @@ SMOKE = dict(n_scenes=64, layers=2, heads=2, head_dim=16, steps=6, batch=8, warm
 #: the target free to move the objects on this model (background 19.8 dB, the same as no editor); sharing from the
 #: first block on holds the layout (29.1 dB with Direct, 24.2 with Euler) at the price of colour edits (62% reach the
 #: target colour, 88% when sharing starts at half depth). Chosen on 8 validation colour edits (seeds 1000–1007) at
-#: guidance 2 (docs/embedded-model.md, "The flow model"); re-checked on the second to fifth fine-tunes' weights
-#: (16 edits of toy-bench seed 2: 75% / 75% / 81% / 75% at 27.5 / 29.2 / 29.0 / 29.6 dB; from half depth 88% / 94% /
-#: 94% / 100% at 24.5 / 25.8 / 25.5 / 25.8 dB), the same trade-off.
+#: guidance 2 (docs/embedded-model.md, "The flow model"); re-checked on the second to sixth fine-tunes' weights
+#: (16 edits of toy-bench seed 2: 75% / 75% / 81% / 75% / 81% at 27.5 / 29.2 / 29.0 / 29.6 / 30.3 dB; from half depth
+#: 88% / 94% / 94% / 100% / 100% at 24.5 / 25.8 / 25.5 / 25.8 / 26.6 dB), the same trade-off.
 EDITOR_DEFAULTS: dict[str, dict[str, Any]] = {"shared-attention": {"share": "v", "blocks": "all", "start_layer": 0.0,
                                                                    "end_step": 1.0}}
 #: Guidance the flow model's edits are measured at (its demo and benchmarks): at 3.5 and above the target branch
