@@ -23,12 +23,15 @@ import torch
 from PIL import Image
 
 import invedit
+from invedit.sampling import ROW_ORDER
 from invedit.toy.metrics import region_color
 from invedit.toy.scenes import COLORS, SHAPES, make_edit_example
 from invedit.versions import versions
 
 HERE = Path(__file__).parent
-ROWS = {"source": 2, "target": 3}  # the conditional rows of (source, target) in a shared-attention step's batch
+#: the conditional rows of the source and target branches in a step's batch, when all four rows are computed (shared
+#: attention reads the source's rows at every step, so every step computes all four)
+ROWS = {branch: ROW_ORDER.index((branch, "cond")) for branch in ("source", "target")}
 SHOWN_STEPS = (0, 3, 7, 14, 27)
 
 
@@ -96,7 +99,7 @@ def one_edit(pipe, seed: int, steps: int, guidance: float) -> dict:
             recorder.remove()
     maps = torch.stack(store)  # (steps · blocks, rows, image tokens, prompt tokens)
     maps = maps.view(-1, len(blocks), *maps.shape[1:]).mean(1)
-    if maps.shape[0] != steps or maps.shape[1] != 4:
+    if maps.shape[0] != steps or maps.shape[1] != len(ROW_ORDER):
         raise SystemExit(f"error: expected {steps} steps of 4 rows, recorded {tuple(maps.shape[:2])}")
     grid = int(maps.shape[2] ** 0.5)
     objects = {o.shape: token_shares(m, grid) for o, m in zip(edit.source.objects, edit.source.masks)}
