@@ -7,7 +7,8 @@ For each colour edit (`invedit.toy.scenes.make_edit_example`, the seeds the demo
 with shared attention at the model's recommended settings (CFG 2, 28 steps): per branch (the source row under the
 source prompt, the target row under the target prompt, both conditional), per object word (colours and shapes), the
 share of the word's image→text attention (the joint blocks' image queries over the prompt's keys, heads and blocks
-averaged) that falls on each object's tokens, at a few steps. A word bound to the right object puts its mass on that
+averaged; recorded with the fine-tune's `record_joint_attention`, tested to be the model's own attention) that
+falls on each object's tokens, at a few steps. A word bound to the right object puts its mass on that
 object. Results go to benchmarks/flow_binding_maps.md (and .json).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,44 +37,6 @@ ROWS = {branch: ROW_ORDER.index((branch, "cond")) for branch in ("source", "targ
 SHOWN_STEPS = (0, 3, 7, 14, 27)
 
 
-class MapRecorder:
-    """Image→text attention of one joint block, rebuilt from its projections (SD 3: no rotary embedding) with forward
-    hooks, so it stays out of the way of the editor's own hooks and processors; appends (rows, image tokens, prompt
-    tokens), heads averaged, to ``store`` after each call of the block's attention."""
-
-    def __init__(self, attn, store: list[torch.Tensor]) -> None:
-        self.attn, self.store, self.seen = attn, store, {}
-        self.handles = [getattr(attn, name).register_forward_hook(self._keep(name))
-                        for name in ("to_q", "to_k", "add_k_proj")]
-        self.handles.append(attn.register_forward_hook(self._record))
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def _keep(self, name: str):
-        def hook(module, args, output):
-            self.seen[name] = output.detach()
-        return hook
-
-    def _record(self, module, args, output) -> None:
-        a = self.attn
-        q, k, text_k = self.seen["to_q"], self.seen["to_k"], self.seen["add_k_proj"]
-        rows, n_img, width = q.shape
-        heads = a.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(rows, -1, heads, width // heads).transpose(1, 2)
-
-        q, k, text_k = split(q), split(k), split(text_k)
-        if a.norm_q is not None:
-            q, k = a.norm_q(q), a.norm_k(k)
-        if a.norm_added_k is not None:
-            text_k = a.norm_added_k(text_k)
-        probs = (q @ torch.cat([k, text_k], 2).transpose(-1, -2) * a.scale).softmax(-1)
-        self.store.append(probs[..., n_img:].mean(1))
-
-
 def token_shares(mask: np.ndarray, grid: int) -> torch.Tensor:
     """The share of each image token's pixels that ``mask`` covers, flattened (grid²,)."""
     cell = mask.shape[0] // grid
@@ -86,19 +50,23 @@ def word_positions(tokenizer, prompt: str) -> dict[str, int]:
 
 
 def one_edit(pipe, seed: int, steps: int, guidance: float) -> dict:
+    sys.path.insert(0, str(HERE.parent))  # the repository root: the trainer's attention recorder, as flow_toy_quality
+    from training.shapes_flow.finetune import record_joint_attention
+
     edit = make_edit_example(seed, "color")
-    store: list[torch.Tensor] = []
-    blocks = pipe.transformer.transformer_blocks
+    transformer = pipe.transformer
     inverted = invedit.invert(pipe, Image.fromarray(edit.source_image), edit.source_prompt, "direct", steps=steps)
-    recorders = [MapRecorder(block.attn, store) for block in blocks]
+    saved = dict(transformer.attn_processors)
+    store: list[torch.Tensor] = []
+    blocks = record_joint_attention(transformer, store)  # shared attention's hooks sit on the projections it calls
     try:
         result = invedit.edit(pipe, inverted, None, edit.target_prompt, editor="shared-attention",
                               guidance_scale=guidance)
     finally:
-        for recorder in recorders:
-            recorder.remove()
-    maps = torch.stack(store)  # (steps · blocks, rows, image tokens, prompt tokens)
-    maps = maps.view(-1, len(blocks), *maps.shape[1:]).mean(1)
+        transformer.set_attn_processor(saved)
+    heads = transformer.transformer_blocks[0].attn.heads
+    maps = torch.stack([p.view(-1, heads, *p.shape[1:]).mean(1) for p in store])  # (calls, rows, image, prompt)
+    maps = maps.view(-1, blocks, *maps.shape[1:]).mean(1)
     if maps.shape[0] != steps or maps.shape[1] != len(ROW_ORDER):
         raise SystemExit(f"error: expected {steps} steps of 4 rows, recorded {tuple(maps.shape[:2])}")
     grid = int(maps.shape[2] ** 0.5)

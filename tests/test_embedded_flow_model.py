@@ -71,8 +71,8 @@ def test_it_draws_the_prompted_colour(flow_model):
 def test_it_draws_triangles_squares_and_stars(flow_model):
     """Generation (Euler, CFG 7.5): the prompted shape is recognised by the benchmark's judge. The first weights
     drew blobs (squares 17%, triangles 58% of benchmarks/flow_toy_quality.md's prompts; 2 and 4 of these 6 each);
-    the shipped ones 100% / 96% there, 6 and 6 of 6 here (AVX2 and AVX-512, one thread). Stars, the hardest shape
-    (sub-token points): 75% there, 4 of 6 here; the fourth fine-tune's weights drew 2 of 6 (62% there)."""
+    the shipped ones 100% / 100% there, 6 and 6 of 6 here (AVX2 and AVX-512, one thread). Stars, the hardest shape
+    (sub-token points): 83% there, 5 of 6 here; the fourth fine-tune's weights drew 2 of 6 (62% there)."""
     from invedit.toy.metrics import dominant_object
     from invedit.toy.scenes import COLORS
 
