@@ -65,6 +65,10 @@ class FlowTrainConfig:
     #: raises that shape's share of the objects from about a quarter (23% of 2 000 scenes) to a third (34%))
     ft_boost_shape: str = "star"
     ft_boost_keep: float = 1.0
+    #: weighting of each sample's grounding loss by its noise level: σᵖ / (the batch's mean σᵖ), so the loss keeps
+    #: its scale and moves toward the noisiest inputs, where an edit from an inverted latent binds its words
+    #: (`benchmarks/flow_binding_maps.md`); 0 (the first six fine-tunes): every sample alike
+    ground_sigma_power: float = 0.0
 
     def __post_init__(self) -> None:
         from invedit.toy.scenes import SHAPES
@@ -73,6 +77,8 @@ class FlowTrainConfig:
             raise ValueError(f"ft_boost_shape must be one of {', '.join(SHAPES)}, not {self.ft_boost_shape!r}")
         if not 0 < self.ft_boost_keep <= 1:
             raise ValueError(f"ft_boost_keep must be in (0, 1], not {self.ft_boost_keep}")
+        if not 0 <= self.ground_sigma_power <= 8:
+            raise ValueError(f"ground_sigma_power must be in [0, 8], not {self.ground_sigma_power}")
 
     @property
     def width(self) -> int:

@@ -103,6 +103,15 @@ def draw_scene(rng: np.random.Generator, cfg: FlowTrainConfig) -> scenes.Scene:
 
 
 @torch.no_grad()
+def grounding_weights(sigma: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Per-sample weights of the grounding loss (`FlowTrainConfig.ground_sigma_power`): σᵖ over the batch's mean σᵖ
+    (mean 1), or None at power 0, which leaves `grounding_loss` exactly as the earlier fine-tunes computed it."""
+    if power == 0:
+        return None
+    w = sigma.double() ** power
+    return (w / w.mean()).float()
+
+
 def finetune_cache(cfg: FlowTrainConfig, run_dir: Path, vae) -> dict:
     """``cfg.ft_scenes`` training scenes (held-out combinations excluded) rendered from the seed, stored in the run
     dir: captions, the VAE's latent posterior (mean, std) and the grounding targets of each."""
@@ -212,7 +221,8 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
                      pooled_projections=pooled).sample
         flow = F.mse_loss(pred, noise - x0)
         token_ids, masks, valid = batch_targets([cache["targets"][i] for i in idx], grid, dropped)
-        ground = grounding_loss(store, cfg.ft_batch, token_ids, masks, valid)
+        ground = grounding_loss(store, cfg.ft_batch, token_ids, masks, valid,
+                                grounding_weights(sigma, cfg.ground_sigma_power))
         step += 1
         _optimiser_step(opt, params, ema_params, flow + cfg.ground_weight * ground, cfg.ft_ema_decay)
         log.add(step, {"loss": flow.item(), "ground": ground.item()}, lr=lr, threads=threads)

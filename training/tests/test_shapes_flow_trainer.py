@@ -160,7 +160,8 @@ def test_a_second_finetune_with_overrides_records_both_stages_and_bad_overrides_
     assert not all(torch.equal(a[k], b[k]) for k in a)
     for bad, says in (("ft_stepz=3", "expected FIELD=VALUE"), ("ft_steps=many", "ft_steps takes an integer"),
                       ("ft_steps", "expected FIELD=VALUE"), ("ft_boost_shape=hexagon", "ft_boost_shape must be one of"),
-                      ("ft_boost_keep=0", "ft_boost_keep must be in (0, 1]")):
+                      ("ft_boost_keep=0", "ft_boost_keep must be in (0, 1]"),
+                      ("ground_sigma_power=-1", "ground_sigma_power must be in [0, 8]")):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["--smoke", "--out", str(tmp_path / "bad"), "--set", bad])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
@@ -184,3 +185,24 @@ def test_finetune_scenes_oversample_the_boosted_shape_and_keep_the_earlier_strea
         return sum(o.shape == "star" for o in objs) / len(objs)
 
     assert star_share(plain) < 0.25 and star_share(objects(0.5)) > 0.3  # here 20% of the objects → 33%
+
+
+def test_grounding_weights_move_the_loss_toward_high_noise_and_leave_it_unweighted_at_power_0():
+    from training.shapes_flow.finetune import grounding_weights
+    from training.shapes_unet.grounding import grounding_loss
+
+    sigma = torch.tensor([0.1, 0.5, 0.9, 1.0])
+    assert grounding_weights(sigma, 0.0) is None
+    w = grounding_weights(sigma, 2.0)
+    assert torch.allclose(w, sigma**2 / (sigma**2).mean()) and abs(w.mean().item() - 1) < 1e-6
+    # one block's maps over 4 image tokens and 2 words: each sample puts a different share of its word's mass inside
+    torch.manual_seed(0)
+    probs = torch.rand(4 * 2, 4, 3)  # (batch·heads, image tokens, prompt tokens)
+    token_ids = torch.tensor([[1, 2]] * 4)
+    masks = {2: (torch.rand(4, 2, 4) > 0.5).float()}
+    valid = torch.ones(4, 2)
+    plain = grounding_loss([probs], 4, token_ids, masks, valid)
+    per_sample = torch.stack([grounding_loss([probs.view(4, 2, 4, 3)[i]], 1, token_ids[i:i + 1],
+                                             {2: masks[2][i:i + 1]}, valid[i:i + 1]) for i in range(4)])
+    assert torch.allclose(plain, per_sample.mean())
+    assert torch.allclose(grounding_loss([probs], 4, token_ids, masks, valid, w), (w * per_sample).mean())
