@@ -2,6 +2,7 @@
 
     python benchmarks/flow_binding_maps.py                 # the demo's edit and the next two-object colour edits
     python benchmarks/flow_binding_maps.py --seeds 0,2,3
+    python benchmarks/flow_binding_maps.py --survey 32      # and a summary over 32 more two-object colour edits
 
 For each colour edit (`invedit.toy.scenes.make_edit_example`, the seeds the demo uses), Direct inversion and an edit
 with shared attention at the model's recommended settings (CFG 2, 28 steps): per branch (the source row under the
@@ -9,7 +10,11 @@ source prompt, the target row under the target prompt, both conditional), per ob
 share of the word's image→text attention (the joint blocks' image queries over the prompt's keys, heads and blocks
 averaged; recorded with the fine-tune's `record_joint_attention`, tested to be the model's own attention) that
 falls on each object's tokens, at a few steps. A word bound to the right object puts its mass on that
-object. Results go to benchmarks/flow_binding_maps.md (and .json).
+object. ``--survey N`` adds a summary over the first N two-object colour edits from seed 100 on: per branch, the
+share of each object word's map on its own object and on the other object, averaged over the first third of the
+steps (where the demo's edit binds its words to the wrong object), how many edits have every word of the target
+prompt on its own object there, and how often the edit reaches its colour with and without that. Results go to
+benchmarks/flow_binding_maps.md (and .json).
 """
 
 from __future__ import annotations
@@ -81,8 +86,47 @@ def one_edit(pipe, seed: int, steps: int, guidance: float) -> dict:
                 m = m / m.sum()
                 rows[step] = {shape: round(float((m * share).sum()), 2) for shape, share in objects.items()}
             out["shares"][f"{branch} {word}"] = rows
+    early = max(1, steps // 3)
+    for branch, scene in (("source", edit.source), ("target", edit.target)):
+        own, other = [], []
+        for word, pos in word_positions(pipe.tokenizer, getattr(edit, f"{branch}_prompt")).items():
+            owners = [k for k, o in enumerate(scene.objects) if word in (o.color, o.shape)]
+            if len(owners) != 1:  # a colour both objects have belongs to neither alone
+                continue
+            m = maps[:early, ROWS[branch], :, pos]
+            m = m / m.sum(-1, keepdim=True)
+            shares = [float((m * token_shares(mask, grid)).sum(-1).mean()) for mask in scene.masks]
+            own.append(shares[owners[0]])
+            other.append(sum(shares) - shares[owners[0]])
+        out[f"early_{branch}"] = {"own": own, "other": other}
     wanted = edit.blend_words.split()[1]
     out["reached"] = region_color(np.asarray(result.image), edit.mask & edit.target.object_mask) == wanted
+    return out
+
+
+def two_object_seeds(n: int, first: int = 100) -> list[int]:
+    """The first ``n`` seeds from ``first`` on whose colour edit (`make_edit_example`) has two objects."""
+    seeds, seed = [], first
+    while len(seeds) < n:
+        if len(make_edit_example(seed, "color").source.objects) == 2:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def survey_summary(edits: list[dict]) -> dict:
+    """Averages of `one_edit`'s early shares over edits; an edit is bound when every unambiguous word of the target
+    prompt has more of its early map on its own object than on the other."""
+    out: dict = {"n": len(edits)}
+    for branch in ("source", "target"):
+        own = [v for e in edits for v in e[f"early_{branch}"]["own"]]
+        other = [v for e in edits for v in e[f"early_{branch}"]["other"]]
+        out[branch] = {"own": float(np.mean(own)), "other": float(np.mean(other))}
+    bound = [all(a > b for a, b in zip(e["early_target"]["own"], e["early_target"]["other"])) for e in edits]
+    reached = [e["reached"] for e in edits]
+    out["bound"] = int(sum(bound))
+    out["reached"] = int(sum(reached))
+    out["reached_if_bound"] = int(sum(r for r, b in zip(reached, bound) if b))
     return out
 
 
@@ -104,6 +148,17 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [" / ".join(f"{shape} {v[shape]:.2f}" for shape in shapes) for v in rows.values()]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
         lines.append("")
+    if "survey" in results:
+        v = results["survey"]
+        lines += [f"## Summary over {v['n']} more two-object colour edits (seeds {v['seeds'][0]}–{v['seeds'][-1]})", "",
+                  "Each object word's map, averaged over the first third of the steps and over the words whose "
+                  "object is unambiguous (a colour both objects share is left out):", "",
+                  "| branch | share on its own object | share on the other object |", "|---|---|---|"]
+        lines += [f"| {b} | {v[b]['own']:.2f} | {v[b]['other']:.2f} |" for b in ("source", "target")]
+        lines += ["", f"Every target word on its own object (more there than on the other): {v['bound']} of {v['n']} "
+                  f"edits. The edit reached its colour in {v['reached']} of {v['n']}: {v['reached_if_bound']} of "
+                  f"the {v['bound']} bound edits, {v['reached'] - v['reached_if_bound']} of the "
+                  f"{v['n'] - v['bound']} others.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -113,6 +168,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,2,3", help="colour edits of make_edit_example (two objects each)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--survey", type=int, default=0, help="also summarise this many two-object colour edits")
     parser.add_argument("--out", type=Path, default=HERE / "flow_binding_maps.json")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -120,7 +176,12 @@ def main() -> None:
     pipe = invedit.load(args.model, device="cpu", dtype="float32")
     edits = [one_edit(pipe, int(s), args.steps, args.guidance) for s in args.seeds.split(",")]
     results = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "versions": versions(), "steps": args.steps,
-               "guidance": args.guidance, "edits": edits, "seconds": time.perf_counter() - start}
+               "guidance": args.guidance, "edits": edits}
+    if args.survey:
+        seeds = two_object_seeds(args.survey)
+        results["survey"] = {"seeds": seeds, **survey_summary([one_edit(pipe, s, args.steps, args.guidance)
+                                                                for s in seeds])}
+    results["seconds"] = time.perf_counter() - start
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     write_markdown(results, args.out.with_suffix(".md"))
     print(args.out.with_suffix(".md").read_text())
