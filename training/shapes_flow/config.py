@@ -69,6 +69,13 @@ class FlowTrainConfig:
     #: its scale and moves toward the noisiest inputs, where an edit from an inverted latent binds its words
     #: (`benchmarks/flow_binding_maps.md`); 0 (the first six fine-tunes): every sample alike
     ground_sigma_power: float = 0.0
+    #: edit-binding samples (`training.shapes_flow.finetune.edit_binding_cache`): ``ft_edit_scenes`` two-object
+    #: scenes, each with a colour edit, Euler-inverted once under the starting weights (``EDIT_STEPS`` steps, their
+    #: source caption, guidance 1, as an edit inverts); each step adds ``ft_edit_batch`` of them at a level of the
+    #: first third of the edit's steps, under their source or target caption, to the grounding loss only (0: none,
+    #: as the first six fine-tunes)
+    ft_edit_scenes: int = 0
+    ft_edit_batch: int = 8
 
     def __post_init__(self) -> None:
         from invedit.toy.scenes import SHAPES
@@ -77,6 +84,9 @@ class FlowTrainConfig:
             raise ValueError(f"ft_boost_shape must be one of {', '.join(SHAPES)}, not {self.ft_boost_shape!r}")
         if not 0 < self.ft_boost_keep <= 1:
             raise ValueError(f"ft_boost_keep must be in (0, 1], not {self.ft_boost_keep}")
+        if self.ft_edit_scenes < 0 or self.ft_edit_batch < 1:
+            raise ValueError(f"ft_edit_scenes must be ≥ 0 and ft_edit_batch ≥ 1, not {self.ft_edit_scenes} and "
+                             f"{self.ft_edit_batch}")
         if not 0 <= self.ground_sigma_power <= 8:
             raise ValueError(f"ground_sigma_power must be in [0, 8], not {self.ground_sigma_power}")
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from invedit.toy import scenes
-from training.shapes_flow.config import UNET_MODEL_DIR, FlowTrainConfig
-from training.shapes_flow.models import build_transformer, encode_captions, load_shared, shifted_sigma
+from training.shapes_flow.config import EDIT_STEPS, UNET_MODEL_DIR, FlowTrainConfig
+from training.shapes_flow.models import build_transformer, encode_captions, flow_schedule, load_shared, shifted_sigma
 from training.shapes_flow.train import sample
 from training.shapes_unet.common import StepLog, ThreadGovernor, _log, _lr, _optimiser_step, _save_atomic
 from training.shapes_unet.data import save_grid, to_tensor
@@ -133,6 +133,58 @@ def finetune_cache(cfg: FlowTrainConfig, run_dir: Path, vae) -> dict:
     return cache
 
 
+def edit_levels() -> int:
+    """How many of the edit's first levels the edit-binding samples are drawn from: the first third of its steps,
+    where a two-object edit from an inverted latent binds its words (benchmarks/flow_binding_maps.md)."""
+    return EDIT_STEPS // 3
+
+
+def edit_binding_scenes(cfg: FlowTrainConfig) -> list[scenes.Edit]:
+    """The edit-binding samples' ``cfg.ft_edit_scenes`` colour edits of two-object scenes, drawn from the seed."""
+    rng = np.random.default_rng(cfg.seed + 70)
+    return [scenes.make_edit(scenes.make_scene(rng, size=cfg.size, n_objects=2, include_held_out=False), "color",
+                             rng, include_held_out=False) for _ in range(cfg.ft_edit_scenes)]
+
+
+@torch.no_grad()
+def edit_binding_cache(cfg: FlowTrainConfig, run_dir: Path, vae, model, tokenizer, text, shift: float,
+                       scale: float, init_sha: str) -> dict:
+    """``cfg.ft_edit_scenes`` two-object training scenes (held-out combinations excluded), each with a colour edit
+    (`invedit.toy.scenes.make_edit`), Euler-inverted under ``model`` (the starting weights) with their source caption
+    at guidance 1 on the edit's schedule (``EDIT_STEPS`` steps), as `invedit.invert` does. Kept: the latents at the
+    first `edit_levels` levels (levels, scenes, C, h, w), both captions' encodings and the grounding targets (the
+    same for both captions: a colour edit changes a word, not a place). Stored in the run dir, named by the seed,
+    the count and the starting weights."""
+    path = run_dir / f"ft-edit-scenes-{cfg.seed}-{cfg.ft_edit_scenes}-{init_sha[:12]}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    grid = cfg.size // 4 // cfg.patch_size
+    edits = edit_binding_scenes(cfg)
+    schedule = flow_schedule(cfg, EDIT_STEPS)
+    n_levels = edit_levels()
+    source = encode_captions(tokenizer, text, [e.source_prompt for e in edits], cfg)
+    target = encode_captions(tokenizer, text, [e.target_prompt for e in edits], cfg)
+    model.eval()
+    kept = []
+    for i in range(0, len(edits), 64):
+        part = slice(i, i + 64)
+        z = (vae.encode(to_tensor(np.stack([e.source_image for e in edits[part]]))).latent_dist.mean - shift) * scale
+        levels = [None] * n_levels
+        for k in range(schedule.steps):  # step k undoes forward step i = N − 1 − k: z then sits at level i
+            j = schedule.steps - 1 - k
+            v = model(hidden_states=z, timestep=torch.full((len(z),), schedule.inversion_timestep(j)),
+                      encoder_hidden_states=source[0][part], pooled_projections=source[1][part]).sample
+            z = schedule.inverse_step(v, j, z)
+            if j < n_levels:
+                levels[j] = z
+        kept.append(torch.stack(levels))
+    cache = {"latents": torch.cat(kept, 1), "source": source, "target": target,
+             "targets": [scene_targets(e.source, grid) for e in edits],
+             "prompts": [(e.source_prompt, e.target_prompt) for e in edits]}
+    _save_atomic(cache, path)
+    return cache
+
+
 def batch_targets(targets: list[tuple[np.ndarray, np.ndarray]], grid: int, dropped: np.ndarray):
     """``(token_ids (B, K), masks {grid: (B, K, grid²)}, valid (B, K))`` of `grounding_loss` for a batch; captions
     dropped for guidance have no targets."""
@@ -162,6 +214,8 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
     ema = build_transformer(cfg, text.config.hidden_size)
     model.load_state_dict(weights)
     ema.load_state_dict(weights)
+    edits = edit_binding_cache(cfg, run_dir, vae, model, tokenizer, text, shift, scale, init_sha) \
+        if cfg.ft_edit_scenes else None
     ema.requires_grad_(False).eval()
     params, ema_params = list(model.parameters()), list(ema.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.ft_lr, betas=(0.9, 0.999), weight_decay=0.01)
@@ -176,10 +230,12 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
         step = ck["ft_step"]
     # a resumed run re-seeds its stream at the step reached (as the UNet's grounding stage does)
     rng = np.random.default_rng(cfg.seed + 60 + step)
+    edit_rng = np.random.default_rng(cfg.seed + 80 + step)  # its own stream: the scenes' draws stay as before
     torch.manual_seed(cfg.seed + 60 + step)
     store: list[torch.Tensor] = []
     record_joint_attention(model, store)
     grid = cfg.size // 4 // cfg.patch_size
+    schedule = flow_schedule(cfg, EDIT_STEPS)
     empty = encode_captions(tokenizer, text, [""], cfg)
     prev_hidden, prev_pooled = encode_captions(tokenizer, text, list(PREVIEW_PROMPTS), cfg)
     print(f"fine-tune of {init_dir} (sha256 {init_sha[:12]}), step {step}/{cfg.ft_steps}", flush=True)
@@ -216,12 +272,24 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
         sigma = shifted_sigma(torch.sigmoid(u), cfg.shift)
         noise = torch.randn_like(x0)
         s = sigma.view(-1, 1, 1, 1)
+        inputs, targets = (1 - s) * x0 + s * noise, [cache["targets"][i] for i in idx]
+        if edits is not None:  # edit-binding samples: an inverted latent under its source or target caption
+            e_idx = edit_rng.integers(cfg.ft_edit_scenes, size=cfg.ft_edit_batch)
+            e_level = edit_rng.integers(edit_levels(), size=cfg.ft_edit_batch)
+            e_target = torch.from_numpy(edit_rng.random(cfg.ft_edit_batch) < 0.5)
+            hidden, pooled = (torch.cat([enc, torch.where(e_target.view(-1, *[1] * (enc.dim() - 1)),
+                                                          edits["target"][k][e_idx], edits["source"][k][e_idx])])
+                              for k, enc in enumerate((hidden, pooled)))
+            inputs = torch.cat([inputs, edits["latents"][e_level, e_idx]])
+            sigma = torch.cat([sigma, schedule.sigmas[torch.from_numpy(e_level)]])
+            dropped = np.concatenate([dropped, np.zeros(cfg.ft_edit_batch, bool)])
+            targets += [edits["targets"][i] for i in e_idx]
         store.clear()
-        pred = model(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000, encoder_hidden_states=hidden,
+        pred = model(hidden_states=inputs, timestep=sigma * 1000, encoder_hidden_states=hidden,
                      pooled_projections=pooled).sample
-        flow = F.mse_loss(pred, noise - x0)
-        token_ids, masks, valid = batch_targets([cache["targets"][i] for i in idx], grid, dropped)
-        ground = grounding_loss(store, cfg.ft_batch, token_ids, masks, valid,
+        flow = F.mse_loss(pred[:cfg.ft_batch], noise - x0)
+        token_ids, masks, valid = batch_targets(targets, grid, dropped)
+        ground = grounding_loss(store, len(targets), token_ids, masks, valid,
                                 grounding_weights(sigma, cfg.ground_sigma_power))
         step += 1
         _optimiser_step(opt, params, ema_params, flow + cfg.ground_weight * ground, cfg.ft_ema_decay)

@@ -31,6 +31,14 @@ def build_scheduler(cfg: FlowTrainConfig):
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.shift)
 
 
+def flow_schedule(cfg: FlowTrainConfig, steps: int):
+    """invedit's `FlowSchedule` of ``steps`` steps on the scheduler's shifted sigmas, as the SD3 path builds it."""
+    from invedit.flow import FlowSchedule
+
+    side = cfg.size // 4
+    return FlowSchedule.from_config(build_scheduler(cfg).config, steps, "sd3", (side // cfg.patch_size) ** 2)
+
+
 def shifted_sigma(s: torch.Tensor, shift: float) -> torch.Tensor:
     """SD3's time shift σ' = shift·σ / (1 + (shift − 1)·σ) (Esser et al. 2024, §5.3.2; the scheduler's formula)."""
     return shift * s / (1 + (shift - 1) * s)

@@ -19,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from invedit.flow import FlowSchedule
 from invedit.sampling import guided
 from training.shapes_flow.config import (
     UNET_MODEL_DIR,
     FlowTrainConfig,
 )
 from training.shapes_flow.models import (
-    build_scheduler,
     build_transformer,
     encode_captions,
+    flow_schedule,
     load_shared,
     shifted_sigma,
 )
@@ -55,7 +54,7 @@ def sample(model, vae, hidden: torch.Tensor, pooled: torch.Tensor, empty: tuple[
     """Euler sampling with classifier-free guidance on the scheduler's shifted sigmas (invedit's `FlowSchedule` and
     `guided`, as an edit samples) -> uint8 images."""
     side = cfg.size // 4
-    schedule = FlowSchedule.from_config(build_scheduler(cfg).config, steps, "sd3", (side // cfg.patch_size) ** 2)
+    schedule = flow_schedule(cfg, steps)
     n = hidden.shape[0]
     x = torch.randn(n, 4, side, side, generator=torch.Generator().manual_seed(seed))
     h = torch.cat([hidden, empty[0].expand(n, -1, -1)])

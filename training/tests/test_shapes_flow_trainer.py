@@ -161,7 +161,8 @@ def test_a_second_finetune_with_overrides_records_both_stages_and_bad_overrides_
     for bad, says in (("ft_stepz=3", "expected FIELD=VALUE"), ("ft_steps=many", "ft_steps takes an integer"),
                       ("ft_steps", "expected FIELD=VALUE"), ("ft_boost_shape=hexagon", "ft_boost_shape must be one of"),
                       ("ft_boost_keep=0", "ft_boost_keep must be in (0, 1]"),
-                      ("ground_sigma_power=-1", "ground_sigma_power must be in [0, 8]")):
+                      ("ground_sigma_power=-1", "ground_sigma_power must be in [0, 8]"),
+                      ("ft_edit_batch=0", "ft_edit_batch ≥ 1")):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["--smoke", "--out", str(tmp_path / "bad"), "--set", bad])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
@@ -206,3 +207,46 @@ def test_grounding_weights_move_the_loss_toward_high_noise_and_leave_it_unweight
                                              {2: masks[2][i:i + 1]}, valid[i:i + 1]) for i in range(4)])
     assert torch.allclose(plain, per_sample.mean())
     assert torch.allclose(grounding_loss([probs], 4, token_ids, masks, valid, w), (w * per_sample).mean())
+
+
+def test_edit_binding_samples_are_invedits_euler_inversion_and_join_only_the_grounding_loss(smoke_export, tmp_path):
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    import invedit
+    from training.shapes_flow.config import EDIT_STEPS
+    from training.shapes_flow.finetune import edit_binding_cache, edit_binding_scenes, edit_levels, init_from
+    from training.shapes_flow.models import build_transformer, load_shared
+
+    cfg = FlowTrainConfig(**{**SMOKE, "ft_edit_scenes": 3})
+    export = smoke_export / "export"
+    vae, tokenizer, text = load_shared(UNET_MODEL_DIR, cfg)
+    weights, shift, scale, sha = init_from(export)
+    model = build_transformer(cfg, text.config.hidden_size)
+    model.load_state_dict(weights)
+    cache = edit_binding_cache(cfg, tmp_path, vae, model, tokenizer, text, shift, scale, sha)
+    edits = edit_binding_scenes(cfg)
+    assert cache["latents"].shape[:2] == (edit_levels(), 3) == (EDIT_STEPS // 3, len(edits))
+    pipe = invedit.load(str(export), device="cpu", dtype="float32")
+    for k, edit in enumerate(edits):
+        assert len(edit.source.objects) == 2 and cache["prompts"][k] == (edit.source_prompt, edit.target_prompt)
+        assert edit.source_prompt.split() != edit.target_prompt.split()  # one colour word differs
+        inverted = invedit.invert(pipe, Image.fromarray(edit.source_image), edit.source_prompt, "euler",
+                                  steps=EDIT_STEPS)
+        for level in range(edit_levels()):  # the latent the edit's step `level` starts from
+            assert torch.allclose(cache["latents"][level, k], inverted.latents[EDIT_STEPS - level], atol=1e-4)
+    again = edit_binding_cache(cfg, tmp_path, vae, None, tokenizer, text, shift, scale, sha)  # read back
+    assert torch.equal(again["latents"], cache["latents"])
+
+    def finetune(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        assert cli.main(["--smoke", "--stage", "finetune", "--init", str(export), "--out", str(out / "run"),
+                         "--export", "--export-dir", str(out / "export"), "--set", "ft_edit_batch=2", *extra]) == 0
+        return load_file(out / "export" / "transformer/diffusion_pytorch_model.safetensors")
+
+    plain, with_edits = finetune("plain"), finetune("edits", "--set", "ft_edit_scenes=3")
+    assert not all(torch.equal(plain[k], with_edits[k]) for k in plain)  # the samples take part in the loss ...
+    plain, with_edits = (finetune(name, "--set", "ground_weight=0", *extra)
+                         for name, extra in (("plain0", ()), ("edits0", ("--set", "ft_edit_scenes=3"))))
+    # ... only in the grounding loss: without it the same weights (the scenes' stream unchanged; batched sums aside)
+    assert all(torch.allclose(plain[k], with_edits[k], atol=1e-6) for k in plain)
