@@ -102,7 +102,6 @@ def draw_scene(rng: np.random.Generator, cfg: FlowTrainConfig) -> scenes.Scene:
             return scene
 
 
-@torch.no_grad()
 def grounding_weights(sigma: torch.Tensor, power: float) -> torch.Tensor | None:
     """Per-sample weights of the grounding loss (`FlowTrainConfig.ground_sigma_power`): σᵖ over the batch's mean σᵖ
     (mean 1), or None at power 0, which leaves `grounding_loss` exactly as the earlier fine-tunes computed it."""
@@ -112,6 +111,7 @@ def grounding_weights(sigma: torch.Tensor, power: float) -> torch.Tensor | None:
     return (w / w.mean()).float()
 
 
+@torch.no_grad()
 def finetune_cache(cfg: FlowTrainConfig, run_dir: Path, vae) -> dict:
     """``cfg.ft_scenes`` training scenes (held-out combinations excluded) rendered from the seed, stored in the run
     dir: captions, the VAE's latent posterior (mean, std) and the grounding targets of each."""
