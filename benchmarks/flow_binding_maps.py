@@ -75,29 +75,25 @@ def one_edit(pipe, seed: int, steps: int, guidance: float) -> dict:
     if maps.shape[0] != steps or maps.shape[1] != len(ROW_ORDER):
         raise SystemExit(f"error: expected {steps} steps of 4 rows, recorded {tuple(maps.shape[:2])}")
     grid = int(maps.shape[2] ** 0.5)
-    objects = {o.shape: token_shares(m, grid) for o, m in zip(edit.source.objects, edit.source.masks)}
+    # the objects' token coverage, (objects, image tokens): the same in both scenes (a colour edit moves nothing)
+    coverage = torch.stack([token_shares(m, grid) for m in edit.source.masks])
+    shapes = [o.shape for o in edit.source.objects]
     out: dict = {"seed": seed, "source_prompt": edit.source_prompt, "target_prompt": edit.target_prompt,
                  "objects": [f"{o.color} {o.shape}" for o in edit.source.objects], "shares": {}}
-    for branch, prompt in (("source", edit.source_prompt), ("target", edit.target_prompt)):
-        for word, pos in word_positions(pipe.tokenizer, prompt).items():
-            rows = {}
-            for step in (s for s in SHOWN_STEPS if s < steps):
-                m = maps[step, ROWS[branch], :, pos]
-                m = m / m.sum()
-                rows[step] = {shape: round(float((m * share).sum()), 2) for shape, share in objects.items()}
-            out["shares"][f"{branch} {word}"] = rows
     early = max(1, steps // 3)
     for branch, scene in (("source", edit.source), ("target", edit.target)):
         own, other = [], []
         for word, pos in word_positions(pipe.tokenizer, getattr(edit, f"{branch}_prompt")).items():
+            m = maps[:, ROWS[branch], :, pos]
+            shares = (m / m.sum(-1, keepdim=True)) @ coverage.T  # (steps, objects): the word's map on each object
+            out["shares"][f"{branch} {word}"] = {step: {shape: round(float(v), 2) for shape, v in
+                                                        zip(shapes, shares[step])} for step in SHOWN_STEPS
+                                                 if step < steps}
             owners = [k for k, o in enumerate(scene.objects) if word in (o.color, o.shape)]
-            if len(owners) != 1:  # a colour both objects have belongs to neither alone
-                continue
-            m = maps[:early, ROWS[branch], :, pos]
-            m = m / m.sum(-1, keepdim=True)
-            shares = [float((m * token_shares(mask, grid)).sum(-1).mean()) for mask in scene.masks]
-            own.append(shares[owners[0]])
-            other.append(sum(shares) - shares[owners[0]])
+            if len(owners) == 1:  # a colour both objects have belongs to neither alone
+                per_object = shares[:early].mean(0)
+                own.append(float(per_object[owners[0]]))
+                other.append(float(per_object.sum() - per_object[owners[0]]))
         out[f"early_{branch}"] = {"own": own, "other": other}
     wanted = edit.blend_words.split()[1]
     out["reached"] = region_color(np.asarray(result.image), edit.mask & edit.target.object_mask) == wanted

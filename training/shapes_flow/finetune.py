@@ -133,10 +133,9 @@ def finetune_cache(cfg: FlowTrainConfig, run_dir: Path, vae) -> dict:
     return cache
 
 
-def edit_levels() -> int:
-    """How many of the edit's first levels the edit-binding samples are drawn from: the first third of its steps,
-    where a two-object edit from an inverted latent binds its words (benchmarks/flow_binding_maps.md)."""
-    return EDIT_STEPS // 3
+#: How many of the edit's first levels the edit-binding samples are drawn from: the first third of its steps, where
+#: a two-object edit from an inverted latent binds its words (benchmarks/flow_binding_maps.md)
+EDIT_LEVELS = EDIT_STEPS // 3
 
 
 def edit_binding_scenes(cfg: FlowTrainConfig) -> list[scenes.Edit]:
@@ -152,7 +151,7 @@ def edit_binding_cache(cfg: FlowTrainConfig, run_dir: Path, vae, model, tokenize
     """``cfg.ft_edit_scenes`` two-object training scenes (held-out combinations excluded), each with a colour edit
     (`invedit.toy.scenes.make_edit`), Euler-inverted under ``model`` (the starting weights) with their source caption
     at guidance 1 on the edit's schedule (``EDIT_STEPS`` steps), as `invedit.invert` does. Kept: the latents at the
-    first `edit_levels` levels (levels, scenes, C, h, w), both captions' encodings and the grounding targets (the
+    first `EDIT_LEVELS` levels (levels, scenes, C, h, w), both captions' encodings and the grounding targets (the
     same for both captions: a colour edit changes a word, not a place). Stored in the run dir, named by the seed,
     the count and the starting weights."""
     path = run_dir / f"ft-edit-scenes-{cfg.seed}-{cfg.ft_edit_scenes}-{init_sha[:12]}.pt"
@@ -161,7 +160,6 @@ def edit_binding_cache(cfg: FlowTrainConfig, run_dir: Path, vae, model, tokenize
     grid = cfg.size // 4 // cfg.patch_size
     edits = edit_binding_scenes(cfg)
     schedule = flow_schedule(cfg, EDIT_STEPS)
-    n_levels = edit_levels()
     source = encode_captions(tokenizer, text, [e.source_prompt for e in edits], cfg)
     target = encode_captions(tokenizer, text, [e.target_prompt for e in edits], cfg)
     model.eval()
@@ -169,13 +167,13 @@ def edit_binding_cache(cfg: FlowTrainConfig, run_dir: Path, vae, model, tokenize
     for i in range(0, len(edits), 64):
         part = slice(i, i + 64)
         z = (vae.encode(to_tensor(np.stack([e.source_image for e in edits[part]]))).latent_dist.mean - shift) * scale
-        levels = [None] * n_levels
+        levels = [None] * EDIT_LEVELS
         for k in range(schedule.steps):  # step k undoes forward step i = N − 1 − k: z then sits at level i
             j = schedule.steps - 1 - k
             v = model(hidden_states=z, timestep=torch.full((len(z),), schedule.inversion_timestep(j)),
                       encoder_hidden_states=source[0][part], pooled_projections=source[1][part]).sample
             z = schedule.inverse_step(v, j, z)
-            if j < n_levels:
+            if j < EDIT_LEVELS:
                 levels[j] = z
         kept.append(torch.stack(levels))
     cache = {"latents": torch.cat(kept, 1), "source": source, "target": target,
@@ -275,11 +273,11 @@ def finetune(cfg: FlowTrainConfig, run_dir: Path, init_dir: Path, deadline: floa
         inputs, targets = (1 - s) * x0 + s * noise, [cache["targets"][i] for i in idx]
         if edits is not None:  # edit-binding samples: an inverted latent under its source or target caption
             e_idx = edit_rng.integers(cfg.ft_edit_scenes, size=cfg.ft_edit_batch)
-            e_level = edit_rng.integers(edit_levels(), size=cfg.ft_edit_batch)
+            e_level = edit_rng.integers(EDIT_LEVELS, size=cfg.ft_edit_batch)
             e_target = torch.from_numpy(edit_rng.random(cfg.ft_edit_batch) < 0.5)
-            hidden, pooled = (torch.cat([enc, torch.where(e_target.view(-1, *[1] * (enc.dim() - 1)),
-                                                          edits["target"][k][e_idx], edits["source"][k][e_idx])])
-                              for k, enc in enumerate((hidden, pooled)))
+            (src_hidden, src_pooled), (tgt_hidden, tgt_pooled) = edits["source"], edits["target"]
+            hidden = torch.cat([hidden, torch.where(e_target[:, None, None], tgt_hidden[e_idx], src_hidden[e_idx])])
+            pooled = torch.cat([pooled, torch.where(e_target[:, None], tgt_pooled[e_idx], src_pooled[e_idx])])
             inputs = torch.cat([inputs, edits["latents"][e_level, e_idx]])
             sigma = torch.cat([sigma, schedule.sigmas[torch.from_numpy(e_level)]])
             dropped = np.concatenate([dropped, np.zeros(cfg.ft_edit_batch, bool)])

@@ -215,7 +215,7 @@ def test_edit_binding_samples_are_invedits_euler_inversion_and_join_only_the_gro
 
     import invedit
     from training.shapes_flow.config import EDIT_STEPS
-    from training.shapes_flow.finetune import edit_binding_cache, edit_binding_scenes, edit_levels, init_from
+    from training.shapes_flow.finetune import EDIT_LEVELS, edit_binding_cache, edit_binding_scenes, init_from
     from training.shapes_flow.models import build_transformer, load_shared
 
     cfg = FlowTrainConfig(**{**SMOKE, "ft_edit_scenes": 3})
@@ -226,14 +226,14 @@ def test_edit_binding_samples_are_invedits_euler_inversion_and_join_only_the_gro
     model.load_state_dict(weights)
     cache = edit_binding_cache(cfg, tmp_path, vae, model, tokenizer, text, shift, scale, sha)
     edits = edit_binding_scenes(cfg)
-    assert cache["latents"].shape[:2] == (edit_levels(), 3) == (EDIT_STEPS // 3, len(edits))
+    assert cache["latents"].shape[:2] == (EDIT_LEVELS, 3) == (EDIT_STEPS // 3, len(edits))
     pipe = invedit.load(str(export), device="cpu", dtype="float32")
     for k, edit in enumerate(edits):
         assert len(edit.source.objects) == 2 and cache["prompts"][k] == (edit.source_prompt, edit.target_prompt)
         assert edit.source_prompt.split() != edit.target_prompt.split()  # one colour word differs
         inverted = invedit.invert(pipe, Image.fromarray(edit.source_image), edit.source_prompt, "euler",
                                   steps=EDIT_STEPS)
-        for level in range(edit_levels()):  # the latent the edit's step `level` starts from
+        for level in range(EDIT_LEVELS):  # the latent the edit's step `level` starts from
             assert torch.allclose(cache["latents"][level, k], inverted.latents[EDIT_STEPS - level], atol=1e-4)
     again = edit_binding_cache(cfg, tmp_path, vae, None, tokenizer, text, shift, scale, sha)  # read back
     assert torch.equal(again["latents"], cache["latents"])
